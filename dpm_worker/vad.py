@@ -1,0 +1,80 @@
+"""Voice activity detection with silero-vad's bundled weights (no download, CPU)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import soxr
+
+from dpm_worker.errors import ConfigError
+
+VAD_SR = 16000
+# The JIT model is stateful (it carries context between 32 ms windows), so calls are serialized.
+_LOCK = threading.Lock()
+
+
+@lru_cache(maxsize=1)
+def _load_vad() -> tuple[Any, Callable[..., list[dict[str, int]]]]:
+    """The JIT model and silero's timestamp function, imported and loaded once."""
+    import torch
+
+    # Importing silero_vad calls torch.set_num_threads(1) for the whole process; undo that.
+    threads = torch.get_num_threads()
+    try:
+        from silero_vad import get_speech_timestamps, load_silero_vad
+
+        return load_silero_vad(), get_speech_timestamps
+    finally:
+        torch.set_num_threads(threads)
+
+
+def detect_speech(
+    samples: np.ndarray,
+    sample_rate: int = VAD_SR,
+    *,
+    min_speech_s: float = 0.25,
+    min_silence_s: float = 0.3,
+    threshold: float = 0.5,
+) -> list[tuple[float, float]]:
+    """Find speech regions in a mono signal.
+
+    Args:
+        samples: float mono samples ``[n]`` in [-1, 1]; resampled to 16 kHz when needed.
+        sample_rate: their rate.
+        min_speech_s: shorter speech bursts are dropped.
+        min_silence_s: shorter pauses do not split a region.
+        threshold: speech probability above which a 32 ms window counts as speech.
+
+    Returns:
+        ``(start_s, end_s)`` pairs in seconds, sorted, non-overlapping; empty when there is
+        no speech.
+    """
+    if samples.ndim != 1:
+        raise ConfigError(f"detect_speech needs mono samples [n], got shape {samples.shape}")
+    if not 0.0 < threshold < 1.0:
+        raise ConfigError(f"threshold must be in (0, 1), got {threshold}")
+    if min_speech_s < 0 or min_silence_s < 0:
+        raise ConfigError(f"durations must be >= 0, got {min_speech_s=} {min_silence_s=}")
+    audio = np.asarray(samples, dtype=np.float32)
+    if sample_rate != VAD_SR:
+        audio = soxr.resample(audio, sample_rate, VAD_SR, quality="HQ").astype(np.float32)
+    if audio.size == 0:
+        return []
+
+    import torch
+
+    model, get_speech_timestamps = _load_vad()
+    with _LOCK:
+        spans = get_speech_timestamps(
+            torch.from_numpy(audio),
+            model,
+            threshold=threshold,
+            sampling_rate=VAD_SR,
+            min_speech_duration_ms=int(min_speech_s * 1000),
+            min_silence_duration_ms=int(min_silence_s * 1000),
+        )
+    return [(span["start"] / VAD_SR, span["end"] / VAD_SR) for span in spans]
