@@ -1,0 +1,536 @@
+"""Read, validate and stream canonical manifests (DESIGN section 7).
+
+A manifest is Parquet, JSON Lines or CSV (chosen by extension), or a folder holding
+``manifest.parquet``; local or ``s3://``. Two levels of checking, so that a labeling job can
+fail fast on a broken manifest yet turn one broken conversation into error rows:
+
+- manifest level (:func:`check_columns`, type casts): missing required columns, columns whose
+  values cannot be cast, unreadable files. These raise :class:`ManifestError` at once.
+- row level (:func:`row_problems`, :func:`conversation_problems`): nulls, empty ids, negative
+  or reversed times, duplicate utterance indices, unknown labels. :func:`validate_manifest`
+  raises on the first one; the streaming path reports them per conversation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+from collections.abc import Callable, Iterator, Sequence
+from typing import NamedTuple
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from dpm_worker.errors import LabelError, ManifestError
+from dpm_worker.manifest_schema import MANIFEST_SCHEMA, REQUIRED_COLUMNS, UtteranceRow
+from dpm_worker.storage import get_filesystem, is_remote, parent_uri, resolve_relative
+
+MANIFEST_FILENAME = "manifest.parquet"
+_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "json", ".json": "json"}
+_FORMATS |= {".ndjson": "json", ".csv": "csv"}
+# Identifier columns must stay strings even when a CSV holds "001" (inference would make ints).
+_STRING_COLUMNS = ("conversation_id", "speaker", "audio_uri", "text", "emotion")
+_NON_EMPTY_COLUMNS = ("conversation_id", "speaker", "audio_uri")
+_NULLABLE_SCHEMA = pa.schema([f.with_nullable(True) for f in MANIFEST_SCHEMA])
+
+
+class UnknownLabelError(ManifestError, LabelError):
+    """A manifest row's gold emotion is not in the label set (both a ManifestError and a
+    LabelError, so callers may catch either)."""
+
+
+class Problem(NamedTuple):
+    """One row-level problem: 0-based row in the table, the offending column, what is wrong."""
+
+    row: int
+    column: str
+    message: str
+
+
+# ---------------------------------------------------------------------------- opening
+
+
+def _manifest_path(
+    uri: str, endpoint_url: str | None
+) -> tuple[fsspec.AbstractFileSystem, str, str, str]:
+    """Resolve ``uri`` to ``(filesystem, path, format, manifest_uri)``; raise if unusable."""
+    try:
+        fs, path = get_filesystem(uri, endpoint_url)
+        if fs.isdir(path):
+            uri = uri.rstrip("/") + "/" + MANIFEST_FILENAME
+            path = path.rstrip("/") + "/" + MANIFEST_FILENAME
+        exists = fs.exists(path)
+    except ManifestError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any storage failure is an unreadable manifest
+        raise ManifestError(f"cannot open manifest: {exc}", uri) from exc
+    if not exists:
+        raise ManifestError("manifest not found", uri)
+    ext = posixpath.splitext(path)[1].lower()
+    fmt = _FORMATS.get(ext)
+    if fmt is None:
+        raise ManifestError(
+            f"unsupported manifest extension {ext!r}; expected one of {sorted(_FORMATS)} "
+            f"or a folder holding {MANIFEST_FILENAME}",
+            uri,
+        )
+    try:
+        size = fs.size(path)
+        if not size:
+            raise ManifestError("manifest file is empty", uri)
+        if fmt == "json":
+            with fs.open(path, "rb") as fh:
+                head = fh.read(256).lstrip()
+            if head.startswith(b"["):
+                raise ManifestError(
+                    "JSON manifests must be JSON Lines (one object per line), not one array", uri
+                )
+    except ManifestError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise ManifestError(f"cannot read manifest: {exc}", uri) from exc
+    return fs, path, fmt, uri
+
+
+def _open_dataset(uri: str, endpoint_url: str | None) -> tuple[ds.Dataset, str]:
+    fs, path, fmt, uri = _manifest_path(uri, endpoint_url)
+    file_format: ds.FileFormat
+    if fmt == "csv":
+        convert = pa_csv.ConvertOptions(
+            column_types={name: pa.string() for name in _STRING_COLUMNS},
+            strings_can_be_null=True,
+        )
+        file_format = ds.CsvFileFormat(convert_options=convert)
+    elif fmt == "json":
+        file_format = ds.JsonFileFormat()
+    else:
+        file_format = ds.ParquetFileFormat()
+    try:
+        dataset = ds.dataset(path, format=file_format, filesystem=fs)
+    except Exception as exc:  # noqa: BLE001 - corrupt footer, bad header, ...
+        raise ManifestError(f"cannot read manifest as {fmt}: {exc}", uri) from exc
+    return dataset, uri
+
+
+def _scan(
+    dataset: ds.Dataset, uri: str, columns: list[str] | None, batch_rows: int
+) -> Iterator[pa.RecordBatch]:
+    # use_threads=False keeps batches in file order, so row numbers in errors are exact.
+    try:
+        yield from dataset.to_batches(columns=columns, batch_size=batch_rows, use_threads=False)
+    except (pa.ArrowException, OSError) as exc:
+        raise ManifestError(f"cannot read manifest: {exc}", uri) from exc
+
+
+# ------------------------------------------------------------------- manifest-level checks
+
+
+def check_columns(schema: pa.Schema, uri: str) -> None:
+    """Fail fast when a required column is missing.
+
+    Args:
+        schema: the manifest's (file) schema.
+        uri: the manifest's URI, for the message.
+
+    Raises:
+        ManifestError: naming the first missing column and the columns that were found.
+    """
+    missing = [name for name in REQUIRED_COLUMNS if name not in schema.names]
+    if missing:
+        raise ManifestError(
+            f"missing required column(s) {missing}; found {schema.names}",
+            uri,
+            column=missing[0],
+        )
+
+
+def _cast_column(column: pa.ChunkedArray, field: pa.Field, uri: str, row_offset: int):
+    if column.type == field.type:
+        return column
+    try:
+        return pc.cast(column, field.type, safe=True)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+        for i, value in enumerate(column.to_pylist()):
+            try:
+                pa.array([value]).cast(field.type, safe=True)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+                raise ManifestError(
+                    f"value {value!r} cannot be read as {field.type}",
+                    uri,
+                    row=row_offset + i,
+                    column=field.name,
+                ) from exc
+        raise ManifestError(
+            f"column of type {column.type} cannot be read as {field.type}: {exc}",
+            uri,
+            column=field.name,
+        ) from exc
+
+
+def cast_manifest(table: pa.Table, uri: str, row_offset: int = 0) -> pa.Table:
+    """Cast a raw table to MANIFEST_SCHEMA's types (absent optional columns become nulls;
+    extra columns are kept after the canonical ones). Does not check values.
+
+    Raises:
+        ManifestError: a required column is missing or a value cannot be cast (row, column).
+    """
+    check_columns(table.schema, uri)
+    arrays = []
+    for field in MANIFEST_SCHEMA:
+        if field.name in table.column_names:
+            arrays.append(_cast_column(table.column(field.name), field, uri, row_offset))
+        else:
+            arrays.append(pa.nulls(table.num_rows, field.type))
+    fields = list(MANIFEST_SCHEMA)
+    for name in table.column_names:
+        if name not in MANIFEST_SCHEMA.names:
+            arrays.append(table.column(name))
+            fields.append(table.schema.field(name))
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+# ------------------------------------------------------------------------ row-level checks
+
+
+def _mask(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    return np.asarray(pc.fill_null(values, False).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _duplicate_rows(table: pa.Table) -> list[tuple[int, int]]:
+    """(row, first_row) pairs for every repeated (conversation_id, utterance_index)."""
+    keys = pa.table(
+        {
+            "cid": table.column("conversation_id"),
+            "idx": table.column("utterance_index"),
+            "row": pa.array(np.arange(table.num_rows, dtype=np.int64)),
+        }
+    ).filter(pc.and_(pc.is_valid(table["conversation_id"]), pc.is_valid(table["utterance_index"])))
+    if keys.num_rows < 2:
+        return []
+    keys = keys.sort_by([("cid", "ascending"), ("idx", "ascending"), ("row", "ascending")])
+    cid, idx, row = keys["cid"], keys["idx"], keys["row"].to_numpy()
+    n = keys.num_rows
+    same = _mask(pc.and_(pc.equal(cid[1:], cid[: n - 1]), pc.equal(idx[1:], idx[: n - 1])))
+    found = []
+    first = 0
+    for k in range(1, n):
+        if same[k - 1]:
+            found.append((int(row[k]), int(row[first])))
+        else:
+            first = k
+    return found
+
+
+def row_problems(
+    table: pa.Table, labels: Sequence[str] | None = None, *, first_only: bool = False
+) -> list[Problem]:
+    """Every row-level problem of a table already cast by :func:`cast_manifest`.
+
+    Args:
+        table: a manifest table with the canonical columns.
+        labels: the allowed emotion labels; None skips the label check.
+        first_only: stop at the first problem of each kind (cheaper for strict validation).
+
+    Returns:
+        Problems sorted by row, then by column order of the checks.
+    """
+    checks: list[tuple[str, np.ndarray, Callable[[int], str]]] = []
+
+    def value(column: str, row: int) -> object:
+        return table.column(column)[row].as_py()
+
+    for name in REQUIRED_COLUMNS:
+        checks.append((name, _mask(pc.is_null(table[name])), lambda r, n=name: f"{n} is null"))
+    for name in _NON_EMPTY_COLUMNS:
+        empty = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(table[name])), 0)
+        checks.append((name, _mask(empty), lambda r, n=name: f"{n} is empty"))
+    checks.append(
+        (
+            "utterance_index",
+            _mask(pc.less(table["utterance_index"], 0)),
+            lambda r: f"utterance_index {value('utterance_index', r)} is negative",
+        )
+    )
+    start, end = table["start_s"], table["end_s"]
+    for name, col in (("start_s", start), ("end_s", end)):
+        checks.append(
+            (
+                name,
+                _mask(pc.invert(pc.is_finite(col))),
+                lambda r, n=name: f"{n} {value(n, r)} is not a finite number",
+            )
+        )
+        checks.append(
+            (name, _mask(pc.less(col, 0.0)), lambda r, n=name: f"{n} {value(n, r)} is negative")
+        )
+    checks.append(
+        (
+            "end_s",
+            _mask(pc.and_(pc.is_valid(start), pc.is_null(end))),
+            lambda r: f"start_s {value('start_s', r)} is given without end_s",
+        )
+    )
+    checks.append(
+        (
+            "start_s",
+            _mask(pc.and_(pc.is_null(start), pc.is_valid(end))),
+            lambda r: f"end_s {value('end_s', r)} is given without start_s",
+        )
+    )
+    checks.append(
+        (
+            "end_s",
+            _mask(pc.less_equal(end, start)),
+            lambda r: (
+                f"end_s {value('end_s', r)} is not after start_s {value('start_s', r)}"
+                " (reversed or empty segment)"
+            ),
+        )
+    )
+    checks.append(
+        (
+            "channel",
+            _mask(pc.less(table["channel"], 0)),
+            lambda r: f"channel {value('channel', r)} is negative",
+        )
+    )
+    if labels is not None:
+        allowed = pa.array(list(labels), pa.string())
+        unknown = pc.and_(
+            pc.is_valid(table["emotion"]), pc.invert(pc.is_in(table["emotion"], value_set=allowed))
+        )
+        checks.append(
+            (
+                "emotion",
+                _mask(unknown),
+                lambda r: (
+                    f"unknown emotion label {value('emotion', r)!r}; expected one of {list(labels)}"
+                ),
+            )
+        )
+
+    problems: list[Problem] = []
+    for column, mask, describe in checks:
+        rows = np.flatnonzero(mask)
+        for r in rows[:1] if first_only else rows:
+            problems.append(Problem(int(r), column, describe(int(r))))
+    duplicates = _duplicate_rows(table)
+    for r, first in duplicates[:1] if first_only else duplicates:
+        problems.append(
+            Problem(
+                r,
+                "utterance_index",
+                f"duplicate utterance_index {value('utterance_index', r)} in conversation "
+                f"{value('conversation_id', r)!r} (first at row {first})",
+            )
+        )
+    # Stable sort keeps the check order within a row, so the first problem is deterministic.
+    problems.sort(key=lambda p: p.row)
+    return problems
+
+
+def _problem_error(problem: Problem, uri: str) -> ManifestError:
+    cls = UnknownLabelError if problem.column == "emotion" else ManifestError
+    return cls(problem.message, uri, row=problem.row, column=problem.column)
+
+
+def validate_manifest(table: pa.Table, uri: str, labels: Sequence[str] | None = None) -> pa.Table:
+    """Strictly validate a manifest table and return it cast to MANIFEST_SCHEMA.
+
+    Args:
+        table: the raw or cast manifest table, rows in file order (row numbers refer to it).
+        uri: the manifest's URI, named in every error.
+        labels: the allowed gold emotion labels; None skips the check.
+
+    Raises:
+        ManifestError: on the first problem, naming its 0-based row and its column;
+            UnknownLabelError (also a LabelError) for an emotion outside ``labels``.
+    """
+    table = cast_manifest(table, uri)
+    problems = row_problems(table, labels, first_only=True)
+    if problems:
+        raise _problem_error(problems[0], uri)
+    return table
+
+
+def conversation_problems(
+    rows: Sequence[UtteranceRow], labels: Sequence[str] | None = None
+) -> list[tuple[int | None, str]]:
+    """Row-level problems of one conversation, for turning it into error rows.
+
+    Args:
+        rows: the conversation's rows (as yielded by :func:`iter_conversations`).
+        labels: the allowed gold emotion labels; None skips the check.
+
+    Returns:
+        ``(utterance_index or None, message)`` pairs; empty when the conversation is valid.
+        Each message names the column.
+    """
+    if not rows:
+        return []
+    table = pa.Table.from_pylist(
+        [{name: getattr(row, name) for name in MANIFEST_SCHEMA.names} for row in rows],
+        schema=_NULLABLE_SCHEMA,
+    )
+    out: list[tuple[int | None, str]] = []
+    for problem in row_problems(table, labels):
+        index = rows[problem.row].utterance_index
+        out.append((index, f"column {problem.column!r}: {problem.message}"))
+    return out
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _resolve_audio(table: pa.Table, base_dir: str) -> pa.Table:
+    position = table.schema.get_field_index("audio_uri")
+    resolved = [
+        None if uri is None else resolve_relative(uri, base_dir)
+        for uri in table.column(position).to_pylist()
+    ]
+    field = table.schema.field(position)
+    return table.set_column(position, field, pa.array(resolved, pa.string()))
+
+
+def read_manifest(
+    uri: str, *, endpoint_url: str | None = None, labels: Sequence[str] | None = None
+) -> pa.Table:
+    """Read and strictly validate a whole manifest.
+
+    Args:
+        uri: a ``.parquet``/``.pq``, ``.jsonl``/``.json``/``.ndjson`` or ``.csv`` file, or a
+            folder holding ``manifest.parquet``; a local path or an ``s3://`` URI.
+        endpoint_url: an explicit S3 endpoint.
+        labels: the allowed gold emotion labels; None skips the check.
+
+    Returns:
+        The table cast to MANIFEST_SCHEMA (extra columns after the canonical ones), with
+        ``audio_uri`` absolute (relative paths resolve against the manifest's folder), sorted
+        by ``(conversation_id, utterance_index)``.
+
+    Raises:
+        ManifestError: unreadable file, missing column, or a bad row (row and column named).
+    """
+    dataset, uri = _open_dataset(uri, endpoint_url)
+    try:
+        raw = dataset.to_table(use_threads=False)
+    except (pa.ArrowException, OSError) as exc:
+        raise ManifestError(f"cannot read manifest: {exc}", uri) from exc
+    table = validate_manifest(raw, uri, labels)
+    table = _resolve_audio(table, parent_uri(uri))
+    return table.sort_by([("conversation_id", "ascending"), ("utterance_index", "ascending")])
+
+
+def to_rows(table: pa.Table) -> list[UtteranceRow]:
+    """Turn a cast manifest table into :class:`UtteranceRow` objects (extras in ``extra``)."""
+    canonical = set(MANIFEST_SCHEMA.names)
+    rows = []
+    for record in table.to_pylist():
+        extra = {k: v for k, v in record.items() if k not in canonical}
+        rows.append(UtteranceRow(**{k: record.get(k) for k in MANIFEST_SCHEMA.names}, extra=extra))
+    return rows
+
+
+def iter_conversations(
+    uri: str, *, endpoint_url: str | None = None, batch_rows: int = 65536
+) -> Iterator[tuple[str, list[UtteranceRow]]]:
+    """Stream a manifest conversation by conversation with bounded memory.
+
+    Two passes over a ``pyarrow.dataset`` scan: the first reads the canonical columns only to
+    count each conversation's rows and to fail fast on manifest-level problems (missing
+    columns, uncastable values); the second emits a conversation as soon as all its rows have
+    been seen. Memory is therefore bounded by how much conversations interleave in the file,
+    not by the corpus size. Row-level problems are not raised here: check each conversation
+    with :func:`conversation_problems`.
+
+    Args:
+        uri: the manifest (see :func:`read_manifest`).
+        endpoint_url: an explicit S3 endpoint.
+        batch_rows: rows per scanned batch.
+
+    Yields:
+        ``(conversation_id, rows)`` with rows in dialogue order (``utterance_index``) and
+        ``audio_uri`` absolute. A null conversation_id is reported under ``""``.
+
+    Raises:
+        ManifestError: the manifest is unreadable, misses a column or has uncastable values.
+    """
+    dataset, uri = _open_dataset(uri, endpoint_url)
+    check_columns(dataset.schema, uri)
+    base_dir = parent_uri(uri)
+    canonical = [name for name in MANIFEST_SCHEMA.names if name in dataset.schema.names]
+
+    counts: dict[str, int] = {}
+    offset = 0
+    for batch in _scan(dataset, uri, canonical, batch_rows):
+        table = cast_manifest(pa.Table.from_batches([batch]), uri, row_offset=offset)
+        offset += batch.num_rows
+        for item in pc.value_counts(table["conversation_id"]):
+            key = item["values"].as_py() or ""
+            counts[key] = counts.get(key, 0) + item["counts"].as_py()
+
+    pending: dict[str, list[UtteranceRow]] = {}
+    offset = 0
+    for batch in _scan(dataset, uri, None, batch_rows):
+        table = cast_manifest(pa.Table.from_batches([batch]), uri, row_offset=offset)
+        offset += batch.num_rows
+        for row in to_rows(_resolve_audio(table, base_dir)):
+            key = row.conversation_id or ""
+            bucket = pending.setdefault(key, [])
+            bucket.append(row)
+            if len(bucket) == counts.get(key, -1):
+                del pending[key]
+                bucket.sort(key=_dialogue_order)
+                yield key, bucket
+    if pending:
+        raise ManifestError(
+            f"manifest changed while it was read: {len(pending)} conversation(s) incomplete",
+            uri,
+        )
+
+
+def _dialogue_order(row: UtteranceRow) -> tuple[bool, int]:
+    return (row.utterance_index is None, row.utterance_index or 0)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def write_manifest(table: pa.Table, uri: str, *, endpoint_url: str | None = None) -> str:
+    """Write a manifest table as Parquet, JSON Lines or CSV (by extension); local or s3://.
+
+    Returns:
+        The URI written.
+    """
+    ext = posixpath.splitext(uri)[1].lower()
+    fmt = _FORMATS.get(ext)
+    if fmt is None:
+        raise ManifestError(f"unsupported manifest extension {ext!r}", uri)
+    fs, path = get_filesystem(uri, endpoint_url)
+    if not is_remote(uri):
+        fs.makedirs(posixpath.dirname(path) or ".", exist_ok=True)
+    with fs.open(path, "wb") as fh:
+        if fmt == "parquet":
+            pq.write_table(table, fh)
+        elif fmt == "csv":
+            pa_csv.write_csv(table, fh)
+        else:
+            text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in table.to_pylist())
+            fh.write(text.encode("utf-8"))
+    return uri
+
+
+def manifest_fingerprint(uri: str, *, endpoint_url: str | None = None) -> str:
+    """SHA-256 of the manifest file's bytes (streamed), to record which input a run used."""
+    fs, path, _, _ = _manifest_path(uri, endpoint_url)
+    digest = hashlib.sha256()
+    with fs.open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
