@@ -1,0 +1,150 @@
+import numpy as np
+import pytest
+
+from dpm_worker.audio import write_audio
+from dpm_worker.backbone import EmotionModel
+from dpm_worker.errors import ConfigError, LabelError
+from dpm_worker.labeling import LabelingConfig
+from dpm_worker.manifest_schema import UtteranceRow
+from dpm_worker.memory import MemoryConfig
+from dpm_worker.tables import EMOTIONS, ERRORS, RunInfo, read_run_table
+from dpm_worker.vocab import DEFAULT_LABELS
+from dpm_worker.worker import ConversationWorker, WorkerSettings
+
+MODE = "dpm"
+
+
+@pytest.fixture
+def model():
+    # A fresh model per test: the DPM labeler injects its adapters into the model it gets.
+    return EmotionModel.random(seed=0)
+
+
+def run_info(run_id="r1", labels=DEFAULT_LABELS, mode=MODE):
+    return RunInfo(run_id, "2026-11-26", labels, mode, "dpm-random-0", "random-0", "test")
+
+
+def make_worker(tmp_path, model, **kw):
+    settings = WorkerSettings(
+        output_uri=str(tmp_path / "out"),
+        run=run_info(**kw),
+        labeling=LabelingConfig(
+            mode=kw.get("mode", MODE), memory=MemoryConfig(steps_per_utterance=1)
+        ),
+    )
+    return ConversationWorker(settings, model=model)
+
+
+def recording(path, seconds=4.0, seed=0, amplitude=0.2):
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * 16000)) / 16000
+    samples = amplitude * np.sin(2 * np.pi * 180 * t) * (0.5 + rng.random(t.size) * 0.5)
+    write_audio(str(path), samples.astype(np.float32), 16000)
+    return str(path)
+
+
+def rows_for(conv, uri, n=3, emotions=("happy", "sad", None)):
+    return [
+        UtteranceRow(
+            conv,
+            i,
+            "A" if i % 2 == 0 else "B",
+            uri,
+            i * 1.2,
+            i * 1.2 + 1.0,
+            emotion=emotions[i % len(emotions)],
+        )
+        for i in range(n)
+    ]
+
+
+def test_label_writes_one_row_per_utterance(tmp_path, model):
+    uri = recording(tmp_path / "c1.wav")
+    worker = make_worker(tmp_path, model)
+    summary = worker.label("c1", rows_for("c1", uri))
+    assert summary["status"] == "labeled" and summary["utterances"] == 3
+    assert summary["audio_s"] == pytest.approx(3.0, abs=0.01)
+    table = read_run_table(str(tmp_path / "out"), EMOTIONS).to_pylist()
+    assert [r["utterance_index"] for r in table] == [0, 1, 2]
+    assert [r["gold_emotion"] for r in table] == ["happy", "sad", None]
+    for row in table:
+        probs = [row[f"p_{label}"] for label in DEFAULT_LABELS]
+        assert sum(probs) == pytest.approx(1.0, abs=1e-4)
+        assert row["emotion"] == DEFAULT_LABELS[int(np.argmax(probs))]
+        assert row["confidence"] == pytest.approx(max(probs))
+        assert row["mode"] == "dpm" and row["run_id"] == "r1"
+
+
+def test_same_input_same_rows(tmp_path, model):
+    uri = recording(tmp_path / "c.wav")
+    a = make_worker(tmp_path / "a", model)
+    b = make_worker(tmp_path / "b", EmotionModel.random(seed=0))
+    a.label("c", rows_for("c", uri))
+    b.label("c", rows_for("c", uri))
+    drop = ["labeled_at"]
+    ta = read_run_table(str(tmp_path / "a" / "out"), EMOTIONS).drop(drop)
+    tb = read_run_table(str(tmp_path / "b" / "out"), EMOTIONS).drop(drop)
+    assert ta.equals(tb)
+
+
+def test_missing_recording_becomes_error_rows(tmp_path, model):
+    worker = make_worker(tmp_path, model)
+    rows = rows_for("gone", str(tmp_path / "nope.wav"), n=4)
+    summary = worker.label("gone", rows)
+    assert summary["status"] == "failed" and summary["error_rows"] == 4
+    errors = read_run_table(str(tmp_path / "out"), ERRORS).to_pylist()
+    assert [e["utterance_index"] for e in errors] == [0, 1, 2, 3]
+    assert {e["error_type"] for e in errors} == {"AudioError"}
+    assert all("nope.wav" in e["input_uri"] for e in errors)
+    assert read_run_table(str(tmp_path / "out"), EMOTIONS).num_rows == 0
+
+
+def test_bad_rows_reject_their_conversation(tmp_path, model):
+    uri = recording(tmp_path / "c.wav")
+    rows = rows_for("dup", uri, n=3)
+    rows[2] = UtteranceRow("dup", 1, "A", uri, 2.5, 3.0)  # duplicate index
+    worker = make_worker(tmp_path, model)
+    summary = worker.label("dup", rows)
+    assert summary["status"] == "failed"
+    errors = read_run_table(str(tmp_path / "out"), ERRORS).to_pylist()
+    assert len(errors) == 3 and {e["error_type"] for e in errors} == {"ManifestError"}
+    assert any("utterance_index" in e["message"] for e in errors)
+
+
+def test_reversed_times_reject_the_conversation(tmp_path, model):
+    uri = recording(tmp_path / "c.wav")
+    rows = rows_for("rev", uri, n=2)
+    rows[1] = UtteranceRow("rev", 1, "B", uri, 3.0, 2.0)
+    summary = make_worker(tmp_path, model).label("rev", rows)
+    assert summary["status"] == "failed" and summary["error_rows"] == 2
+
+
+def test_prefetch_reads_next_conversation_in_background(tmp_path, model):
+    first = recording(tmp_path / "a.wav", seed=1)
+    second = recording(tmp_path / "b.wav", seed=2)
+    worker = make_worker(tmp_path, model)
+    s1 = worker.label("a", rows_for("a", first), next_conversation=("b", rows_for("b", second)))
+    s2 = worker.label("b", rows_for("b", second))
+    assert "read_s" in s1["timings"]
+    assert "prefetch_wait_s" in s2["timings"] and "read_s" not in s2["timings"]
+    assert s2["status"] == "labeled"
+    # A prefetched conversation whose audio is bad still fails cleanly when it comes up.
+    s3 = worker.label(
+        "b",
+        rows_for("b", second),
+        next_conversation=("x", rows_for("x", str(tmp_path / "missing.wav"))),
+    )
+    s4 = worker.label("x", rows_for("x", str(tmp_path / "missing.wav")))
+    assert s3["status"] == "labeled" and s4["status"] == "failed"
+
+
+def test_model_and_run_labels_must_match(tmp_path, model):
+    with pytest.raises(LabelError):
+        make_worker(tmp_path, model, labels=("neutral", "happy", "sad", "angry", "fear"))
+
+
+def test_settings_validate():
+    with pytest.raises(ConfigError, match="torch_threads"):
+        WorkerSettings("out", run_info(), torch_threads=0)
+    with pytest.raises(ConfigError, match="mode"):
+        WorkerSettings("out", run_info(mode="window"), labeling=LabelingConfig(mode="dpm"))
