@@ -17,11 +17,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import fsspec
 import numpy as np
 import soundfile as sf
 import soxr
 
-from dpm_worker.errors import AudioError, ConfigError, SegmentError
+from dpm_worker.errors import AudioError, ConfigError, SegmentError, StorageError
 from dpm_worker.storage import get_filesystem, is_remote
 
 TARGET_SR = 16000
@@ -128,7 +129,7 @@ def read_segment(
         sr, duration = snd.samplerate, snd.frames / snd.samplerate
         start, end = check_times(start_s, end_s, duration, uri)
         _check_channel(channel, snd.channels, uri)
-        first, last = _target_index(start), _target_index(end)
+        first, last = _target_span(start, end, uri)
         # Decode from a frame that maps exactly onto a 16 kHz sample (a multiple of
         # sr/gcd), padded, so cutting after resampling lands on the same samples as
         # cut_segment on the whole recording.
@@ -150,7 +151,7 @@ def cut_segment(
     """Cut a segment out of a decoded recording as float32 mono (same rules as read_segment)."""
     start, end = check_times(start_s, end_s, recording.duration_s, recording.uri)
     _check_channel(channel, recording.samples.shape[0], recording.uri)
-    first, last = _target_index(start), _target_index(end)
+    first, last = _target_span(start, end, recording.uri)
     mono = _select_channel(recording.samples[:, first:last], channel)
     return _fit_length(mono, last - first)
 
@@ -197,7 +198,7 @@ def encode_audio(
     elif data.ndim != 1:
         raise ConfigError(f"samples must be [n] or [channels, n], got shape {samples.shape}")
     subtype = subtype or sf.default_subtype(format)
-    if subtype.startswith("PCM") or format.upper() in ("FLAC", "OGG"):
+    if subtype not in ("FLOAT", "DOUBLE"):
         data = np.clip(data, -1.0, 1.0)
     # soundfile cannot write through s3fs handles (it needs to seek back to fix the header).
     buffer = io.BytesIO()
@@ -239,6 +240,8 @@ def _open_sound(uri: str, endpoint_url: str | None, block_size: int) -> Iterator
         size = fs.size(path)
     except FileNotFoundError:
         raise AudioError("audio file not found", uri) from None
+    except PermissionError as exc:
+        raise StorageError(f"access denied to {uri}: {exc}") from None
     if not size:
         raise AudioError("audio file is empty (0 bytes)", uri)
     # Local files go straight to libsndfile; remote ones through a small-block fsspec handle.
@@ -263,11 +266,14 @@ def _open_sound(uri: str, endpoint_url: str | None, block_size: int) -> Iterator
             handle.close()
 
 
-def _describe_failure(fs, path: str, exc: sf.LibsndfileError) -> str:
+def _describe_failure(fs: fsspec.AbstractFileSystem, path: str, exc: sf.LibsndfileError) -> str:
     """Say why libsndfile refused a file: unsupported container or codec, or a broken header."""
     reason = getattr(exc, "error_string", str(exc))
-    with fs.open(path, "rb", block_size=4096) as handle:
-        head = handle.read(64)
+    try:
+        with fs.open(path, "rb", block_size=4096) as handle:
+            head = handle.read(64)
+    except OSError as os_exc:  # e.g. a directory
+        return f"cannot read the file: {os_exc}"
     for magic, name in _FOREIGN_MAGIC.items():
         if magic in head[:12]:
             return (
@@ -313,8 +319,14 @@ def _resample(frames: np.ndarray, sample_rate: int) -> np.ndarray:
     )
 
 
-def _target_index(t: float) -> int:
-    return round(t * TARGET_SR)
+def _target_span(start: float, end: float, uri: str) -> tuple[int, int]:
+    """Sample indices of a segment at TARGET_SR; a segment shorter than one sample is an error."""
+    first, last = round(start * TARGET_SR), round(end * TARGET_SR)
+    if last <= first:
+        raise SegmentError(
+            f"segment {start}-{end} s is shorter than one sample at {TARGET_SR} Hz", uri
+        )
+    return first, last
 
 
 def _fit_length(samples: np.ndarray, n: int) -> np.ndarray:

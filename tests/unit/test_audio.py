@@ -67,10 +67,15 @@ def test_read_recording_resamples_with_soxr(tmp_path, fmt, ext, tol):
     )
 
 
-def test_read_segment_matches_cut_of_whole_recording(stereo_wav):
-    rec = read_recording(stereo_wav)
+@pytest.mark.parametrize("fmt,sr", [("WAV", 22050), ("FLAC", 44100), ("OGG", 48000), ("WAV", 8000)])
+def test_read_segment_matches_cut_of_whole_recording(tmp_path, fmt, sr):
+    # A range read decodes from a seek point and resamples only its frames; it must give the
+    # same samples as resampling the whole recording and cutting it.
+    uri = str(tmp_path / f"a.{fmt.lower()}")
+    sf.write(uri, _stereo(sr, 3.0), sr, format=fmt)
+    rec = read_recording(uri)
     for start, end, channel in [(0.5, 1.25, 0), (1.0, 2.0, 1), (0.0, 0.3, None), (2.5, None, 1)]:
-        ranged = read_segment(stereo_wav, start, end, channel)
+        ranged = read_segment(uri, start, end, channel)
         cut = cut_segment(rec, start, end, channel)
         n = round(((end or 3.0) - start) * TARGET_SR)
         assert ranged.shape == cut.shape == (n,)
@@ -218,6 +223,7 @@ def test_non_finite_samples(tmp_path, bad):
         (2.0, 1.0, 0, "reversed or empty segment"),
         (1.0, 1.0, 0, "reversed or empty segment"),
         (0.0, float("nan"), 0, "must be finite"),
+        (1.0, 1.00001, 0, "shorter than one sample"),
         (0.0, 1.0, 2, "channel 2 out of range for a 2-channel recording"),
         (0.0, 1.0, -1, "channel -1 out of range"),
     ],
