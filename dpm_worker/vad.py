@@ -53,6 +53,9 @@ def detect_speech(
     Returns:
         ``(start_s, end_s)`` pairs in seconds, sorted, non-overlapping; empty when there is
         no speech.
+
+    Note:
+        While it runs, torch's (process-wide) intra-op thread count is 1; it is restored after.
     """
     if samples.ndim != 1:
         raise ConfigError(f"detect_speech needs mono samples [n], got shape {samples.shape}")
