@@ -1,0 +1,451 @@
+"""``dpm label``: the Ray job that labels a corpus into Parquet emotion tables (DESIGN 7-8).
+
+Runs the same way as ``dpm label ARGS``, ``python -m pipelines.label_corpus ARGS`` and
+``ray job submit --working-dir . -- python -m pipelines.label_corpus ARGS``. Without
+``--address`` it starts an embedded local Ray; with it, it joins that cluster.
+
+Steps: validate the config, the manifest's columns, the model folder and that the output can
+be written (exit 2 on any problem, before any work); start one actor per GPU (or per
+``cpus_per_actor`` CPUs); stream the uncommitted conversations to them; write ``_SUCCESS``.
+
+Exit codes: 0 every conversation labeled; 3 finished with some conversations in the errors
+table; 2 bad arguments, config, manifest, model or output location; 1 anything else
+(including conversations the job gave up on after actor deaths; re-run with the same
+``--run-id`` to finish them). The last line printed says which.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from dpm_worker.errors import BadInputError, ConfigError, DpmError, ModelError, StorageError
+from dpm_worker.manifest import iter_conversations
+from dpm_worker.manifest_schema import UtteranceRow
+from dpm_worker.storage import get_filesystem, redact
+from dpm_worker.tables import (
+    EMOTIONS,
+    ERRORS,
+    RunInfo,
+    RunTables,
+    check_writable,
+    conversation_key,
+    new_run_id,
+)
+from dpm_worker.worker import FAULT_ENV, FAULT_MARKER_ENV, ConversationWorker, WorkerSettings
+from pipelines.label_config import LabelJobConfig, load_config, public_config, strip_userinfo
+
+log = logging.getLogger("dpm.label")
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
+# Environment forwarded to actors: where storage is, never credentials (actors get those from
+# their node's environment or instance role, so they never pass through Ray's metadata).
+FORWARDED_ENV = (
+    "DPM_S3_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "DPM_CACHE_DIR",
+    FAULT_ENV,
+    FAULT_MARKER_ENV,
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input", help="manifest URI (Parquet/JSONL/CSV or corpus folder)")
+    parser.add_argument("--output", help="output prefix for the tables (folder or s3://...)")
+    parser.add_argument("--model", help="model folder or s3:// URI (default: packaged model)")
+    parser.add_argument("--mode", choices=("utterance", "window", "full", "dpm"), help="mode")
+    parser.add_argument("--run-id", help="run id; re-using one resumes that run")
+    parser.add_argument("--address", help="Ray cluster address (default: embedded local Ray)")
+    parser.add_argument("--actors", type=int, help="labeling actors (default: per GPU/CPU)")
+    parser.add_argument("--gpus-per-actor", type=float, help="GPUs per actor (GPU clusters)")
+    parser.add_argument("--cpus-per-actor", type=float, help="CPUs per actor (may be < 1)")
+    parser.add_argument("--config", help="YAML file with any of the job's settings")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="dotted overrides, e.g. labeling.memory.lr=5e-4 in_flight_per_actor=3",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Validate everything, then label; returns the exit code (and prints the summary line)."""
+    try:
+        config = load_config(
+            args.config,
+            {
+                "input": args.input,
+                "output": args.output,
+                "model": args.model,
+                "labeling.mode": args.mode,
+                "run_id": args.run_id,
+                "address": args.address,
+                "actors": args.actors,
+                "gpus_per_actor": args.gpus_per_actor,
+                "cpus_per_actor": args.cpus_per_actor,
+            },
+            args.overrides,
+        )
+        job = prepare(config)
+    except (ConfigError, BadInputError, StorageError) as exc:
+        return finish(EXIT_USAGE, f"bad arguments, config or input, nothing done: {exc}")
+    return job.execute()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m pipelines.label_corpus``: the same code path as ``dpm label``."""
+    from pipelines.cli import main as cli_main
+
+    return cli_main(["label", *(sys.argv[1:] if argv is None else argv)])
+
+
+def finish(code: int, message: str) -> int:
+    """Print the final summary line (stdout) and return the exit code."""
+    meaning = {0: "ok", 1: "failed", 2: "usage", 3: "partial"}[code]
+    print(f"dpm label: exit {code} ({meaning}): {redact(message)}", flush=True)
+    return code
+
+
+# --------------------------------------------------------------------------- preflight
+
+
+def code_version() -> str:
+    """The package version plus the git commit when the code runs from a checkout."""
+    try:
+        version = metadata.version("dpm-emotion")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        return f"{version}+g{sha}" if sha else version
+    except (OSError, subprocess.SubprocessError):
+        return version
+
+
+def describe_model(uri: str | None) -> dict[str, Any]:
+    """Labels, id and fingerprint of a model folder from its small JSON files (no weights)."""
+    from dpm_worker.backbone import MODEL_META, default_model_path
+    from dpm_worker.checkpoint import MANIFEST_NAME
+
+    source = str(default_model_path()) if uri is None else uri
+    try:
+        fs, root = get_filesystem(source)
+        manifest = json.loads(fs.cat_file(f"{root.rstrip('/')}/{MANIFEST_NAME}"))
+        meta = json.loads(fs.cat_file(f"{root.rstrip('/')}/{MODEL_META}"))
+        labels = tuple(meta["vocab"]["labels"])
+        return {
+            "uri": source,
+            "labels": labels,
+            "model_id": str(meta.get("model_id", source.rstrip("/").rsplit("/", 1)[-1])),
+            "fingerprint": str(manifest["fingerprint"]),
+        }
+    except FileNotFoundError:
+        raise ModelError(
+            f"not a model folder (needs {MANIFEST_NAME} and {MODEL_META})", strip_userinfo(source)
+        ) from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelError(
+            f"cannot read the model's metadata: {exc}", strip_userinfo(source)
+        ) from exc
+
+
+def manifest_rows(uri: str) -> int | None:
+    """Row count of the manifest for the ETA (Parquet: from the footers), or None."""
+    try:
+        from dpm_worker.manifest import _open_dataset
+
+        dataset, _ = _open_dataset(uri, None)
+        return int(dataset.count_rows())
+    except Exception:  # noqa: BLE001 - only the ETA depends on it
+        return None
+
+
+class LabelJob:
+    """A validated job, ready to touch the cluster."""
+
+    def __init__(
+        self,
+        config: LabelJobConfig,
+        run: RunInfo,
+        tables: RunTables,
+        conversations: Iterator[tuple[str, list[UtteranceRow]]],
+        committed: set[str],
+        total_rows: int | None,
+        worker_class: type = ConversationWorker,
+    ) -> None:
+        self.config = config
+        self.run = run
+        self.tables = tables
+        self.conversations = conversations
+        self.committed = committed
+        self.total_rows = total_rows
+        self.worker_class = worker_class
+
+    def execute(self) -> int:
+        """Start Ray and the actors, schedule, write ``_SUCCESS``; returns the exit code."""
+        from pipelines.scheduler import ConversationScheduler, Progress
+
+        progress = Progress(total_rows=self.total_rows)
+        started_at = dt.datetime.now(dt.UTC)
+        try:
+            handles = start_actors(self.config, self.run, self.worker_class)
+            scheduler = ConversationScheduler(
+                handles,
+                self._uncommitted(progress),
+                progress,
+                in_flight_per_actor=self.config.in_flight_per_actor,
+                max_attempts=self.config.max_attempts,
+                progress_interval_s=self.config.progress_interval_s,
+                conversation_timeout_s=self.config.conversation_timeout_s,
+            )
+            scheduler.run()
+        except DpmError as exc:
+            return finish(EXIT_FAILED, f"run {self.run.run_id} stopped: {exc}")
+        log.info(progress.line())
+        where = self.tables.table_uri(EMOTIONS)
+        head = (
+            f"run {self.run.run_id}: {progress.labeled} conversations labeled "
+            f"({progress.utterances} utterances), {progress.failed} in the errors table "
+            f"({progress.error_rows} rows), {progress.skipped} already committed"
+        )
+        if scheduler.lost:
+            names = ", ".join(c for c, _ in scheduler.lost[:5])
+            return finish(
+                EXIT_FAILED,
+                f"{head}, {len(scheduler.lost)} NOT labeled ({names}; last error: "
+                f"{scheduler.lost[-1][1]}); re-run with --run-id {self.run.run_id} to finish",
+            )
+        counts = self._success_record(progress, started_at)
+        code = EXIT_PARTIAL if counts["errors"]["conversations"] else EXIT_OK
+        return finish(
+            code,
+            f"{head}; run totals: {counts['emotions']['rows']} emotion rows, "
+            f"{counts['errors']['rows']} error rows; tables: {where} and "
+            f"{self.tables.table_uri(ERRORS)}",
+        )
+
+    def _uncommitted(self, progress: Any) -> Iterator[tuple[str, list[UtteranceRow]]]:
+        for conversation_id, rows in self.conversations:
+            if conversation_key(conversation_id) in self.committed:
+                progress.skipped += 1
+                progress.rows_skipped += len(rows)
+                continue
+            yield conversation_id, rows
+
+    def _success_record(self, progress: Any, started_at: dt.datetime) -> dict[str, Any]:
+        emotions = self.tables.run_files(EMOTIONS)
+        errors = self.tables.run_files(ERRORS)
+        journal = self.tables.read_record("compaction.json") or {}
+        counts = {
+            "run_id": self.run.run_id,
+            "run_date": self.run.run_date,
+            "emotions": {
+                "files": len(emotions),
+                "rows": self.tables.count_rows(EMOTIONS),
+                "conversations": len(emotions) + int(journal.get("emotion_conversations", 0)),
+            },
+            "errors": {
+                "files": len(errors),
+                "rows": self.tables.count_rows(ERRORS),
+                "conversations": len(errors) + int(journal.get("error_conversations", 0)),
+            },
+            "this_session": {
+                "labeled": progress.labeled,
+                "failed": progress.failed,
+                "skipped": progress.skipped,
+                "utterances": progress.utterances,
+                "error_rows": progress.error_rows,
+                "audio_hours": round(progress.audio_s / 3600, 6),
+                "actor_deaths": progress.actor_deaths,
+                "stage_seconds": {k: round(v, 3) for k, v in progress.stage_s.items()},
+            },
+            "started_at": started_at.isoformat(),
+            "finished_at": dt.datetime.now(dt.UTC).isoformat(),
+            "model_fingerprint": self.run.model_fingerprint,
+            "code_version": self.run.code_version,
+        }
+        self.tables.write_record("_SUCCESS", counts)
+        return counts
+
+
+def prepare(config: LabelJobConfig, worker_class: type = ConversationWorker) -> LabelJob:
+    """Every check that needs no cluster: manifest columns, model, output, run record.
+
+    Raises:
+        ConfigError, BadInputError, StorageError: the job would fail; nothing was done.
+    """
+    model = describe_model(config.model)
+    conversations = iter_conversations(config.input)
+    first = next(conversations, None)  # the first pass checks columns and value types
+    check_writable(config.output)
+    run_id = config.run_id or new_run_id()
+    probe = RunTables(config.output, _run_info(config, run_id, "2000-01-01", model))
+    record = probe.read_record("run.json")
+    public = public_config(config)
+    if record is None:
+        run_date = dt.datetime.now(dt.UTC).date().isoformat()
+    else:
+        run_date = record["run_date"]
+        for key, now in (
+            ("input", public["input"]),
+            ("mode", config.labeling.mode),
+            ("model_fingerprint", model["fingerprint"]),
+        ):
+            if record.get(key) != now:
+                raise ConfigError(
+                    f"run {run_id} was started with {key}={record.get(key)!r}, now {now!r}; "
+                    "use a new --run-id"
+                )
+    run = _run_info(config, run_id, run_date, model)
+    tables = RunTables(config.output, run)
+    if record is None:
+        tables.write_record(
+            "run.json",
+            {
+                "run_id": run_id,
+                "run_date": run_date,
+                "input": public["input"],
+                "mode": config.labeling.mode,
+                "model_fingerprint": model["fingerprint"],
+                "config": public,
+                "code_version": run.code_version,
+            },
+        )
+    committed = tables.committed_keys()
+    stream = _chain(first, conversations)
+    log.info(
+        "run %s: input %s, output %s, model %s (%s), mode %s, %d conversations already committed",
+        run_id,
+        public["input"],
+        public["output"],
+        model["model_id"],
+        model["fingerprint"][:12],
+        config.labeling.mode,
+        len(committed),
+    )
+    return LabelJob(
+        config, run, tables, stream, committed, manifest_rows(config.input), worker_class
+    )
+
+
+def _chain(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
+    if first is None:
+        return
+    yield first
+    yield from rest
+
+
+def _run_info(config: LabelJobConfig, run_id: str, run_date: str, model: dict) -> RunInfo:
+    return RunInfo(
+        run_id=run_id,
+        run_date=run_date,
+        labels=model["labels"],
+        mode=config.labeling.mode,
+        model_id=model["model_id"],
+        model_fingerprint=model["fingerprint"],
+        code_version=code_version(),
+        config=public_config(config),
+    )
+
+
+# --------------------------------------------------------------------------- Ray
+
+
+def connect(config: LabelJobConfig) -> None:
+    """Join the cluster at ``config.address``, or start an embedded local Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if config.address:
+        ray.init(address=config.address, logging_level=logging.WARNING)
+    else:
+        ray.init(
+            num_cpus=os.cpu_count() or 1,
+            include_dashboard=False,
+            # Only small summaries travel through the object store.
+            object_store_memory=256 * 1024 * 1024,
+            logging_level=logging.WARNING,
+        )
+
+
+def start_actors(config: LabelJobConfig, run: RunInfo, worker_class: type) -> list[Any]:
+    """Create the actors (wrapped here, at the call site) and wait until they loaded the model."""
+    import ray
+    from ray.exceptions import GetTimeoutError, RayActorError
+
+    connect(config)
+    resources = ray.cluster_resources()
+    gpus = float(resources.get("GPU", 0))
+    cpus = float(resources.get("CPU", 0))
+    options: dict[str, Any] = {
+        "num_cpus": config.cpus_per_actor,
+        "max_restarts": config.max_restarts,
+        "max_task_retries": 0,  # the scheduler retries, knowing which conversation died
+        "runtime_env": {"env_vars": {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}},
+    }
+    if gpus >= config.gpus_per_actor:
+        options["num_gpus"] = config.gpus_per_actor
+        n = config.actors or max(1, int(gpus // config.gpus_per_actor))
+    else:
+        n = config.actors or max(1, int(cpus // config.cpus_per_actor))
+    settings = WorkerSettings(
+        output_uri=config.output,
+        run=run,
+        model_uri=config.model,
+        labeling=config.labeling,
+        device=config.device,
+        torch_threads=config.threads,
+    )
+    log.info(
+        "starting %d actor(s) with %s (cluster: %.0f CPU, %.0f GPU)",
+        n,
+        {k: v for k, v in options.items() if k.startswith("num_")},
+        cpus,
+        gpus,
+    )
+    remote_class = ray.remote(worker_class).options(**options)
+    handles = [remote_class.remote(settings) for _ in range(n)]
+    start = time.monotonic()
+    try:
+        infos = ray.get(
+            [h.describe.remote() for h in handles], timeout=config.actor_start_timeout_s
+        )
+    except GetTimeoutError as exc:
+        raise StorageError(
+            f"{n} actor(s) did not start within {config.actor_start_timeout_s:.0f} s; the "
+            f"cluster has {resources}; each actor needs {options.get('num_gpus', 0)} GPU and "
+            f"{config.cpus_per_actor} CPU"
+        ) from exc
+    except RayActorError as exc:
+        raise DpmError(f"an actor failed to start: {redact(str(exc))[-1500:]}") from exc
+    log.info(
+        "actors ready in %.1f s: model %s on %s",
+        time.monotonic() - start,
+        infos[0]["model_id"],
+        sorted({i["device"] for i in infos}),
+    )
+    return handles
+
+
+if __name__ == "__main__":
+    sys.exit(main())
