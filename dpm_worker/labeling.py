@@ -1,0 +1,254 @@
+"""Label one conversation in dialogue order: the four modes of DESIGN section 5, one code path.
+
+Modes differ only in what goes into the model's input for utterance i, and whether a write to
+the temporary LoRA memory precedes the read:
+
+=========  ===============================================  =======================
+mode       input for utterance i                            memory
+=========  ===============================================  =======================
+utterance  ``tokens_i``                                     none
+window     ``history[-n_r:] + tokens_i``                    none
+full       ``history + tokens_i`` up to ``max_context``     none
+dpm        ``history[-n_r:] + tokens_i``                    write, then read
+=========  ===============================================  =======================
+
+``tokens_i`` is ``<spk> audio... <audio_end>``; the emotion is always read at ``<audio_end>``
+(the last input position).
+
+Truncation rule: an input longer than the model's ``max_context`` loses tokens from the left:
+first the oldest history tokens, then, if the utterance alone is too long, its first audio
+tokens; its speaker token is kept at the front and ``<audio_end>`` at the end, so the emotion is
+read exactly as for any other utterance. An utterance longer than ``n_r`` needs no truncation:
+``n_r`` bounds the history part only.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from dpm_worker.backbone import EmotionModel
+
+from dpm_worker.errors import ConfigError, LabelError
+from dpm_worker.memory import MemoryConfig, TemporaryLoraMemory
+
+MODES = ("utterance", "window", "full", "dpm")
+HISTORY_LABELS = ("none", "predicted")
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class LabelingConfig:
+    """How a conversation is labeled.
+
+    Args:
+        mode: ``utterance``, ``window``, ``full`` or ``dpm`` (the product's default).
+        window_tokens: n_r, the history tokens in context in ``window`` and ``dpm`` modes
+            (the paper: 1024 on IEMOCAP, 256 on MELD).
+        history_labels: ``none`` keeps emotion tokens out of the history; ``predicted`` appends
+            each predicted emotion token after its ``<audio_end>``; None (default) uses the
+            format the model was trained with (``model.history_labels``).
+        memory: the temporary LoRA's hyperparameters (``dpm`` mode only).
+        seed: seeds torch's global RNG at the start of each conversation.
+    """
+
+    mode: str = "dpm"
+    window_tokens: int = 256
+    history_labels: str | None = None
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.window_tokens < 0:
+            raise ConfigError(f"window_tokens must be >= 0, got {self.window_tokens}")
+        if self.history_labels is not None and self.history_labels not in HISTORY_LABELS:
+            raise ConfigError(
+                f"history_labels must be one of {HISTORY_LABELS}, got {self.history_labels!r}"
+            )
+        if not isinstance(self.memory, MemoryConfig):
+            raise ConfigError(f"memory must be a MemoryConfig, got {type(self.memory).__name__}")
+        if self.memory.write_target == "audio+emotion" and self.history_labels == "none":
+            raise ConfigError(
+                "memory.write_target 'audio+emotion' trains on the emotion tokens of the history "
+                f"and needs history_labels='predicted', got {self.history_labels!r}"
+            )
+
+
+@dataclass(frozen=True)
+class UtteranceInput:
+    """One utterance of a conversation, already tokenized.
+
+    Args:
+        utterance_index: the utterance's index in its conversation (dialogue order).
+        speaker: the speaker's name.
+        audio_ids: int64 speech-tokenizer codes.
+    """
+
+    utterance_index: int
+    speaker: str
+    audio_ids: np.ndarray
+
+
+@dataclass(frozen=True)
+class UtterancePrediction:
+    """The emotion read for one utterance.
+
+    Args:
+        utterance_index: as in the input.
+        speaker: as in the input.
+        label: the most probable emotion.
+        confidence: its probability.
+        probs: probabilities in the order of ``model.vocab.labels`` (float32).
+        ms: wall time spent on this utterance (write + read).
+        context_tokens: tokens in the model input (history part + utterance).
+    """
+
+    utterance_index: int
+    speaker: str
+    label: str
+    confidence: float
+    probs: np.ndarray
+    ms: float
+    context_tokens: int = 0
+
+
+def tail(tokens: Sequence[int], n: int) -> list[int]:
+    """The last ``n`` tokens (none for ``n <= 0``; note ``seq[-0:]`` would be all of them)."""
+    return list(tokens[max(0, len(tokens) - n) :]) if n > 0 else []
+
+
+def fit_context(
+    history_part: list[int], tokens: list[int], max_context: int
+) -> tuple[list[int], int]:
+    """Apply the truncation rule (module docstring).
+
+    Returns:
+        The input ids and the position where the utterance's tokens start in them.
+    """
+    room = max_context - len(tokens)
+    if room >= 0:
+        kept = tail(history_part, room)
+        return kept + tokens, len(kept)
+    # The utterance alone is too long: keep <spk>, then its last tokens up to <audio_end>.
+    return [tokens[0], *tail(tokens[1:], max_context - 1)], 0
+
+
+class ConversationLabeler:
+    """Labels conversations with one backbone in one mode; reusable across conversations.
+
+    Args:
+        model: the emotion SLLM (``dpm_worker.backbone.EmotionModel``). In ``dpm`` mode its
+            causal LM gets the temporary LoRA adapters injected once, here.
+        config: the labeling configuration.
+    """
+
+    def __init__(self, model: EmotionModel, config: LabelingConfig) -> None:
+        self.model = model
+        self.config = config
+        self.vocab = model.vocab
+        self.history_labels = config.history_labels or getattr(model, "history_labels", "none")
+        if config.memory.write_target == "audio+emotion" and self.history_labels != "predicted":
+            raise ConfigError(
+                "memory.write_target 'audio+emotion' needs history_labels 'predicted', "
+                f"got {self.history_labels!r}"
+            )
+        self.max_context = int(model.max_context)
+        if self.max_context < 2:
+            raise ConfigError(f"model.max_context must be >= 2, got {self.max_context}")
+        self.memory = (
+            TemporaryLoraMemory(model.model, config.memory) if config.mode == "dpm" else None
+        )
+        audio = (self.vocab.audio_offset, self.vocab.audio_offset + self.vocab.n_audio)
+        self._audio_range = audio
+        self._emotion_range = (self.vocab.emotion_offset, self.vocab.size)
+
+    def close(self) -> None:
+        """Remove the memory's adapters from the backbone (only needed to reuse it otherwise)."""
+        if self.memory is not None:
+            self.memory.close()
+
+    def label_conversation(self, utterances: Sequence[UtteranceInput]) -> list[UtterancePrediction]:
+        """Label a conversation's utterances, given in dialogue order.
+
+        The memory (``dpm``) is reset before the first utterance and discarded after the last,
+        so no conversation sees another's.
+        """
+        cfg = self.config
+        torch.manual_seed(cfg.seed)
+        slots: dict[str, int] = {}
+        # History beyond what the mode reads is dropped, so memory stays constant per utterance.
+        keep_history = {"utterance": 0, "full": self.max_context}.get(cfg.mode, cfg.window_tokens)
+        history: list[int] = []
+        predictions: list[UtterancePrediction] = []
+        if self.memory is not None:
+            self.memory.reset()
+        try:
+            for utt in utterances:
+                start = time.perf_counter()
+                speaker_slot = slots.setdefault(utt.speaker, len(slots))
+                try:
+                    tokens = self.vocab.utterance_tokens(utt.audio_ids, speaker_slot)
+                except ConfigError as exc:
+                    raise LabelError(f"utterance {utt.utterance_index}: {exc}") from exc
+                if len(tokens) < 3:
+                    raise LabelError(f"utterance {utt.utterance_index} has no audio tokens")
+                ids, start_of_utt = fit_context(
+                    self._history_part(history), tokens, self.max_context
+                )
+                input_ids = torch.tensor([ids], dtype=torch.long, device=self.model.device)
+                if self.memory is not None:
+                    labels = self._write_labels(ids, start_of_utt)
+                    self.memory.write(self.memory.slot_for(speaker_slot), input_ids, labels)
+                with torch.no_grad():
+                    probs = self.model.emotion_probs(input_ids)[0].float().cpu().numpy()
+                best = int(np.argmax(probs))
+                label = self.vocab.labels[best]
+                history.extend(tokens)
+                if self.history_labels == "predicted":
+                    history.append(self.vocab.emotion_token(label))
+                if len(history) > 2 * keep_history:
+                    del history[: len(history) - keep_history]
+                predictions.append(
+                    UtterancePrediction(
+                        utterance_index=utt.utterance_index,
+                        speaker=utt.speaker,
+                        label=label,
+                        confidence=float(probs[best]),
+                        probs=probs.astype(np.float32),
+                        ms=(time.perf_counter() - start) * 1000.0,
+                        context_tokens=len(ids),
+                    )
+                )
+        finally:
+            if self.memory is not None:
+                self.memory.reset()
+        return predictions
+
+    def _history_part(self, history: list[int]) -> list[int]:
+        mode = self.config.mode
+        if mode == "utterance":
+            return []
+        if mode == "full":
+            return tail(history, self.max_context)
+        return tail(history, self.config.window_tokens)
+
+    def _write_labels(self, ids: list[int], start_of_utt: int) -> torch.Tensor:
+        """Write targets: the utterance's audio tokens (+ the history's emotion tokens)."""
+        tokens = torch.tensor(ids, dtype=torch.long)
+        positions = torch.arange(len(ids))
+        lo, hi = self._audio_range
+        mask = (positions >= start_of_utt) & (tokens >= lo) & (tokens < hi)
+        if self.config.memory.write_target == "audio+emotion":
+            elo, ehi = self._emotion_range
+            mask |= (positions < start_of_utt) & (tokens >= elo) & (tokens < ehi)
+        mask &= positions >= 1  # position 0 has nothing before it to predict it from
+        labels = torch.where(mask, tokens, torch.full_like(tokens, IGNORE))
+        return labels.unsqueeze(0).to(self.model.device)

@@ -1,0 +1,305 @@
+"""Dynamic Parameter Memory: the temporary LoRA that is trained on each utterance as it goes by.
+
+DESIGN section 5. The backbone stays frozen. A low-rank adapter (peft LoRA) is injected into it
+once, when the memory is built; for every conversation its weights are copied back to their
+initial values in place and its AdamW state is cleared, so the model object is never re-wrapped
+or reloaded (that would cost seconds per conversation and fragment GPU memory).
+
+Why ``B = 0`` at reset: a LoRA adds ``B @ A @ x`` to each target layer, so with ``B = 0`` the
+adapted model computes exactly the backbone's outputs (adding a zero tensor is exact in floating
+point). A fresh conversation therefore starts from the backbone itself, bit for bit.
+
+Scope ``speaker`` keeps one adapter per speaker slot of the conversation (peft multi-adapter,
+switched with ``set_adapter``); each is written and read only on its speaker's turns, because a
+single shared adapter was measured to copy one speaker's mood onto the other (issue 4).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import warnings
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from dpm_worker.errors import ConfigError
+
+WRITE_TARGETS = ("audio", "audio+emotion")
+SCOPES = ("conversation", "speaker")
+INITS = ("zeros",)
+ADAPTER_PREFIX = "dpm_memory"
+# Adapter names are unique per memory object, so two memories on one backbone (e.g. a sweep
+# over configs) never overwrite each other's adapters.
+_MEMORY_IDS = itertools.count()
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    """Hyperparameters of the temporary LoRA and its optimizer.
+
+    The paper (arXiv 2507.09076) and Temp-LoRA (arXiv 2401.11504) use, at 7B scale: LoRA r=64
+    on all linear layers, AdamW, lr 5e-5, 2 steps per chunk, constant lr after a short warm-up.
+    The defaults here are what was measured to work with the small default backbone (docs/dpm.md).
+
+    Args:
+        rank: LoRA rank r.
+        alpha: LoRA alpha; the update is scaled by ``alpha / rank``.
+        target_modules: names of the linear layers that get an adapter.
+        lr: AdamW learning rate after warm-up.
+        betas: AdamW betas.
+        weight_decay: AdamW decoupled weight decay (pulls the memory back toward zero).
+        warmup_steps: linear warm-up, counted in optimizer steps within one conversation
+            (per speaker in ``speaker`` scope); 0 means the full lr from the first step.
+        steps_per_utterance: k, the AdamW steps of each write.
+        write_target: ``audio`` trains on the utterance's audio tokens; ``audio+emotion`` also
+            trains on the emotion tokens the history window carries (previously predicted
+            labels; needs ``history_labels="predicted"``).
+        scope: ``conversation`` (one adapter, the paper) or ``speaker`` (one per speaker).
+        init: ``zeros``: B = 0 and A seeded Kaiming-uniform, so a reset memory is the backbone.
+        seed: seeds the A matrices; the same seed gives the same rows.
+    """
+
+    rank: int = 8
+    alpha: float = 16.0
+    target_modules: tuple[str, ...] = (
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    )
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    steps_per_utterance: int = 1
+    write_target: str = "audio"
+    scope: str = "speaker"
+    init: str = "zeros"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise ConfigError(f"memory.rank must be >= 1, got {self.rank}")
+        if not self.alpha > 0:
+            raise ConfigError(f"memory.alpha must be > 0, got {self.alpha}")
+        modules = tuple(self.target_modules)
+        if not modules or not all(isinstance(m, str) and m for m in modules):
+            raise ConfigError(f"memory.target_modules must be non-empty names, got {modules!r}")
+        object.__setattr__(self, "target_modules", modules)
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"memory.lr must be a finite number > 0, got {self.lr}")
+        betas = tuple(float(b) for b in self.betas)
+        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+            raise ConfigError(f"memory.betas must be two numbers in [0, 1), got {self.betas!r}")
+        object.__setattr__(self, "betas", betas)
+        if self.weight_decay < 0:
+            raise ConfigError(f"memory.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"memory.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.steps_per_utterance < 0:
+            raise ConfigError(
+                f"memory.steps_per_utterance must be >= 0, got {self.steps_per_utterance}"
+            )
+        if self.write_target not in WRITE_TARGETS:
+            raise ConfigError(
+                f"memory.write_target must be one of {WRITE_TARGETS}, got {self.write_target!r}"
+            )
+        if self.scope not in SCOPES:
+            raise ConfigError(f"memory.scope must be one of {SCOPES}, got {self.scope!r}")
+        if self.init not in INITS:
+            raise ConfigError(f"memory.init must be one of {INITS}, got {self.init!r}")
+
+
+@dataclass
+class _Slot:
+    """One temporary adapter: its parameters, their initial values and its optimizer."""
+
+    name: str
+    params: list[nn.Parameter]
+    initial: list[torch.Tensor]
+    optimizer: torch.optim.AdamW
+    steps: int = 0
+
+
+class TemporaryLoraMemory:
+    """The temporary LoRA adapters of one frozen causal LM.
+
+    Adapters are injected once per slot (slot 0 only in ``conversation`` scope; one slot per
+    speaker in ``speaker`` scope, created the first time a speaker slot is used) and then kept
+    for the life of the model: ``reset`` only copies values.
+
+    Args:
+        lm: the backbone (a transformers causal LM); mutated in place: its target linear
+            layers become peft LoRA layers and its own parameters are frozen.
+        config: the memory's hyperparameters.
+    """
+
+    def __init__(self, lm: nn.Module, config: MemoryConfig) -> None:
+        self.lm = lm
+        self.config = config
+        self._slots: dict[int, _Slot] = {}
+        self._prefix = f"{ADAPTER_PREFIX}{next(_MEMORY_IDS)}_"
+        self._layers: list[nn.Module] = []
+        for param in lm.parameters():
+            param.requires_grad_(False)
+        lm.train(False)  # dropout off: the memory must be deterministic
+        # Slot 0 exists from the start, so a config that fits no layer fails here, not mid-run.
+        self._slots[0] = self._create_slot(0)
+        self.reset()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Forget everything: every adapter back to its initial values, optimizer state cleared."""
+        with torch.no_grad():
+            for slot in self._slots.values():
+                for param, init in zip(slot.params, slot.initial, strict=True):
+                    param.copy_(init)
+                    param.grad = None
+                slot.optimizer.state.clear()
+                slot.steps = 0
+        self.enable(False)
+
+    def enable(self, enabled: bool) -> None:
+        """Switch the adapters on or off; off, the model computes the backbone alone (faster)."""
+        for module in self._layers:
+            module.enable_adapters(enabled)
+
+    def close(self) -> None:
+        """Remove this memory's adapters from the backbone (the backbone is then as loaded)."""
+        from peft.functional import delete_adapter
+
+        configs = getattr(self.lm, "peft_config", {})
+        for slot in self._slots.values():
+            delete_adapter(self.lm, slot.name, prefix="lora_")
+            configs.pop(slot.name, None)
+        self._slots.clear()
+        self._layers = []
+
+    def activate(self, slot: int) -> None:
+        """Make ``slot``'s adapter the one used by forward passes, creating it on first use."""
+        from peft.functional import set_adapter
+
+        created = slot not in self._slots
+        if created:
+            self._slots[slot] = self._create_slot(slot)
+        set_adapter(self.lm, self._slots[slot].name)
+        self.enable(True)
+
+    def slot_for(self, speaker_slot: int) -> int:
+        """The adapter slot an utterance of ``speaker_slot`` writes to and reads from."""
+        return speaker_slot if self.config.scope == "speaker" else 0
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Every adapter parameter (the only tensors a write may change)."""
+        return [p for slot in self._slots.values() for p in slot.params]
+
+    # -- write ----------------------------------------------------------------------------------
+
+    def write(self, slot: int, input_ids: torch.Tensor, labels: torch.Tensor) -> float:
+        """Train ``slot``'s adapter ``steps_per_utterance`` AdamW steps on one input.
+
+        Args:
+            slot: the adapter slot (see ``slot_for``).
+            input_ids: ``[1, T]`` token ids (history window + utterance).
+            labels: ``[1, T]``; ``-100`` everywhere the loss is off. Label at position t is
+                predicted from the tokens before t (the usual causal shift).
+
+        Returns:
+            The loss of the last step (nan when there was nothing to train on).
+        """
+        self.activate(slot)
+        state = self._slots[slot]
+        positions = torch.nonzero(labels[0] != -100).flatten()
+        if positions.numel() == 0 or positions.min() < 1 or self.config.steps_per_utterance == 0:
+            return float("nan")
+        # Only logits from the first labelled position on are needed; skipping the rest saves
+        # the lm_head matmul over the whole history window (the largest single matmul).
+        first = int(positions.min())
+        keep = int(labels.shape[1]) - first + 1
+        targets = labels[:, first:]
+        loss_value = float("nan")
+        for _ in range(self.config.steps_per_utterance):
+            lr = self._lr(state.steps)
+            for group in state.optimizer.param_groups:
+                group["lr"] = lr
+            logits = self.lm(input_ids=input_ids, logits_to_keep=keep).logits
+            # logits[:, j] sits at position first - 1 + j and predicts the token at first + j.
+            loss = nn.functional.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+                targets.reshape(-1),
+                ignore_index=-100,
+            )
+            state.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            state.optimizer.step()
+            state.steps += 1
+            loss_value = float(loss.detach())
+        state.optimizer.zero_grad(set_to_none=True)
+        return loss_value
+
+    def _lr(self, step: int) -> float:
+        warm = self.config.warmup_steps
+        return self.config.lr * min(1.0, (step + 1) / (warm + 1)) if warm else self.config.lr
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _create_slot(self, slot: int) -> _Slot:
+        from peft import LoraConfig
+        from peft.functional import inject_adapter_in_model
+
+        cfg = self.config
+        name = f"{self._prefix}{slot}"
+        lora = LoraConfig(
+            r=cfg.rank,
+            lora_alpha=cfg.alpha,
+            target_modules=list(cfg.target_modules),
+            lora_dropout=0.0,
+            bias="none",
+        )
+        with warnings.catch_warnings():
+            # peft warns that a second adapter joins the first: that is the speaker scope.
+            warnings.filterwarnings("ignore", message=".*peft_config.*")
+            try:
+                inject_adapter_in_model(lora, self.lm, adapter_name=name)
+            except ValueError as exc:  # peft's "target modules not found"
+                raise ConfigError(
+                    f"memory.target_modules {cfg.target_modules} matched no layer of the "
+                    f"backbone: {exc}"
+                ) from exc
+        from peft.tuners.lora import LoraLayer
+
+        self._layers = [m for m in self.lm.modules() if isinstance(m, LoraLayer)]
+        params: list[nn.Parameter] = []
+        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + slot)
+        with torch.no_grad():
+            for module in self._layers:
+                if name not in module.lora_A:
+                    continue
+                a = module.lora_A[name].weight
+                b = module.lora_B[name].weight
+                # Seeded init, independent of the global RNG and of creation order.
+                bound = 1.0 / math.sqrt(a.shape[1])
+                a.copy_(torch.empty(a.shape).uniform_(-bound, bound, generator=generator))
+                b.zero_()
+                params.extend([a, b])
+        if not params:
+            raise ConfigError(
+                f"memory.target_modules {cfg.target_modules} matched no layer of the backbone"
+            )
+        for param in params:
+            param.requires_grad_(True)
+        optimizer = torch.optim.AdamW(
+            params,
+            lr=cfg.lr,
+            betas=cfg.betas,
+            weight_decay=cfg.weight_decay,
+            foreach=False,
+        )
+        initial = [p.detach().clone() for p in params]
+        return _Slot(name=name, params=params, initial=initial, optimizer=optimizer)

@@ -1,0 +1,251 @@
+"""Invariants of the DPM loop (DESIGN section 5) on tiny random backbones."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dpm_worker.backbone import EmotionModel
+from dpm_worker.errors import ConfigError, LabelError
+from dpm_worker.labeling import (
+    ConversationLabeler,
+    LabelingConfig,
+    UtteranceInput,
+    fit_context,
+    tail,
+)
+from dpm_worker.memory import MemoryConfig, TemporaryLoraMemory
+
+# A large lr so that one write visibly moves a random model's outputs (the tests must fail
+# if the memory did nothing).
+FAST = MemoryConfig(lr=1e-2, steps_per_utterance=2, scope="conversation")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny models run fastest on one thread, and the machine is shared.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_model(seed: int = 0, max_context: int = 512) -> EmotionModel:
+    return EmotionModel.random(seed=seed, max_context=max_context)
+
+
+def conversation(seed: int, n: int = 8, lo: int = 10, hi: int = 30) -> list[UtteranceInput]:
+    rng = np.random.default_rng(seed)
+    return [
+        UtteranceInput(i, "ab"[i % 2], rng.integers(0, 32, size=int(rng.integers(lo, hi))))
+        for i in range(n)
+    ]
+
+
+def probs(rows) -> np.ndarray:
+    return np.stack([r.probs for r in rows])
+
+
+def logits(model: EmotionModel, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model.model(input_ids=ids).logits
+
+
+def test_reset_restores_base_outputs_exactly() -> None:
+    model = make_model()
+    ids = torch.randint(0, model.vocab.size, (1, 40), generator=torch.Generator().manual_seed(1))
+    base = logits(model, ids)
+    memory = TemporaryLoraMemory(model.model, FAST)
+    memory.activate(0)
+    assert torch.equal(logits(model, ids), base)  # B = 0: a fresh memory is the backbone
+    labels = ids.clone()
+    labels[:, :20] = -100
+    memory.write(0, ids, labels)
+    assert not torch.equal(logits(model, ids), base)  # the write changed the function
+    memory.reset()
+    memory.activate(0)
+    assert torch.equal(logits(model, ids), base)
+    assert all(not state for state in memory._slots[0].optimizer.state.values())
+
+
+def test_conversation_a_then_b_equals_b_alone() -> None:
+    model = make_model()
+    a, b = conversation(1), conversation(2)
+    labeler = ConversationLabeler(model, LabelingConfig(mode="dpm", memory=FAST))
+    labeler.label_conversation(a)
+    after_a = labeler.label_conversation(b)
+    fresh = ConversationLabeler(make_model(), LabelingConfig(mode="dpm", memory=FAST))
+    alone = fresh.label_conversation(b)
+    assert np.array_equal(probs(after_a), probs(alone))
+    # and the memory did matter inside the conversation
+    window = ConversationLabeler(make_model(), LabelingConfig(mode="window"))
+    assert not np.array_equal(probs(alone), probs(window.label_conversation(b)))
+
+
+def test_only_lora_parameters_change() -> None:
+    model = make_model()
+    before = {k: v.clone() for k, v in model.model.state_dict().items()}
+    labeler = ConversationLabeler(model, LabelingConfig(mode="dpm", memory=FAST))
+    memory = labeler.memory
+    seen_change = []
+    original_write = memory.write
+
+    def spy(slot, input_ids, labels):  # records that the adapter really moved
+        loss = original_write(slot, input_ids, labels)
+        state = memory._slots[slot]
+        seen_change.append(
+            any(not torch.equal(p, q) for p, q in zip(state.params, state.initial, strict=True))
+        )
+        return loss
+
+    memory.write = spy
+    labeler.label_conversation(conversation(3))
+    # peft moved each adapted Linear's weight under ".base_layer"; values must be untouched.
+    after = {k.replace(".base_layer", ""): v for k, v in model.model.state_dict().items()}
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert len([k for k in after if "lora_" in k]) > 0
+    assert seen_change and seen_change[-1]
+    assert all("lora_" in n for n, p in model.model.named_parameters() if p.requires_grad)
+
+
+def test_same_seed_same_rows_and_memory_seed_matters() -> None:
+    conv = conversation(4)
+    first = ConversationLabeler(make_model(), LabelingConfig(memory=FAST)).label_conversation(conv)
+    second = ConversationLabeler(make_model(), LabelingConfig(memory=FAST)).label_conversation(conv)
+    assert [r.label for r in first] == [r.label for r in second]
+    assert np.array_equal(probs(first), probs(second))
+    other = MemoryConfig(lr=1e-2, steps_per_utterance=2, scope="conversation", seed=7)
+    third = ConversationLabeler(make_model(), LabelingConfig(memory=other)).label_conversation(conv)
+    assert not np.array_equal(probs(first), probs(third))
+
+
+def test_zero_steps_dpm_is_window_mode() -> None:
+    conv = conversation(5)
+    idle = MemoryConfig(steps_per_utterance=0)
+    dpm = ConversationLabeler(make_model(), LabelingConfig(mode="dpm", memory=idle))
+    window = ConversationLabeler(make_model(), LabelingConfig(mode="window"))
+    assert np.array_equal(
+        probs(dpm.label_conversation(conv)), probs(window.label_conversation(conv))
+    )
+
+
+def test_dpm_leaves_other_modes_untouched() -> None:
+    model, conv = make_model(), conversation(6)
+    window_before = ConversationLabeler(model, LabelingConfig(mode="window")).label_conversation(
+        conv
+    )
+    ConversationLabeler(model, LabelingConfig(mode="dpm", memory=FAST)).label_conversation(conv)
+    window_after = ConversationLabeler(model, LabelingConfig(mode="window")).label_conversation(
+        conv
+    )
+    assert np.array_equal(probs(window_before), probs(window_after))
+
+
+def test_speaker_scope_routes_memory_by_speaker() -> None:
+    # speaker a talks three times, then b for the first time: b's own memory is still empty.
+    rng = np.random.default_rng(7)
+    conv = [UtteranceInput(i, s, rng.integers(0, 32, size=20)) for i, s in enumerate("aaab")]
+    window = ConversationLabeler(make_model(), LabelingConfig(mode="window"))
+    by_speaker = MemoryConfig(lr=1e-2, steps_per_utterance=2, scope="speaker")
+    shared = ConversationLabeler(make_model(), LabelingConfig(memory=FAST))
+    routed = ConversationLabeler(make_model(), LabelingConfig(memory=by_speaker))
+    w, s, r = (x.label_conversation(conv) for x in (window, shared, routed))
+    # b's write is its own first one, so only the other speaker's writes can separate the modes
+    assert not np.array_equal(s[3].probs, r[3].probs)
+    assert len(routed.memory._slots) == 2 and len(shared.memory._slots) == 1
+    assert not np.array_equal(w[3].probs, r[3].probs)  # b's own write still applies
+
+
+def test_utterance_longer_than_window_and_context() -> None:
+    model = make_model(max_context=64)
+    rng = np.random.default_rng(8)
+    conv = [
+        UtteranceInput(0, "a", rng.integers(0, 32, size=20)),
+        UtteranceInput(1, "b", rng.integers(0, 32, size=40)),  # longer than the window (16)
+        UtteranceInput(2, "a", rng.integers(0, 32, size=200)),  # longer than max_context
+    ]
+    for mode in ("utterance", "window", "full", "dpm"):
+        cfg = LabelingConfig(mode=mode, window_tokens=16, memory=FAST)
+        rows = ConversationLabeler(model, cfg).label_conversation(conv)
+        assert [r.utterance_index for r in rows] == [0, 1, 2]
+        assert all(np.isclose(r.probs.sum(), 1.0, atol=1e-5) for r in rows)
+        assert rows[2].context_tokens == 64
+    rows = ConversationLabeler(
+        model, LabelingConfig(mode="window", window_tokens=16)
+    ).label_conversation(conv)
+    assert rows[1].context_tokens == 16 + 42
+
+
+def test_fit_context_truncation_rule() -> None:
+    history = list(range(100, 110))
+    tokens = [1, 5, 6, 7, 9]  # <spk> audio audio audio <audio_end>
+    assert fit_context(history, tokens, 8) == ([107, 108, 109, *tokens], 3)
+    assert fit_context(history, tokens, 5) == (tokens, 0)
+    assert fit_context(history, tokens, 3) == ([1, 7, 9], 0)  # speaker kept, read at <audio_end>
+    assert tail([1, 2, 3], 0) == [] and tail([1, 2, 3], 2) == [2, 3] and tail([1, 2], 5) == [1, 2]
+
+
+@pytest.mark.parametrize("mode", ["window", "dpm"])
+def test_cost_per_utterance_does_not_grow_with_position(mode: str) -> None:
+    model = make_model()
+    fed: list[int] = []
+    hook = model.model.register_forward_pre_hook(
+        lambda module, args, kwargs: fed.append(int(kwargs["input_ids"].shape[1])),
+        with_kwargs=True,
+    )
+    rng = np.random.default_rng(9)
+    conv = [UtteranceInput(i, "ab"[i % 2], rng.integers(0, 32, size=20)) for i in range(40)]
+    labeler = ConversationLabeler(model, LabelingConfig(mode=mode, window_tokens=64, memory=FAST))
+    try:
+        rows = labeler.label_conversation(conv)
+    finally:
+        hook.remove()
+    calls = 1 + (FAST.steps_per_utterance if mode == "dpm" else 0)
+    per_utterance = [sum(fed[i * calls : (i + 1) * calls]) for i in range(len(conv))]
+    assert len(fed) == calls * len(conv)
+    assert per_utterance[5] == per_utterance[20] == per_utterance[-1] == calls * (64 + 22)
+    assert rows[-1].context_tokens == 64 + 22
+
+
+def test_full_mode_grows_until_max_context() -> None:
+    model = make_model(max_context=200)
+    rng = np.random.default_rng(10)
+    conv = [UtteranceInput(i, "ab"[i % 2], rng.integers(0, 32, size=20)) for i in range(20)]
+    rows = ConversationLabeler(model, LabelingConfig(mode="full")).label_conversation(conv)
+    sizes = [r.context_tokens for r in rows]
+    assert sizes[:3] == [22, 44, 66] and sizes[-1] == 200
+
+
+def test_bad_configs_and_inputs_raise_typed_errors() -> None:
+    with pytest.raises(ConfigError, match="nope"):
+        LabelingConfig(mode="nope")
+    with pytest.raises(ConfigError, match="-1"):
+        LabelingConfig(window_tokens=-1)
+    with pytest.raises(ConfigError, match="rank"):
+        MemoryConfig(rank=0)
+    with pytest.raises(ConfigError, match="everything"):
+        MemoryConfig(scope="everything")
+    with pytest.raises(ConfigError, match="history_labels"):
+        LabelingConfig(memory=MemoryConfig(write_target="audio+emotion"), history_labels="none")
+    with pytest.raises(ConfigError, match="matched no layer"):
+        ConversationLabeler(
+            make_model(), LabelingConfig(memory=MemoryConfig(target_modules=("nothing",)))
+        ).label_conversation(conversation(11, n=2))
+    labeler = ConversationLabeler(make_model(), LabelingConfig(mode="window"))
+    with pytest.raises(LabelError, match="utterance 3"):
+        labeler.label_conversation([UtteranceInput(3, "a", np.array([1, 99]))])
+    with pytest.raises(LabelError, match="no audio"):
+        labeler.label_conversation([UtteranceInput(4, "a", np.array([], dtype=np.int64))])
+
+
+def test_audio_plus_emotion_writes_on_predicted_history() -> None:
+    model = EmotionModel.random(seed=0, history_labels="predicted")
+    cfg = MemoryConfig(lr=1e-2, write_target="audio+emotion", scope="conversation")
+    rows = ConversationLabeler(model, LabelingConfig(memory=cfg)).label_conversation(
+        conversation(12)
+    )
+    plain = ConversationLabeler(model, LabelingConfig(memory=FAST)).label_conversation(
+        conversation(12)
+    )
+    assert len(rows) == 8 and not np.array_equal(probs(rows), probs(plain))
