@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import posixpath
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 import fsspec
@@ -121,9 +122,16 @@ def _open_dataset(uri: str, endpoint_url: str | None) -> tuple[ds.Dataset, str]:
 def _scan(
     dataset: ds.Dataset, uri: str, columns: list[str] | None, batch_rows: int
 ) -> Iterator[pa.RecordBatch]:
-    # use_threads=False keeps batches in file order, so row numbers in errors are exact.
+    # use_threads=False keeps batches in file order, so row numbers in errors are exact;
+    # little readahead keeps memory near one batch (a Parquet row group is still read whole).
     try:
-        yield from dataset.to_batches(columns=columns, batch_size=batch_rows, use_threads=False)
+        yield from dataset.to_batches(
+            columns=columns,
+            batch_size=batch_rows,
+            batch_readahead=1,
+            fragment_readahead=1,
+            use_threads=False,
+        )
     except (pa.ArrowException, OSError) as exc:
         raise ManifestError(f"cannot read manifest: {exc}", uri) from exc
 
@@ -227,6 +235,10 @@ def _duplicate_rows(table: pa.Table) -> list[tuple[int, int]]:
     return found
 
 
+def _value(table: pa.Table, column: str, row: int) -> object:
+    return table.column(column)[row].as_py()
+
+
 def row_problems(
     table: pa.Table, labels: Sequence[str] | None = None, *, first_only: bool = False
 ) -> list[Problem]:
@@ -240,94 +252,59 @@ def row_problems(
     Returns:
         Problems sorted by row, then by column order of the checks.
     """
-    checks: list[tuple[str, np.ndarray, Callable[[int], str]]] = []
-
-    def value(column: str, row: int) -> object:
-        return table.column(column)[row].as_py()
-
+    # (offending column, mask of bad rows, message template, columns whose values fill it)
+    checks: list[tuple[str, np.ndarray, str, tuple[str, ...]]] = []
     for name in REQUIRED_COLUMNS:
-        checks.append((name, _mask(pc.is_null(table[name])), lambda r, n=name: f"{n} is null"))
+        checks.append((name, _mask(pc.is_null(table[name])), f"{name} is null", ()))
     for name in _NON_EMPTY_COLUMNS:
         empty = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(table[name])), 0)
-        checks.append((name, _mask(empty), lambda r, n=name: f"{n} is empty"))
+        checks.append((name, _mask(empty), f"{name} is empty", ()))
+    index = table["utterance_index"]
     checks.append(
         (
             "utterance_index",
-            _mask(pc.less(table["utterance_index"], 0)),
-            lambda r: f"utterance_index {value('utterance_index', r)} is negative",
+            _mask(pc.less(index, 0)),
+            "utterance_index {} is negative",
+            ("utterance_index",),
         )
     )
     start, end = table["start_s"], table["end_s"]
     for name, col in (("start_s", start), ("end_s", end)):
-        checks.append(
-            (
-                name,
-                _mask(pc.invert(pc.is_finite(col))),
-                lambda r, n=name: f"{n} {value(n, r)} is not a finite number",
-            )
-        )
-        checks.append(
-            (name, _mask(pc.less(col, 0.0)), lambda r, n=name: f"{n} {value(n, r)} is negative")
-        )
-    checks.append(
-        (
-            "end_s",
-            _mask(pc.and_(pc.is_valid(start), pc.is_null(end))),
-            lambda r: f"start_s {value('start_s', r)} is given without end_s",
-        )
-    )
-    checks.append(
-        (
-            "start_s",
-            _mask(pc.and_(pc.is_null(start), pc.is_valid(end))),
-            lambda r: f"end_s {value('end_s', r)} is given without start_s",
-        )
-    )
-    checks.append(
-        (
-            "end_s",
-            _mask(pc.less_equal(end, start)),
-            lambda r: (
-                f"end_s {value('end_s', r)} is not after start_s {value('start_s', r)}"
-                " (reversed or empty segment)"
-            ),
-        )
-    )
-    checks.append(
-        (
-            "channel",
-            _mask(pc.less(table["channel"], 0)),
-            lambda r: f"channel {value('channel', r)} is negative",
-        )
-    )
+        not_finite = _mask(pc.invert(pc.is_finite(col)))
+        checks.append((name, not_finite, name + " {} is not a finite number", (name,)))
+        checks.append((name, _mask(pc.less(col, 0.0)), name + " {} is negative", (name,)))
+    only_start = _mask(pc.and_(pc.is_valid(start), pc.is_null(end)))
+    checks.append(("end_s", only_start, "start_s {} is given without end_s", ("start_s",)))
+    only_end = _mask(pc.and_(pc.is_null(start), pc.is_valid(end)))
+    checks.append(("start_s", only_end, "end_s {} is given without start_s", ("end_s",)))
+    reversed_ = _mask(pc.less_equal(end, start))
+    reversed_text = "end_s {} is not after start_s {} (reversed or empty segment)"
+    checks.append(("end_s", reversed_, reversed_text, ("end_s", "start_s")))
+    channel = _mask(pc.less(table["channel"], 0))
+    checks.append(("channel", channel, "channel {} is negative", ("channel",)))
     if labels is not None:
         allowed = pa.array(list(labels), pa.string())
-        unknown = pc.and_(
-            pc.is_valid(table["emotion"]), pc.invert(pc.is_in(table["emotion"], value_set=allowed))
-        )
-        checks.append(
-            (
-                "emotion",
-                _mask(unknown),
-                lambda r: (
-                    f"unknown emotion label {value('emotion', r)!r}; expected one of {list(labels)}"
-                ),
-            )
-        )
+        emotion = table["emotion"]
+        unknown = pc.and_(pc.is_valid(emotion), pc.invert(pc.is_in(emotion, value_set=allowed)))
+        # Braces in labels must not be taken as placeholders.
+        expected = str(list(labels)).replace("{", "{{").replace("}", "}}")
+        label_text = "unknown emotion label {!r}; expected one of " + expected
+        checks.append(("emotion", _mask(unknown), label_text, ("emotion",)))
 
     problems: list[Problem] = []
-    for column, mask, describe in checks:
+    for column, mask, template, fill in checks:
         rows = np.flatnonzero(mask)
         for r in rows[:1] if first_only else rows:
-            problems.append(Problem(int(r), column, describe(int(r))))
+            message = template.format(*(_value(table, name, int(r)) for name in fill))
+            problems.append(Problem(int(r), column, message))
     duplicates = _duplicate_rows(table)
     for r, first in duplicates[:1] if first_only else duplicates:
         problems.append(
             Problem(
                 r,
                 "utterance_index",
-                f"duplicate utterance_index {value('utterance_index', r)} in conversation "
-                f"{value('conversation_id', r)!r} (first at row {first})",
+                f"duplicate utterance_index {_value(table, 'utterance_index', r)} in "
+                f"conversation {_value(table, 'conversation_id', r)!r} (first at row {first})",
             )
         )
     # Stable sort keeps the check order within a row, so the first problem is deterministic.
@@ -372,17 +349,64 @@ def conversation_problems(
         ``(utterance_index or None, message)`` pairs; empty when the conversation is valid.
         Each message names the column.
     """
-    if not rows:
-        return []
-    table = pa.Table.from_pylist(
-        [{name: getattr(row, name) for name in MANIFEST_SCHEMA.names} for row in rows],
-        schema=_NULLABLE_SCHEMA,
-    )
     out: list[tuple[int | None, str]] = []
-    for problem in row_problems(table, labels):
+    for problem in _python_problems(rows, labels):
         index = rows[problem.row].utterance_index
         out.append((index, f"column {problem.column!r}: {problem.message}"))
     return out
+
+
+def _python_problems(rows: Sequence[UtteranceRow], labels: Sequence[str] | None) -> list[Problem]:
+    """The checks of :func:`row_problems`, in plain Python: a conversation is a few hundred
+    rows at most, where pyarrow's per-call overhead (~2 ms per conversation) would dominate.
+    Same messages and order; a unit test holds the two implementations equal."""
+    allowed = None if labels is None else set(labels)
+    problems: list[Problem] = []
+    first_at: dict[tuple[str, int], int] = {}
+    for pos, row in enumerate(rows):
+
+        def add(column: str, message: str, pos: int = pos) -> None:
+            problems.append(Problem(pos, column, message))
+
+        for name in REQUIRED_COLUMNS:
+            if getattr(row, name) is None:
+                add(name, f"{name} is null")
+        for name in _NON_EMPTY_COLUMNS:
+            text = getattr(row, name)
+            if isinstance(text, str) and not text.strip():
+                add(name, f"{name} is empty")
+        index, start, end = row.utterance_index, row.start_s, row.end_s
+        if index is not None and index < 0:
+            add("utterance_index", f"utterance_index {index} is negative")
+        for name, t in (("start_s", start), ("end_s", end)):
+            if t is not None and not math.isfinite(t):
+                add(name, f"{name} {t} is not a finite number")
+            if t is not None and t < 0:
+                add(name, f"{name} {t} is negative")
+        if start is not None and end is None:
+            add("end_s", f"start_s {start} is given without end_s")
+        if start is None and end is not None:
+            add("start_s", f"end_s {end} is given without start_s")
+        if start is not None and end is not None and end <= start:
+            add("end_s", f"end_s {end} is not after start_s {start} (reversed or empty segment)")
+        if row.channel is not None and row.channel < 0:
+            add("channel", f"channel {row.channel} is negative")
+        if allowed is not None and row.emotion is not None and row.emotion not in allowed:
+            add(
+                "emotion",
+                f"unknown emotion label {row.emotion!r}; expected one of {list(labels or [])}",
+            )
+        key = (row.conversation_id, index)
+        if index is not None and row.conversation_id is not None:
+            if key in first_at:
+                add(
+                    "utterance_index",
+                    f"duplicate utterance_index {index} in conversation "
+                    f"{row.conversation_id!r} (first at row {first_at[key]})",
+                )
+            else:
+                first_at[key] = pos
+    return problems
 
 
 # --------------------------------------------------------------------------- reading

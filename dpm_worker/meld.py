@@ -153,7 +153,7 @@ def read_meld(
 
     records: list[dict[str, Any]] = []
     unreadable: list[str] = []
-    index_in = {}
+    index_in: dict[str, int] = {}
     for row, label, audio_uri in kept:
         try:
             duration = probe_audio(audio_uri, endpoint_url=endpoint_url).duration_s

@@ -353,3 +353,32 @@ def test_fingerprint_changes_with_content(tmp_path):
     b = manifest_fingerprint(_write(tmp_path, "parquet", _rows(speaker=["Z"] * 4), name="b"))
     assert a != b and len(a) == 64
     assert a == manifest_fingerprint(str(tmp_path / "a.parquet"))
+
+
+def test_conversation_problems_match_vectorized_row_problems():
+    # The per-conversation checks are plain Python for speed; they must say exactly what the
+    # table checks say, in the same order.
+    table = cast_manifest(
+        pa.table(
+            {
+                "conversation_id": ["c", "c", " ", "c", "c", "c", "c"],
+                "utterance_index": [0, 1, 2, 2, -1, 5, 6],
+                "speaker": ["A", None, "A", "", "B", "A", "B"],
+                "audio_uri": ["a.wav"] * 7,
+                "start_s": [0.0, float("nan"), 2.0, None, -1.0, 5.0, 6.0],
+                "end_s": [1.0, 2.0, None, 3.0, -0.5, float("inf"), 6.0],
+                "channel": pa.array([0, -1, 0, 1, 0, 1, None], pa.int16()),
+                "emotion": ["happy", "joy", None, "sad", "{odd}", "angry", "neutral"],
+            }
+        ),
+        "m.parquet",
+    )
+    from dpm_worker.manifest import row_problems
+
+    vectorized = row_problems(table, LABELS + ["{x}"])
+    rows = to_rows(table)
+    expected = [
+        (rows[p.row].utterance_index, f"column {p.column!r}: {p.message}") for p in vectorized
+    ]
+    assert conversation_problems(rows, LABELS + ["{x}"]) == expected
+    assert len(expected) >= 12
