@@ -1,57 +1,63 @@
-"""Read, validate and stream canonical manifests (DESIGN section 7).
+"""Read, stream and write canonical manifests (DESIGN section 7).
 
 A manifest is Parquet, JSON Lines or CSV (chosen by extension), or a folder holding
-``manifest.parquet``; local or ``s3://``. Two levels of checking, so that a labeling job can
-fail fast on a broken manifest yet turn one broken conversation into error rows:
-
-- manifest level (:func:`check_columns`, type casts): missing required columns, columns whose
-  values cannot be cast, unreadable files. These raise :class:`ManifestError` at once.
-- row level (:func:`row_problems`, :func:`conversation_problems`): nulls, empty ids, negative
-  or reversed times, duplicate utterance indices, unknown labels. :func:`validate_manifest`
-  raises on the first one; the streaming path reports them per conversation.
+``manifest.parquet``; local or ``s3://``. :func:`read_manifest` loads and strictly validates a
+whole manifest; :func:`iter_conversations` streams it conversation by conversation with bounded
+memory for the labeling job, which checks each conversation with
+:func:`conversation_problems` and fails fast only on manifest-level problems. The checks live in
+:mod:`dpm_worker.manifest_checks` and are re-exported here.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import posixpath
 from collections.abc import Iterator, Sequence
-from typing import NamedTuple
+from typing import Any
 
 import fsspec
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from dpm_worker.errors import LabelError, ManifestError
-from dpm_worker.manifest_schema import MANIFEST_SCHEMA, REQUIRED_COLUMNS, UtteranceRow
+from dpm_worker.errors import ManifestError
+from dpm_worker.manifest_checks import (
+    Problem,
+    UnknownLabelError,
+    cast_manifest,
+    check_columns,
+    conversation_problems,
+    row_problems,
+    validate_manifest,
+)
+from dpm_worker.manifest_schema import MANIFEST_SCHEMA, UtteranceRow
 from dpm_worker.storage import get_filesystem, is_remote, parent_uri, resolve_relative
+
+__all__ = [
+    "MANIFEST_FILENAME",
+    "ManifestSource",
+    "Problem",
+    "UnknownLabelError",
+    "cast_manifest",
+    "check_columns",
+    "conversation_problems",
+    "count_manifest_rows",
+    "iter_conversations",
+    "manifest_fingerprint",
+    "read_manifest",
+    "row_problems",
+    "to_rows",
+    "validate_manifest",
+    "write_manifest",
+]
 
 MANIFEST_FILENAME = "manifest.parquet"
 _FORMATS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "json", ".json": "json"}
 _FORMATS |= {".ndjson": "json", ".csv": "csv"}
-# Identifier columns must stay strings even when a CSV holds "001" (inference would make ints).
-_STRING_COLUMNS = ("conversation_id", "speaker", "audio_uri", "text", "emotion")
-_NON_EMPTY_COLUMNS = ("conversation_id", "speaker", "audio_uri")
-_NULLABLE_SCHEMA = pa.schema([f.with_nullable(True) for f in MANIFEST_SCHEMA])
-
-
-class UnknownLabelError(ManifestError, LabelError):
-    """A manifest row's gold emotion is not in the label set (both a ManifestError and a
-    LabelError, so callers may catch either)."""
-
-
-class Problem(NamedTuple):
-    """One row-level problem: 0-based row in the table, the offending column, what is wrong."""
-
-    row: int
-    column: str
-    message: str
+_DEFAULT_BATCH_ROWS = 65536
 
 
 # ---------------------------------------------------------------------------- opening
@@ -99,314 +105,168 @@ def _manifest_path(
     return fs, path, fmt, uri
 
 
-def _open_dataset(uri: str, endpoint_url: str | None) -> tuple[ds.Dataset, str]:
-    fs, path, fmt, uri = _manifest_path(uri, endpoint_url)
-    file_format: ds.FileFormat
-    if fmt == "csv":
-        convert = pa_csv.ConvertOptions(
-            column_types={name: pa.string() for name in _STRING_COLUMNS},
-            strings_can_be_null=True,
-        )
-        file_format = ds.CsvFileFormat(convert_options=convert)
-    elif fmt == "json":
-        file_format = ds.JsonFileFormat()
-    else:
-        file_format = ds.ParquetFileFormat()
-    try:
-        dataset = ds.dataset(path, format=file_format, filesystem=fs)
-    except Exception as exc:  # noqa: BLE001 - corrupt footer, bad header, ...
-        raise ManifestError(f"cannot read manifest as {fmt}: {exc}", uri) from exc
-    return dataset, uri
+class ManifestSource:
+    """One manifest file opened for reading in batches, in file order.
 
-
-def _scan(
-    dataset: ds.Dataset, uri: str, columns: list[str] | None, batch_rows: int
-) -> Iterator[pa.RecordBatch]:
-    # use_threads=False keeps batches in file order, so row numbers in errors are exact;
-    # little readahead keeps memory near one batch (a Parquet row group is still read whole).
-    try:
-        yield from dataset.to_batches(
-            columns=columns,
-            batch_size=batch_rows,
-            batch_readahead=1,
-            fragment_readahead=1,
-            use_threads=False,
-        )
-    except (pa.ArrowException, OSError) as exc:
-        raise ManifestError(f"cannot read manifest: {exc}", uri) from exc
-
-
-# ------------------------------------------------------------------- manifest-level checks
-
-
-def check_columns(schema: pa.Schema, uri: str) -> None:
-    """Fail fast when a required column is missing.
+    Parquet and CSV go through ``pyarrow.dataset`` scans. CSV reads every canonical column as
+    text and leaves the conversion to :func:`cast_manifest`, so a bad value is reported with its
+    row, and a column that is empty in the first block cannot break later blocks. JSON Lines
+    are parsed line by line for the same reason (pyarrow's JSON reader fixes each column's type
+    from the first block and fails when a null column later holds strings).
 
     Args:
-        schema: the manifest's (file) schema.
-        uri: the manifest's URI, for the message.
+        uri: the manifest file or a folder holding ``manifest.parquet``.
+        endpoint_url: an explicit S3 endpoint.
 
     Raises:
-        ManifestError: naming the first missing column and the columns that were found.
+        ManifestError: missing, empty, unsupported or unreadable file.
     """
-    missing = [name for name in REQUIRED_COLUMNS if name not in schema.names]
-    if missing:
-        raise ManifestError(
-            f"missing required column(s) {missing}; found {schema.names}",
-            uri,
-            column=missing[0],
-        )
 
+    def __init__(self, uri: str, endpoint_url: str | None = None) -> None:
+        self.fs, self.path, self.format, self.uri = _manifest_path(uri, endpoint_url)
+        self._dataset: ds.Dataset | None = None
+        if self.format == "json":
+            return
+        file_format: ds.FileFormat
+        if self.format == "csv":
+            convert = pa_csv.ConvertOptions(
+                column_types={name: pa.string() for name in MANIFEST_SCHEMA.names},
+                strings_can_be_null=True,
+            )
+            file_format = ds.CsvFileFormat(convert_options=convert)
+        else:
+            file_format = ds.ParquetFileFormat()
+        try:
+            self._dataset = ds.dataset(self.path, format=file_format, filesystem=self.fs)
+        except Exception as exc:  # noqa: BLE001 - corrupt footer, bad header, ...
+            raise ManifestError(f"cannot read manifest as {self.format}: {exc}", self.uri) from exc
 
-def _cast_column(column: pa.ChunkedArray, field: pa.Field, uri: str, row_offset: int):
-    if column.type == field.type:
-        return column
-    try:
-        return pc.cast(column, field.type, safe=True)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
-        for i, value in enumerate(column.to_pylist()):
+    @property
+    def base_dir(self) -> str:
+        """The folder relative ``audio_uri`` values resolve against."""
+        return parent_uri(self.uri)
+
+    def column_names(self) -> list[str]:
+        """The manifest's columns (JSON Lines: the keys of the first batch of objects)."""
+        if self._dataset is not None:
+            return list(self._dataset.schema.names)
+        first = next(self.tables(batch_rows=1024), None)
+        return first.column_names if first is not None else []
+
+    def count_rows(self) -> int:
+        """Number of rows (Parquet: from the footer, without reading the data)."""
+        if self._dataset is not None:
             try:
-                pa.array([value]).cast(field.type, safe=True)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
-                raise ManifestError(
-                    f"value {value!r} cannot be read as {field.type}",
-                    uri,
-                    row=row_offset + i,
-                    column=field.name,
-                ) from exc
-        raise ManifestError(
-            f"column of type {column.type} cannot be read as {field.type}: {exc}",
-            uri,
-            column=field.name,
-        ) from exc
+                return int(self._dataset.count_rows())
+            except (pa.ArrowException, OSError) as exc:
+                raise ManifestError(f"cannot read manifest: {exc}", self.uri) from exc
+        return sum(t.num_rows for t in self.tables(columns=[]))
 
+    def tables(
+        self, columns: list[str] | None = None, batch_rows: int = _DEFAULT_BATCH_ROWS
+    ) -> Iterator[pa.Table]:
+        """Raw (uncast) tables of at most ``batch_rows`` rows, in file order.
 
-def cast_manifest(table: pa.Table, uri: str, row_offset: int = 0) -> pa.Table:
-    """Cast a raw table to MANIFEST_SCHEMA's types (absent optional columns become nulls;
-    extra columns are kept after the canonical ones). Does not check values.
-
-    Raises:
-        ManifestError: a required column is missing or a value cannot be cast (row, column).
-    """
-    check_columns(table.schema, uri)
-    arrays = []
-    for field in MANIFEST_SCHEMA:
-        if field.name in table.column_names:
-            arrays.append(_cast_column(table.column(field.name), field, uri, row_offset))
-        else:
-            arrays.append(pa.nulls(table.num_rows, field.type))
-    fields = list(MANIFEST_SCHEMA)
-    for name in table.column_names:
-        if name not in MANIFEST_SCHEMA.names:
-            arrays.append(table.column(name))
-            fields.append(table.schema.field(name))
-    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
-
-
-# ------------------------------------------------------------------------ row-level checks
-
-
-def _mask(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    return np.asarray(pc.fill_null(values, False).to_numpy(zero_copy_only=False), dtype=bool)
-
-
-def _duplicate_rows(table: pa.Table) -> list[tuple[int, int]]:
-    """(row, first_row) pairs for every repeated (conversation_id, utterance_index)."""
-    keys = pa.table(
-        {
-            "cid": table.column("conversation_id"),
-            "idx": table.column("utterance_index"),
-            "row": pa.array(np.arange(table.num_rows, dtype=np.int64)),
-        }
-    ).filter(pc.and_(pc.is_valid(table["conversation_id"]), pc.is_valid(table["utterance_index"])))
-    if keys.num_rows < 2:
-        return []
-    keys = keys.sort_by([("cid", "ascending"), ("idx", "ascending"), ("row", "ascending")])
-    cid, idx, row = keys["cid"], keys["idx"], keys["row"].to_numpy()
-    n = keys.num_rows
-    same = _mask(pc.and_(pc.equal(cid[1:], cid[: n - 1]), pc.equal(idx[1:], idx[: n - 1])))
-    found = []
-    first = 0
-    for k in range(1, n):
-        if same[k - 1]:
-            found.append((int(row[k]), int(row[first])))
-        else:
-            first = k
-    return found
-
-
-def _value(table: pa.Table, column: str, row: int) -> object:
-    return table.column(column)[row].as_py()
-
-
-def row_problems(
-    table: pa.Table, labels: Sequence[str] | None = None, *, first_only: bool = False
-) -> list[Problem]:
-    """Every row-level problem of a table already cast by :func:`cast_manifest`.
-
-    Args:
-        table: a manifest table with the canonical columns.
-        labels: the allowed emotion labels; None skips the label check.
-        first_only: stop at the first problem of each kind (cheaper for strict validation).
-
-    Returns:
-        Problems sorted by row, then by column order of the checks.
-    """
-    # (offending column, mask of bad rows, message template, columns whose values fill it)
-    checks: list[tuple[str, np.ndarray, str, tuple[str, ...]]] = []
-    for name in REQUIRED_COLUMNS:
-        checks.append((name, _mask(pc.is_null(table[name])), f"{name} is null", ()))
-    for name in _NON_EMPTY_COLUMNS:
-        empty = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(table[name])), 0)
-        checks.append((name, _mask(empty), f"{name} is empty", ()))
-    index = table["utterance_index"]
-    checks.append(
-        (
-            "utterance_index",
-            _mask(pc.less(index, 0)),
-            "utterance_index {} is negative",
-            ("utterance_index",),
-        )
-    )
-    start, end = table["start_s"], table["end_s"]
-    for name, col in (("start_s", start), ("end_s", end)):
-        not_finite = _mask(pc.invert(pc.is_finite(col)))
-        checks.append((name, not_finite, name + " {} is not a finite number", (name,)))
-        checks.append((name, _mask(pc.less(col, 0.0)), name + " {} is negative", (name,)))
-    only_start = _mask(pc.and_(pc.is_valid(start), pc.is_null(end)))
-    checks.append(("end_s", only_start, "start_s {} is given without end_s", ("start_s",)))
-    only_end = _mask(pc.and_(pc.is_null(start), pc.is_valid(end)))
-    checks.append(("start_s", only_end, "end_s {} is given without start_s", ("end_s",)))
-    reversed_ = _mask(pc.less_equal(end, start))
-    reversed_text = "end_s {} is not after start_s {} (reversed or empty segment)"
-    checks.append(("end_s", reversed_, reversed_text, ("end_s", "start_s")))
-    channel = _mask(pc.less(table["channel"], 0))
-    checks.append(("channel", channel, "channel {} is negative", ("channel",)))
-    if labels is not None:
-        allowed = pa.array(list(labels), pa.string())
-        emotion = table["emotion"]
-        unknown = pc.and_(pc.is_valid(emotion), pc.invert(pc.is_in(emotion, value_set=allowed)))
-        # Braces in labels must not be taken as placeholders.
-        expected = str(list(labels)).replace("{", "{{").replace("}", "}}")
-        label_text = "unknown emotion label {!r}; expected one of " + expected
-        checks.append(("emotion", _mask(unknown), label_text, ("emotion",)))
-
-    problems: list[Problem] = []
-    for column, mask, template, fill in checks:
-        rows = np.flatnonzero(mask)
-        for r in rows[:1] if first_only else rows:
-            message = template.format(*(_value(table, name, int(r)) for name in fill))
-            problems.append(Problem(int(r), column, message))
-    duplicates = _duplicate_rows(table)
-    for r, first in duplicates[:1] if first_only else duplicates:
-        problems.append(
-            Problem(
-                r,
-                "utterance_index",
-                f"duplicate utterance_index {_value(table, 'utterance_index', r)} in "
-                f"conversation {_value(table, 'conversation_id', r)!r} (first at row {first})",
-            )
-        )
-    # Stable sort keeps the check order within a row, so the first problem is deterministic.
-    problems.sort(key=lambda p: p.row)
-    return problems
-
-
-def _problem_error(problem: Problem, uri: str) -> ManifestError:
-    cls = UnknownLabelError if problem.column == "emotion" else ManifestError
-    return cls(problem.message, uri, row=problem.row, column=problem.column)
-
-
-def validate_manifest(table: pa.Table, uri: str, labels: Sequence[str] | None = None) -> pa.Table:
-    """Strictly validate a manifest table and return it cast to MANIFEST_SCHEMA.
-
-    Args:
-        table: the raw or cast manifest table, rows in file order (row numbers refer to it).
-        uri: the manifest's URI, named in every error.
-        labels: the allowed gold emotion labels; None skips the check.
-
-    Raises:
-        ManifestError: on the first problem, naming its 0-based row and its column;
-            UnknownLabelError (also a LabelError) for an emotion outside ``labels``.
-    """
-    table = cast_manifest(table, uri)
-    problems = row_problems(table, labels, first_only=True)
-    if problems:
-        raise _problem_error(problems[0], uri)
-    return table
-
-
-def conversation_problems(
-    rows: Sequence[UtteranceRow], labels: Sequence[str] | None = None
-) -> list[tuple[int | None, str]]:
-    """Row-level problems of one conversation, for turning it into error rows.
-
-    Args:
-        rows: the conversation's rows (as yielded by :func:`iter_conversations`).
-        labels: the allowed gold emotion labels; None skips the check.
-
-    Returns:
-        ``(utterance_index or None, message)`` pairs; empty when the conversation is valid.
-        Each message names the column.
-    """
-    out: list[tuple[int | None, str]] = []
-    for problem in _python_problems(rows, labels):
-        index = rows[problem.row].utterance_index
-        out.append((index, f"column {problem.column!r}: {problem.message}"))
-    return out
-
-
-def _python_problems(rows: Sequence[UtteranceRow], labels: Sequence[str] | None) -> list[Problem]:
-    """The checks of :func:`row_problems`, in plain Python: a conversation is a few hundred
-    rows at most, where pyarrow's per-call overhead (~2 ms per conversation) would dominate.
-    Same messages and order; a unit test holds the two implementations equal."""
-    allowed = None if labels is None else set(labels)
-    problems: list[Problem] = []
-    first_at: dict[tuple[str, int], int] = {}
-    for pos, row in enumerate(rows):
-
-        def add(column: str, message: str, pos: int = pos) -> None:
-            problems.append(Problem(pos, column, message))
-
-        for name in REQUIRED_COLUMNS:
-            if getattr(row, name) is None:
-                add(name, f"{name} is null")
-        for name in _NON_EMPTY_COLUMNS:
-            text = getattr(row, name)
-            if isinstance(text, str) and not text.strip():
-                add(name, f"{name} is empty")
-        index, start, end = row.utterance_index, row.start_s, row.end_s
-        if index is not None and index < 0:
-            add("utterance_index", f"utterance_index {index} is negative")
-        for name, t in (("start_s", start), ("end_s", end)):
-            if t is not None and not math.isfinite(t):
-                add(name, f"{name} {t} is not a finite number")
-            if t is not None and t < 0:
-                add(name, f"{name} {t} is negative")
-        if start is not None and end is None:
-            add("end_s", f"start_s {start} is given without end_s")
-        if start is None and end is not None:
-            add("start_s", f"end_s {end} is given without start_s")
-        if start is not None and end is not None and end <= start:
-            add("end_s", f"end_s {end} is not after start_s {start} (reversed or empty segment)")
-        if row.channel is not None and row.channel < 0:
-            add("channel", f"channel {row.channel} is negative")
-        if allowed is not None and row.emotion is not None and row.emotion not in allowed:
-            add(
-                "emotion",
-                f"unknown emotion label {row.emotion!r}; expected one of {list(labels or [])}",
-            )
-        key = (row.conversation_id, index)
-        if index is not None and row.conversation_id is not None:
-            if key in first_at:
-                add(
-                    "utterance_index",
-                    f"duplicate utterance_index {index} in conversation "
-                    f"{row.conversation_id!r} (first at row {first_at[key]})",
+        Args:
+            columns: the columns to read (absent ones are skipped); None reads all.
+            batch_rows: rows per table.
+        """
+        if self._dataset is None:
+            for table in _json_tables(self.fs, self.path, self.uri, batch_rows):
+                yield (
+                    table
+                    if columns is None
+                    else table.select([c for c in columns if c in table.column_names])
                 )
-            else:
-                first_at[key] = pos
-    return problems
+            return
+        present = None if columns is None else [c for c in columns if c in self.column_names()]
+        try:
+            # use_threads=False keeps batches in file order, so row numbers in errors are
+            # exact; little readahead keeps memory near one batch (a Parquet row group is
+            # still read whole).
+            for batch in self._dataset.to_batches(
+                columns=present,
+                batch_size=batch_rows,
+                batch_readahead=1,
+                fragment_readahead=1,
+                use_threads=False,
+            ):
+                yield pa.Table.from_batches([batch])
+        except (pa.ArrowException, OSError) as exc:
+            raise ManifestError(f"cannot read manifest: {exc}", self.uri) from exc
+
+    def read(self, batch_rows: int = _DEFAULT_BATCH_ROWS) -> pa.Table:
+        """The whole raw table."""
+        tables = list(self.tables(batch_rows=batch_rows))
+        if not tables:
+            return pa.table({})
+        # JSON batches may differ (a key first seen later, null vs. string columns).
+        return pa.concat_tables(tables, promote_options="permissive")
+
+
+def _open_dataset(uri: str, endpoint_url: str | None) -> tuple[ManifestSource, str]:
+    """Deprecated: use :class:`ManifestSource` or :func:`count_manifest_rows`."""
+    source = ManifestSource(uri, endpoint_url)
+    return source, source.uri
+
+
+def _json_column(values: list[Any]) -> pa.Array:
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        # Mixed types (1 and "1", or 2 and "x"): keep them as text and let cast_manifest
+        # convert or reject them with the offending row named.
+        return pa.array(
+            [v if v is None or isinstance(v, str) else json.dumps(v) for v in values], pa.string()
+        )
+
+
+def _json_tables(
+    fs: fsspec.AbstractFileSystem, path: str, uri: str, batch_rows: int
+) -> Iterator[pa.Table]:
+    """JSON Lines objects as tables of ``batch_rows`` rows; blank lines are skipped."""
+    names: dict[str, None] = {}  # every key seen so far, in first-seen order
+    records: list[dict[str, Any]] = []
+    row = 0
+
+    def flush() -> pa.Table:
+        for record in records:
+            names.update(dict.fromkeys(record))
+        return pa.table({n: _json_column([r.get(n) for r in records]) for n in names})
+
+    try:
+        with fs.open(path, "rb") as fh:
+            for number, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError as exc:
+                    raise ManifestError(
+                        f"line {number}: invalid JSON: {exc}", uri, row=row
+                    ) from None
+                if not isinstance(record, dict):
+                    raise ManifestError(
+                        f"line {number}: expected a JSON object, got {type(record).__name__}",
+                        uri,
+                        row=row,
+                    )
+                records.append(record)
+                row += 1
+                if len(records) == batch_rows:
+                    yield flush()
+                    records = []
+    except ManifestError:
+        raise
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"cannot read manifest: {exc}", uri) from exc
+    if records:
+        yield flush()
+
+
+def count_manifest_rows(uri: str, *, endpoint_url: str | None = None) -> int:
+    """Number of rows in a manifest (cheap for Parquet: read from the footer)."""
+    return ManifestSource(uri, endpoint_url).count_rows()
 
 
 # --------------------------------------------------------------------------- reading
@@ -414,8 +274,12 @@ def _python_problems(rows: Sequence[UtteranceRow], labels: Sequence[str] | None)
 
 def _resolve_audio(table: pa.Table, base_dir: str) -> pa.Table:
     position = table.schema.get_field_index("audio_uri")
+    # Many rows share one recording: resolve each distinct value once.
+    cache: dict[str, str] = {}
     resolved = [
-        None if uri is None else resolve_relative(uri, base_dir)
+        None
+        if uri is None
+        else cache.get(uri) or cache.setdefault(uri, resolve_relative(uri, base_dir))
         for uri in table.column(position).to_pylist()
     ]
     field = table.schema.field(position)
@@ -441,13 +305,9 @@ def read_manifest(
     Raises:
         ManifestError: unreadable file, missing column, or a bad row (row and column named).
     """
-    dataset, uri = _open_dataset(uri, endpoint_url)
-    try:
-        raw = dataset.to_table(use_threads=False)
-    except (pa.ArrowException, OSError) as exc:
-        raise ManifestError(f"cannot read manifest: {exc}", uri) from exc
-    table = validate_manifest(raw, uri, labels)
-    table = _resolve_audio(table, parent_uri(uri))
+    source = ManifestSource(uri, endpoint_url)
+    table = validate_manifest(source.read(), source.uri, labels)
+    table = _resolve_audio(table, source.base_dir)
     return table.sort_by([("conversation_id", "ascending"), ("utterance_index", "ascending")])
 
 
@@ -462,11 +322,11 @@ def to_rows(table: pa.Table) -> list[UtteranceRow]:
 
 
 def iter_conversations(
-    uri: str, *, endpoint_url: str | None = None, batch_rows: int = 65536
+    uri: str, *, endpoint_url: str | None = None, batch_rows: int = _DEFAULT_BATCH_ROWS
 ) -> Iterator[tuple[str, list[UtteranceRow]]]:
     """Stream a manifest conversation by conversation with bounded memory.
 
-    Two passes over a ``pyarrow.dataset`` scan: the first reads the canonical columns only to
+    Two passes over the file in batches: the first reads the canonical columns only to
     count each conversation's rows and to fail fast on manifest-level problems (missing
     columns, uncastable values); the second emits a conversation as soon as all its rows have
     been seen. Memory is therefore bounded by how much conversations interleave in the file,
@@ -485,26 +345,25 @@ def iter_conversations(
     Raises:
         ManifestError: the manifest is unreadable, misses a column or has uncastable values.
     """
-    dataset, uri = _open_dataset(uri, endpoint_url)
-    check_columns(dataset.schema, uri)
-    base_dir = parent_uri(uri)
-    canonical = [name for name in MANIFEST_SCHEMA.names if name in dataset.schema.names]
+    source = ManifestSource(uri, endpoint_url)
+    uri = source.uri
+    check_columns(pa.schema([(name, pa.null()) for name in source.column_names()]), uri)
 
     counts: dict[str, int] = {}
     offset = 0
-    for batch in _scan(dataset, uri, canonical, batch_rows):
-        table = cast_manifest(pa.Table.from_batches([batch]), uri, row_offset=offset)
-        offset += batch.num_rows
+    for raw in source.tables(list(MANIFEST_SCHEMA.names), batch_rows):
+        table = cast_manifest(raw, uri, row_offset=offset)
+        offset += raw.num_rows
         for item in pc.value_counts(table["conversation_id"]):
             key = item["values"].as_py() or ""
             counts[key] = counts.get(key, 0) + item["counts"].as_py()
 
     pending: dict[str, list[UtteranceRow]] = {}
     offset = 0
-    for batch in _scan(dataset, uri, None, batch_rows):
-        table = cast_manifest(pa.Table.from_batches([batch]), uri, row_offset=offset)
-        offset += batch.num_rows
-        for row in to_rows(_resolve_audio(table, base_dir)):
+    for raw in source.tables(None, batch_rows):
+        table = cast_manifest(raw, uri, row_offset=offset)
+        offset += raw.num_rows
+        for row in to_rows(_resolve_audio(table, source.base_dir)):
             key = row.conversation_id or ""
             bucket = pending.setdefault(key, [])
             bucket.append(row)

@@ -12,10 +12,12 @@ import pytest
 
 from dpm_worker.errors import BadInputError, LabelError, ManifestError
 from dpm_worker.manifest import (
+    ManifestSource,
     UnknownLabelError,
     cast_manifest,
     check_columns,
     conversation_problems,
+    count_manifest_rows,
     iter_conversations,
     manifest_fingerprint,
     read_manifest,
@@ -244,7 +246,8 @@ def test_first_problem_by_row_is_reported(tmp_path):
         ("empty.parquet", b"", "manifest file is empty"),
         ("garbage.parquet", b"not a parquet file at all", "cannot read manifest"),
         ("array.json", b'[{"conversation_id": "c"}]', "JSON Lines"),
-        ("broken.jsonl", b'{"conversation_id": "c", \n', "cannot read manifest"),
+        ("broken.jsonl", b'{"conversation_id": "c", \n', "row 0: line 1: invalid JSON"),
+        ("list.jsonl", b'\n{"a": 1}\n[1, 2]\n', "line 3: expected a JSON object, got list"),
         ("m.txt", b"x", "unsupported manifest extension"),
         ("empty.csv", b"", "manifest file is empty"),
     ],
@@ -382,3 +385,50 @@ def test_conversation_problems_match_vectorized_row_problems():
     ]
     assert conversation_problems(rows, LABELS + ["{x}"]) == expected
     assert len(expected) >= 12
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_text_formats_survive_columns_that_start_empty(tmp_path, fmt):
+    # pyarrow fixes a column's type from the first block (~1 MB); a column that is empty there
+    # and filled later (gold labels, times) must still read, in both reading paths.
+    n = 60_000 if fmt == "csv" else 12_000
+    columns = {
+        "conversation_id": [f"c{i // 10:05d}" for i in range(n)],
+        "utterance_index": [i % 10 for i in range(n)],
+        "speaker": ["A"] * n,
+        "audio_uri": ["rec.wav"] * n,
+        "start_s": [None] * (n - 10) + [float(i) for i in range(10)],
+        "end_s": [None] * (n - 10) + [i + 0.5 for i in range(10)],
+        "emotion": [None] * (n - 10) + ["happy"] * 10,
+    }
+    uri = _write(tmp_path, fmt, columns)
+    if fmt == "csv":
+        assert os.path.getsize(uri) > 1_500_000  # several CSV blocks
+        table = read_manifest(uri, labels=LABELS)
+    else:
+        table = validate_manifest(ManifestSource(uri).read(batch_rows=5000), uri, LABELS)
+    assert table["emotion"].to_pylist()[-10:] == ["happy"] * 10
+    assert table["end_s"].to_pylist()[-1] == 9.5
+    assert sum(len(rows) for _, rows in iter_conversations(uri, batch_rows=5000)) == n
+    assert count_manifest_rows(uri) == n
+
+
+def test_jsonl_mixed_types_name_the_row(tmp_path):
+    path = tmp_path / "m.jsonl"
+    good = {"conversation_id": "c", "speaker": "A", "audio_uri": "a.wav"}
+    lines = [
+        json.dumps({**good, "utterance_index": 0}),
+        json.dumps({**good, "utterance_index": "1"}),
+        "",
+        json.dumps({**good, "utterance_index": "two"}),
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ManifestError, match="'two' cannot be read as int32") as info:
+        read_manifest(str(path))
+    assert (info.value.row, info.value.column) == (2, "utterance_index")
+    path.write_text("\n".join(lines[:2]) + "\n")
+    assert read_manifest(str(path))["utterance_index"].to_pylist() == [0, 1]
+
+
+def test_count_manifest_rows_parquet(tmp_path):
+    assert count_manifest_rows(_write(tmp_path, "parquet", _rows())) == 4
