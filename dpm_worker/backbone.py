@@ -241,14 +241,56 @@ def _product_shape(n_audio: int) -> SpeechTokenizerConfig:
     raise ConfigError(f"a random built-in speech tokenizer needs an even n_audio, got {n_audio}")
 
 
+def extend_base_model(
+    path: str | Path, labels: tuple[str, ...], n_audio: int, n_speakers: int = 8
+) -> tuple[transformers.PreTrainedModel, Any, StreamVocab]:
+    """Load a Llama/Qwen-family checkpoint folder and extend its vocabulary in place.
+
+    The stream tokens are appended after the text vocabulary (``add_tokens``), so their ids
+    are ``len(tokenizer)`` onwards, exactly :class:`StreamVocab`'s layout with
+    ``text_size = len(tokenizer)``; the embeddings (and untied head) are resized to match.
+
+    Returns:
+        ``(model, text_tokenizer, vocab)``.
+    """
+    folder = str(path)
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            folder, use_safetensors=True, trust_remote_code=False, dtype=torch.float32
+        )
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load base model: {exc}", folder) from exc
+    vocab = StreamVocab(
+        text_size=len(tokenizer), n_audio=n_audio, labels=labels, n_speakers=n_speakers
+    )
+    names = vocab.added_token_strings()
+    tokenizer.add_tokens(names, special_tokens=True)
+    if tokenizer.convert_tokens_to_ids(names) != list(range(vocab.audio_offset, vocab.size)):
+        raise ModelError(
+            "the base tokenizer already holds some stream tokens (<audio_*>, <spk_*>, ...)", folder
+        )
+    model.resize_token_embeddings(len(tokenizer))
+    return model, tokenizer, vocab
+
+
 def default_model_path() -> Path:
     """The trained default model shipped inside the package."""
     return Path(__file__).resolve().parent / "assets" / "default_model"
 
 
-def save_model(model: EmotionModel, uri: str) -> None:
-    """Save to a local folder or ``s3://`` prefix; complete only once the manifest lands."""
+def save_model(model: EmotionModel, uri: str, *, extra_files: dict[str, str] | None = None) -> None:
+    """Save to a local folder or ``s3://`` prefix; complete only once the manifest lands.
+
+    Args:
+        model: the model to save.
+        uri: the target folder.
+        extra_files: more text files for the folder (name -> content), e.g. training records;
+            they are covered by the manifest like every other file.
+    """
     staged = checkpoint.staging_folder(uri)
+    for name, text in (extra_files or {}).items():
+        (staged / name).write_text(text)
     model.model.save_pretrained(str(staged))
     text_tokenizer = model.text_tokenizer or build_text_tokenizer(model.vocab)
     text_tokenizer.save_pretrained(str(staged))
