@@ -167,6 +167,8 @@ class TemporaryLoraMemory:
 
     def enable(self, enabled: bool) -> None:
         """Switch the adapters on or off; off, the model computes the backbone alone (faster)."""
+        if self._layers and self._layers[0].disable_adapters == (not enabled):
+            return
         for module in self._layers:
             module.enable_adapters(enabled)
 
@@ -183,13 +185,17 @@ class TemporaryLoraMemory:
 
     def activate(self, slot: int) -> None:
         """Make ``slot``'s adapter the one used by forward passes, creating it on first use."""
-        from peft.functional import set_adapter
-
-        created = slot not in self._slots
-        if created:
+        if slot not in self._slots:
             self._slots[slot] = self._create_slot(slot)
-        set_adapter(self.lm, self._slots[slot].name)
-        self.enable(True)
+        name = self._slots[slot].name
+        # The layers all share one state, so the first one tells whether a switch is needed;
+        # switching walks every adapted layer, which is not free on every utterance.
+        first = self._layers[0]
+        if first.active_adapters == [name] and not first.disable_adapters:
+            return
+        for module in self._layers:
+            module.set_adapter(name)
+            module.enable_adapters(True)
 
     def slot_for(self, speaker_slot: int) -> int:
         """The adapter slot an utterance of ``speaker_slot`` writes to and reads from."""

@@ -1,0 +1,144 @@
+"""``dpm bench memory``: per-utterance time and process memory at the start and the end of one
+long conversation, for each labeling mode, measured side by side in one run.
+
+DPM's promise is constant cost per utterance: the history in context is capped at n_r tokens and
+the memory is a fixed-size adapter, so utterance 190 costs what utterance 10 costs. ``full`` mode
+is the counter-example: its context grows with the conversation (up to the model's context).
+
+The conversation comes from the synthetic generator (``--tokens synth``, real speech tokens of
+espeak-ng speech, about half a minute to render 200 utterances) or, with ``--tokens random``,
+uniformly random speech codes of the same lengths (fine for timing: cost depends on token counts
+only, not on their values).
+
+Output JSON: ``{"modes": {MODE: {"ms_first20", "ms_last20", "rss_mb_first20", "rss_mb_last20",
+"ms_ratio", "rss_growth_mb", "context_first20", "context_last20"}}, ...}``. Times are medians
+over the 20 utterances (robust to other processes on a shared machine); RSS is the mean.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+
+import numpy as np
+
+from dpm_worker.errors import ConfigError
+from dpm_worker.labeling import MODES, ConversationLabeler, LabelingConfig, UtteranceInput
+from pipelines.evaluate import add_memory_arguments, memory_config
+
+EDGE = 20  # utterances at each end of the conversation
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--utterances", type=int, default=200, help="conversation length")
+    parser.add_argument("--model", default=None, help="model folder (default: packaged)")
+    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated modes")
+    parser.add_argument("--window-tokens", type=int, default=256, help="n_r (%(default)s)")
+    parser.add_argument("--tokens", choices=("synth", "random"), default="synth")
+    parser.add_argument("--seed", type=int, default=2024, help="conversation seed")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (%(default)s)")
+    add_memory_arguments(parser)
+
+
+def synthetic_conversation(model, n: int, seed: int, kind: str) -> list[UtteranceInput]:
+    """One long dyadic conversation, tokenized with the model's speech tokenizer."""
+    if kind == "random":
+        rng = np.random.default_rng(seed)
+        # 1.5-5 s at 25 Hz, as the synthetic corpus
+        return [
+            UtteranceInput(
+                i,
+                "ab"[i % 2],
+                rng.integers(0, model.vocab.n_audio, size=int(rng.integers(38, 125))),
+            )
+            for i in range(n)
+        ]
+    from dpm_worker.manifest import read_manifest, to_rows
+    from dpm_worker.segments import conversation_segments
+    from dpm_worker.synth import SynthConfig, generate_corpus
+
+    with tempfile.TemporaryDirectory(prefix="dpm_bench_") as folder:
+        config = SynthConfig(conversations=1, seed=seed, min_utterances=n, max_utterances=n)
+        generate_corpus(folder, config)
+        rows = to_rows(read_manifest(folder))
+        segments = conversation_segments(rows)
+    return [
+        UtteranceInput(s.utterance_index, s.speaker, model.speech_tokenizer.encode(s.samples))
+        for s in segments
+    ]
+
+
+def measure(model, conversation: list[UtteranceInput], config: LabelingConfig) -> dict:
+    """Label the conversation once; RSS is sampled as each utterance finishes."""
+    import psutil
+
+    process = psutil.Process()
+    labeler = ConversationLabeler(model, config)
+    rss: list[float] = []
+
+    def feed():
+        # label_conversation asks for utterance i + 1 only once utterance i is done, so the
+        # sample taken here is the process size right after each utterance.
+        for utterance in conversation:
+            yield utterance
+            rss.append(process.memory_info().rss / 2**20)
+
+    try:
+        labeler.label_conversation(conversation[:4])  # warm-up: allocator, adapter creation
+        preds = labeler.label_conversation(feed())
+    finally:
+        labeler.close()
+    ms = np.array([p.ms for p in preds])
+    context = np.array([p.context_tokens for p in preds])
+    first, last = slice(0, EDGE), slice(len(preds) - EDGE, len(preds))
+    out = {
+        "ms_first20": float(np.median(ms[first])),
+        "ms_last20": float(np.median(ms[last])),
+        "rss_mb_first20": float(np.mean(rss[first])),
+        "rss_mb_last20": float(np.mean(rss[last])),
+        "context_first20": float(context[first].mean()),
+        "context_last20": float(context[last].mean()),
+        "total_s": float(ms.sum() / 1000),
+    }
+    out["ms_ratio"] = out["ms_last20"] / out["ms_first20"]
+    out["rss_growth_mb"] = out["rss_mb_last20"] - out["rss_mb_first20"]
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from dpm_worker.backbone import load_model
+
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if not modes or any(m not in MODES for m in modes):
+        raise ConfigError(f"--modes must list modes from {MODES}, got {args.modes!r}")
+    if args.utterances < 2 * EDGE:
+        raise ConfigError(f"--utterances must be >= {2 * EDGE}, got {args.utterances}")
+    torch.set_num_threads(args.threads)
+    memory = memory_config(args)
+    model = load_model(args.model)
+    start = time.perf_counter()
+    conversation = synthetic_conversation(model, args.utterances, args.seed, args.tokens)
+    prepare_s = time.perf_counter() - start
+    results = {}
+    for mode in modes:
+        config = LabelingConfig(mode=mode, window_tokens=args.window_tokens, memory=memory)
+        results[mode] = measure(model, conversation, config)
+    report = {
+        "modes": results,
+        "utterances": len(conversation),
+        "tokens": args.tokens,
+        "audio_tokens": int(sum(len(u.audio_ids) for u in conversation)),
+        "window_tokens": args.window_tokens,
+        "max_context": int(model.max_context),
+        "threads": args.threads,
+        "model": model.model_id,
+        "prepare_s": prepare_s,
+    }
+    if "dpm" in results and "window" in results:
+        report["dpm_over_window_ms"] = results["dpm"]["ms_last20"] / results["window"]["ms_last20"]
+    print(json.dumps(report, indent=2))
+    return 0
