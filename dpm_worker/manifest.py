@@ -340,14 +340,16 @@ def iter_conversations(
 
     Yields:
         ``(conversation_id, rows)`` with rows in dialogue order (``utterance_index``) and
-        ``audio_uri`` absolute. A null conversation_id is reported under ``""``.
+        ``audio_uri`` absolute. A null conversation_id is reported under ``""``. Rows of an
+        invalid conversation may hold None in required fields: check them with
+        :func:`conversation_problems` before use.
 
     Raises:
         ManifestError: the manifest is unreadable, misses a column or has uncastable values.
     """
     source = ManifestSource(uri, endpoint_url)
     uri = source.uri
-    check_columns(pa.schema([(name, pa.null()) for name in source.column_names()]), uri)
+    check_columns(source.column_names(), uri)
 
     counts: dict[str, int] = {}
     offset = 0

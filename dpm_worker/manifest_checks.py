@@ -44,20 +44,21 @@ class Problem(NamedTuple):
 # ------------------------------------------------------------------- manifest-level checks
 
 
-def check_columns(schema: pa.Schema, uri: str) -> None:
+def check_columns(schema: pa.Schema | Sequence[str], uri: str) -> None:
     """Fail fast when a required column is missing.
 
     Args:
-        schema: the manifest's (file) schema.
+        schema: the manifest's (file) schema, or its column names.
         uri: the manifest's URI, for the message.
 
     Raises:
         ManifestError: naming the first missing column and the columns that were found.
     """
-    missing = [name for name in REQUIRED_COLUMNS if name not in schema.names]
+    names = list(schema.names if isinstance(schema, pa.Schema) else schema)
+    missing = [name for name in REQUIRED_COLUMNS if name not in names]
     if missing:
         raise ManifestError(
-            f"missing required column(s) {missing}; found {schema.names}",
+            f"missing required column(s) {missing}; found {names}",
             uri,
             column=missing[0],
         )
