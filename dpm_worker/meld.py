@@ -14,6 +14,7 @@ import csv
 import io
 import posixpath
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from types import MappingProxyType
 from typing import Any
 
@@ -36,6 +37,7 @@ MELD_MEDIA_DIRS: Mapping[str, str] = MappingProxyType(
     {"train": "train_splits", "dev": "dev_splits_complete", "test": "output_repeated_splits_test"}
 )
 MELD_AUDIO_EXTENSIONS: tuple[str, ...] = (".wav", ".flac")
+_PROBE_THREADS = 16
 _MELD_COLUMNS = ("Utterance", "Speaker", "Emotion", "Dialogue_ID", "Utterance_ID")
 
 _MELD_EXTRAS = pa.schema(
@@ -50,6 +52,14 @@ _MELD_EXTRAS = pa.schema(
         ("episode_end", pa.string()),
     ]
 )
+
+
+def _clip_duration(audio_uri: str, endpoint_url: str | None) -> float | str:
+    """The clip's duration in seconds from its header, or why it cannot be read."""
+    try:
+        return probe_audio(audio_uri, endpoint_url=endpoint_url).duration_s
+    except AudioError as exc:
+        return exc.reason
 
 
 def _meld_rows(text: str, uri: str) -> list[dict[str, Any]]:
@@ -154,11 +164,12 @@ def read_meld(
     records: list[dict[str, Any]] = []
     unreadable: list[str] = []
     index_in: dict[str, int] = {}
-    for row, label, audio_uri in kept:
-        try:
-            duration = probe_audio(audio_uri, endpoint_url=endpoint_url).duration_s
-        except AudioError as exc:
-            unreadable.append(f"{posixpath.basename(audio_uri)} ({exc.reason})")
+    # Header reads are latency-bound on S3 (one small range GET each): overlap them.
+    with ThreadPoolExecutor(max_workers=_PROBE_THREADS) as pool:
+        durations = list(pool.map(lambda k: _clip_duration(k[2], endpoint_url), kept))
+    for (row, label, audio_uri), duration in zip(kept, durations, strict=True):
+        if isinstance(duration, str):
+            unreadable.append(f"{posixpath.basename(audio_uri)} ({duration})")
             continue
         conversation = f"{split}_dia{row['dia']}"
         index = index_in.get(conversation, 0)
