@@ -169,6 +169,7 @@ class ConversationLabeler:
         audio = (self.vocab.audio_offset, self.vocab.audio_offset + self.vocab.n_audio)
         self._audio_range = audio
         self._emotion_range = (self.vocab.emotion_offset, self.vocab.size)
+        self._emotion_ids = list(self.vocab.emotion_ids)
 
     def close(self) -> None:
         """Remove the memory's adapters from the backbone (only needed to reuse it otherwise)."""
@@ -204,11 +205,16 @@ class ConversationLabeler:
                     self._history_part(history), tokens, self.max_context
                 )
                 input_ids = torch.tensor([ids], dtype=torch.long, device=self.model.device)
-                if self.memory is not None:
+                read = None
+                if self.memory is not None and cfg.memory.steps_per_utterance:
                     labels = self._write_labels(ids, start_of_utt)
-                    self.memory.write(self.memory.slot_for(speaker_slot), input_ids, labels)
-                with torch.no_grad():
-                    probs = self.model.emotion_probs(input_ids)[0].float().cpu().numpy()
+                    read = self.memory.write(
+                        self.memory.slot_for(speaker_slot), input_ids, labels, self._emotion_ids
+                    )
+                if read is None:  # write first, then read with the updated memory (DESIGN 5)
+                    with torch.no_grad():
+                        read = self.model.emotion_probs(input_ids)[0]
+                probs = read.float().cpu().numpy()
                 best = int(np.argmax(probs))
                 label = self.vocab.labels[best]
                 history.extend(tokens)

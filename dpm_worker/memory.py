@@ -26,7 +26,7 @@ from torch import nn
 
 from dpm_worker.errors import ConfigError
 
-WRITE_TARGETS = ("audio", "audio+emotion")
+WRITE_TARGETS = ("audio", "audio+emotion", "audio+prediction")
 SCOPES = ("conversation", "speaker")
 INITS = ("zeros",)
 ADAPTER_PREFIX = "dpm_memory"
@@ -55,7 +55,13 @@ class MemoryConfig:
         steps_per_utterance: k, the AdamW steps of each write.
         write_target: ``audio`` trains on the utterance's audio tokens; ``audio+emotion`` also
             trains on the emotion tokens the history window carries (previously predicted
-            labels; needs ``history_labels="predicted"``).
+            labels; needs ``history_labels="predicted"``); ``audio+prediction`` ("sentence-level
+            emotion encoding", issue 4's studies) reads the emotion first, from the memory of
+            the earlier turns, then writes the audio loss plus a confidence-weighted
+            cross-entropy toward that prediction at ``<audio_end>``.
+        emotion_weight: lambda of the ``audio+prediction`` emotion term.
+        confidence_gate: ``audio+prediction`` writes the emotion term only when the read's
+            top probability reaches this (a confident prediction is less likely an error).
         scope: ``conversation`` (one adapter, the paper) or ``speaker`` (one per speaker).
         init: ``zeros``: B = 0 and A seeded Kaiming-uniform, so a reset memory is the backbone.
         seed: seeds the A matrices; the same seed gives the same rows.
@@ -78,6 +84,8 @@ class MemoryConfig:
     warmup_steps: int = 0
     steps_per_utterance: int = 1
     write_target: str = "audio"
+    emotion_weight: float = 3.0
+    confidence_gate: float = 0.75
     scope: str = "speaker"
     init: str = "zeros"
     seed: int = 0
@@ -108,6 +116,12 @@ class MemoryConfig:
         if self.write_target not in WRITE_TARGETS:
             raise ConfigError(
                 f"memory.write_target must be one of {WRITE_TARGETS}, got {self.write_target!r}"
+            )
+        if not (math.isfinite(self.emotion_weight) and self.emotion_weight >= 0):
+            raise ConfigError(f"memory.emotion_weight must be >= 0, got {self.emotion_weight}")
+        if not 0.0 <= self.confidence_gate <= 1.0:
+            raise ConfigError(
+                f"memory.confidence_gate must be in [0, 1], got {self.confidence_gate}"
             )
         if self.scope not in SCOPES:
             raise ConfigError(f"memory.scope must be one of {SCOPES}, got {self.scope!r}")
@@ -207,47 +221,72 @@ class TemporaryLoraMemory:
 
     # -- write ----------------------------------------------------------------------------------
 
-    def write(self, slot: int, input_ids: torch.Tensor, labels: torch.Tensor) -> float:
+    def write(
+        self,
+        slot: int,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor,
+        emotion_ids: list[int] | None = None,
+    ) -> torch.Tensor | None:
         """Train ``slot``'s adapter ``steps_per_utterance`` AdamW steps on one input.
 
         Args:
             slot: the adapter slot (see ``slot_for``).
-            input_ids: ``[1, T]`` token ids (history window + utterance).
+            input_ids: ``[1, T]`` token ids (history window + utterance, ending in
+                ``<audio_end>``).
             labels: ``[1, T]``; ``-100`` everywhere the loss is off. Label at position t is
                 predicted from the tokens before t (the usual causal shift).
+            emotion_ids: the emotion tokens' ids; needed by ``write_target="audio+prediction"``,
+                which reads the emotion at the last position from the first step's forward
+                pass (the memory *before* this write) and adds ``emotion_weight * confidence *
+                CE(emotion logits, predicted label)`` to the loss when the confidence reaches
+                ``confidence_gate``.
 
         Returns:
-            The loss of the last step (nan when there was nothing to train on).
+            ``audio+prediction``: the emotion probabilities read before the write
+            (``[n_labels]``); otherwise None.
         """
+        cfg = self.config
         self.activate(slot)
         state = self._slots[slot]
+        encode = cfg.write_target == "audio+prediction"
+        if encode and not emotion_ids:
+            raise ConfigError("write_target 'audio+prediction' needs the emotion token ids")
         positions = torch.nonzero(labels[0] != -100).flatten()
-        if positions.numel() == 0 or positions.min() < 1 or self.config.steps_per_utterance == 0:
-            return float("nan")
+        if positions.numel() == 0 or int(positions.min()) < 1:
+            raise ConfigError("a memory write needs labels at positions >= 1")
         # Only logits from the first labelled position on are needed; skipping the rest saves
         # the lm_head matmul over the whole history window (the largest single matmul).
         first = int(positions.min())
         keep = int(labels.shape[1]) - first + 1
-        targets = labels[:, first:]
-        loss_value = float("nan")
-        for _ in range(self.config.steps_per_utterance):
+        targets = labels[:, first:].reshape(-1)
+        read: torch.Tensor | None = None
+        for step in range(cfg.steps_per_utterance):
             lr = self._lr(state.steps)
             for group in state.optimizer.param_groups:
                 group["lr"] = lr
-            logits = self.lm(input_ids=input_ids, logits_to_keep=keep).logits
-            # logits[:, j] sits at position first - 1 + j and predicts the token at first + j.
-            loss = nn.functional.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
-                targets.reshape(-1),
-                ignore_index=-100,
-            )
+            logits = self.lm(input_ids=input_ids, logits_to_keep=keep).logits[0]
+            # logits[j] sits at position first - 1 + j and predicts the token at first + j.
+            loss = nn.functional.cross_entropy(logits[:-1].float(), targets, ignore_index=-100)
+            if encode:
+                emotion = logits[-1, emotion_ids].float()
+                if step == 0:
+                    read = torch.softmax(emotion.detach(), dim=-1)
+                confidence, label = read.max(dim=-1)
+                if float(confidence) >= cfg.confidence_gate:
+                    loss = loss + cfg.emotion_weight * confidence * nn.functional.cross_entropy(
+                        emotion, label
+                    )
             state.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             state.optimizer.step()
             state.steps += 1
-            loss_value = float(loss.detach())
         state.optimizer.zero_grad(set_to_none=True)
-        return loss_value
+        if encode and read is None:  # zero steps: read without writing
+            with torch.no_grad():
+                last = self.lm(input_ids=input_ids, logits_to_keep=1).logits[0, -1]
+            read = torch.softmax(last[emotion_ids].float(), dim=-1)
+        return read
 
     def _lr(self, step: int) -> float:
         warm = self.config.warmup_steps

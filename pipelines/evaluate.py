@@ -116,10 +116,14 @@ def add_memory_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--memory-warmup", type=int, default=d.warmup_steps)
     group.add_argument("--memory-scope", choices=("conversation", "speaker"), default=d.scope)
     group.add_argument(
-        "--memory-write-target", choices=("audio", "audio+emotion"), default=d.write_target
+        "--memory-write-target",
+        choices=("audio", "audio+emotion", "audio+prediction"),
+        default=d.write_target,
     )
     group.add_argument("--memory-target-modules", default=",".join(d.target_modules))
     group.add_argument("--memory-seed", type=int, default=d.seed)
+    group.add_argument("--memory-emotion-weight", type=float, default=d.emotion_weight)
+    group.add_argument("--memory-confidence-gate", type=float, default=d.confidence_gate)
 
 
 def memory_config(args: argparse.Namespace) -> MemoryConfig:
@@ -134,6 +138,8 @@ def memory_config(args: argparse.Namespace) -> MemoryConfig:
         write_target=args.memory_write_target,
         target_modules=tuple(m for m in args.memory_target_modules.split(",") if m),
         seed=args.memory_seed,
+        emotion_weight=args.memory_emotion_weight,
+        confidence_gate=args.memory_confidence_gate,
     )
 
 

@@ -91,13 +91,13 @@ def test_only_lora_parameters_change() -> None:
     seen_change = []
     original_write = memory.write
 
-    def spy(slot, input_ids, labels):  # records that the adapter really moved
-        loss = original_write(slot, input_ids, labels)
+    def spy(slot, input_ids, labels, emotion_ids=None):  # records that the adapter moved
+        read = original_write(slot, input_ids, labels, emotion_ids)
         state = memory._slots[slot]
         seen_change.append(
             any(not torch.equal(p, q) for p, q in zip(state.params, state.initial, strict=True))
         )
-        return loss
+        return read
 
     memory.write = spy
     labeler.label_conversation(conversation(3))
@@ -249,3 +249,23 @@ def test_audio_plus_emotion_writes_on_predicted_history() -> None:
         conversation(12)
     )
     assert len(rows) == 8 and not np.array_equal(probs(rows), probs(plain))
+
+
+def test_audio_plus_prediction_reads_before_it_writes() -> None:
+    conv = conversation(13)
+    cfg = MemoryConfig(
+        lr=1e-2, write_target="audio+prediction", confidence_gate=0.0, scope="conversation"
+    )
+    rows = ConversationLabeler(make_model(), LabelingConfig(memory=cfg)).label_conversation(conv)
+    window = ConversationLabeler(make_model(), LabelingConfig(mode="window"))
+    base = window.label_conversation(conv)
+    # the first read sees an empty memory: the backbone's own answer
+    assert np.allclose(rows[0].probs, base[0].probs, atol=1e-5)
+    assert not np.allclose(rows[-1].probs, base[-1].probs, atol=1e-3)
+    gated = MemoryConfig(
+        lr=1e-2, write_target="audio+prediction", confidence_gate=1.0, scope="conversation"
+    )
+    audio_only = ConversationLabeler(make_model(), LabelingConfig(memory=gated))
+    assert not np.array_equal(probs(audio_only.label_conversation(conv)), probs(rows))
+    with pytest.raises(ConfigError, match="confidence_gate"):
+        MemoryConfig(confidence_gate=1.5)
