@@ -150,7 +150,7 @@ def list_folder(fs: Any, path: str) -> dict[str, str]:
 def read_text(fs: Any, path: str, uri: str) -> str:
     try:
         data = fs.cat_file(path)
-    except (OSError, FileNotFoundError) as exc:
+    except OSError as exc:
         raise BadInputError(f"cannot read annotation file: {exc}", uri) from exc
     try:
         return data.decode("utf-8-sig")
