@@ -36,6 +36,7 @@ from dpm_worker.storage import get_filesystem, is_remote, join_uri, redact
 EMOTIONS, ERRORS = "emotions", "errors"
 RUNS_DIR = "_runs"
 SUCCESS_NAME = "_SUCCESS"
+COMPACT_MARK = "--compact-"  # in the names of files merged by ``dpm compact``
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _KEY_CHARS = 32  # 128 bits of sha256: collisions are not a practical concern.
 META_PREFIX = "dpm."

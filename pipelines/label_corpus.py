@@ -17,6 +17,7 @@ table; 2 bad arguments, config, manifest, model or output location; 1 anything e
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -32,8 +33,9 @@ from typing import Any
 from dpm_worker.errors import BadInputError, ConfigError, DpmError, ModelError, StorageError
 from dpm_worker.manifest import iter_conversations
 from dpm_worker.manifest_schema import UtteranceRow
-from dpm_worker.storage import get_filesystem, redact
+from dpm_worker.storage import get_filesystem, is_remote, redact
 from dpm_worker.tables import (
+    COMPACT_MARK,
     EMOTIONS,
     ERRORS,
     RunInfo,
@@ -252,19 +254,17 @@ class LabelJob:
             yield conversation_id, rows
 
     def _success_record(self, progress: Any, started_at: dt.datetime) -> dict[str, Any]:
-        emotions = self.tables.run_files(EMOTIONS)
-        errors = self.tables.run_files(ERRORS)
+        emotions = [f for f in self.tables.run_files(EMOTIONS) if COMPACT_MARK not in f]
+        errors = [f for f in self.tables.run_files(ERRORS) if COMPACT_MARK not in f]
         journal = self.tables.read_record("compaction.json") or {}
         counts = {
             "run_id": self.run.run_id,
             "run_date": self.run.run_date,
             "emotions": {
-                "files": len(emotions),
                 "rows": self.tables.count_rows(EMOTIONS),
                 "conversations": len(emotions) + int(journal.get("emotion_conversations", 0)),
             },
             "errors": {
-                "files": len(errors),
                 "rows": self.tables.count_rows(ERRORS),
                 "conversations": len(errors) + int(journal.get("error_conversations", 0)),
             },
@@ -293,6 +293,7 @@ def prepare(config: LabelJobConfig, worker_class: type = ConversationWorker) -> 
     Raises:
         ConfigError, BadInputError, StorageError: the job would fail; nothing was done.
     """
+    config = _absolute_paths(config)
     model = describe_model(config.model)
     conversations = iter_conversations(config.input)
     first = next(conversations, None)  # the first pass checks columns and value types
@@ -326,6 +327,8 @@ def prepare(config: LabelJobConfig, worker_class: type = ConversationWorker) -> 
                 "input": public["input"],
                 "mode": config.labeling.mode,
                 "model_fingerprint": model["fingerprint"],
+                "model_id": model["model_id"],
+                "labels": list(model["labels"]),
                 "config": public,
                 "code_version": run.code_version,
             },
@@ -345,6 +348,16 @@ def prepare(config: LabelJobConfig, worker_class: type = ConversationWorker) -> 
     return LabelJob(
         config, run, tables, stream, committed, manifest_rows(config.input), worker_class
     )
+
+
+def _absolute_paths(config: LabelJobConfig) -> LabelJobConfig:
+    """Local paths made absolute, so a run record compares equal from any working folder."""
+    changes = {
+        name: os.path.abspath(value)
+        for name in ("input", "output", "model")
+        if (value := getattr(config, name)) and not is_remote(value)
+    }
+    return dataclasses.replace(config, **changes)
 
 
 def _chain(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
