@@ -20,6 +20,7 @@ import itertools
 import math
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -158,7 +159,7 @@ class TemporaryLoraMemory:
         self.config = config
         self._slots: dict[int, _Slot] = {}
         self._prefix = f"{ADAPTER_PREFIX}{next(_MEMORY_IDS)}_"
-        self._layers: list[nn.Module] = []
+        self._layers: list[Any] = []  # peft LoraLayer modules (typed loosely: peft mixins)
         for param in lm.parameters():
             param.requires_grad_(False)
         lm.train(False)  # dropout off: the memory must be deterministic
@@ -261,7 +262,7 @@ class TemporaryLoraMemory:
         keep = int(labels.shape[1]) - first + 1
         targets = labels[:, first:].reshape(-1)
         read: torch.Tensor | None = None
-        for step in range(cfg.steps_per_utterance):
+        for _ in range(cfg.steps_per_utterance):
             lr = self._lr(state.steps)
             for group in state.optimizer.param_groups:
                 group["lr"] = lr
@@ -270,9 +271,9 @@ class TemporaryLoraMemory:
             loss = nn.functional.cross_entropy(logits[:-1].float(), targets, ignore_index=-100)
             if encode:
                 emotion = logits[-1, emotion_ids].float()
-                if step == 0:
-                    read = torch.softmax(emotion.detach(), dim=-1)
-                confidence, label = read.max(dim=-1)
+                first_read = torch.softmax(emotion.detach(), dim=-1) if read is None else read
+                read = first_read  # the memory before this write: the read of step 0
+                confidence, label = first_read.max(dim=-1)
                 if float(confidence) >= cfg.confidence_gate:
                     loss = loss + cfg.emotion_weight * confidence * nn.functional.cross_entropy(
                         emotion, label
@@ -302,7 +303,7 @@ class TemporaryLoraMemory:
         name = f"{self._prefix}{slot}"
         lora = LoraConfig(
             r=cfg.rank,
-            lora_alpha=cfg.alpha,
+            lora_alpha=cfg.alpha,  # type: ignore[arg-type]  # peft accepts float alphas
             target_modules=list(cfg.target_modules),
             lora_dropout=0.0,
             bias="none",
