@@ -201,15 +201,20 @@ class LabelJob:
         self.committed = committed
         self.total_rows = total_rows
         self.worker_class = worker_class
+        self.progress: Any = None
+        # Wall time of the phases (actors_s: start + model load, schedule_s: labeling).
+        self.timings: dict[str, float] = {}
 
     def execute(self) -> int:
         """Start Ray and the actors, schedule, write ``_SUCCESS``; returns the exit code."""
         from pipelines.scheduler import ConversationScheduler, Progress
 
-        progress = Progress(total_rows=self.total_rows)
+        progress = self.progress = Progress(total_rows=self.total_rows)
         started_at = dt.datetime.now(dt.UTC)
+        clock = time.monotonic()
         try:
             handles = start_actors(self.config, self.run, self.worker_class)
+            self.timings["actors_s"] = time.monotonic() - clock
             scheduler = ConversationScheduler(
                 handles,
                 self._uncommitted(progress),
@@ -219,7 +224,9 @@ class LabelJob:
                 progress_interval_s=self.config.progress_interval_s,
                 conversation_timeout_s=self.config.conversation_timeout_s,
             )
+            clock = time.monotonic()
             scheduler.run()
+            self.timings["schedule_s"] = time.monotonic() - clock
         except DpmError as exc:
             return finish(EXIT_FAILED, f"run {self.run.run_id} stopped: {exc}")
         log.info(progress.line())
