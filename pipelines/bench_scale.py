@@ -12,10 +12,12 @@ cost alone. A bounded driver shows a large/small RSS ratio near 1 although the m
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import logging
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -152,7 +154,8 @@ def measure(workdir: str, conversations: int, args: argparse.Namespace, model: s
     with PeakRss() as rss:
         before = rss.peak
         job = prepare(config, worker_class=NullWorker)
-        code = job.execute()
+        with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the JSON report
+            code = job.execute()
     wall = time.monotonic() - start
     return {
         "conversations": conversations,
