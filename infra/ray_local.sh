@@ -119,7 +119,12 @@ stop() {
     local pid; pid="$(cat "$pidfile")"
     # setsid made the `ray start` process a group leader: its group holds gcs, raylet, dashboard.
     kill -TERM -- "-$pid" 2>/dev/null || true
-    for _ in $(seq 20); do alive "$pid" || break; sleep 0.5; done
+    # Give gcs, raylet and dashboard 3 s to exit cleanly (a raylet whose GCS is gone lingers;
+    # `ray start --block` itself outlives its children on SIGTERM), then KILL the group.
+    for _ in $(seq 6); do
+      [ "$(ps -eo pgid=,pid=,stat= | awk -v g="$pid" '$1 == g && $2 != g && $3 !~ /^Z/' | wc -l)" = 0 ] && break
+      sleep 0.5
+    done
     kill -KILL -- "-$pid" 2>/dev/null || true
   fi
   # Workers and agents may have left the group; they still name this cluster's temp dir.
