@@ -206,11 +206,12 @@ class TemporaryLoraMemory:
         # The layers all share one state, so the first one tells whether a switch is needed;
         # switching walks every adapted layer, which is not free on every utterance.
         first = self._layers[0]
-        if first.active_adapters == [name] and not first.disable_adapters:
-            return
-        for module in self._layers:
-            module.set_adapter(name)
-            module.enable_adapters(True)
+        switch, enable = first.active_adapters != [name], first.disable_adapters
+        for module in self._layers if switch or enable else ():
+            if switch:
+                module.set_adapter(name)
+            if enable:
+                module.enable_adapters(True)
 
     def slot_for(self, speaker_slot: int) -> int:
         """The adapter slot an utterance of ``speaker_slot`` writes to and reads from."""
@@ -345,7 +346,7 @@ class TemporaryLoraMemory:
             lr=cfg.lr,
             betas=cfg.betas,
             weight_decay=cfg.weight_decay,
-            foreach=False,
+            foreach=True,  # one fused kernel per state tensor list, not a loop per parameter
         )
         initial = [p.detach().clone() for p in params]
         return _Slot(name=name, params=params, initial=initial, optimizer=optimizer)
