@@ -53,6 +53,7 @@ SYNTH_SCHEMA = pa.schema(
         pa.field("rate_wpm", pa.int16(), nullable=False),
         pa.field("level_dbfs", pa.float32(), nullable=False),
         pa.field("word_gap_10ms", pa.int16(), nullable=False),
+        pa.field("tilt", pa.float32(), nullable=False),
     ]
 )
 
@@ -202,7 +203,7 @@ def generate_conversation(index: int, config: SynthConfig) -> tuple[bytes, list[
             moods[current] = next_mood(rng, moods[current], moods[1 - current], config)
         spoken[current] = True
         expressive = bool(rng.random() < config.expressive_prob)
-        intensity = float(rng.uniform(0.75, 1.25)) * config.emotion_strength if expressive else 0.0
+        intensity = float(rng.uniform(0.8, 1.2)) * config.emotion_strength if expressive else 0.0
         prosody = render_prosody(speaker, moods[current], intensity, rng, config.jitter)
         audio, text = _speak(rng, speaker, prosody, config)
         pieces.append((current, cursor, audio))
@@ -225,6 +226,7 @@ def generate_conversation(index: int, config: SynthConfig) -> tuple[bytes, list[
                 "rate_wpm": prosody.rate_wpm,
                 "level_dbfs": prosody.level_dbfs,
                 "word_gap_10ms": prosody.gap_10ms,
+                "tilt": prosody.tilt,
             }
         )
         cursor += audio.size

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import soxr
+from scipy.signal import lfilter
 
 from dpm_worker.errors import AudioError, ConfigError
 
@@ -70,6 +71,10 @@ class EmotionShift:
         rate_factor: multiplier of the speaking rate.
         level_db: loudness change in dB.
         gap_10ms: extra pause between words, in espeak-ng's 10 ms units.
+        tilt: voice effort as a spectral tilt: > 0 pre-emphasis coefficient (tense, bright
+            voice), < 0 minus a one-pole low-pass coefficient (soft, dark voice).
+        exclaim: speak the sentence with espeak-ng's exclamation intonation (a wider, more
+            animated contour); the manifest's text keeps the plain full stop.
     """
 
     pitch_st: float
@@ -77,15 +82,19 @@ class EmotionShift:
     rate_factor: float
     level_db: float
     gap_10ms: float
+    tilt: float
+    exclaim: bool = False
 
 
-# angry = loud + fast + high-ish; happy = high + wide range + fast; sad = slow + low + quiet +
-# flat + pauses; neutral = the speaker's baseline.
+# angry = loud + fast + high-ish + tense; happy = high + wide range + fast; sad = slow + low +
+# quiet + flat + soft + pauses; neutral = the speaker's baseline. Pitch, rate and loudness
+# shifts are as large as the speakers' baseline spread (ambiguous alone); range, word gap and
+# tilt vary little across speakers, so an expressive utterance is recognisable on its own.
 EMOTION_SHIFTS: dict[str, EmotionShift] = {
-    "neutral": EmotionShift(0.0, 1.0, 1.0, 0.0, 0.0),
-    "happy": EmotionShift(4.0, 1.6, 1.15, 2.0, 0.0),
-    "angry": EmotionShift(2.5, 1.15, 1.25, 7.0, 0.0),
-    "sad": EmotionShift(-3.0, 0.45, 0.75, -6.0, 4.0),
+    "neutral": EmotionShift(0.0, 1.0, 1.0, 0.0, 0.0, 0.0),
+    "happy": EmotionShift(4.0, 1.9, 1.15, 2.0, 0.0, 0.0, exclaim=True),
+    "angry": EmotionShift(2.5, 1.15, 1.25, 7.0, 0.0, 0.6, exclaim=True),
+    "sad": EmotionShift(-3.0, 0.4, 0.75, -6.0, 4.0, -0.6),
 }
 
 # Half-widths of the speakers' baseline spread at baseline_spread=1: pitch/rate/loudness match
@@ -127,6 +136,8 @@ class Prosody:
     gap_10ms: int
     level_dbfs: float
     f0_hz: float
+    tilt: float = 0.0
+    exclaim: bool = False
 
 
 def sample_speaker(
@@ -202,6 +213,8 @@ def render_prosody(
         gap_10ms=int(round(max(0.0, gap))),
         level_dbfs=float(min(-12.0, level)),
         f0_hz=float(f0),
+        tilt=float(np.clip(shift.tilt * intensity, -0.9, 0.9)),
+        exclaim=shift.exclaim and intensity > 0.0,
     )
 
 
@@ -215,6 +228,8 @@ def synthesize(text: str, voice: str, prosody: Prosody, sample_rate: int) -> np.
     Leading/trailing silence is trimmed (a 30 ms margin kept) and the active speech is scaled
     to ``prosody.level_dbfs`` RMS, so loudness is exact and independent of the sentence.
     """
+    if prosody.exclaim:
+        text = text.rstrip(".") + "!"
     ssml = f'<speak><prosody range="{prosody.range_pct}%">{_escape(text)}</prosody></speak>'
     cmd = [
         "espeak-ng", "--stdout", "-m", "-z", "-b", "1",
@@ -238,7 +253,15 @@ def synthesize(text: str, voice: str, prosody: Prosody, sample_rate: int) -> np.
     pcm = out[start + 8 :]
     raw = np.frombuffer(pcm[: len(pcm) // 2 * 2], dtype="<i2").astype(np.float32) / 32768.0
     audio = soxr.resample(raw, ESPEAK_RATE, sample_rate, quality="HQ").astype(np.float32)
-    return _normalize(_trim(audio, sample_rate), prosody.level_dbfs, voice)
+    return _normalize(_tilt(_trim(audio, sample_rate), prosody.tilt), prosody.level_dbfs, voice)
+
+
+def _tilt(audio: np.ndarray, tilt: float) -> np.ndarray:
+    if tilt > 0.0:  # pre-emphasis: y[n] = x[n] - a x[n-1]
+        return lfilter([1.0, -tilt], [1.0], audio).astype(np.float32)
+    if tilt < 0.0:  # one-pole low-pass: y[n] = (1 - b) x[n] + b y[n-1]
+        return lfilter([1.0 + tilt], [1.0, tilt], audio).astype(np.float32)
+    return audio
 
 
 def _trim(audio: np.ndarray, sample_rate: int) -> np.ndarray:
