@@ -138,3 +138,17 @@ def test_eval_rejects_bad_arguments(setup, tmp_path) -> None:
     assert cli.main([*args, "--mode", "dpm,psychic"]) == 2
     assert cli.main([*args, "--model", str(setup / "model"), "--memory-lr", "-1"]) == 2
     assert cli.main([*args, "--model", str(tmp_path / "missing")]) == 2
+
+
+def test_bench_memory_reports_both_ends_per_mode(setup, capsys) -> None:
+    args = ["bench", "memory", "--model", str(setup / "model"), "--tokens", "random"]
+    assert cli.main([*args, "--utterances", "40", "--window-tokens", "64"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report["modes"]) == {"utterance", "window", "full", "dpm"}
+    for block in report["modes"].values():
+        for key in ("ms_first20", "ms_last20", "rss_mb_first20", "rss_mb_last20"):
+            assert block[key] > 0
+    # token counts, not timings: dpm/window context is capped, full keeps growing
+    assert report["modes"]["dpm"]["context_last20"] <= 64 + 127
+    assert report["modes"]["full"]["context_last20"] > report["modes"]["full"]["context_first20"]
+    assert cli.main([*args, "--utterances", "10"]) == 2
