@@ -396,8 +396,10 @@ def connect(config: LabelJobConfig) -> None:
 
     if ray.is_initialized():
         return
-    if config.address:
-        ray.init(address=config.address, logging_level=logging.WARNING)
+    # Under `ray job submit` the driver runs on the cluster with RAY_ADDRESS set: join it.
+    address = config.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING)
     else:
         ray.init(
             num_cpus=os.cpu_count() or 1,
