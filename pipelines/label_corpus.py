@@ -229,6 +229,13 @@ class LabelJob:
             self.timings["schedule_s"] = time.monotonic() - clock
         except DpmError as exc:
             return finish(EXIT_FAILED, f"run {self.run.run_id} stopped: {exc}")
+        except Exception as exc:  # noqa: BLE001 - Ray/driver failures still end in a summary
+            log.exception("run %s stopped", self.run.run_id)
+            return finish(
+                EXIT_FAILED,
+                f"run {self.run.run_id} stopped: {type(exc).__name__}: {exc}; re-run with "
+                f"--run-id {self.run.run_id} to resume",
+            )
         log.info(progress.line())
         where = self.tables.table_uri(EMOTIONS)
         head = (
