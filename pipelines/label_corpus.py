@@ -237,6 +237,11 @@ class LabelJob:
                 f"--run-id {self.run.run_id} to resume",
             )
         log.info(progress.line())
+        if progress.stage_s:
+            log.info(
+                "time in actors (s): %s",
+                ", ".join(f"{k[:-2]} {v:.1f}" for k, v in sorted(progress.stage_s.items())),
+            )
         where = self.tables.table_uri(EMOTIONS)
         head = (
             f"run {self.run.run_id}: {progress.labeled} conversations labeled "

@@ -54,3 +54,14 @@ def test_credentials_in_uris_are_stripped():
     assert strip_userinfo("s3://key:secret@bucket/x") == "s3://***@bucket/x"
     config = load_config(None, {"input": "s3://k:s@b/in", "output": "/tmp/o"}, [])
     assert "s@" not in public_config(config)["input"]
+
+
+def test_shipped_yaml_loads_with_the_defaults():
+    from pathlib import Path
+
+    from pipelines.label_config import LabelJobConfig
+
+    path = Path(__file__).resolve().parents[2] / "pipelines" / "configs" / "label_default.yaml"
+    config = load_config(str(path), {"input": "in", "output": "out"}, [])
+    defaults = LabelJobConfig(input="in", output="out")
+    assert config == defaults
