@@ -172,3 +172,38 @@ def test_ray_job_submit_labels_the_corpus(ray_cluster, local_s3, tiny_model, tin
     assert not out_fs.exists(f"{out_path}/errors")
     success = json.loads(out_fs.cat_file(f"{out_path}/_runs/{run_id}/_SUCCESS"))
     assert success["emotions"]["rows"] == manifest_rows
+
+
+def test_nightly_script_submits_once_per_night(ray_cluster, tiny_model, tiny_corpus, tmp_path):
+    """infra/nightly.sh: tonight's run is submitted once; a second trigger only reports it."""
+    out = tmp_path / "tables"
+    env = {
+        **ray_cluster["env"],
+        "DPM_INPUT": str(tiny_corpus / "manifest.parquet"),
+        "DPM_OUTPUT": str(out),
+        "DPM_MODEL": tiny_model,
+        "DPM_NIGHTLY_DATE": "2026-01-02",
+        "DPM_NIGHTLY_FLAGS": "--actors 1 --cpus-per-actor 0.5",
+    }
+
+    def nightly() -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["bash", str(REPO / "infra" / "nightly.sh")],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=JOB_TIMEOUT_S,
+        )
+
+    first = nightly()
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "submitting dpm-label-2026-01-02 (run nightly-2026-01-02)" in first.stdout
+    assert "dpm label: exit 0 (ok)" in first.stdout
+    assert (out / "_runs" / "nightly-2026-01-02" / "_SUCCESS").is_file()
+    assert (out / "_reports" / "nightly-2026-01-02.html").is_file()
+
+    second = nightly()
+    assert second.returncode == 0, second.stdout + second.stderr[-3000:]
+    assert "already succeeded; nothing to do" in second.stdout
+    assert "submitting" not in second.stdout
