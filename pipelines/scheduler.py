@@ -93,6 +93,7 @@ class Progress:
             f"{self.skipped} skipped), {self.rows_done + self.rows_skipped}{total} rows, "
             f"{self.utterances} utterances labeled, {self.audio_s / 3600:.3f} h audio, "
             f"{rate:.2f} audio-h/h, ETA {eta}, actor deaths {self.actor_deaths}, "
+            f"given up {self.lost}, "
             f"elapsed {_clock(elapsed)}"
         )
 
@@ -273,12 +274,10 @@ class ConversationScheduler:
         if slot.reserved is not None:
             self.retry.append(slot.reserved)
             slot.reserved = None
-        if isinstance(exc, ActorDiedError):
-            slot.state = "dead"
-            log.warning("actor %d is dead (restarts exhausted)", slot.index)
-        else:
-            slot.state = "recovering"
-            slot.next_probe_at = time.monotonic() + _PROBE_EVERY_S
+        # Probe before using it again: calls to a restarting actor fail at once, and a probe
+        # that fails with ActorDiedError means its restarts are exhausted.
+        slot.state = "recovering"
+        slot.next_probe_at = time.monotonic() + _PROBE_EVERY_S
 
     def _probe_result(self, slot: Slot, ref: Any) -> None:
         slot.probe = None
