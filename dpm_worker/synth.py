@@ -34,7 +34,14 @@ from dpm_worker.errors import ConfigError, StorageError
 from dpm_worker.manifest_schema import MANIFEST_SCHEMA
 from dpm_worker.storage import get_filesystem, join_uri, redact
 from dpm_worker.synth_text import compose_sentence
-from dpm_worker.synth_voices import Prosody, Speaker, render_prosody, sample_speaker, synthesize
+from dpm_worker.synth_voices import (
+    Prosody,
+    Speaker,
+    espeak_version,
+    render_prosody,
+    sample_speaker,
+    synthesize,
+)
 from dpm_worker.vocab import DEFAULT_LABELS
 
 log = logging.getLogger(__name__)
@@ -251,9 +258,13 @@ def encode_flac(signal: np.ndarray, sample_rate: int) -> bytes:
 
 
 def rows_to_table(rows: list[dict[str, Any]], config: SynthConfig) -> pa.Table:
-    """The manifest table; the generator config (and nothing time-dependent) in its metadata."""
+    """The manifest table; the generator config and espeak-ng version (nothing time-dependent)
+    in its metadata."""
     columns = {name: [row[name] for row in rows] for name in SYNTH_SCHEMA.names}
-    metadata = {b"dpm.synth_config": config.to_json().encode()}
+    metadata = {
+        b"dpm.synth_config": config.to_json().encode(),
+        b"dpm.synth_espeak": espeak_version().encode(),
+    }
     return pa.Table.from_pydict(columns, schema=SYNTH_SCHEMA.with_metadata(metadata))
 
 
@@ -279,7 +290,9 @@ def generate_corpus(
     """Generate the corpus into ``out_uri`` (a local folder or ``s3://bucket/prefix``).
 
     Audio files are written first and the manifest last, so a manifest present means a
-    complete corpus. Re-running with the same config rewrites identical bytes.
+    complete corpus. Re-running with the same config rewrites identical bytes (for a given
+    espeak-ng and libFLAC; the espeak-ng version is recorded in the manifest's metadata).
+    Existing files of the same names are overwritten; other files are left alone.
 
     Args:
         out_uri: the output folder.

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import subprocess
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import soxr
@@ -216,6 +217,18 @@ def render_prosody(
         tilt=float(np.clip(shift.tilt * intensity, -0.9, 0.9)),
         exclaim=shift.exclaim and intensity > 0.0,
     )
+
+
+@lru_cache(maxsize=1)
+def espeak_version() -> str:
+    """The installed espeak-ng's version line (audio bytes are reproducible per version)."""
+    try:
+        out = subprocess.run(
+            ["espeak-ng", "--version"], capture_output=True, check=True, timeout=30
+        )
+    except (FileNotFoundError, subprocess.CalledProcessError) as exc:
+        raise ConfigError("espeak-ng is not installed (apt-get install -y espeak-ng)") from exc
+    return out.stdout.decode(errors="replace").split("Data at")[0].strip()
 
 
 def _escape(text: str) -> str:

@@ -93,7 +93,10 @@ def test_manifest_has_the_canonical_schema_and_no_timestamps(corpus: Path) -> No
     for field in MANIFEST_SCHEMA:
         assert schema.field(field.name).type == field.type, field.name
     assert schema.field("expressive").type.equals("bool")
-    assert set(schema.metadata) == {b"dpm.synth_config"}  # no pandas blob, no time of writing
+    # no pandas blob, no time of writing: only the generator's provenance
+    assert set(schema.metadata) == {b"dpm.synth_config", b"dpm.synth_espeak"}
+    assert b'"seed": 11' in schema.metadata[b"dpm.synth_config"]
+    assert schema.metadata[b"dpm.synth_espeak"].startswith(b"eSpeak NG")
     table = read_manifest(str(corpus), labels=DEFAULT_LABELS)  # strict validation
     assert table.num_rows == parquet.metadata.num_rows
     raw = parquet.read()
