@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dpm_worker.report import SECTIONS
 from dpm_worker.run_results import read_run, split_run_uri
 from dpm_worker.tables import ErrorRecord, LabeledUtterance, RunInfo, RunTables
 from pipelines.cli import main as cli_main
@@ -99,14 +100,7 @@ def test_report_has_every_section_and_valid_embedded_pngs(output, tmp_path):
     target = tmp_path / "report.html"
     assert cli_main(["report", output, "--run-id", "run-a", "--out", str(target)]) == 0
     document = target.read_text()
-    for section in (
-        "summary",
-        "labels-per-conversation",
-        "labels-over-position",
-        "confidence",
-        "gold",
-        "errors",
-    ):
+    for section in SECTIONS:
         assert f'<section id="{section}">' in document, section
     pngs = _pngs(document)
     # per conversation, over position, confidence, confusion matrix, accuracy by position
