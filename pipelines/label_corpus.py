@@ -67,7 +67,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", help="manifest URI (Parquet/JSONL/CSV or corpus folder)")
     parser.add_argument("--output", help="output prefix for the tables (folder or s3://...)")
     parser.add_argument("--model", help="model folder or s3:// URI (default: packaged model)")
-    parser.add_argument("--mode", choices=("utterance", "window", "full", "dpm"), help="mode")
+    parser.add_argument(
+        "--mode",
+        choices=("utterance", "window", "full", "dpm"),
+        help="labeling mode (default: dpm)",
+    )
     parser.add_argument("--run-id", help="run id; re-using one resumes that run")
     parser.add_argument("--address", help="Ray cluster address (default: embedded local Ray)")
     parser.add_argument("--actors", type=int, help="labeling actors (default: per GPU/CPU)")

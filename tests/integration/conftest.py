@@ -21,32 +21,37 @@ ACCESS_KEY = "AKIADPMTEST7C21E5B84"
 REPO = Path(__file__).resolve().parents[2]
 
 
+# What the cluster and every CLI subprocess run with; the test process's own environment is
+# restored right after the cluster starts, so other tests see no difference.
+CLUSTER_ENV = {
+    "RAY_AUTH_MODE": "disabled",
+    "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+    "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+}
+
+
 @pytest.fixture(scope="session")
 def ray_address(local_s3):
     """Address of the session's local Ray cluster (2 CPUs, small object store)."""
     import ray
 
-    saved = {
-        k: os.environ.get(k)
-        for k in ("RAY_AUTH_MODE", "AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID")
-    }
-    os.environ.update(
-        RAY_AUTH_MODE="disabled", AWS_SECRET_ACCESS_KEY=SECRET_KEY, AWS_ACCESS_KEY_ID=ACCESS_KEY
-    )
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        object_store_memory=128 * 1024 * 1024,
-        logging_level="WARNING",
-    )
-    address = ray.get_runtime_context().gcs_address
-    yield address
+    saved = {k: os.environ.get(k) for k in CLUSTER_ENV}
+    os.environ.update(CLUSTER_ENV)
+    try:
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            object_store_memory=128 * 1024 * 1024,
+            logging_level="WARNING",
+        )
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    yield ray.get_runtime_context().gcs_address
     ray.shutdown()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
 
 
 @pytest.fixture(scope="session")
@@ -81,7 +86,7 @@ def run_label(*args: str, env: dict | None = None, module: bool = False, timeout
     return subprocess.run(
         [*command, *args],
         cwd=REPO,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, **CLUSTER_ENV, **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,

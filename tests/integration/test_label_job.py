@@ -19,7 +19,14 @@ import pytest
 
 from dpm_worker.audio import write_audio
 from dpm_worker.storage import get_filesystem
-from tests.integration.conftest import ACCESS_KEY, REPO, SECRET_KEY, run_label, upload
+from tests.integration.conftest import (
+    ACCESS_KEY,
+    CLUSTER_ENV,
+    REPO,
+    SECRET_KEY,
+    run_label,
+    upload,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -288,6 +295,7 @@ def test_driver_killed_then_resumed_equals_clean_run(
     driver = subprocess.Popen(
         [sys.executable, "-m", "pipelines.cli", "label", *args],
         cwd=REPO,
+        env={**os.environ, **CLUSTER_ENV},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
