@@ -23,7 +23,7 @@ import json
 import os
 import re
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -452,8 +452,3 @@ def decode_metadata(metadata: dict[bytes, bytes] | None) -> dict[str, Any]:
         text = value.decode()
         out[name] = json.loads(text) if name in ("labels", "run_config") else text
     return out
-
-
-def keys_of(conversation_ids: Iterable[str]) -> set[str]:
-    """The keys of several conversation ids (for comparing with ``committed_keys``)."""
-    return {conversation_key(c) for c in conversation_ids}

@@ -38,6 +38,7 @@ from dpm_worker.tables import (
     COMPACT_MARK,
     EMOTIONS,
     ERRORS,
+    SUCCESS_NAME,
     RunInfo,
     RunTables,
     check_writable,
@@ -306,7 +307,7 @@ class LabelJob:
             "model_fingerprint": self.run.model_fingerprint,
             "code_version": self.run.code_version,
         }
-        self.tables.write_record("_SUCCESS", counts)
+        self.tables.write_record(SUCCESS_NAME, counts)
         return counts
 
 
