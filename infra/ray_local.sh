@@ -22,7 +22,9 @@
 # RAY_AUTH_MODE=token + RAY_AUTH_TOKEN_PATH, which the printed exports set. `--no-auth` starts the
 # cluster with RAY_AUTH_MODE=disabled instead (loopback only; for debugging).
 #
-# Every listening socket (GCS, raylet, dashboard/job server, agents) binds 127.0.0.1.
+# Every listening socket (GCS, raylet, dashboard/job server, agents) binds 127.0.0.1. For that
+# the exports also set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (Ray's switch for a loopback-only
+# node; its name is historical): a driver that joins with ray.init must see it too.
 #
 # `stop` terminates the process group `ray start --block` ran in (started with setsid), then any
 # process still referring to this cluster's temp dir, so other Ray clusters on the machine survive.

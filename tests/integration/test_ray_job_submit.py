@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import urllib.error
 import urllib.request
 import uuid
 
@@ -89,6 +90,18 @@ def _job_status(env: dict[str, str], submission_id: str) -> dict:
         request.add_header("Authorization", f"Bearer {fh.read().strip()}")
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.loads(response.read())
+
+
+def test_job_server_refuses_requests_without_the_token(ray_cluster):
+    """Token auth is really on: no token -> 401, a wrong token -> 403."""
+    url = f"{ray_cluster['env']['RAY_API_SERVER_ADDRESS']}/api/jobs/"
+    for header, code in ((None, 401), ("Bearer " + "0" * 64, 403)):
+        request = urllib.request.Request(url)
+        if header:
+            request.add_header("Authorization", header)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == code
 
 
 def test_ray_job_submit_labels_the_corpus(ray_cluster, local_s3, tiny_model, tiny_corpus):
