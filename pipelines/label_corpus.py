@@ -440,7 +440,13 @@ def start_actors(config: LabelJobConfig, run: RunInfo, worker_class: type) -> li
         "num_cpus": config.cpus_per_actor,
         "max_restarts": config.max_restarts,
         "max_task_retries": 0,  # the scheduler retries, knowing which conversation died
-        "runtime_env": {"env_vars": {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}},
+        "runtime_env": {
+            "env_vars": {
+                # One progress line from the driver beats a weight-loading bar per actor.
+                "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+                **{k: os.environ[k] for k in FORWARDED_ENV if k in os.environ},
+            }
+        },
     }
     if gpus >= config.gpus_per_actor:
         options["num_gpus"] = config.gpus_per_actor
