@@ -10,6 +10,7 @@ figures are drawn in ``report_figures``.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import html
 import json
 from collections.abc import Sequence
@@ -107,9 +108,23 @@ def summary_rows(results: RunResults) -> list[tuple[str, Any]]:
         ("conversations in the errors table", errors["conversation_id"].nunique()),
         ("error rows", len(errors)),
     ]
+    success = results.success or {}
+    try:
+        wall_s = (
+            dt.datetime.fromisoformat(success["finished_at"])
+            - dt.datetime.fromisoformat(success["started_at"])
+        ).total_seconds()
+    except (KeyError, TypeError, ValueError):
+        wall_s = None
+    if wall_s and wall_s > 0:
+        rows.append(("wall time (last session)", f"{wall_s:.1f} s"))
+        if session.get("audio_hours"):
+            rate = float(session["audio_hours"]) / (wall_s / 3600)
+            rows.append(("throughput (last session)", f"{rate:.2f} audio hours per hour"))
     if session.get("stage_seconds"):
+        # Summed over actors, so they can exceed the wall time; the split is what matters.
         stages = ", ".join(f"{k} {v:.1f} s" for k, v in session["stage_seconds"].items())
-        rows.append(("time by stage (last session)", stages))
+        rows.append(("time by stage, summed over actors (last session)", stages))
     return rows
 
 

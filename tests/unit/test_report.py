@@ -77,7 +77,15 @@ def _write_run(out: str, run_id: str, sizes: dict[str, int], gold: bool, seed: i
         "broken-call",
         [ErrorRecord("broken-call", None, "AudioError", "recording is empty", "s3://b/x.wav")],
     )
-    tables.write_record("_SUCCESS", {"run_id": run_id, "finished_at": f"2026-11-26T12:{seed:02d}"})
+    tables.write_record(
+        "_SUCCESS",
+        {
+            "run_id": run_id,
+            "started_at": "2026-11-26T12:00:00+00:00",
+            "finished_at": f"2026-11-26T12:{seed:02d}:00+00:00",
+            "this_session": {"audio_hours": 0.5, "stage_seconds": {"label_s": 30.0}},
+        },
+    )
     return tables
 
 
@@ -131,6 +139,9 @@ def test_report_counts_only_its_run_and_scores_gold(output):
     document = render_html(results)
     assert f"{correct / 48:.3f}" in document
     assert "recording is empty" in document and "AudioError" in document
+    # _SUCCESS: 0.5 audio hours in 60 s of wall time is 30 audio hours per hour.
+    assert "<td>30.00 audio hours per hour</td>" in document
+    assert "label_s 30.0 s" in document
 
 
 def test_report_without_gold_leaves_out_the_gold_section(output, tmp_path):
