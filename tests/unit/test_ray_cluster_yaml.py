@@ -1,8 +1,8 @@
 """ray_cluster.yaml is a valid Ray cluster launcher config with the shape the job relies on.
 
 Validated against the launcher's own JSON schema (ray/autoscaler/ray-schema.json, shipped in the
-ray package) with jsonschema, the same check `ray up` runs before it contacts any cloud. The ray
-package is located on disk, never imported, so this stays a fast unit test without Ray.
+ray package) with jsonschema, the same check `ray up` runs before it contacts any cloud, and
+then through the launcher's own prepare/validate step. No Ray cluster, no cloud, no network.
 """
 
 from __future__ import annotations
@@ -109,3 +109,17 @@ def test_every_node_starts_ray_with_token_auth(config):
         starts = [c for c in config[key] if "ray start" in c]
         assert starts, key
         assert all("RAY_AUTH_MODE=token" in c for c in starts), key
+
+
+def test_ray_launcher_prepares_and_validates_the_config(config):
+    # What `ray up` does before it contacts the cloud: merge the provider's defaults, fold the
+    # setup commands together, fill per-group worker bounds, validate. No cluster, no network.
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    prepared = prepare_config(copy.deepcopy(config))
+    validate_config(prepared)
+    gpu = prepared["available_node_types"]["worker.gpu"]
+    assert (gpu["min_workers"], gpu["max_workers"]) == (0, 8)
+    # The GPU group's own commands replace the global (CPU torch) ones on GPU nodes.
+    assert any("whl/cu" in c for c in gpu["worker_setup_commands"])
+    assert not any("whl/cpu" in c for c in gpu["worker_setup_commands"])
