@@ -246,11 +246,11 @@ def compute_loss(
         else logits.sum() * 0
     )
     loss = config.audio_weight * loss_a + config.emotion_weight * loss_e
-    parts = {"L_a": float(loss_a), "L_e": float(loss_e)}
+    parts = {"L_a": loss_a.item(), "L_e": loss_e.item()}
     if aux_heads is not None:
         loss_aux = aux_heads(out.hidden_states[-1].float(), batch.aux_targets.to(model.device))
         loss = loss + config.aux_weight * loss_aux
-        parts["L_aux"] = float(loss_aux)
+        parts["L_aux"] = loss_aux.item()
     return loss, parts
 
 

@@ -33,6 +33,7 @@ from dpm_worker.backbone import (
     EmotionModel,
     build_backbone,
     extend_base_model,
+    load_model,
     save_model,
 )
 from dpm_worker.errors import ConfigError, LabelError
@@ -71,6 +72,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--speech-tokenizer", help="a folder with a saved speech tokenizer (skip fitting)"
+    )
+    parser.add_argument(
+        "--init-model", help="continue training a saved model (its tokenizer, vocabulary, weights)"
     )
     parser.add_argument("--model-id", help="name recorded in output tables")
     parser.add_argument("--cache-dir", help="cache for speech codes (default ~/.cache/dpm)")
@@ -148,7 +152,10 @@ def run(args: argparse.Namespace) -> int:
     train_ids, val_ids = split_conversations(ids, cfg.val_fraction, cfg.seed)
     log.info("%d conversations: %d train, %d validation", len(ids), len(train_ids), len(val_ids))
 
-    if args.speech_tokenizer:
+    init = load_model(args.init_model, device="cpu") if args.init_model else None
+    if init is not None:
+        tokenizer = init.speech_tokenizer
+    elif args.speech_tokenizer:
         tokenizer = load_speech_tokenizer(args.speech_tokenizer)
     else:
         tokenizer = fit_tokenizer(
@@ -159,7 +166,12 @@ def run(args: argparse.Namespace) -> int:
         args.corpus, tokenizer, fingerprint, cache_root=args.cache_dir, progress=progress
     )
 
-    model, lora = setup_model(args, settings, tokenizer)
+    if init is not None:
+        if args.base_model:
+            raise ConfigError("--init-model and --base-model are exclusive")
+        model, lora = _continue(init, settings["model"]), None
+    else:
+        model, lora = setup_model(args, settings, tokenizer)
     grouped = group_conversations(codes)
     check_labels(grouped, model.vocab.labels, args.corpus)
     streams = {
@@ -264,6 +276,16 @@ def setup_model(args: argparse.Namespace, settings: dict, tokenizer) -> tuple[Em
     )  # fmt: skip
     peft_model = get_peft_model(lm, peft_config)
     return _wrap(peft_model, vocab, tokenizer, model_cfg, text_tokenizer), lora
+
+
+def _continue(init: EmotionModel, cfg: BackboneConfig) -> EmotionModel:
+    """A loaded model made trainable again, renamed and with the new trained context."""
+    init.model.requires_grad_(True)
+    config = init.model.config
+    config.max_position_embeddings = max(config.max_position_embeddings, cfg.max_context)
+    return dataclasses.replace(
+        init, model_id=cfg.model_id, max_context=cfg.max_context, history_labels=cfg.history_labels
+    )
 
 
 def _wrap(lm, vocab: StreamVocab, tokenizer, cfg: BackboneConfig, text_tokenizer) -> EmotionModel:

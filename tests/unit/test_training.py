@@ -169,6 +169,15 @@ def test_dpm_train_from_scratch(tmp_path, corpus):
     assert record["split"]["validation_conversations"] == 1 and record["evals"]
     assert 0 <= record["best"]["window"]["ua"] <= 1
     assert list((tmp_path / "cache" / "tokens").iterdir())  # codes cached for the next run
+    # continue training the saved model: same tokenizer and vocabulary, new weights
+    more = tmp_path / "more"
+    assert (
+        run_train(corpus, more, tiny_config(tmp_path), init_model=out, cache_dir=tmp_path / "cache")
+        == 0
+    )
+    continued = load_model(str(more))
+    assert continued.speech_tokenizer.fingerprint == model.speech_tokenizer.fingerprint
+    assert continued.fingerprint != model.fingerprint
 
 
 def test_dpm_train_extends_a_base_llama_with_lora(tmp_path, corpus):
