@@ -21,6 +21,8 @@ from dpm_worker.errors import BadInputError, StorageError
 from dpm_worker.storage import get_filesystem, join_uri, redact
 from dpm_worker.tables import EMOTIONS, ERRORS, RUNS_DIR, SUCCESS_NAME, probability_column
 
+_FETCH_BATCH = 256  # files fetched per batched request
+
 
 @dataclass(frozen=True)
 class RunResults:
@@ -148,20 +150,26 @@ def _read_rows(
     if not paths:
         return None
     tables = []
-    for path in paths:
-        with fs.open(path, "rb") as fh:
-            table = pq.read_table(fh)
-        # Per-file dictionaries may differ; plain strings concatenate safely.
-        if "emotion" in table.column_names and pa.types.is_dictionary(table["emotion"].type):
-            table = table.set_column(
-                table.column_names.index("emotion"),
-                "emotion",
-                table["emotion"].cast(pa.string()),
-            )
-        tables.append(table.replace_schema_metadata(None))
+    for start in range(0, len(paths), _FETCH_BATCH):
+        # One batched fetch per chunk: s3fs issues the GETs concurrently (a run has one file
+        # per conversation, thousands on S3), and the chunking bounds the bytes held at once.
+        try:
+            batch = fs.cat(paths[start : start + _FETCH_BATCH], on_error="raise")
+        except OSError as exc:
+            raise StorageError(f"cannot read {redact(table_uri)}: {redact(str(exc))}") from exc
+        tables.extend(_as_plain_table(pq.read_table(pa.BufferReader(batch[p]))) for p in batch)
     table = pa.concat_tables(tables, promote_options="default")
     mask = pc.equal(table["run_id"], run_id)
     return table.filter(mask)
+
+
+def _as_plain_table(table: pa.Table) -> pa.Table:
+    """Emotion as plain strings (per-file dictionaries may differ), footer metadata dropped."""
+    if "emotion" in table.column_names and pa.types.is_dictionary(table["emotion"].type):
+        table = table.set_column(
+            table.column_names.index("emotion"), "emotion", table["emotion"].cast(pa.string())
+        )
+    return table.replace_schema_metadata(None)
 
 
 def _labels_from_columns(table: pa.Table | None) -> list[str]:
