@@ -149,7 +149,7 @@ def _read_rows(
         raise StorageError(f"cannot list {redact(table_uri)}: {redact(str(exc))}") from exc
     if not paths:
         return None
-    tables = []
+    tables: list[pa.Table] = []
     for start in range(0, len(paths), _FETCH_BATCH):
         # One batched fetch per chunk: s3fs issues the GETs concurrently (a run has one file
         # per conversation, thousands on S3), and the chunking bounds the bytes held at once.
