@@ -18,6 +18,7 @@ matplotlib.use("Agg")  # no display on workers or in CI; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 
 from dpm_worker.metrics import position_bins  # noqa: E402
 
@@ -56,8 +57,9 @@ def plot_labels_per_conversation(emotions: pd.DataFrame, labels: Sequence[str]) 
     shown = counts.loc[sizes.index[:MAX_CONVERSATIONS_SHOWN]]
     fractions = shown.div(shown.sum(axis=1), axis=0)
     height = max(3.0, 0.28 * len(shown) + 1.5)
+    # Constrained layout leaves room for the conversation ids between the two panels.
     fig, (ax_all, ax_conv) = plt.subplots(
-        1, 2, figsize=(12, height), gridspec_kw={"width_ratios": [1, 2.4]}
+        1, 2, figsize=(12, height), gridspec_kw={"width_ratios": [1, 2.4]}, layout="constrained"
     )
     x = np.arange(len(labels))
     predicted = emotions["emotion"].value_counts().reindex(list(labels), fill_value=0)
@@ -81,7 +83,13 @@ def plot_labels_per_conversation(emotions: pd.DataFrame, labels: Sequence[str]) 
             edgecolor="black",
             hatch="//",
         )
-        ax_all.legend()
+        # Gray swatch for "predicted": its bars carry the label colors, not one color.
+        handles = [
+            Patch(color="gray", label="predicted (solid)"),
+            Patch(facecolor="none", edgecolor="black", hatch="//", label="gold"),
+        ]
+        ax_all.legend(handles=handles, loc="upper center", ncol=2, fontsize=8)
+    ax_all.set_ylim(0, ax_all.get_ylim()[1] * 1.2)  # headroom: the legend never hides a bar
     ax_all.set_xticks(x, list(labels), rotation=30)
     ax_all.set_ylabel("utterances")
     ax_all.set_title(f"all {len(emotions)} utterances")
