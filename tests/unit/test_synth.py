@@ -217,3 +217,20 @@ def test_cli_rejects_bad_arguments_before_writing(tmp_path: Path, capsys) -> Non
     assert cli_main(args + ["--expressive-prob", "2"]) == 2
     assert "expressive_prob must be in [0, 1], got 2.0" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_acoustic_features_see_the_rendered_emotions() -> None:
+    from pipelines.synth_separability import FEATURES, prosody_features
+
+    rng = np.random.default_rng(2)
+    speaker = sample_speaker(rng, "s", 0, spread=1.0, female_prob=0.0)
+    text = "The elevator was scheduled for review next month."
+    measured = {}
+    for emotion in ("angry", "neutral", "sad"):
+        audio = synthesize(
+            text, speaker.voice, render_prosody(speaker, emotion, 1.0, rng, 0.0), 16_000
+        )
+        measured[emotion] = dict(zip(FEATURES, prosody_features(audio), strict=True))
+    for feature in ("level_db", "tilt_db", "centroid_hz"):
+        assert measured["angry"][feature] > measured["neutral"][feature] > measured["sad"][feature]
+    assert measured["sad"]["pause_fraction"] > measured["neutral"]["pause_fraction"]
