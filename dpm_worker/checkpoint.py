@@ -95,6 +95,10 @@ def commit_folder(staged: Path, uri: str, *, endpoint_url: str | None = None) ->
     manifest is deleted first, then the files are uploaded, then the manifest.
     """
     write_manifest(staged)
+    # mkdtemp and some writers create owner-only files; a published model is world-readable.
+    staged.chmod(0o755)
+    for path in staged.iterdir():
+        path.chmod(0o644)
     if not is_remote(uri):
         target = Path(uri).expanduser().resolve()
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -264,11 +264,18 @@ def sample_starts(
     return [streams[i] for i in picks], starts
 
 
-def lr_at(step: int, total: int, config: TrainConfig) -> float:
-    """Linear warm-up, then cosine decay to ``lr * min_lr_ratio``."""
+def lr_at(step: int, total: int, config: TrainConfig, minutes: float = 0.0) -> float:
+    """Linear warm-up, then cosine decay to ``lr * min_lr_ratio``.
+
+    Progress is the larger of steps done and budget used (``minutes / max_minutes``), so a run
+    cut short by its wall-time budget on a busy machine still ends with a decayed rate.
+    """
     if step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
-    progress = min(1.0, (step - config.warmup_steps) / max(1, total - config.warmup_steps))
+    progress = (step - config.warmup_steps) / max(1, total - config.warmup_steps)
+    if config.max_minutes:
+        progress = max(progress, minutes / config.max_minutes)
+    progress = min(1.0, progress)
     return config.lr * (
         config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
     )
@@ -319,7 +326,7 @@ def train(
     bar = tqdm(range(total), desc="train", unit="step", disable=not progress)
     for step in bar:
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, total, config)
+            group["lr"] = lr_at(step, total, config, (time.monotonic() - started) / 60)
         streams, starts = sample_starts(train_streams, config.window_tokens, config.batch_size, rng)
         batch = make_batch(
             model.vocab, streams, starts, config.window_tokens,
@@ -337,7 +344,7 @@ def train(
         out_of_time = config.max_minutes and minutes >= config.max_minutes
         if (step + 1) % eval_every == 0 or step + 1 == total or out_of_time:
             elapsed = time.monotonic() - started
-            record = {"step": step + 1, "epoch": (step + 1) / steps_per_epoch, "lr": lr_at(step, total, config),
+            record = {"step": step + 1, "epoch": (step + 1) / steps_per_epoch, "lr": lr_at(step, total, config, elapsed / 60),
                       "minutes": elapsed / 60, **running}  # fmt: skip
             history.append(record)
             if on_eval is not None:

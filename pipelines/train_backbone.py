@@ -215,12 +215,16 @@ def run(args: argparse.Namespace) -> int:
         score = metrics["window"]["ua"]
         if score > best["score"]:
             best["score"] = score
+            best["state"] = {k: v.detach().clone() for k, v in model.model.state_dict().items()}
             record["best"] = metrics
             save(model, lora, args.out, record)
 
     history = train(model, train_streams, cfg, on_eval=on_eval, progress=progress)
     record["loss_history"] = history
     record["training_minutes"] = round((time.monotonic() - started) / 60, 2)
+    if "state" in best:  # rewrite the best checkpoint with the complete record
+        model.model.load_state_dict(best["state"])
+        save(model, lora, args.out, record)
     log.info(
         "done in %.1f min; best window UA %.3f -> %s",
         record["training_minutes"],

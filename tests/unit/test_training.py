@@ -9,7 +9,15 @@ import yaml
 from dpm_worker.backbone import EmotionModel, load_model
 from dpm_worker.errors import ConfigError, LabelError
 from dpm_worker.scoring import score_stream, score_stream_windows
-from dpm_worker.training import IGNORE, TrainConfig, build_stream, compute_loss, make_batch, train
+from dpm_worker.training import (
+    IGNORE,
+    TrainConfig,
+    build_stream,
+    compute_loss,
+    lr_at,
+    make_batch,
+    train,
+)
 from dpm_worker.vocab import StreamVocab
 
 VOCAB = StreamVocab(text_size=3, n_audio=32)
@@ -101,6 +109,10 @@ def test_loss_parts_and_config_validation():
     batch = make_batch(VOCAB, [stream], [0], 64)
     loss, parts = compute_loss(model, batch, TrainConfig(aux_previous=0), None)
     assert torch.isclose(loss, torch.tensor(0.5 * parts["L_a"] + 0.5 * parts["L_e"]), atol=1e-4)
+    cfg = TrainConfig(lr=1.0, min_lr_ratio=0.1, warmup_steps=10, max_minutes=30)
+    assert lr_at(0, 1000, cfg) == pytest.approx(0.1) and lr_at(10, 1000, cfg) == pytest.approx(1.0)
+    assert lr_at(500, 1000, cfg, minutes=30) == pytest.approx(0.1)  # the budget ran out: decayed
+    assert lr_at(999, 1000, cfg, minutes=1) < 0.11
     with pytest.raises(ConfigError, match="history_labels"):
         TrainConfig(history_labels="gold")
     with pytest.raises(ConfigError, match="val_fraction"):
