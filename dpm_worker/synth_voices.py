@@ -4,8 +4,11 @@ A speaker is an espeak-ng voice (language + variant, i.e. timbre) with its own b
 median pitch, pitch range, speaking rate, loudness and word gap. An emotion is a *shift* of
 that baseline. Pitch, rate and loudness baselines vary across speakers about as much as the
 emotions shift them, so one utterance's absolute pitch/rate/loudness is ambiguous until the
-speaker's own voice is known; pitch range and word gap vary less across speakers, so a clearly
-rendered (expressive) utterance stays recognisable on its own.
+speaker's own voice is known; pitch range, word gap, voice effort (spectral tilt) and
+intonation (exclamation contour) vary little across speakers, so a clearly rendered (expressive)
+utterance stays recognisable on its own. Male and female variants add a further pitch spread.
+Measured (``dpm bench synth --separability``): expressive utterances 0.91 recognisable from one
+utterance's acoustic features, 0.99 once the speaker's baseline is known.
 
 espeak-ng is run as a subprocess with every parameter passed explicitly (its output is then
 byte-for-byte reproducible); loudness is applied afterwards as an exact gain so that it does not
