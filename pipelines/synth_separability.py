@@ -73,11 +73,10 @@ def measure_separability(out_uri: str, table: pa.Table, folds: int = 5) -> dict[
     feats = []
     for row in rows:
         if row["audio_uri"] not in audio:
-            audio[row["audio_uri"]] = sf.read(join_uri(out_uri, row["audio_uri"]), dtype="float32")[
-                0
-            ]
-        first, last = round(row["start_s"] * _SR), round(row["end_s"] * _SR)
-        feats.append(prosody_features(audio[row["audio_uri"]][first:last, row["channel"]]))
+            path = join_uri(out_uri, row["audio_uri"])
+            audio[row["audio_uri"]] = sf.read(path, dtype="float32")[0]
+        begin, end = round(row["start_s"] * _SR), round(row["end_s"] * _SR)
+        feats.append(prosody_features(audio[row["audio_uri"]][begin:end, row["channel"]]))
     x = np.asarray(feats)
     y = np.array([r["emotion"] for r in rows])
     groups = np.array([r["conversation_id"] for r in rows])
@@ -107,13 +106,13 @@ def measure_separability(out_uri: str, table: pa.Table, folds: int = 5) -> dict[
     # context: a non-expressive turn takes the label last *predicted* for the same speaker's
     # expressive turn (no true labels in the history); neutral before any.
     predicted = dict(zip(np.flatnonzero(expressive), single_pred, strict=True))
-    last: dict[str, str] = {}
+    latest: dict[str, str] = {}
     hits = []
     for i, row in enumerate(rows):
         if expressive[i]:
-            last[row["speaker"]] = predicted[i]
+            latest[row["speaker"]] = predicted[i]
         else:
-            hits.append(last.get(row["speaker"], "neutral") == row["emotion"])
+            hits.append(latest.get(row["speaker"], "neutral") == row["emotion"])
     spread = {}
     for j, name in enumerate(FEATURES):
         per_speaker = [baseline[speakers == s, j][0] for s in sorted(set(speakers[known]))]
