@@ -65,6 +65,12 @@ start() {
   local auth=token
   [ "${1:-}" = "--no-auth" ] && auth=disabled
   if running; then cat "$envfile"; echo "# already running (pid $(cat "$pidfile"))" >&2; return 0; fi
+  # Ray's deepest socket is $tmpdir/session_<date>_<time>_<us>_<pid>/sockets/plasma_store,
+  # about 62 characters below $tmpdir; unix socket paths stop at 107.
+  if [ "${#tmpdir}" -gt 45 ]; then
+    echo "DPM_RAY_STATE_DIR is too long for Ray's unix sockets ($state); use e.g. /tmp/dpm-ray-1" >&2
+    exit 2
+  fi
   mkdir -p "$state"; rm -rf "$tmpdir"; mkdir -p "$tmpdir"
   read -r p_gcs p_dash p_client p_agent p_agent_grpc p_env p_metrics p_nm p_om p_asm p_dm \
     < <(free_ports 11)

@@ -138,3 +138,17 @@ def test_nightly_dry_run_names_the_night(tmp_path):
     assert "--submission-id dpm-label-2026-01-02" in plan
     assert "--run-id nightly-2026-01-02 --address auto" in plan
     assert "--incremental" in plan  # the nightly default
+
+
+def test_ray_local_refuses_a_state_dir_too_long_for_unix_sockets(tmp_path):
+    state = tmp_path / ("x" * 40)  # Ray would fail later with an obscure socket error
+    done = subprocess.run(
+        ["bash", str(INFRA / "ray_local.sh"), "start"],
+        env={"PATH": "/usr/bin:/bin", "DPM_RAY_STATE_DIR": str(state)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2
+    assert "too long" in done.stderr
+    assert not (state / "ray.pid").exists()
