@@ -95,6 +95,10 @@ if [ -z "$(job_status "$submission")" ]; then
 fi
 
 status="$(job_status "$submission")"
+if [ -z "$status" ]; then
+  log "no job $submission on $RAY_API_SERVER_ADDRESS: cluster unreachable or submission refused"
+  exit 1
+fi
 code="$(label_exit "$submission")"
 log "$submission ended $status, label exit ${code:-unknown}"
 if [ "${DPM_NIGHTLY_REPORT:-1}" = 1 ] && [ "${code:-1}" != 1 ] && [ "${code:-1}" != 2 ]; then
