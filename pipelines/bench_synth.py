@@ -35,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0,
         metavar="N",
         help="also generate N conversations of 40-60 utterances and report how recognisable the "
-        "emotions are from acoustics (single utterance vs speaker baseline known vs context)",
+        "emotions are from acoustics (single utterance vs speaker baseline known vs context; "
+        "N >= 12 for stable numbers, classes need several speakers each)",
     )
 
 
