@@ -13,7 +13,6 @@ counts. It can be mailed or attached to a ticket as one file.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 
 from dpm_worker.errors import ConfigError, StorageError
@@ -21,8 +20,6 @@ from dpm_worker.report import render_html
 from dpm_worker.run_results import latest_committed_run, read_run, split_run_uri
 from dpm_worker.storage import get_filesystem, is_remote, redact
 from dpm_worker.tables import validate_run_id
-
-log = logging.getLogger("dpm.report")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
