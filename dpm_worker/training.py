@@ -47,6 +47,8 @@ class TrainConfig:
         aux_previous: number of the same speaker's earlier utterances whose labels are predicted
             by auxiliary heads at each ``<audio_end>`` (0: off).
         aux_weight: weight of the auxiliary loss.
+        aligned_fraction: share of windows that start on an utterance boundary (see
+            :func:`sample_starts`); the rest start anywhere.
         history_labels: ``none`` or ``predicted`` (emotion tokens after each ``<audio_end>``).
         label_noise: with ``predicted``, probability that a history emotion token is replaced by
             a random label, so the model learns not to trust (and copy) its own past labels.
@@ -69,6 +71,7 @@ class TrainConfig:
     emotion_weight: float = 0.5
     aux_previous: int = 2
     aux_weight: float = 0.5
+    aligned_fraction: float = 0.5
     history_labels: str = "none"
     label_noise: float = 0.3
     val_fraction: float = 0.1
@@ -86,6 +89,7 @@ class TrainConfig:
             "min_lr_ratio": 0 <= self.min_lr_ratio <= 1,
             "warmup_steps": self.warmup_steps >= 0,
             "aux_previous": self.aux_previous >= 0,
+            "aligned_fraction": 0 <= self.aligned_fraction <= 1,
             "history_labels": self.history_labels in ("none", "predicted"),
             "label_noise": 0 <= self.label_noise <= 1,
             "val_fraction": 0 < self.val_fraction < 1,
@@ -255,13 +259,37 @@ def compute_loss(
 
 
 def sample_starts(
-    streams: Sequence[ConversationStream], window: int, n: int, rng: np.random.Generator
-):
-    """``n`` random windows: a conversation drawn in proportion to its length, a uniform start."""
+    streams: Sequence[ConversationStream],
+    window: int,
+    n: int,
+    rng: np.random.Generator,
+    aligned_fraction: float = 0.0,
+) -> tuple[list[ConversationStream], list[int]]:
+    """``n`` random windows: a conversation drawn in proportion to its length, then a start.
+
+    A start is uniform over token positions, or, with probability ``aligned_fraction``, the
+    first token of a random utterance: the window's first utterance is then read with no
+    history at all, exactly as ``utterance`` mode reads every utterance, and the later ones
+    with a history that starts on an utterance boundary. Without aligned starts, a model
+    almost never sees a context-free utterance in training.
+    """
     lengths = np.array([len(s.tokens) for s in streams], dtype=np.float64)
     picks = rng.choice(len(streams), size=n, p=lengths / lengths.sum())
-    starts = [int(rng.integers(0, max(1, len(streams[i].tokens) - window + 1))) for i in picks]
+    starts = []
+    for i in picks:
+        stream = streams[i]
+        if rng.random() < aligned_fraction:
+            u = int(rng.integers(len(stream.ends)))
+            starts.append(0 if u == 0 else int(stream.ends[u - 1]) + 1 + _label_slot(stream, u - 1))
+        else:
+            starts.append(int(rng.integers(0, max(1, len(stream.tokens) - window + 1))))
     return [streams[i] for i in picks], starts
+
+
+def _label_slot(stream: ConversationStream, u: int) -> int:
+    """1 when an emotion token follows utterance ``u``'s ``<audio_end>`` (predicted history)."""
+    nxt = int(stream.ends[u]) + 1
+    return int(nxt < len(stream.tokens) and stream.tokens[nxt] >= stream.tokens[stream.ends[u]] + 1)
 
 
 def lr_at(step: int, total: int, config: TrainConfig, minutes: float = 0.0) -> float:
@@ -327,7 +355,9 @@ def train(
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, total, config, (time.monotonic() - started) / 60)
-        streams, starts = sample_starts(train_streams, config.window_tokens, config.batch_size, rng)
+        streams, starts = sample_starts(
+            train_streams, config.window_tokens, config.batch_size, rng, config.aligned_fraction
+        )
         batch = make_batch(
             model.vocab, streams, starts, config.window_tokens,
             history_labels=config.history_labels, label_noise=config.label_noise, rng=rng,

@@ -16,6 +16,7 @@ from dpm_worker.training import (
     compute_loss,
     lr_at,
     make_batch,
+    sample_starts,
     train,
 )
 from dpm_worker.vocab import StreamVocab
@@ -231,3 +232,15 @@ def test_dpm_train_rejects_bad_labels_and_keys(tmp_path, corpus):
     with pytest.raises(ConfigError, match="unknown keys"):
         run_train(corpus, tmp_path / "m", tiny_config(tmp_path, lora={"rank": 4}))
     assert not (tmp_path / "m").exists()
+
+
+def test_aligned_windows_start_on_utterance_boundaries():
+    rng = np.random.default_rng(0)
+    for history in ("none", "predicted"):
+        stream = build_stream(VOCAB, "c", utterances(20), history_labels=history)
+        _, starts = sample_starts([stream], 64, 50, rng, aligned_fraction=1.0)
+        assert all(
+            stream.tokens[s] in [VOCAB.speaker_token(0), VOCAB.speaker_token(1)] for s in starts
+        )
+        _, starts = sample_starts([stream], 64, 200, rng, aligned_fraction=0.0)
+        assert any(stream.tokens[s] >= VOCAB.audio_offset for s in starts)  # anywhere
