@@ -104,7 +104,7 @@ def test_job_server_refuses_requests_without_the_token(ray_cluster):
         assert refused.value.code == code
 
 
-def test_ray_job_submit_labels_the_corpus(ray_cluster, local_s3, tiny_model, tiny_corpus):
+def test_ray_job_submit_labels_the_corpus(ray_cluster, local_s3, tiny_model, tiny_corpus, tmp_path):
     env = ray_cluster["env"]
     bucket = f"job-submit-{uuid.uuid4().hex[:8]}"
     local_s3.create_bucket(bucket)
@@ -185,6 +185,27 @@ def test_ray_job_submit_labels_the_corpus(ray_cluster, local_s3, tiny_model, tin
     assert not out_fs.exists(f"{out_path}/errors")
     success = json.loads(out_fs.cat_file(f"{out_path}/_runs/{run_id}/_SUCCESS"))
     assert success["emotions"]["rows"] == manifest_rows
+
+    # What the operator does next: the run's report, read straight from S3.
+    report = tmp_path / "report.html"
+    reported = subprocess.run(
+        [
+            str(REPO / ".venv" / "bin" / "dpm"),
+            "report",
+            out,
+            "--run-id",
+            run_id,
+            "--out",
+            str(report),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert reported.returncode == 0, reported.stderr[-3000:]
+    assert f"{manifest_rows} emotion rows, 0 error rows" in reported.stdout
+    assert '<section id="gold">' in report.read_text()  # the synthetic corpus has gold labels
 
 
 def test_nightly_script_submits_once_per_night(ray_cluster, tiny_model, tiny_corpus, tmp_path):
