@@ -192,9 +192,12 @@ class TemporaryLoraMemory:
         from peft.functional import delete_adapter
 
         configs = getattr(self.lm, "peft_config", {})
-        for slot in self._slots.values():
-            delete_adapter(self.lm, slot.name, prefix="lora_")
-            configs.pop(slot.name, None)
+        with warnings.catch_warnings():
+            # peft warns when the active adapter goes; the next memory activates its own.
+            warnings.filterwarnings("ignore", message=".*was active which is now deleted.*")
+            for slot in self._slots.values():
+                delete_adapter(self.lm, slot.name, prefix="lora_")
+                configs.pop(slot.name, None)
         self._slots.clear()
         self._layers = []
 
