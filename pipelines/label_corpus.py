@@ -281,6 +281,7 @@ class LabelJob:
         emotions = [f for f in self.tables.run_files(EMOTIONS) if COMPACT_MARK not in f]
         errors = [f for f in self.tables.run_files(ERRORS) if COMPACT_MARK not in f]
         journal = self.tables.read_record("compaction.json") or {}
+        elapsed = max(time.monotonic() - progress.started, 1e-6)
         counts = {
             "run_id": self.run.run_id,
             "run_date": self.run.run_date,
@@ -299,6 +300,10 @@ class LabelJob:
                 "utterances": progress.utterances,
                 "error_rows": progress.error_rows,
                 "audio_hours": round(progress.audio_s / 3600, 6),
+                "elapsed_s": round(elapsed, 3),
+                "audio_hours_per_hour": round(progress.audio_s / elapsed, 3),
+                "utterances_per_s": round(progress.utterances / elapsed, 3),
+                "phase_seconds": {k: round(v, 3) for k, v in self.timings.items()},
                 "actor_deaths": progress.actor_deaths,
                 "stage_seconds": {k: round(v, 3) for k, v in progress.stage_s.items()},
             },
