@@ -87,7 +87,9 @@ def clean_run(local_s3, ray_address, tiny_model, s3_corpus):
     return out, result
 
 
-def test_end_to_end_on_s3_and_rerun_adds_nothing(clean_run, s3_corpus, ray_address, tiny_model):
+def test_end_to_end_on_s3_and_rerun_adds_nothing(
+    clean_run, s3_corpus, ray_address, tiny_model, tmp_path
+):
     out, first = clean_run
     assert first.returncode == 0, first.stdout + first.stderr[-3000:]
     assert first.stdout.strip().splitlines()[-1].startswith("dpm label: exit 0 (ok)")
@@ -98,7 +100,7 @@ def test_end_to_end_on_s3_and_rerun_adds_nothing(clean_run, s3_corpus, ray_addre
     assert emotions["gold_emotion"].notna().all()
     # DuckDB reads the Hive-partitioned files (copied down: DuckDB's S3 needs an extension).
     fs, path = get_filesystem(out)
-    local = f"/tmp/dpm-it-{os.getpid()}"
+    local = str(tmp_path / "tables")
     fs.get(path, local, recursive=True)
     n, parts = duckdb.sql(
         f"select count(*), count(distinct run_date) from read_parquet('{local}/emotions/**/*.parquet',"
