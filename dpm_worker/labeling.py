@@ -206,6 +206,11 @@ class ConversationLabeler:
                 )
                 input_ids = torch.tensor([ids], dtype=torch.long, device=self.model.device)
                 read = None
+                base = None
+                if self.memory is not None and cfg.memory.read_gate < 1.0:
+                    self.memory.enable(False)  # the backbone's own answer on the same input
+                    with torch.no_grad():
+                        base = self.model.emotion_probs(input_ids)[0]
                 if self.memory is not None and cfg.memory.steps_per_utterance:
                     labels = self._write_labels(ids, start_of_utt)
                     read = self.memory.write(
@@ -214,6 +219,8 @@ class ConversationLabeler:
                 if read is None:  # write first, then read with the updated memory (DESIGN 5)
                     with torch.no_grad():
                         read = self.model.emotion_probs(input_ids)[0]
+                if base is not None and float(base.max()) >= cfg.memory.read_gate:
+                    read = base
                 probs = read.float().cpu().numpy()
                 best = int(np.argmax(probs))
                 label = self.vocab.labels[best]

@@ -61,6 +61,11 @@ class MemoryConfig:
             the earlier turns, then writes the audio loss plus a confidence-weighted
             cross-entropy toward that prediction at ``<audio_end>``.
         emotion_weight: lambda of the ``audio+prediction`` emotion term.
+        read_gate: when the backbone alone (memory off, same window) is at least this confident,
+            its answer is emitted instead of the memory's; 1.0 (default) always emits the
+            memory's read. Measured here: a memory strong enough to fix non-expressive
+            utterances also overrides clear expressive ones; this keeps those. Costs one more
+            forward pass per utterance when below 1.0.
         confidence_gate: ``audio+prediction`` writes the emotion term only when the read's
             top probability reaches this (a confident prediction is less likely an error).
         scope: ``conversation`` (one adapter, the paper) or ``speaker`` (one per speaker).
@@ -87,6 +92,7 @@ class MemoryConfig:
     write_target: str = "audio"
     emotion_weight: float = 3.0
     confidence_gate: float = 0.75
+    read_gate: float = 1.0
     scope: str = "speaker"
     init: str = "zeros"
     seed: int = 0
@@ -124,6 +130,8 @@ class MemoryConfig:
             raise ConfigError(
                 f"memory.confidence_gate must be in [0, 1], got {self.confidence_gate}"
             )
+        if not 0.0 <= self.read_gate <= 1.0:
+            raise ConfigError(f"memory.read_gate must be in [0, 1], got {self.read_gate}")
         if self.scope not in SCOPES:
             raise ConfigError(f"memory.scope must be one of {SCOPES}, got {self.scope!r}")
         if self.init not in INITS:

@@ -124,6 +124,7 @@ def add_memory_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--memory-seed", type=int, default=d.seed)
     group.add_argument("--memory-emotion-weight", type=float, default=d.emotion_weight)
     group.add_argument("--memory-confidence-gate", type=float, default=d.confidence_gate)
+    group.add_argument("--memory-read-gate", type=float, default=d.read_gate)
 
 
 def memory_config(args: argparse.Namespace) -> MemoryConfig:
@@ -140,6 +141,7 @@ def memory_config(args: argparse.Namespace) -> MemoryConfig:
         seed=args.memory_seed,
         emotion_weight=args.memory_emotion_weight,
         confidence_gate=args.memory_confidence_gate,
+        read_gate=args.memory_read_gate,
     )
 
 

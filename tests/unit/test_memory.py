@@ -269,3 +269,15 @@ def test_audio_plus_prediction_reads_before_it_writes() -> None:
     assert not np.array_equal(probs(audio_only.label_conversation(conv)), probs(rows))
     with pytest.raises(ConfigError, match="confidence_gate"):
         MemoryConfig(confidence_gate=1.5)
+
+
+def test_read_gate_keeps_the_backbone_answer_when_it_is_confident() -> None:
+    conv = conversation(14)
+    window = ConversationLabeler(make_model(), LabelingConfig(mode="window"))
+    base = probs(window.label_conversation(conv))
+    always_base = MemoryConfig(lr=1e-2, scope="conversation", read_gate=0.0)
+    gated = ConversationLabeler(make_model(), LabelingConfig(memory=always_base))
+    assert np.array_equal(probs(gated.label_conversation(conv)), base)
+    never = MemoryConfig(lr=1e-2, scope="conversation", read_gate=1.0)
+    memory_only = ConversationLabeler(make_model(), LabelingConfig(memory=never))
+    assert not np.array_equal(probs(memory_only.label_conversation(conv)), base)
