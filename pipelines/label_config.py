@@ -31,6 +31,8 @@ class LabelJobConfig:
         output: the tables' output prefix (local folder or ``s3://bucket/prefix``).
         model: the model folder (None: the packaged default model).
         run_id: the run's id; re-using one resumes that run (None: a fresh id).
+        incremental: label only conversations that are new or changed since the committed runs
+            with the same model and labeling config (see ``dpm_worker.fingerprints``).
         address: a Ray cluster to join (None: start an embedded local Ray).
         actors: number of labeling actors (None: one per GPU, else one per ``cpus_per_actor``).
         gpus_per_actor: GPUs per actor when the cluster has GPUs.
@@ -50,6 +52,7 @@ class LabelJobConfig:
     output: str
     model: str | None = None
     run_id: str | None = None
+    incremental: bool = False
     address: str | None = None
     actors: int | None = None
     gpus_per_actor: float = 1.0

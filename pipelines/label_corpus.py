@@ -6,7 +6,11 @@ Runs the same way as ``dpm label ARGS``, ``python -m pipelines.label_corpus ARGS
 
 Steps: validate the config, the manifest's columns, the model folder and that the output can
 be written (exit 2 on any problem, before any work); start one actor per GPU (or per
-``cpus_per_actor`` CPUs); stream the uncommitted conversations to them; write ``_SUCCESS``.
+``cpus_per_actor`` CPUs); stream the uncommitted conversations to them; write the run's
+conversation fingerprints and ``_SUCCESS``. With ``--incremental`` only conversations whose
+fingerprint (manifest rows + recording size/ETag or mtime) differs from the latest committed
+run with the same model and labeling config are scheduled; when nothing is left to label, no
+actor is started.
 
 Exit codes: 0 every conversation labeled; 3 finished with some conversations in the errors
 table; 2 bad arguments, config, manifest, model or output location; 1 anything else
@@ -31,7 +35,16 @@ from pathlib import Path
 from typing import Any
 
 from dpm_worker.errors import BadInputError, ConfigError, DpmError, ModelError, StorageError
-from dpm_worker.manifest import iter_conversations
+from dpm_worker.fingerprints import (
+    KEY_RECORD,
+    FingerprintKey,
+    PreviousFingerprints,
+    fingerprint_conversations,
+    labeling_hash,
+    load_previous,
+    write_fingerprints,
+)
+from dpm_worker.manifest import count_manifest_rows, iter_conversations
 from dpm_worker.manifest_schema import UtteranceRow
 from dpm_worker.storage import get_filesystem, is_remote, redact
 from dpm_worker.tables import (
@@ -74,6 +87,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="labeling mode (default: dpm)",
     )
     parser.add_argument("--run-id", help="run id; re-using one resumes that run")
+    parser.add_argument(
+        "--incremental",
+        action="store_true",
+        default=None,
+        help="label only conversations new or changed since the last committed run of the "
+        "same model and config (default run id: nightly-<UTC time>)",
+    )
     parser.add_argument("--address", help="Ray cluster address (default: embedded local Ray)")
     parser.add_argument("--actors", type=int, help="labeling actors (default: per GPU/CPU)")
     parser.add_argument("--gpus-per-actor", type=float, help="GPUs per actor (GPU clusters)")
@@ -98,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
                 "model": args.model,
                 "labeling.mode": args.mode,
                 "run_id": args.run_id,
+                "incremental": args.incremental,
                 "address": args.address,
                 "actors": args.actors,
                 "gpus_per_actor": args.gpus_per_actor,
@@ -178,10 +199,7 @@ def describe_model(uri: str | None) -> dict[str, Any]:
 def manifest_rows(uri: str) -> int | None:
     """Row count of the manifest for the ETA (Parquet: from the footers), or None."""
     try:
-        from dpm_worker.manifest import _open_dataset
-
-        dataset, _ = _open_dataset(uri, None)
-        return int(dataset.count_rows())
+        return count_manifest_rows(uri)
     except Exception:  # noqa: BLE001 - only the ETA depends on it
         return None
 
@@ -194,10 +212,12 @@ class LabelJob:
         config: LabelJobConfig,
         run: RunInfo,
         tables: RunTables,
-        conversations: Iterator[tuple[str, list[UtteranceRow]]],
+        conversations: Iterator[tuple[str, list[UtteranceRow], str]],
         committed: set[str],
         total_rows: int | None,
         worker_class: type = ConversationWorker,
+        key: FingerprintKey | None = None,
+        previous: PreviousFingerprints | None = None,
     ) -> None:
         self.config = config
         self.run = run
@@ -206,6 +226,11 @@ class LabelJob:
         self.committed = committed
         self.total_rows = total_rows
         self.worker_class = worker_class
+        self.key = key or fingerprint_key(config, run.model_fingerprint)
+        # None: not incremental (every uncommitted conversation is labeled).
+        self.previous = previous
+        # Fingerprints of the conversations this run may commit (kept in its run records).
+        self.fingerprints: dict[str, str] = {}
         self.progress: Any = None
         # Wall time of the phases (actors_s: start + model load, schedule_s: labeling).
         self.timings: dict[str, float] = {}
@@ -216,22 +241,31 @@ class LabelJob:
 
         progress = self.progress = Progress(total_rows=self.total_rows)
         started_at = dt.datetime.now(dt.UTC)
-        clock = time.monotonic()
+        lost: list[tuple[str, str]] = []
         try:
-            handles = start_actors(self.config, self.run, self.worker_class)
-            self.timings["actors_s"] = time.monotonic() - clock
-            scheduler = ConversationScheduler(
-                handles,
-                self._uncommitted(progress),
-                progress,
-                in_flight_per_actor=self.config.in_flight_per_actor,
-                max_attempts=self.config.max_attempts,
-                progress_interval_s=self.config.progress_interval_s,
-                conversation_timeout_s=self.config.conversation_timeout_s,
-            )
-            clock = time.monotonic()
-            scheduler.run()
-            self.timings["schedule_s"] = time.monotonic() - clock
+            pending = self._uncommitted(progress)
+            # Peek first: a run with nothing left to label (a quiet night, a finished run)
+            # never starts the cluster's actors or loads the model.
+            first = next(pending, None)
+            if first is None:
+                log.info("nothing to label: every conversation is committed or unchanged")
+            else:
+                clock = time.monotonic()
+                handles = start_actors(self.config, self.run, self.worker_class)
+                self.timings["actors_s"] = time.monotonic() - clock
+                scheduler = ConversationScheduler(
+                    handles,
+                    _chain(first, pending),
+                    progress,
+                    in_flight_per_actor=self.config.in_flight_per_actor,
+                    max_attempts=self.config.max_attempts,
+                    progress_interval_s=self.config.progress_interval_s,
+                    conversation_timeout_s=self.config.conversation_timeout_s,
+                )
+                clock = time.monotonic()
+                scheduler.run()
+                self.timings["schedule_s"] = time.monotonic() - clock
+                lost = scheduler.lost
         except DpmError as exc:
             return finish(EXIT_FAILED, f"run {self.run.run_id} stopped: {exc}")
         except Exception as exc:  # noqa: BLE001 - Ray/driver failures still end in a summary
@@ -253,12 +287,19 @@ class LabelJob:
             f"({progress.utterances} utterances), {progress.failed} in the errors table "
             f"({progress.error_rows} rows), {progress.skipped} already committed"
         )
-        if scheduler.lost:
-            names = ", ".join(c for c, _ in scheduler.lost[:5])
+        if self.previous is not None:
+            head += (
+                f", {progress.unchanged} unchanged since the last committed run "
+                f"({len(self.previous.runs)} earlier run(s) with this model and config)"
+            )
+        if not (progress.labeled or progress.failed or lost):
+            head = f"nothing to do: {head}"
+        if lost:
+            names = ", ".join(c for c, _ in lost[:5])
             return finish(
                 EXIT_FAILED,
-                f"{head}, {len(scheduler.lost)} NOT labeled ({names}; last error: "
-                f"{scheduler.lost[-1][1]}); re-run with --run-id {self.run.run_id} to finish",
+                f"{head}, {len(lost)} NOT labeled ({names}; last error: "
+                f"{lost[-1][1]}); re-run with --run-id {self.run.run_id} to finish",
             )
         counts = self._success_record(progress, started_at)
         code = EXIT_PARTIAL if counts["errors"]["conversations"] else EXIT_OK
@@ -270,17 +311,30 @@ class LabelJob:
         )
 
     def _uncommitted(self, progress: Any) -> Iterator[tuple[str, list[UtteranceRow]]]:
-        for conversation_id, rows in self.conversations:
+        for conversation_id, rows, fingerprint in self.conversations:
             if conversation_key(conversation_id) in self.committed:
+                # Committed by an earlier attempt of this run: its fingerprint goes into this
+                # run's records too.
+                self.fingerprints[conversation_id] = fingerprint
                 progress.skipped += 1
                 progress.rows_skipped += len(rows)
                 continue
+            if self.previous is not None and self.previous.unchanged(conversation_id, fingerprint):
+                progress.unchanged += 1
+                progress.rows_skipped += len(rows)
+                continue
+            self.fingerprints[conversation_id] = fingerprint
             yield conversation_id, rows
 
     def _success_record(self, progress: Any, started_at: dt.datetime) -> dict[str, Any]:
         emotions = [f for f in self.tables.run_files(EMOTIONS) if COMPACT_MARK not in f]
         errors = [f for f in self.tables.run_files(ERRORS) if COMPACT_MARK not in f]
         journal = self.tables.read_record("compaction.json") or {}
+        # Only labeled conversations count as done for later incremental runs; failed ones
+        # (errors table) are tried again next time, in case the failure was transient.
+        labeled = {f.rsplit("--", 1)[-1][: -len(".parquet")] for f in emotions}
+        kept = {c: fp for c, fp in self.fingerprints.items() if conversation_key(c) in labeled}
+        write_fingerprints(self.tables, kept, self.key)
         elapsed = max(time.monotonic() - progress.started, 1e-6)
         counts = {
             "run_id": self.run.run_id,
@@ -297,6 +351,7 @@ class LabelJob:
                 "labeled": progress.labeled,
                 "failed": progress.failed,
                 "skipped": progress.skipped,
+                "unchanged": progress.unchanged,
                 "utterances": progress.utterances,
                 "error_rows": progress.error_rows,
                 "audio_hours": round(progress.audio_s / 3600, 6),
@@ -311,6 +366,13 @@ class LabelJob:
             "finished_at": dt.datetime.now(dt.UTC).isoformat(),
             "model_fingerprint": self.run.model_fingerprint,
             "code_version": self.run.code_version,
+            KEY_RECORD: self.key.to_dict(),
+            "incremental": {
+                "enabled": self.previous is not None,
+                "unchanged": progress.unchanged,
+                "previous_runs": self.previous.runs if self.previous is not None else [],
+                "fingerprints": len(kept),
+            },
         }
         self.tables.write_record(SUCCESS_NAME, counts)
         return counts
@@ -327,7 +389,7 @@ def prepare(config: LabelJobConfig, worker_class: type = ConversationWorker) -> 
     conversations = iter_conversations(config.input)
     first = next(conversations, None)  # the first pass checks columns and value types
     check_writable(config.output)
-    run_id = config.run_id or new_run_id()
+    run_id = config.run_id or (f"nightly-{new_run_id()}" if config.incremental else new_run_id())
     probe = RunTables(config.output, _run_info(config, run_id, "2000-01-01", model))
     record = probe.read_record("run.json")
     public = public_config(config)
@@ -363,7 +425,11 @@ def prepare(config: LabelJobConfig, worker_class: type = ConversationWorker) -> 
             },
         )
     committed = tables.committed_keys()
-    stream = _chain(first, conversations)
+    stream = fingerprint_conversations(_chain(first, conversations))
+    key = fingerprint_key(config, model["fingerprint"])
+    previous = (
+        load_previous(config.output, key, exclude_run_id=run_id) if config.incremental else None
+    )
     log.info(
         "run %s: input %s, output %s, model %s (%s), mode %s, %d conversations already committed",
         run_id,
@@ -374,8 +440,31 @@ def prepare(config: LabelJobConfig, worker_class: type = ConversationWorker) -> 
         config.labeling.mode,
         len(committed),
     )
+    if previous is not None:
+        log.info(
+            "incremental: %d conversation fingerprints from %d earlier committed run(s) with "
+            "this model and labeling config",
+            len(previous.fingerprints),
+            len(previous.runs),
+        )
     return LabelJob(
-        config, run, tables, stream, committed, manifest_rows(config.input), worker_class
+        config,
+        run,
+        tables,
+        stream,
+        committed,
+        manifest_rows(config.input),
+        worker_class,
+        key=key,
+        previous=previous,
+    )
+
+
+def fingerprint_key(config: LabelJobConfig, model_fingerprint: str) -> FingerprintKey:
+    """What a run's conversation fingerprints are valid for: the model and labeling config."""
+    return FingerprintKey(
+        model_fingerprint=model_fingerprint,
+        labeling_hash=labeling_hash(dataclasses.asdict(config.labeling)),
     )
 
 

@@ -45,10 +45,8 @@ def test_rayjob_runs_the_label_job_and_shuts_its_cluster_down(rayjob):
     args, unknown = parser.parse_known_args(argv[3:])
     assert args.run_id == "nightly-NIGHTLY_DATE" and args.address == "auto"
     assert rayjob["metadata"]["name"] == "dpm-label-NIGHTLY_DATE"
-    if unknown == ["--incremental"]:
-        # Lands with `dpm label --incremental` (issue 6); then this passes without the xfail.
-        pytest.xfail("dpm label has no --incremental flag yet")
     assert unknown == [], f"the label job does not accept {unknown}"
+    assert args.incremental is True  # nightly runs label only new or changed conversations
 
 
 def test_rayjob_gpu_group_and_cpu_head(rayjob):
