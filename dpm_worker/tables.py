@@ -7,6 +7,7 @@ Layout under an output URI ``OUT``::
     OUT/_runs/<run_id>/run.json                                the run's config and run_date
     OUT/_runs/<run_id>/_SUCCESS                                JSON counts; the run is committed
     OUT/_runs/<run_id>/compaction.json                         what ``dpm compact`` merged
+    OUT/_runs/<run_id>/fingerprints.parquet                    see ``dpm_worker.fingerprints``
 
 ``<key>`` is a hash of the conversation id, so an id like ``../../etc`` can never place a file
 outside the output prefix, and a retried conversation overwrites its own file instead of
