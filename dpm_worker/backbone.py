@@ -354,7 +354,7 @@ def load_model(
         )
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load the causal LM: {exc}", source) from exc
-    rows = model.get_input_embeddings().weight.shape[0]
+    rows = int(model.get_input_embeddings().weight.size(0))  # type: ignore[operator]
     if rows < vocab.size or len(text_tokenizer) != vocab.size:
         raise ModelError(
             f"vocabulary of {vocab.size} tokens does not match the weights ({rows} rows) "
@@ -369,7 +369,7 @@ def load_model(
         raise ModelError(
             "tokenizer's added tokens are not the stream vocabulary's, in order", source
         )
-    model.to(torch_device).eval().requires_grad_(False)
+    model = model.to(torch_device).eval().requires_grad_(False)  # type: ignore[arg-type]
     return EmotionModel(
         model=model,
         vocab=vocab,

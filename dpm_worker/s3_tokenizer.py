@@ -43,8 +43,8 @@ class S3SpeechTokenizer:
     rate_hz = S3_RATE_HZ
     vocab_size = S3_VOCAB
 
-    def __init__(self, model: torch.nn.Module, device: str | torch.device = "cpu") -> None:
-        self.model = model.to(device).eval()
+    def __init__(self, model: Any, device: str | torch.device = "cpu") -> None:
+        self.model: Any = model.to(device).eval()
         self.device = torch.device(device)
 
     @classmethod

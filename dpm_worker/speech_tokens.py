@@ -36,8 +36,15 @@ TOKENIZER_WEIGHTS = "speech_tokenizer.safetensors"
 class SpeechTokenizer(Protocol):
     """Anything that turns a 16 kHz mono waveform into codes at ``rate_hz``."""
 
-    rate_hz: float
-    vocab_size: int
+    @property
+    def rate_hz(self) -> float:
+        """Tokens per second."""
+        ...
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of distinct codes."""
+        ...
 
     def encode(self, wave: np.ndarray) -> np.ndarray:
         """float32 mono 16 kHz samples -> int64 codes in ``[0, vocab_size)``."""

@@ -338,7 +338,7 @@ def train(
     steps_per_epoch = max(1, math.ceil(tokens_total / (config.window_tokens * config.batch_size)))
     total = max(1, int(config.epochs * steps_per_epoch))
     eval_every = max(1, steps_per_epoch // config.evals_per_epoch)
-    hidden = model.model.get_input_embeddings().weight.shape[1]
+    hidden = int(model.model.get_input_embeddings().weight.size(1))  # type: ignore[operator]
     aux = (
         AuxHeads(hidden, len(model.vocab.labels), config.aux_previous).to(model.device)
         if config.aux_previous
