@@ -217,7 +217,7 @@ def test_nightly_script_submits_once_per_night(ray_cluster, tiny_model, tiny_cor
         "DPM_OUTPUT": str(out),
         "DPM_MODEL": tiny_model,
         "DPM_NIGHTLY_DATE": "2026-01-02",
-        "DPM_NIGHTLY_FLAGS": "--actors 1 --cpus-per-actor 0.5",
+        "DPM_NIGHTLY_FLAGS": "--incremental --actors 1 --cpus-per-actor 0.5",
     }
 
     def nightly() -> subprocess.CompletedProcess:
@@ -234,6 +234,7 @@ def test_nightly_script_submits_once_per_night(ray_cluster, tiny_model, tiny_cor
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert "submitting dpm-label-2026-01-02 (run nightly-2026-01-02)" in first.stdout
     assert "dpm label: exit 0 (ok)" in first.stdout
+    assert "--incremental" in first.stdout  # the entrypoint Ray echoes
     assert (out / "_runs" / "nightly-2026-01-02" / "_SUCCESS").is_file()
     assert (out / "_reports" / "nightly-2026-01-02.html").is_file()
 
