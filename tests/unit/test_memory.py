@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -17,9 +19,11 @@ from dpm_worker.labeling import (
 )
 from dpm_worker.memory import MemoryConfig, TemporaryLoraMemory
 
-# A large lr so that one write visibly moves a random model's outputs (the tests must fail
-# if the memory did nothing).
-FAST = MemoryConfig(lr=1e-2, steps_per_utterance=2, scope="conversation")
+# The paper's variant (audio writes, then read) with a large lr so that one write visibly moves
+# a random model's outputs (the tests must fail if the memory did nothing).
+FAST = MemoryConfig(
+    lr=1e-2, steps_per_utterance=2, scope="conversation", write_target="audio", read_gate=1.0
+)
 
 
 @pytest.fixture(autouse=True)
@@ -115,7 +119,7 @@ def test_same_seed_same_rows_and_memory_seed_matters() -> None:
     second = ConversationLabeler(make_model(), LabelingConfig(memory=FAST)).label_conversation(conv)
     assert [r.label for r in first] == [r.label for r in second]
     assert np.array_equal(probs(first), probs(second))
-    other = MemoryConfig(lr=1e-2, steps_per_utterance=2, scope="conversation", seed=7)
+    other = replace(FAST, seed=7)
     third = ConversationLabeler(make_model(), LabelingConfig(memory=other)).label_conversation(conv)
     assert not np.array_equal(probs(first), probs(third))
 
@@ -147,7 +151,7 @@ def test_speaker_scope_routes_memory_by_speaker() -> None:
     rng = np.random.default_rng(7)
     conv = [UtteranceInput(i, s, rng.integers(0, 32, size=20)) for i, s in enumerate("aaab")]
     window = ConversationLabeler(make_model(), LabelingConfig(mode="window"))
-    by_speaker = MemoryConfig(lr=1e-2, steps_per_utterance=2, scope="speaker")
+    by_speaker = replace(FAST, scope="speaker")
     shared = ConversationLabeler(make_model(), LabelingConfig(memory=FAST))
     routed = ConversationLabeler(make_model(), LabelingConfig(memory=by_speaker))
     w, s, r = (x.label_conversation(conv) for x in (window, shared, routed))
@@ -241,7 +245,7 @@ def test_bad_configs_and_inputs_raise_typed_errors() -> None:
 
 def test_audio_plus_emotion_writes_on_predicted_history() -> None:
     model = EmotionModel.random(seed=0, history_labels="predicted")
-    cfg = MemoryConfig(lr=1e-2, write_target="audio+emotion", scope="conversation")
+    cfg = replace(FAST, write_target="audio+emotion")
     rows = ConversationLabeler(model, LabelingConfig(memory=cfg)).label_conversation(
         conversation(12)
     )
@@ -275,9 +279,26 @@ def test_read_gate_keeps_the_backbone_answer_when_it_is_confident() -> None:
     conv = conversation(14)
     window = ConversationLabeler(make_model(), LabelingConfig(mode="window"))
     base = probs(window.label_conversation(conv))
-    always_base = MemoryConfig(lr=1e-2, scope="conversation", read_gate=0.0)
+    always_base = replace(FAST, read_gate=0.0)
     gated = ConversationLabeler(make_model(), LabelingConfig(memory=always_base))
     assert np.array_equal(probs(gated.label_conversation(conv)), base)
-    never = MemoryConfig(lr=1e-2, scope="conversation", read_gate=1.0)
+    never = FAST
     memory_only = ConversationLabeler(make_model(), LabelingConfig(memory=never))
     assert not np.array_equal(probs(memory_only.label_conversation(conv)), base)
+
+
+def test_default_config_keeps_the_invariants() -> None:
+    # the shipped defaults (speaker scope, audio+prediction writes, read gate) with a large lr
+    cfg = replace(MemoryConfig(), lr=1e-2, confidence_gate=0.0, read_gate=0.99)
+    model = make_model()
+    before = {k: v.clone() for k, v in model.model.state_dict().items()}
+    a, b = conversation(15), conversation(16)
+    labeler = ConversationLabeler(model, LabelingConfig(memory=cfg))
+    labeler.label_conversation(a)
+    after_a = labeler.label_conversation(b)
+    alone = ConversationLabeler(make_model(), LabelingConfig(memory=cfg)).label_conversation(b)
+    assert np.array_equal(probs(after_a), probs(alone))
+    after = {k.replace(".base_layer", ""): v for k, v in model.model.state_dict().items()}
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    window = ConversationLabeler(make_model(), LabelingConfig(mode="window"))
+    assert not np.array_equal(probs(alone), probs(window.label_conversation(b)))
