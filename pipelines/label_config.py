@@ -131,7 +131,11 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
             return None
         raise ConfigError(f"{where} must not be null")
     for option in options:
-        if dataclasses.is_dataclass(option) and isinstance(value, Mapping):
+        if (
+            isinstance(option, type)
+            and dataclasses.is_dataclass(option)
+            and isinstance(value, Mapping)
+        ):
             return build_dataclass(option, value, where + ".")
         if typing.get_origin(option) is tuple and isinstance(value, list | tuple):
             return tuple(value)
@@ -139,7 +143,10 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
             return float(value)
         if option in (int, str, bool) and type(value) is option:
             return value
-    if any(dataclasses.is_dataclass(o) and isinstance(value, o) for o in options):
+    if any(
+        isinstance(o, type) and dataclasses.is_dataclass(o) and isinstance(value, o)
+        for o in options
+    ):
         return value
     raise ConfigError(f"{where} has the wrong type: {value!r} is not {hint}")
 

@@ -426,9 +426,9 @@ def prepare(config: LabelJobConfig, worker_class: type = ConversationWorker) -> 
         )
     committed = tables.committed_keys()
     stream = fingerprint_conversations(_chain(first, conversations))
-    key = fingerprint_key(config, model["fingerprint"])
+    fp_key = fingerprint_key(config, model["fingerprint"])
     previous = (
-        load_previous(config.output, key, exclude_run_id=run_id) if config.incremental else None
+        load_previous(config.output, fp_key, exclude_run_id=run_id) if config.incremental else None
     )
     log.info(
         "run %s: input %s, output %s, model %s (%s), mode %s, %d conversations already committed",
@@ -455,7 +455,7 @@ def prepare(config: LabelJobConfig, worker_class: type = ConversationWorker) -> 
         committed,
         manifest_rows(config.input),
         worker_class,
-        key=key,
+        key=fp_key,
         previous=previous,
     )
 
@@ -562,7 +562,7 @@ def start_actors(config: LabelJobConfig, run: RunInfo, worker_class: type) -> li
         cpus,
         gpus,
     )
-    remote_class = ray.remote(worker_class).options(**options)
+    remote_class: Any = ray.remote(worker_class).options(**options)
     handles = [remote_class.remote(settings) for _ in range(n)]
     start = time.monotonic()
     try:
