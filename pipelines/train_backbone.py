@@ -212,7 +212,9 @@ def run(args: argparse.Namespace) -> int:
             metrics["window"]["ua"], _fmt(metrics["utterance"]["expressive_accuracy"]),
             _fmt(metrics["window"]["subtle_accuracy"]),
         )  # fmt: skip
-        score = metrics["window"]["ua"]
+        # Both reads matter (utterance mode and context modes); the window read alone would
+        # reward a model that ignores the current utterance in favour of the remembered mood.
+        score = 0.5 * (metrics["utterance"]["ua"] + metrics["window"]["ua"])
         if score > best["score"]:
             best["score"] = score
             best["state"] = {k: v.detach().clone() for k, v in model.model.state_dict().items()}
@@ -226,7 +228,7 @@ def run(args: argparse.Namespace) -> int:
         model.model.load_state_dict(best["state"])
         save(model, lora, args.out, record)
     log.info(
-        "done in %.1f min; best window UA %.3f -> %s",
+        "done in %.1f min; best mean UA (utterance, window) %.3f -> %s",
         record["training_minutes"],
         best["score"],
         args.out,
