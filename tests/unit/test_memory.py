@@ -288,7 +288,7 @@ def test_read_gate_keeps_the_backbone_answer_when_it_is_confident() -> None:
 
 
 def test_default_config_keeps_the_invariants() -> None:
-    # the shipped defaults (speaker scope, audio+prediction writes, read gate) with a large lr
+    # the shipped defaults (speaker scope, audio writes) with a large lr, plus a read gate
     cfg = replace(MemoryConfig(), lr=1e-2, confidence_gate=0.0, read_gate=0.99)
     model = make_model()
     before = {k: v.clone() for k, v in model.model.state_dict().items()}
