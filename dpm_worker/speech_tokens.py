@@ -9,7 +9,7 @@ exactly what emotions change. A product codebook keeps 8 loudness levels and 16 
 (one of them "unvoiced") in every token by construction.
 
 The CosyVoice2 S3Tokenizer (25 Hz, the paper's tokenizer) is available through
-:class:`S3SpeechTokenizer` with user-supplied weights; see ``dpm_worker/s3_tokenizer.py``.
+:class:`CosyVoiceTokenizer` with user-supplied weights; see ``dpm_worker/cosyvoice_tokens.py``.
 """
 
 from __future__ import annotations
@@ -276,9 +276,9 @@ def load_speech_tokenizer(path: str | Path) -> SpeechTokenizer:
     data = json.loads(config_path.read_text())
     kind = data.pop("type", None)
     if kind == "s3tokenizer":
-        from dpm_worker.s3_tokenizer import S3SpeechTokenizer
+        from dpm_worker.cosyvoice_tokens import CosyVoiceTokenizer
 
-        return S3SpeechTokenizer.from_config(data, config_path.parent)
+        return CosyVoiceTokenizer.from_config(data, config_path.parent)
     if kind != BuiltinSpeechTokenizer.kind:
         raise ModelError(f"unknown speech tokenizer type {kind!r}", str(config_path))
     weights_path = config_path.parent / TOKENIZER_WEIGHTS

@@ -99,25 +99,3 @@ def test_bad_config_and_input():
         SpeechTokenizerConfig(rate_hz=33.0)
     with pytest.raises(ConfigError, match="mono"):
         BuiltinSpeechTokenizer.random().encode(np.zeros((2, 100), dtype=np.float32))
-
-
-def test_s3_tokenizer_adapter_shape_and_rate_with_random_weights():
-    pytest.importorskip("s3tokenizer")  # optional extra: pip install 'dpm-emotion[cosyvoice]'
-    from dpm_worker.s3_tokenizer import S3SpeechTokenizer
-
-    tok = S3SpeechTokenizer.random(seed=0)
-    codes = tok.encode(voiced(150, 2.0, 0.1))
-    assert isinstance(tok, SpeechTokenizer) and tok.rate_hz == 25.0
-    assert codes.dtype == np.int64 and abs(len(codes) - 50) <= 1
-    assert codes.min() >= 0 and codes.max() < tok.vocab_size == 6561
-
-
-def test_s3_tokenizer_without_the_package_says_how_to_install():
-    import importlib.util
-
-    if importlib.util.find_spec("s3tokenizer") is not None:
-        pytest.skip("s3tokenizer is installed")
-    from dpm_worker.s3_tokenizer import S3SpeechTokenizer
-
-    with pytest.raises(ConfigError, match="cosyvoice"):
-        S3SpeechTokenizer.random()
