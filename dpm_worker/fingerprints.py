@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from dpm_worker.errors import StorageError
 from dpm_worker.manifest_schema import MANIFEST_SCHEMA, UtteranceRow
-from dpm_worker.storage import get_filesystem, join_uri, redact
+from dpm_worker.storage import get_filesystem, join_uri, list_names, redact
 from dpm_worker.tables import RUNS_DIR, SUCCESS_NAME, RunTables, write_parquet_atomic
 
 FINGERPRINTS_NAME = "fingerprints.parquet"
@@ -175,19 +175,10 @@ def load_previous(
         StorageError: the run records cannot be listed or read.
     """
     root = join_uri(output_uri, RUNS_DIR)
-    fs, path = get_filesystem(root, endpoint_url)
-    try:
-        fs.invalidate_cache()
-        names = fs.ls(path, detail=False) if fs.exists(path) else []
-    except FileNotFoundError:
-        names = []
-    except OSError as exc:
-        raise StorageError(f"cannot list {redact(root)}: {redact(str(exc))}") from exc
     run_ids = sorted(
         base
-        for name in names
-        if (base := name.rstrip("/").rsplit("/", 1)[-1]) != exclude_run_id
-        and not base.startswith(".")
+        for base in list_names(root, endpoint_url)
+        if base != exclude_run_id and not base.startswith(".")
     )
 
     def read_one(run_id: str) -> tuple[str, str, pa.Table] | None:

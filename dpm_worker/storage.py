@@ -67,6 +67,23 @@ def get_filesystem(
         raise StorageError(f"unsupported storage scheme {protocol!r} in {uri}: {exc}") from exc
 
 
+def list_names(uri: str, endpoint_url: str | None = None) -> list[str]:
+    """Base names of the entries of a folder (local or S3), fresh from the store; [] if absent.
+
+    Raises:
+        StorageError: the folder exists but cannot be listed (the message is redacted).
+    """
+    fs, path = get_filesystem(uri, endpoint_url)
+    try:
+        fs.invalidate_cache()  # listings are cached by s3fs; other writers may have added files
+        names = fs.ls(path, detail=False) if fs.exists(path) else []
+    except FileNotFoundError:
+        names = []
+    except OSError as exc:
+        raise StorageError(f"cannot list {redact(uri)}: {redact(str(exc))}") from exc
+    return [name.rstrip("/").rsplit("/", 1)[-1] for name in names]
+
+
 def join_uri(base: str, *parts: str) -> str:
     """Join path parts onto a local path or URI with forward slashes."""
     if is_remote(base):

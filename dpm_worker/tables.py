@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dpm_worker.errors import ConfigError, StorageError
-from dpm_worker.storage import get_filesystem, is_remote, join_uri, redact
+from dpm_worker.storage import get_filesystem, is_remote, join_uri, list_names, redact
 
 EMOTIONS, ERRORS = "emotions", "errors"
 RUNS_DIR = "_runs"
@@ -335,18 +335,9 @@ class RunTables:
 
     def run_files(self, kind: str) -> list[str]:
         """URIs of this run's files in one table's partition (per-conversation and compacted)."""
-        fs, path = get_filesystem(self.partition_uri(kind), self.endpoint_url)
-        try:
-            fs.invalidate_cache()
-            names = fs.ls(path, detail=False) if fs.exists(path) else []
-        except FileNotFoundError:
-            names = []
-        except OSError as exc:
-            raise StorageError(f"cannot list {redact(self.partition_uri(kind))}: {exc}") from exc
         prefix = f"{self.run.run_id}--"
         files = []
-        for name in names:
-            base = name.rstrip("/").rsplit("/", 1)[-1]
+        for base in list_names(self.partition_uri(kind), self.endpoint_url):
             if base.startswith(prefix) and base.endswith(".parquet"):
                 files.append(join_uri(self.partition_uri(kind), base))
         return sorted(files)
