@@ -174,8 +174,8 @@ def measure(workdir: str, conversations: int, args: argparse.Namespace, model: s
 
 def run(args: argparse.Namespace) -> int:
     from dpm_worker.backbone import EmotionModel, save_model
+    from pipelines.actors import connect
     from pipelines.label_config import load_config
-    from pipelines.label_corpus import connect
 
     workdir = args.workdir or tempfile.mkdtemp(prefix="dpm-bench-scale-")
     model = os.path.join(workdir, "tiny-model")  # only its metadata is read (driver preflight)
