@@ -49,6 +49,9 @@ class TrainConfig:
         aux_weight: weight of the auxiliary loss.
         aligned_fraction: share of windows that start on an utterance boundary (see
             :func:`sample_starts`); the rest start anywhere.
+        isolated_fraction: share of batch rows that hold one utterance alone (its tokens up to
+            its ``<audio_end>``, then padding), read with no history exactly as ``utterance``
+            mode reads it (see :func:`isolate_rows`). 0 keeps the old sampling unchanged.
         history_labels: ``none`` or ``predicted`` (emotion tokens after each ``<audio_end>``).
         label_noise: with ``predicted``, probability that a history emotion token is replaced by
             a random label, so the model learns not to trust (and copy) its own past labels.
@@ -72,6 +75,7 @@ class TrainConfig:
     aux_previous: int = 2
     aux_weight: float = 0.5
     aligned_fraction: float = 0.5
+    isolated_fraction: float = 0.0
     history_labels: str = "none"
     label_noise: float = 0.3
     val_fraction: float = 0.1
@@ -90,6 +94,7 @@ class TrainConfig:
             "warmup_steps": self.warmup_steps >= 0,
             "aux_previous": self.aux_previous >= 0,
             "aligned_fraction": 0 <= self.aligned_fraction <= 1,
+            "isolated_fraction": 0 <= self.isolated_fraction <= 1,
             "history_labels": self.history_labels in ("none", "predicted"),
             "label_noise": 0 <= self.label_noise <= 1,
             "val_fraction": 0 < self.val_fraction < 1,
@@ -178,15 +183,21 @@ def make_batch(
     history_labels: str = "none",
     label_noise: float = 0.0,
     rng: np.random.Generator | None = None,
+    lengths: Sequence[int] | None = None,
 ) -> Batch:
-    """Cut ``streams[i][starts[i]:starts[i] + window]`` into one right-padded batch."""
+    """Cut ``streams[i][starts[i]:starts[i] + window]`` into one right-padded batch.
+
+    ``lengths`` (optional) caps row ``i`` at ``min(window, lengths[i])`` tokens (isolated
+    utterances, see :func:`isolate_rows`).
+    """
     n_aux = streams[0].previous.shape[1] if streams else 0
     ids = np.zeros((len(streams), window), dtype=np.int64)
     mask = np.zeros_like(ids)
     emo = np.full_like(ids, IGNORE)
     aux = np.full((n_aux, len(streams), window), IGNORE, dtype=np.int64)
     for b, (stream, start) in enumerate(zip(streams, starts, strict=True)):
-        piece = stream.tokens[start : start + window].copy()
+        size = window if lengths is None else min(window, int(lengths[b]))
+        piece = stream.tokens[start : start + size].copy()
         if history_labels == "predicted" and label_noise > 0 and rng is not None:
             is_emo = piece >= vocab.emotion_offset
             noisy = is_emo & (rng.random(piece.shape) < label_noise)
@@ -286,6 +297,35 @@ def sample_starts(
     return [streams[i] for i in picks], starts
 
 
+def isolate_rows(
+    streams: Sequence[ConversationStream],
+    starts: Sequence[int],
+    fraction: float,
+    rng: np.random.Generator,
+) -> tuple[list[int], list[int] | None]:
+    """Turn a share ``fraction`` of the batch rows into one utterance alone.
+
+    Such a row starts on a random utterance of its stream and stops at that utterance's
+    ``<audio_end>``: the model reads it with no history and no later speech, exactly as
+    ``utterance`` mode does. Why: aligned windows give only their first utterance a
+    context-free read, so an utterance-mode read is a small share of the emotion loss.
+
+    Returns:
+        The new starts and per-row lengths (a huge number for untouched rows; ``None`` when
+        ``fraction`` is 0, which draws nothing from ``rng`` so old runs replay unchanged).
+    """
+    if fraction <= 0:
+        return list(starts), None
+    new_starts, lengths = list(starts), [2**62] * len(starts)
+    for b, stream in enumerate(streams):
+        if rng.random() < fraction:
+            u = int(rng.integers(len(stream.ends)))
+            first = 0 if u == 0 else int(stream.ends[u - 1]) + 1 + _label_slot(stream, u - 1)
+            new_starts[b] = first
+            lengths[b] = int(stream.ends[u]) - first + 1
+    return new_starts, lengths
+
+
 def _label_slot(stream: ConversationStream, u: int) -> int:
     """1 when an emotion token follows utterance ``u``'s ``<audio_end>`` (predicted history)."""
     nxt = int(stream.ends[u]) + 1
@@ -358,9 +398,11 @@ def train(
         streams, starts = sample_starts(
             train_streams, config.window_tokens, config.batch_size, rng, config.aligned_fraction
         )
+        starts, lengths = isolate_rows(streams, starts, config.isolated_fraction, rng)
         batch = make_batch(
             model.vocab, streams, starts, config.window_tokens,
             history_labels=config.history_labels, label_noise=config.label_noise, rng=rng,
+            lengths=lengths,
         )  # fmt: skip
         loss, parts = compute_loss(model, batch, config, aux)
         optimizer.zero_grad(set_to_none=True)
