@@ -120,6 +120,17 @@ class UtterancePrediction:
     context_tokens: int = 0
 
 
+@dataclass(frozen=True)
+class PreparedUtterance:
+    """One utterance ready for the model (see :meth:`ConversationLabeler.prepare`)."""
+
+    speaker_slot: int
+    tokens: list[int]
+    ids: list[int]
+    start_of_utt: int
+    input_ids: torch.Tensor  # [1, len(ids)]
+
+
 def tail(tokens: Sequence[int], n: int) -> list[int]:
     """The last ``n`` tokens (none for ``n <= 0``; note ``seq[-0:]`` would be all of them)."""
     return list(tokens[max(0, len(tokens) - n) :]) if n > 0 else []
@@ -185,8 +196,6 @@ class ConversationLabeler:
         cfg = self.config
         torch.manual_seed(cfg.seed)
         slots: dict[str, int] = {}
-        # History beyond what the mode reads is dropped, so memory stays constant per utterance.
-        keep_history = {"utterance": 0, "full": self.max_context}.get(cfg.mode, cfg.window_tokens)
         history: list[int] = []
         predictions: list[UtterancePrediction] = []
         if self.memory is not None:
@@ -194,17 +203,9 @@ class ConversationLabeler:
         try:
             for utt in utterances:
                 start = time.perf_counter()
-                speaker_slot = slots.setdefault(utt.speaker, len(slots))
-                try:
-                    tokens = self.vocab.utterance_tokens(utt.audio_ids, speaker_slot)
-                except ConfigError as exc:
-                    raise LabelError(f"utterance {utt.utterance_index}: {exc}") from exc
-                if len(tokens) < 3:
-                    raise LabelError(f"utterance {utt.utterance_index} has no audio tokens")
-                ids, start_of_utt = fit_context(
-                    self._history_part(history), tokens, self.max_context
-                )
-                input_ids = torch.tensor([ids], dtype=torch.long, device=self.model.device)
+                step = self.prepare(utt, slots, history)
+                speaker_slot, tokens, ids = step.speaker_slot, step.tokens, step.ids
+                input_ids = step.input_ids
                 read = None
                 base = None
                 if self.memory is not None and cfg.memory.read_gate < 1.0:
@@ -212,7 +213,7 @@ class ConversationLabeler:
                     with torch.no_grad():
                         base = self.model.emotion_probs(input_ids)[0]
                 if self.memory is not None and cfg.memory.steps_per_utterance:
-                    labels = self._write_labels(ids, start_of_utt)
+                    labels = self.write_labels(ids, step.start_of_utt)
                     read = self.memory.write(
                         self.memory.slot_for(speaker_slot), input_ids, labels, self._emotion_ids
                     )
@@ -224,11 +225,7 @@ class ConversationLabeler:
                 probs = read.float().cpu().numpy()
                 best = int(np.argmax(probs))
                 label = self.vocab.labels[best]
-                history.extend(tokens)
-                if self.history_labels == "predicted":
-                    history.append(self.vocab.emotion_token(label))
-                if len(history) > 2 * keep_history:
-                    del history[: len(history) - keep_history]
+                self.remember(history, tokens, label)
                 predictions.append(
                     UtterancePrediction(
                         utterance_index=utt.utterance_index,
@@ -245,6 +242,34 @@ class ConversationLabeler:
                 self.memory.reset()
         return predictions
 
+    def prepare(
+        self, utt: UtteranceInput, slots: dict[str, int], history: list[int]
+    ) -> PreparedUtterance:
+        """The model input for ``utt``: its speaker slot, its tokens, history + tokens."""
+        speaker_slot = slots.setdefault(utt.speaker, len(slots))
+        try:
+            tokens = self.vocab.utterance_tokens(utt.audio_ids, speaker_slot)
+        except ConfigError as exc:
+            raise LabelError(f"utterance {utt.utterance_index}: {exc}") from exc
+        if len(tokens) < 3:
+            raise LabelError(f"utterance {utt.utterance_index} has no audio tokens")
+        ids, start_of_utt = fit_context(self._history_part(history), tokens, self.max_context)
+        input_ids = torch.tensor([ids], dtype=torch.long, device=self.model.device)
+        return PreparedUtterance(speaker_slot, tokens, ids, start_of_utt, input_ids)
+
+    def remember(self, history: list[int], tokens: list[int], label: str) -> None:
+        """Append an utterance (and its predicted label, if the format has them) to history.
+
+        History beyond what the mode reads is dropped, so memory stays constant per utterance.
+        """
+        cfg = self.config
+        keep = {"utterance": 0, "full": self.max_context}.get(cfg.mode, cfg.window_tokens)
+        history.extend(tokens)
+        if self.history_labels == "predicted":
+            history.append(self.vocab.emotion_token(label))
+        if len(history) > 2 * keep:
+            del history[: len(history) - keep]
+
     def _history_part(self, history: list[int]) -> list[int]:
         mode = self.config.mode
         if mode == "utterance":
@@ -253,7 +278,7 @@ class ConversationLabeler:
             return tail(history, self.max_context)
         return tail(history, self.config.window_tokens)
 
-    def _write_labels(self, ids: list[int], start_of_utt: int) -> torch.Tensor:
+    def write_labels(self, ids: list[int], start_of_utt: int) -> torch.Tensor:
         """Write targets: the utterance's audio tokens (+ the history's emotion tokens)."""
         tokens = torch.tensor(ids, dtype=torch.long)
         positions = torch.arange(len(ids))

@@ -37,6 +37,8 @@ from dpm_worker.backbone import (
     save_model,
 )
 from dpm_worker.errors import ConfigError, LabelError
+from dpm_worker.memory import MemoryConfig
+from dpm_worker.memory_training import MemoryLoopConfig
 from dpm_worker.scoring import score_stream, score_stream_windows, summarize_scores
 from dpm_worker.speech_tokens import (
     SpeechTokenizerConfig,
@@ -115,7 +117,7 @@ def load_settings(args: argparse.Namespace) -> dict[str, Any]:
             data = yaml.safe_load(Path(args.config).read_text()) or {}
         except (OSError, yaml.YAMLError) as exc:
             raise ConfigError(f"cannot read config {args.config}: {exc}") from exc
-    unknown = set(data) - {"model", "tokenizer", "train", "lora", "labels"}
+    unknown = set(data) - {"model", "tokenizer", "train", "lora", "labels", "memory_loop", "memory"}
     if unknown:
         raise ConfigError(f"unknown config sections {sorted(unknown)} in {args.config}")
     overrides = {
@@ -138,6 +140,11 @@ def load_settings(args: argparse.Namespace) -> dict[str, Any]:
         "train": train_cfg,
         "lora": _section(data, "lora", LoraSettings),
         "labels": tuple(data.get("labels") or DEFAULT_LABELS),
+        # Stage "memory loop" (pipelines/train_memory_loop.py): present only when configured.
+        "memory_loop": (
+            _section(data, "memory_loop", MemoryLoopConfig) if "memory_loop" in data else None
+        ),
+        "memory": _section(data, "memory", MemoryConfig),
     }
 
 
@@ -198,6 +205,14 @@ def run(args: argparse.Namespace) -> int:
                   "validation_utterances": sum(len(s.ends) for s in val_streams)},
         "evals": [],
     }  # fmt: skip
+    if settings["memory_loop"] is not None:
+        from pipelines.train_memory_loop import run_memory_loop
+
+        if lora is not None:
+            raise ConfigError("the memory loop trains a from-scratch or --init-model backbone")
+        return run_memory_loop(
+            args, settings, model, grouped, train_streams, val_streams, record, started
+        )
     best = {"score": -1.0}
 
     def on_eval(step: int, epoch: float) -> None:

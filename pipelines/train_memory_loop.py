@@ -1,0 +1,84 @@
+"""``dpm train`` stage with the memory loop inside (config section ``memory_loop``).
+
+The backbone (usually ``--init-model``, a model trained the plain way) is trained through the
+``dpm`` labeling loop: every training conversation is labeled in order with the temporary LoRA
+memory of config section ``memory`` writing on each utterance, and each read's cross-entropy
+against the gold label trains the backbone (``dpm_worker/memory_training.py`` says why and
+how). After every epoch the validation conversations are labeled in ``window`` and ``dpm``
+modes; the checkpoint with the best ``dpm`` UA is kept at ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import time
+from typing import Any
+
+from dpm_worker.backbone import EmotionModel, save_model
+from dpm_worker.memory_training import MemoryLoopTrainer, training_conversation
+from dpm_worker.training import ConversationStream
+from pipelines.train_backbone import TRAINING_RECORD
+
+log = logging.getLogger("dpm.train")
+
+
+def run_memory_loop(
+    args: argparse.Namespace,
+    settings: dict[str, Any],
+    model: EmotionModel,
+    grouped: dict[str, list[dict]],
+    train_streams: list[ConversationStream],
+    val_streams: list[ConversationStream],
+    record: dict[str, Any],
+    started: float,
+) -> int:
+    """Train ``model`` through the memory loop and save the best checkpoint at ``--out``."""
+    labels = model.vocab.labels
+    train_convs = [
+        training_conversation(s.conversation_id, grouped[s.conversation_id], labels)
+        for s in train_streams
+    ]
+    val_convs = [
+        training_conversation(s.conversation_id, grouped[s.conversation_id], labels)
+        for s in val_streams
+    ]
+    trainer = MemoryLoopTrainer(
+        model, settings["memory"], settings["memory_loop"], plain=settings["train"]
+    )
+    record["memory_loop"] = {"evals": []}
+    best: dict[str, Any] = {"ua": -1.0}
+
+    def on_epoch(epoch: float) -> None:
+        metrics = trainer.validate(val_convs)
+        metrics.update(epoch=epoch, minutes=round((time.monotonic() - started) / 60, 2))
+        record["memory_loop"]["evals"].append(metrics)
+        log.info(
+            "memory loop epoch %g: window UA %.3f | dpm UA %.3f (%+.3f)",
+            epoch, metrics["window"]["ua"], metrics["dpm"]["ua"],
+            metrics["dpm"]["ua"] - metrics["window"]["ua"],
+        )  # fmt: skip
+        if metrics["dpm"]["ua"] > best["ua"]:
+            best["ua"] = metrics["dpm"]["ua"]
+            record["best"] = metrics
+            best["model"] = trainer.trained_model()
+            _save(best["model"], args.out, record)
+
+    on_epoch(0.0)  # the starting point, for comparison
+    history = trainer.train(
+        train_convs, train_streams, on_epoch=on_epoch, progress=not args.no_progress
+    )
+    trainer.close()
+    record["loss_history"] = history
+    record["training_minutes"] = round((time.monotonic() - started) / 60, 2)
+    _save(best["model"], args.out, record)  # the kept checkpoint, with the complete record
+    print(json.dumps({"out": args.out, "best": record.get("best"),
+                      "minutes": record["training_minutes"]}, indent=2))  # fmt: skip
+    return 0
+
+
+def _save(model: EmotionModel, out: str, record: dict) -> None:
+    extra = {TRAINING_RECORD: json.dumps(record, indent=2, default=str) + "\n"}
+    save_model(dataclasses.replace(model), out, extra_files=extra)
