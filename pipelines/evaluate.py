@@ -11,7 +11,9 @@ Output JSON (accuracies are fractions)::
      "ms_per_utterance", ...}], "ua_ci": [lo, hi], ...}},
      "comparisons": {"dpm-window": {"ua_diff", "lo", "hi", "subtle_ua_diff", ...}, ...}}
 
-Intervals are 95% percentile bootstraps that resample whole conversations.
+Intervals are 95% percentile bootstraps that resample whole conversations. This module is the
+command line, reading and labeling; the scores, comparisons, predictions and plots are
+``pipelines.eval_results``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import argparse
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,24 +35,16 @@ from dpm_worker.labeling import (
     UtteranceInput,
 )
 from dpm_worker.memory import MemoryConfig
-from dpm_worker.metrics import (
-    bootstrap_interval,
-    by_position,
-    group_confusions,
-    position_bins,
-    summarize,
+from pipelines.eval_results import (
+    COMPARISONS,
+    ModeResult,
+    compare,
+    score,
+    write_plots,
+    write_predictions,
 )
 
 log = logging.getLogger(__name__)
-
-# Differences reported with intervals, when both modes ran.
-COMPARISONS = (
-    ("dpm", "window"),
-    ("dpm", "full"),
-    ("dpm", "utterance"),
-    ("window", "utterance"),
-    ("full", "window"),
-)
 
 
 @dataclass
@@ -61,22 +55,6 @@ class Conversation:
     inputs: list[UtteranceInput]
     gold: list[str | None]
     expressive: list[bool | None]
-
-
-@dataclass
-class ModeResult:
-    """Per-utterance outcomes of one mode over the corpus (aligned lists)."""
-
-    conversation_id: list[str] = field(default_factory=list)
-    utterance_index: list[int] = field(default_factory=list)
-    position: list[int] = field(default_factory=list)
-    speaker: list[str] = field(default_factory=list)
-    gold: list[str | None] = field(default_factory=list)
-    pred: list[str] = field(default_factory=list)
-    expressive: list[bool | None] = field(default_factory=list)
-    probs: list[np.ndarray] = field(default_factory=list)
-    ms: list[float] = field(default_factory=list)
-    seconds: float = 0.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -206,148 +184,6 @@ def label_corpus(model, conversations: list[Conversation], config: LabelingConfi
     finally:
         labeler.close()
     return result
-
-
-def _scored(result: ModeResult, subset: str = "all") -> np.ndarray:
-    """Indices of utterances with gold labels (and in the expressive/subtle subset)."""
-    keep = [
-        i
-        for i, g in enumerate(result.gold)
-        if g is not None and (subset == "all" or result.expressive[i] is (subset == "expressive"))
-    ]
-    return np.asarray(keep, dtype=np.int64)
-
-
-def _pick(values: list, idx: np.ndarray) -> list:
-    return [values[i] for i in idx]
-
-
-def score(result: ModeResult, labels: tuple[str, ...], bin_width: int, n_boot: int) -> dict:
-    """The JSON block of one mode."""
-    idx = _scored(result, "all")
-    gold, pred = _pick(result.gold, idx), _pick(result.pred, idx)
-    out = summarize(gold, pred, labels)
-    _, cms = group_confusions(_pick(result.conversation_id, idx), gold, pred, labels)
-    ci = bootstrap_interval(cms, n_boot=n_boot)
-    out["ua_ci"] = [ci["lo"], ci["hi"]]
-    for subset, key in (("expressive", "expressive"), ("subtle", "subtle")):
-        sub = _scored(result, subset)
-        if len(sub) == 0:
-            out[f"{key}_accuracy"], out[f"{key}_ua"] = None, None
-            continue
-        s = summarize(_pick(result.gold, sub), _pick(result.pred, sub), labels)
-        out[f"{key}_accuracy"], out[f"{key}_ua"], out[f"{key}_n"] = s["wa"], s["ua"], s["n"]
-    out["utterances_per_second"] = len(result.pred) / result.seconds if result.seconds else None
-    out["ms_per_utterance"] = float(np.mean(result.ms)) if result.ms else None
-    positions = np.asarray(_pick(result.position, idx))
-    bins = position_bins(int(positions.max()) if len(positions) else 0, bin_width)
-    rows = by_position(positions, gold, pred, labels, bins)
-    all_pos = np.asarray(result.position)
-    ms = np.asarray(result.ms)
-    for row in rows:
-        sel = (all_pos >= row["from"]) & (all_pos < row["to"])
-        row["ms_per_utterance"] = float(ms[sel].mean()) if sel.any() else None
-    out["by_position"] = rows
-    return out
-
-
-def compare(a: ModeResult, b: ModeResult, labels: tuple[str, ...], n_boot: int) -> dict:
-    """UA and WA differences a - b with paired conversation-bootstrap intervals."""
-    out: dict = {}
-    for subset, prefix in (("all", ""), ("expressive", "expressive_"), ("subtle", "subtle_")):
-        idx = _scored(a, subset)
-        if len(idx) == 0:
-            continue
-        groups, gold = _pick(a.conversation_id, idx), _pick(a.gold, idx)
-        _, cms_a = group_confusions(groups, gold, _pick(a.pred, idx), labels)
-        _, cms_b = group_confusions(groups, gold, _pick(b.pred, idx), labels)
-        for metric in ("ua", "wa"):
-            d = bootstrap_interval(cms_a, cms_b, metric=metric, n_boot=n_boot)
-            out[f"{prefix}{metric}_diff"] = d["value"]
-            out[f"{prefix}{metric}_diff_ci"] = [d["lo"], d["hi"]]
-    out["lo"], out["hi"] = out["ua_diff_ci"]
-    return out
-
-
-def write_predictions(results: dict[str, ModeResult], labels: tuple[str, ...], uri: str) -> None:
-    """One row per utterance and mode (``--predictions``)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    columns: dict[str, list] = {
-        k: []
-        for k in (
-            "mode",
-            "conversation_id",
-            "utterance_index",
-            "speaker",
-            "gold",
-            "pred",
-            "expressive",
-            "confidence",
-            "ms",
-        )
-    }
-    probs: list[np.ndarray] = []
-    for mode, r in results.items():
-        columns["mode"] += [mode] * len(r.pred)
-        columns["conversation_id"] += r.conversation_id
-        columns["utterance_index"] += r.utterance_index
-        columns["speaker"] += r.speaker
-        columns["gold"] += r.gold
-        columns["pred"] += r.pred
-        columns["expressive"] += r.expressive
-        columns["confidence"] += [float(p.max()) for p in r.probs]
-        columns["ms"] += r.ms
-        probs += r.probs
-    table = pa.table(columns)
-    stacked = np.stack(probs) if probs else np.zeros((0, len(labels)), dtype=np.float32)
-    for i, name in enumerate(labels):
-        table = table.append_column(f"p_{name}", pa.array(stacked[:, i], pa.float32()))
-    Path(uri).parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, uri)
-
-
-def write_plots(report: dict, labels: tuple[str, ...], folder: str) -> None:
-    """Confusion matrices and accuracy by dialogue position, as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out = Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
-    modes = list(report["modes"])
-    fig, axes = plt.subplots(1, len(modes), figsize=(4 * len(modes), 4), squeeze=False)
-    for ax, mode in zip(axes[0], modes, strict=True):
-        cm = np.asarray(report["modes"][mode]["confusion"], dtype=float)
-        norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-        ax.imshow(norm, vmin=0, vmax=1, cmap="Blues")
-        for (i, j), v in np.ndenumerate(cm):
-            ax.text(j, i, int(v), ha="center", va="center", fontsize=8)
-        ax.set_xticks(range(len(labels)), labels, rotation=45)
-        ax.set_yticks(range(len(labels)), labels)
-        ax.set_title(f"{mode}: UA {report['modes'][mode]['ua']:.3f}")
-        ax.set_xlabel("predicted")
-    axes[0][0].set_ylabel("gold")
-    fig.tight_layout()
-    fig.savefig(out / "confusion.png", dpi=100)
-    plt.close(fig)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for mode in modes:
-        rows = report["modes"][mode]["by_position"]
-        ax.plot(
-            [(r["from"] + r["to"]) / 2 for r in rows],
-            [r["ua"] for r in rows],
-            marker="o",
-            label=mode,
-        )
-    ax.set_xlabel("dialogue position (utterance)")
-    ax.set_ylabel("UA")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "by_position.png", dpi=100)
-    plt.close(fig)
 
 
 def build_report(model, results: dict[str, ModeResult], args: argparse.Namespace) -> dict:
