@@ -174,12 +174,6 @@ class ManifestSource:
         return pa.concat_tables(tables, promote_options="permissive")
 
 
-def _open_dataset(uri: str, endpoint_url: str | None) -> tuple[ManifestSource, str]:
-    """Deprecated: use :class:`ManifestSource` or :func:`count_manifest_rows`."""
-    source = ManifestSource(uri, endpoint_url)
-    return source, source.uri
-
-
 def _json_column(values: list[Any]) -> pa.Array:
     try:
         return pa.array(values)
