@@ -28,7 +28,12 @@ import torch.nn.functional as F
 
 from dpm_worker.backbone import EmotionModel
 from dpm_worker.errors import ConfigError
-from dpm_worker.labeling import ConversationLabeler, LabelingConfig, UtteranceInput
+from dpm_worker.labeling import (
+    ConversationLabeler,
+    LabelingConfig,
+    PreparedUtterance,
+    UtteranceInput,
+)
 from dpm_worker.memory import MemoryConfig
 from dpm_worker.training import (
     AuxHeads,
@@ -223,9 +228,14 @@ class MemoryLoopTrainer:
         total_updates: int,
         started: float,
     ) -> dict[str, list[float]]:
-        """Label one conversation in order; every read's loss trains the backbone."""
+        """Label one conversation in order; every read's loss trains the backbone.
+
+        The order of write and read is the labeling loop's: write then read (``audio``
+        writes, the paper), or read then write for ``audio+prediction``, whose emitted read is
+        the memory of the earlier turns (taken from its write's first forward pass).
+        """
         labeler, memory = self.labeler, self.memory
-        emotion_ids = list(self.model.vocab.emotion_ids)
+        read_first = memory.config.write_target == "audio+prediction"
         slots: dict[str, int] = {}
         history: list[int] = []
         losses: dict[str, list[float]] = {"read": [], "plain": []}
@@ -234,35 +244,55 @@ class MemoryLoopTrainer:
             for utt, gold in zip(conv.utterances, conv.labels, strict=True):
                 step = labeler.prepare(utt, slots, history)
                 slot = memory.slot_for(step.speaker_slot)
-                self._set_backbone_trainable(False)  # a write moves the adapter only
-                memory.write(slot, step.input_ids, labeler.write_labels(step.ids, step.start_of_utt), emotion_ids)  # fmt: skip
-                self._set_backbone_trainable(True)
-                memory.activate(slot)
-                logits = self.model.model(input_ids=step.input_ids, logits_to_keep=1).logits
-                emotion = logits[0, -1, emotion_ids].float()
-                label = self.model.vocab.labels[int(emotion.argmax())]
-                if gold >= 0:
-                    loss = F.cross_entropy(
-                        emotion[None], torch.tensor([gold], device=emotion.device)
-                    )
-                    (loss / self.config.utterances_per_step).backward()
-                    losses["read"].append(loss.item())
-                    self._pending += 1
-                    if self._pending >= self.config.utterances_per_step:
-                        self._update(total_updates, started)
-                        if (
-                            streams
-                            and self.plain is not None
-                            and self.config.plain_every
-                            and (self._updates % self.config.plain_every == 0)
-                        ):
-                            losses["plain"].append(
-                                self._plain_step(streams, rng, total_updates, started)
-                            )
+                if not read_first:
+                    self._write(slot, step)
+                label = self._read(slot, step, gold, losses, streams, rng, total_updates, started)
+                if read_first:
+                    self._write(slot, step)
                 labeler.remember(history, step.tokens, label)
         finally:
             memory.reset()
         return losses
+
+    def _write(self, slot: int, step: PreparedUtterance) -> None:
+        """The labeling loop's write, with the backbone frozen: it moves the adapter only."""
+        self._set_backbone_trainable(False)
+        labels = self.labeler.write_labels(step.ids, step.start_of_utt)
+        self.memory.write(slot, step.input_ids, labels, list(self.model.vocab.emotion_ids))
+        self._set_backbone_trainable(True)
+
+    def _read(
+        self,
+        slot: int,
+        step: PreparedUtterance,
+        gold: int,
+        losses: dict[str, list[float]],
+        streams: Sequence[ConversationStream],
+        rng: np.random.Generator,
+        total_updates: int,
+        started: float,
+    ) -> str:
+        """Read the emotion with the memory on; its loss goes back into the backbone now.
+
+        The backward pass runs before the next write changes the adapter in place. Returns
+        the predicted label (for a history that carries predicted labels).
+        """
+        self.memory.activate(slot)
+        logits = self.model.model(input_ids=step.input_ids, logits_to_keep=1).logits
+        emotion = logits[0, -1, list(self.model.vocab.emotion_ids)].float()
+        label = self.model.vocab.labels[int(emotion.argmax())]
+        if gold < 0:
+            return label
+        loss = F.cross_entropy(emotion[None], torch.tensor([gold], device=emotion.device))
+        (loss / self.config.utterances_per_step).backward()
+        losses["read"].append(loss.item())
+        self._pending += 1
+        if self._pending >= self.config.utterances_per_step:
+            self._update(total_updates, started)
+            every = self.config.plain_every
+            if streams and self.plain is not None and every and self._updates % every == 0:
+                losses["plain"].append(self._plain_step(streams, rng, total_updates, started))
+        return label
 
     def _plain_step(
         self,

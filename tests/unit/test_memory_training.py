@@ -51,12 +51,16 @@ def backbone_state(model: EmotionModel) -> dict[str, torch.Tensor]:
     }
 
 
-def test_reads_train_the_backbone() -> None:
+@pytest.mark.parametrize("write_target", ["audio", "audio+prediction"])
+def test_reads_train_the_backbone(write_target: str) -> None:
+    # audio+prediction reads first (the memory of earlier turns), then writes: the read's
+    # backward must run before the write changes the adapter in place.
     model = EmotionModel.random(seed=1)
     convs = [toy_conversation(s) for s in range(4)]
     loop = MemoryLoopConfig(epochs=6, lr=1e-2, warmup_steps=0, utterances_per_step=4,
                             plain_every=0, window_tokens=32)  # fmt: skip
-    trainer = MemoryLoopTrainer(model, MEMORY, loop)
+    memory = MemoryConfig(lr=1e-2, scope="speaker", write_target=write_target)
+    trainer = MemoryLoopTrainer(model, memory, loop)
     history = trainer.train(convs, progress=False)
     assert len(history) == 6
     assert history[-1]["L_read"] < 0.6 * history[0]["L_read"], history
