@@ -212,7 +212,9 @@ class ConversationLabeler:
                     self.memory.enable(False)  # the backbone's own answer on the same input
                     with torch.no_grad():
                         base = self.model.emotion_probs(input_ids)[0]
-                if self.memory is not None and cfg.memory.steps_per_utterance:
+                if self.memory is not None and cfg.memory.write_target == "prior":
+                    read = self._prior_read(step)
+                elif self.memory is not None and cfg.memory.steps_per_utterance:
                     labels = self.write_labels(ids, step.start_of_utt)
                     read = self.memory.write(
                         self.memory.slot_for(speaker_slot), input_ids, labels, self._emotion_ids
@@ -269,6 +271,31 @@ class ConversationLabeler:
             history.append(self.vocab.emotion_token(label))
         if len(history) > 2 * keep:
             del history[: len(history) - keep]
+
+    def _prior_read(self, step: PreparedUtterance) -> torch.Tensor:
+        """``prior`` memory: the backbone's read of the utterance times its speaker's prior.
+
+        One pass with the memory off gives the backbone's read at ``<audio_end>`` and its
+        logits at the utterance's speaker token; the write (history + speaker token, memory
+        on) gives the prior from the speaker's earlier turns and then learns this read.
+        """
+        memory = self.memory
+        if memory is None:  # pragma: no cover - only called in dpm mode
+            raise ConfigError("the prior read needs dpm mode")
+        memory.enable(False)
+        positions = torch.tensor([step.start_of_utt, len(step.ids) - 1], device=self.model.device)
+        with torch.no_grad():
+            logits = self.model.model(input_ids=step.input_ids, logits_to_keep=positions).logits
+        emotion = logits[0][:, self._emotion_ids].float()
+        own = torch.log_softmax(emotion[1], dim=-1)
+        prior = memory.write_prior(
+            memory.slot_for(step.speaker_slot),
+            step.input_ids[:, : step.start_of_utt + 1],
+            emotion[0],
+            own.exp(),
+            self._emotion_ids,
+        )
+        return torch.softmax(own + self.config.memory.prior_weight * prior, dim=-1)
 
     def _history_part(self, history: list[int]) -> list[int]:
         mode = self.config.mode

@@ -27,7 +27,7 @@ from torch import nn
 
 from dpm_worker.errors import ConfigError
 
-WRITE_TARGETS = ("audio", "audio+emotion", "audio+prediction")
+WRITE_TARGETS = ("audio", "audio+emotion", "audio+prediction", "prior")
 SCOPES = ("conversation", "speaker")
 INITS = ("zeros",)
 ADAPTER_PREFIX = "dpm_memory"
@@ -61,8 +61,14 @@ class MemoryConfig:
             labels; needs ``history_labels="predicted"``); ``audio+prediction`` ("sentence-level
             emotion encoding", issue 4's studies) reads the emotion first, from the memory of
             the earlier turns, then writes the audio loss plus a confidence-weighted
-            cross-entropy toward that prediction at ``<audio_end>``.
+            cross-entropy toward that prediction at ``<audio_end>``. ``prior`` (a speaker's
+            emotional state kept in parameters, see :meth:`TemporaryLoraMemory.write_prior`):
+            the adapter learns, at the utterance's speaker token, the emotions the backbone
+            read in that speaker's turns; the read multiplies the backbone's own read of the
+            utterance by that prior.
         emotion_weight: lambda of the ``audio+prediction`` emotion term.
+        prior_weight: beta of ``prior``: emitted log-probabilities are the backbone's read plus
+            beta times the prior's log-probabilities, renormalised.
         read_gate: when the backbone alone (memory off, same window) is at least this confident,
             its answer is emitted instead of the memory's; 1.0 always emits the memory's read. Measured here: a memory strong enough to fix non-expressive
             utterances also overrides clear expressive ones; this keeps those. Costs one more
@@ -94,6 +100,7 @@ class MemoryConfig:
     emotion_weight: float = 3.0
     confidence_gate: float = 0.75
     read_gate: float = 1.0
+    prior_weight: float = 1.0
     scope: str = "speaker"
     init: str = "zeros"
     seed: int = 0
@@ -133,6 +140,8 @@ class MemoryConfig:
             )
         if not 0.0 <= self.read_gate <= 1.0:
             raise ConfigError(f"memory.read_gate must be in [0, 1], got {self.read_gate}")
+        if not (math.isfinite(self.prior_weight) and self.prior_weight >= 0):
+            raise ConfigError(f"memory.prior_weight must be >= 0, got {self.prior_weight}")
         if self.scope not in SCOPES:
             raise ConfigError(f"memory.scope must be one of {SCOPES}, got {self.scope!r}")
         if self.init not in INITS:
@@ -301,6 +310,62 @@ class TemporaryLoraMemory:
                 last = self.lm(input_ids=input_ids, logits_to_keep=1).logits[0, -1]
             read = torch.softmax(last[emotion_ids].float(), dim=-1)
         return read
+
+    def write_prior(
+        self,
+        slot: int,
+        prefix_ids: torch.Tensor,
+        base_logits: torch.Tensor,
+        target: torch.Tensor,
+        emotion_ids: list[int],
+    ) -> torch.Tensor:
+        """``prior`` write: teach ``slot``'s adapter the emotion its speaker is in.
+
+        The prior is read where the utterance starts, at its speaker token (the last position
+        of ``prefix_ids``, i.e. history + ``<spk>``): it is the change the adapter makes to the
+        backbone's emotion logits there, ``delta = logits_memory - logits_backbone``. A reset
+        adapter changes nothing, so the prior of a new speaker is uniform (delta = 0). The
+        write trains ``softmax(delta)`` toward ``target`` (the backbone's own read of the
+        utterance) with ``steps_per_utterance`` AdamW steps, so the prior follows the emotions
+        read in the speaker's recent turns, at a rate set by the lr.
+
+        Args:
+            slot: the adapter slot (see ``slot_for``).
+            prefix_ids: ``[1, P]``: history window + the utterance's speaker token.
+            base_logits: ``[n_labels]`` the backbone's emotion logits at that position
+                (memory off).
+            target: ``[n_labels]`` probabilities to learn (the backbone's read of the utterance).
+            emotion_ids: the emotion tokens' ids.
+
+        Returns:
+            The prior before this write (log-probabilities, ``[n_labels]``): the memory of the
+            speaker's earlier turns only.
+        """
+        cfg = self.config
+        self.activate(slot)
+        state = self._slots[slot]
+        base = base_logits.detach().float()
+        target = target.detach().float()
+        prior: torch.Tensor | None = None
+        for _ in range(cfg.steps_per_utterance):
+            lr = self._lr(state.steps)
+            for group in state.optimizer.param_groups:
+                group["lr"] = lr
+            logits = self.lm(input_ids=prefix_ids, logits_to_keep=1).logits[0, -1, emotion_ids]
+            delta = logits.float() - base
+            if prior is None:
+                prior = torch.log_softmax(delta.detach(), dim=-1)
+            loss = -(target * torch.log_softmax(delta, dim=-1)).sum()
+            state.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            state.optimizer.step()
+            state.steps += 1
+        state.optimizer.zero_grad(set_to_none=True)
+        if prior is None:  # zero steps: read without writing
+            with torch.no_grad():
+                logits = self.lm(input_ids=prefix_ids, logits_to_keep=1).logits[0, -1, emotion_ids]
+            prior = torch.log_softmax(logits.float() - base, dim=-1)
+        return prior
 
     def _lr(self, step: int) -> float:
         warm = self.config.warmup_steps

@@ -131,6 +131,11 @@ class MemoryLoopTrainer:
         config: MemoryLoopConfig,
         plain: TrainConfig | None = None,
     ) -> None:
+        if memory.write_target == "prior":
+            raise ConfigError(
+                "the memory loop trains through audio writes; write_target 'prior' needs no "
+                "trained reader (its read is a product with the backbone's own read)"
+            )
         labeling = LabelingConfig(mode="dpm", window_tokens=config.window_tokens, memory=memory)
         self.model = model
         self.config = config

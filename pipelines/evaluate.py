@@ -34,7 +34,7 @@ from dpm_worker.labeling import (
     LabelingConfig,
     UtteranceInput,
 )
-from dpm_worker.memory import MemoryConfig
+from dpm_worker.memory import WRITE_TARGETS, MemoryConfig
 from pipelines.eval_results import (
     COMPARISONS,
     ModeResult,
@@ -95,7 +95,7 @@ def add_memory_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--memory-scope", choices=("conversation", "speaker"), default=d.scope)
     group.add_argument(
         "--memory-write-target",
-        choices=("audio", "audio+emotion", "audio+prediction"),
+        choices=WRITE_TARGETS,
         default=d.write_target,
     )
     group.add_argument("--memory-target-modules", default=",".join(d.target_modules))
@@ -103,6 +103,12 @@ def add_memory_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--memory-emotion-weight", type=float, default=d.emotion_weight)
     group.add_argument("--memory-confidence-gate", type=float, default=d.confidence_gate)
     group.add_argument("--memory-read-gate", type=float, default=d.read_gate)
+    group.add_argument(
+        "--memory-prior-weight",
+        type=float,
+        default=d.prior_weight,
+        help="beta of write target prior",
+    )
 
 
 def memory_config(args: argparse.Namespace) -> MemoryConfig:
@@ -120,6 +126,7 @@ def memory_config(args: argparse.Namespace) -> MemoryConfig:
         emotion_weight=args.memory_emotion_weight,
         confidence_gate=args.memory_confidence_gate,
         read_gate=args.memory_read_gate,
+        prior_weight=args.memory_prior_weight,
     )
 
 

@@ -302,3 +302,59 @@ def test_default_config_keeps_the_invariants() -> None:
     assert all(torch.equal(before[k], after[k]) for k in before)
     window = ConversationLabeler(make_model(), LabelingConfig(mode="window"))
     assert not np.array_equal(probs(alone), probs(window.label_conversation(b)))
+
+
+PRIOR = MemoryConfig(lr=3e-2, scope="speaker", write_target="prior")
+
+
+def test_prior_memory_starts_as_the_backbone_and_keeps_the_invariants() -> None:
+    conv = conversation(11, n=10)
+    window = ConversationLabeler(make_model(), LabelingConfig(mode="window"))
+    base = probs(window.label_conversation(conv))
+    model = make_model()
+    before = {k: v.clone() for k, v in model.model.state_dict().items()}
+    labeler = ConversationLabeler(model, LabelingConfig(mode="dpm", memory=PRIOR))
+    rows = probs(labeler.label_conversation(conv))
+    # A speaker's first turn: a reset adapter changes nothing, so the prior is uniform.
+    np.testing.assert_allclose(rows[:2], base[:2], atol=1e-5)
+    assert not np.allclose(rows[2:], base[2:], atol=1e-3)  # later turns: the prior acts
+    after = {k.replace(".base_layer", ""): v for k, v in model.model.state_dict().items()}
+    assert all(torch.equal(before[k], after[k]) for k in before)  # only adapters move
+    # Conversation A never changes conversation B, and the same seed gives the same rows.
+    labeler.label_conversation(conversation(12))
+    np.testing.assert_array_equal(probs(labeler.label_conversation(conv)), rows)
+
+
+def test_prior_memory_follows_the_speaker_reads() -> None:
+    rng = np.random.default_rng(0)
+    same = rng.integers(0, 32, size=20)
+    # Speaker a says the same thing 8 times; speaker b says random things in between.
+    conv = []
+    for i in range(16):
+        codes = same if i % 2 == 0 else rng.integers(0, 32, size=20)
+        conv.append(UtteranceInput(i, "ab"[i % 2], codes))
+    window = probs(
+        ConversationLabeler(make_model(), LabelingConfig(mode="window")).label_conversation(conv)
+    )
+    dpm = probs(
+        ConversationLabeler(
+            make_model(), LabelingConfig(mode="dpm", memory=PRIOR)
+        ).label_conversation(conv)
+    )
+    top = int(np.argmax(window[14]))
+    # The prior learnt a's reads, so the last turn is read with more confidence in that label.
+    assert dpm[14, top] > window[14, top] + 0.02
+
+
+def test_prior_weight_zero_is_the_backbone_read() -> None:
+    conv = conversation(13)
+    window = probs(
+        ConversationLabeler(make_model(), LabelingConfig(mode="window")).label_conversation(conv)
+    )
+    off = replace(PRIOR, prior_weight=0.0)
+    dpm = probs(
+        ConversationLabeler(
+            make_model(), LabelingConfig(mode="dpm", memory=off)
+        ).label_conversation(conv)
+    )
+    np.testing.assert_allclose(dpm, window, atol=1e-5)
