@@ -283,17 +283,18 @@ class ConversationLabeler:
         if memory is None:  # pragma: no cover - only called in dpm mode
             raise ConfigError("the prior read needs dpm mode")
         memory.enable(False)
-        positions = torch.tensor([step.start_of_utt, len(step.ids) - 1], device=self.model.device)
+        start = step.start_of_utt
+        alone = self.config.memory.prior_input == "speaker"
+        prefix = step.input_ids[:, start : start + 1] if alone else step.input_ids[:, : start + 1]
+        positions = torch.tensor([start, len(step.ids) - 1], device=self.model.device)
         with torch.no_grad():
             logits = self.model.model(input_ids=step.input_ids, logits_to_keep=positions).logits
-        emotion = logits[0][:, self._emotion_ids].float()
+            emotion = logits[0][:, self._emotion_ids].float()
+            if alone:  # the backbone at the speaker token with no context
+                emotion[0] = self.model.model(input_ids=prefix).logits[0, -1, self._emotion_ids]
         own = torch.log_softmax(emotion[1], dim=-1)
         prior = memory.write_prior(
-            memory.slot_for(step.speaker_slot),
-            step.input_ids[:, : step.start_of_utt + 1],
-            emotion[0],
-            own.exp(),
-            self._emotion_ids,
+            memory.slot_for(step.speaker_slot), prefix, emotion[0], own.exp(), self._emotion_ids
         )
         return torch.softmax(own + self.config.memory.prior_weight * prior, dim=-1)
 

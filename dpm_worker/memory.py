@@ -29,6 +29,7 @@ from dpm_worker.errors import ConfigError
 
 WRITE_TARGETS = ("audio", "audio+emotion", "audio+prediction", "prior")
 SCOPES = ("conversation", "speaker")
+PRIOR_INPUTS = ("speaker", "history")
 INITS = ("zeros",)
 ADAPTER_PREFIX = "dpm_memory"
 # Adapter names are unique per memory object, so two memories on one backbone (e.g. a sweep
@@ -69,6 +70,10 @@ class MemoryConfig:
         emotion_weight: lambda of the ``audio+prediction`` emotion term.
         prior_weight: beta of ``prior``: emitted log-probabilities are the backbone's read plus
             beta times the prior's log-probabilities, renormalised.
+        prior_input: where ``prior`` reads and writes the prior: ``speaker``, the speaker token
+            alone (the prior lives in the parameters only: a per-speaker state, the same
+            whatever was said last), or ``history``, the speaker token after the history
+            window (the prior also depends on the context).
         read_gate: when the backbone alone (memory off, same window) is at least this confident,
             its answer is emitted instead of the memory's; 1.0 always emits the memory's read. Measured here: a memory strong enough to fix non-expressive
             utterances also overrides clear expressive ones; this keeps those. Costs one more
@@ -101,6 +106,7 @@ class MemoryConfig:
     confidence_gate: float = 0.75
     read_gate: float = 1.0
     prior_weight: float = 1.0
+    prior_input: str = "speaker"
     scope: str = "speaker"
     init: str = "zeros"
     seed: int = 0
@@ -142,6 +148,10 @@ class MemoryConfig:
             raise ConfigError(f"memory.read_gate must be in [0, 1], got {self.read_gate}")
         if not (math.isfinite(self.prior_weight) and self.prior_weight >= 0):
             raise ConfigError(f"memory.prior_weight must be >= 0, got {self.prior_weight}")
+        if self.prior_input not in PRIOR_INPUTS:
+            raise ConfigError(
+                f"memory.prior_input must be one of {PRIOR_INPUTS}, got {self.prior_input!r}"
+            )
         if self.scope not in SCOPES:
             raise ConfigError(f"memory.scope must be one of {SCOPES}, got {self.scope!r}")
         if self.init not in INITS:
@@ -331,7 +341,8 @@ class TemporaryLoraMemory:
 
         Args:
             slot: the adapter slot (see ``slot_for``).
-            prefix_ids: ``[1, P]``: history window + the utterance's speaker token.
+            prefix_ids: ``[1, P]`` ending in the utterance's speaker token (the token alone, or
+                after the history window: ``prior_input``).
             base_logits: ``[n_labels]`` the backbone's emotion logits at that position
                 (memory off).
             target: ``[n_labels]`` probabilities to learn (the backbone's read of the utterance).
@@ -389,6 +400,8 @@ class TemporaryLoraMemory:
         with warnings.catch_warnings():
             # peft warns that a second adapter joins the first: that is the speaker scope.
             warnings.filterwarnings("ignore", message=".*peft_config.*")
+            # An adapter on a tied lm_head: peft warns about merging; a memory is never merged.
+            warnings.filterwarnings("ignore", message=".*tie_word_embeddings.*")
             try:
                 inject_adapter_in_model(lora, self.lm, adapter_name=name)
             except ValueError as exc:  # peft's "target modules not found"

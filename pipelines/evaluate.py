@@ -34,7 +34,7 @@ from dpm_worker.labeling import (
     LabelingConfig,
     UtteranceInput,
 )
-from dpm_worker.memory import WRITE_TARGETS, MemoryConfig
+from dpm_worker.memory import PRIOR_INPUTS, WRITE_TARGETS, MemoryConfig
 from pipelines.eval_results import (
     COMPARISONS,
     ModeResult,
@@ -104,6 +104,10 @@ def add_memory_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--memory-confidence-gate", type=float, default=d.confidence_gate)
     group.add_argument("--memory-read-gate", type=float, default=d.read_gate)
     group.add_argument(
+        "--memory-prior-input", choices=PRIOR_INPUTS, default=d.prior_input,
+        help="where write target prior keeps its prior",
+    )  # fmt: skip
+    group.add_argument(
         "--memory-prior-weight",
         type=float,
         default=d.prior_weight,
@@ -127,6 +131,7 @@ def memory_config(args: argparse.Namespace) -> MemoryConfig:
         confidence_gate=args.memory_confidence_gate,
         read_gate=args.memory_read_gate,
         prior_weight=args.memory_prior_weight,
+        prior_input=args.memory_prior_input,
     )
 
 

@@ -307,13 +307,15 @@ def test_default_config_keeps_the_invariants() -> None:
 PRIOR = MemoryConfig(lr=3e-2, scope="speaker", write_target="prior")
 
 
-def test_prior_memory_starts_as_the_backbone_and_keeps_the_invariants() -> None:
+@pytest.mark.parametrize("prior_input", ["speaker", "history"])
+def test_prior_memory_starts_as_the_backbone_and_keeps_the_invariants(prior_input: str) -> None:
     conv = conversation(11, n=10)
     window = ConversationLabeler(make_model(), LabelingConfig(mode="window"))
     base = probs(window.label_conversation(conv))
     model = make_model()
     before = {k: v.clone() for k, v in model.model.state_dict().items()}
-    labeler = ConversationLabeler(model, LabelingConfig(mode="dpm", memory=PRIOR))
+    memory = replace(PRIOR, prior_input=prior_input)
+    labeler = ConversationLabeler(model, LabelingConfig(mode="dpm", memory=memory))
     rows = probs(labeler.label_conversation(conv))
     # A speaker's first turn: a reset adapter changes nothing, so the prior is uniform.
     np.testing.assert_allclose(rows[:2], base[:2], atol=1e-5)
