@@ -30,6 +30,7 @@ from dpm_worker.errors import ConfigError
 WRITE_TARGETS = ("audio", "audio+emotion", "audio+prediction", "prior")
 SCOPES = ("conversation", "speaker")
 PRIOR_INPUTS = ("speaker", "history")
+OPTIMIZERS = ("adamw", "sgd")
 INITS = ("zeros",)
 ADAPTER_PREFIX = "dpm_memory"
 # Adapter names are unique per memory object, so two memories on one backbone (e.g. a sweep
@@ -52,6 +53,10 @@ class MemoryConfig:
         alpha: LoRA alpha; the update is scaled by ``alpha / rank``.
         target_modules: names of the linear layers that get an adapter.
         lr: AdamW learning rate after warm-up.
+        optimizer: ``adamw`` (the paper) or ``sgd``. AdamW's first steps move every weight
+            by about ``lr`` whatever the error (a sign step); plain SGD moves the memory in
+            proportion to how wrong it is, so a ``prior`` follows the speaker's reads like a
+            running average.
         betas: AdamW betas.
         weight_decay: AdamW decoupled weight decay (pulls the memory back toward zero).
         warmup_steps: linear warm-up, counted in optimizer steps within one conversation
@@ -97,6 +102,7 @@ class MemoryConfig:
         "down_proj",
     )
     lr: float = 1e-4
+    optimizer: str = "adamw"
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0
     warmup_steps: int = 0
@@ -122,6 +128,10 @@ class MemoryConfig:
         object.__setattr__(self, "target_modules", modules)
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError(f"memory.lr must be a finite number > 0, got {self.lr}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(
+                f"memory.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}"
+            )
         betas = tuple(float(b) for b in self.betas)
         if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
             raise ConfigError(f"memory.betas must be two numbers in [0, 1), got {self.betas!r}")
@@ -165,7 +175,7 @@ class _Slot:
     name: str
     params: list[nn.Parameter]
     initial: list[torch.Tensor]
-    optimizer: torch.optim.AdamW
+    optimizer: torch.optim.Optimizer
     steps: int = 0
 
 
@@ -431,12 +441,16 @@ class TemporaryLoraMemory:
             )
         for param in params:
             param.requires_grad_(True)
-        optimizer = torch.optim.AdamW(
-            params,
-            lr=cfg.lr,
-            betas=cfg.betas,
-            weight_decay=cfg.weight_decay,
-            foreach=True,  # one fused kernel per state tensor list, not a loop per parameter
-        )
+        optimizer: torch.optim.Optimizer
+        if cfg.optimizer == "sgd":
+            optimizer = torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        else:
+            optimizer = torch.optim.AdamW(
+                params,
+                lr=cfg.lr,
+                betas=cfg.betas,
+                weight_decay=cfg.weight_decay,
+                foreach=True,  # one fused kernel per state tensor list, not a loop per parameter
+            )
         initial = [p.detach().clone() for p in params]
         return _Slot(name=name, params=params, initial=initial, optimizer=optimizer)

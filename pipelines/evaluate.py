@@ -34,7 +34,7 @@ from dpm_worker.labeling import (
     LabelingConfig,
     UtteranceInput,
 )
-from dpm_worker.memory import PRIOR_INPUTS, WRITE_TARGETS, MemoryConfig
+from dpm_worker.memory import OPTIMIZERS, PRIOR_INPUTS, WRITE_TARGETS, MemoryConfig
 from pipelines.eval_results import (
     COMPARISONS,
     ModeResult,
@@ -89,6 +89,7 @@ def add_memory_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--memory-rank", type=int, default=d.rank)
     group.add_argument("--memory-alpha", type=float, default=d.alpha)
     group.add_argument("--memory-lr", type=float, default=d.lr)
+    group.add_argument("--memory-optimizer", choices=OPTIMIZERS, default=d.optimizer)
     group.add_argument("--memory-steps", type=int, default=d.steps_per_utterance)
     group.add_argument("--memory-weight-decay", type=float, default=d.weight_decay)
     group.add_argument("--memory-warmup", type=int, default=d.warmup_steps)
@@ -120,6 +121,7 @@ def memory_config(args: argparse.Namespace) -> MemoryConfig:
         rank=args.memory_rank,
         alpha=args.memory_alpha,
         lr=args.memory_lr,
+        optimizer=args.memory_optimizer,
         steps_per_utterance=args.memory_steps,
         weight_decay=args.memory_weight_decay,
         warmup_steps=args.memory_warmup,

@@ -230,6 +230,12 @@ def test_bad_configs_and_inputs_raise_typed_errors() -> None:
         MemoryConfig(rank=0)
     with pytest.raises(ConfigError, match="everything"):
         MemoryConfig(scope="everything")
+    with pytest.raises(ConfigError, match="memory.optimizer.*lion"):
+        MemoryConfig(optimizer="lion")
+    with pytest.raises(ConfigError, match="memory.prior_input.*nowhere"):
+        MemoryConfig(prior_input="nowhere")
+    with pytest.raises(ConfigError, match="memory.prior_weight"):
+        MemoryConfig(prior_weight=-1.0)
     with pytest.raises(ConfigError, match="history_labels"):
         LabelingConfig(memory=MemoryConfig(write_target="audio+emotion"), history_labels="none")
     with pytest.raises(ConfigError, match="matched no layer"):
@@ -327,7 +333,10 @@ def test_prior_memory_starts_as_the_backbone_and_keeps_the_invariants(prior_inpu
     np.testing.assert_array_equal(probs(labeler.label_conversation(conv)), rows)
 
 
-def test_prior_memory_follows_the_speaker_reads() -> None:
+@pytest.mark.parametrize(
+    "memory", [PRIOR, replace(PRIOR, optimizer="sgd", lr=1.0, target_modules=("lm_head",))]
+)
+def test_prior_memory_follows_the_speaker_reads(memory: MemoryConfig) -> None:
     rng = np.random.default_rng(0)
     same = rng.integers(0, 32, size=20)
     # Speaker a says the same thing 8 times; speaker b says random things in between.
