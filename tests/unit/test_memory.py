@@ -129,8 +129,9 @@ def test_zero_steps_dpm_is_window_mode() -> None:
     idle = MemoryConfig(steps_per_utterance=0)
     dpm = ConversationLabeler(make_model(), LabelingConfig(mode="dpm", memory=idle))
     window = ConversationLabeler(make_model(), LabelingConfig(mode="window"))
-    assert np.array_equal(
-        probs(dpm.label_conversation(conv)), probs(window.label_conversation(conv))
+    # The prior path renormalises a uniform prior: equal up to float rounding.
+    np.testing.assert_allclose(
+        probs(dpm.label_conversation(conv)), probs(window.label_conversation(conv)), atol=1e-6
     )
 
 
