@@ -27,6 +27,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("pipelines.train_backbone", "train the emotion speech-LLM backbone"),
     "eval": ("pipelines.evaluate", "label a gold-labelled manifest in-process and report metrics"),
     "label": ("pipelines.label_corpus", "the Ray job: label a corpus into Parquet emotion tables"),
+    "merge": (
+        "pipelines.merge_manifests",
+        "join several manifests into one (ids tagged so they cannot collide)",
+    ),
     "compact": ("pipelines.compact_tables", "merge a run's per-conversation files into large ones"),
     "report": ("pipelines.report_run", "render an HTML report of a labeling run"),
     "bench": (
