@@ -133,8 +133,10 @@ class MemoryLoopTrainer:
     ) -> None:
         if memory.write_target == "prior":
             raise ConfigError(
-                "the memory loop trains through audio writes; write_target 'prior' needs no "
-                "trained reader (its read is a product with the backbone's own read)"
+                "the memory loop trains the backbone to read audio or audio+prediction writes; "
+                "set memory.write_target: audio (and e.g. optimizer: adamw, lr: 0.001) in the "
+                "memory section. The default 'prior' memory needs no trained reader: its read "
+                "is a product with the backbone's own read"
             )
         labeling = LabelingConfig(mode="dpm", window_tokens=config.window_tokens, memory=memory)
         self.model = model

@@ -8,6 +8,17 @@ import uuid
 import pytest
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models run fastest on one thread, and the machine is shared; restored after."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def local_s3():
     """A moto S3 server on loopback for the whole session, with dummy credentials exported."""

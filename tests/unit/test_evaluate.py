@@ -9,19 +9,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
-import torch
 
 from dpm_worker.backbone import EmotionModel, save_model
 from dpm_worker.vocab import DEFAULT_LABELS
 from pipelines import cli
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -20,15 +21,12 @@ from dpm_worker.memory_training import (
 )
 from dpm_worker.training import TrainConfig, build_stream
 
-MEMORY = MemoryConfig(lr=1e-2, scope="speaker")
+MEMORY = MemoryConfig(
+    lr=1e-2, scope="speaker", write_target="audio", optimizer="adamw", steps_per_utterance=1
+)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def toy_conversation(seed: int, n: int = 10) -> TrainingConversation:
@@ -59,7 +57,7 @@ def test_reads_train_the_backbone(write_target: str) -> None:
     convs = [toy_conversation(s) for s in range(4)]
     loop = MemoryLoopConfig(epochs=6, lr=1e-2, warmup_steps=0, utterances_per_step=4,
                             plain_every=0, window_tokens=32)  # fmt: skip
-    memory = MemoryConfig(lr=1e-2, scope="speaker", write_target=write_target)
+    memory = replace(MEMORY, write_target=write_target)
     trainer = MemoryLoopTrainer(model, memory, loop)
     history = trainer.train(convs, progress=False)
     assert len(history) == 6
@@ -147,6 +145,11 @@ def test_training_conversation_maps_labels_and_unlabelled_rows() -> None:
 def test_bad_settings_name_the_field(field: str, value) -> None:
     with pytest.raises(ConfigError, match=f"memory_loop.{field}"):
         MemoryLoopConfig(**{field: value})
+
+
+def test_the_prior_memory_is_refused_with_the_fix_named() -> None:
+    with pytest.raises(ConfigError, match="write_target: audio"):
+        MemoryLoopTrainer(EmotionModel.random(seed=9), MemoryConfig(), MemoryLoopConfig())
 
 
 def test_train_config_accepts_the_memory_loop_sections(tmp_path) -> None:
