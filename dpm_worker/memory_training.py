@@ -34,7 +34,7 @@ from dpm_worker.labeling import (
     PreparedUtterance,
     UtteranceInput,
 )
-from dpm_worker.memory import MemoryConfig
+from dpm_worker.memory import MemoryConfig, TemporaryLoraMemory
 from dpm_worker.training import (
     AuxHeads,
     ConversationStream,
@@ -145,11 +145,11 @@ class MemoryLoopTrainer:
         # A clean copy before the adapters go in: checkpoints are saved from it.
         self._clean_lm = copy.deepcopy(model.model)
         self.labeler = ConversationLabeler(model, labeling)
-        memory = self.labeler.memory
-        if memory is None:  # pragma: no cover - mode dpm always builds one
+        adapters = self.labeler.memory
+        if adapters is None:  # pragma: no cover - mode dpm always builds one
             raise ConfigError("dpm labeling built no memory")
-        self.memory = memory
-        adapter = {id(p) for p in memory.trainable_parameters()}
+        self.memory: TemporaryLoraMemory = adapters
+        adapter = {id(p) for p in adapters.trainable_parameters()}
         self.backbone_params = [p for p in model.model.parameters() if id(p) not in adapter]
         hidden = int(model.model.get_input_embeddings().weight.size(1))  # type: ignore[operator]
         self.aux = (

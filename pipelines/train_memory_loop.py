@@ -52,7 +52,7 @@ def run_memory_loop(
     best: dict[str, Any] = {"ua": -1.0}
 
     def on_epoch(epoch: float) -> None:
-        metrics = trainer.validate(val_convs)
+        metrics: dict[str, Any] = dict(trainer.validate(val_convs))
         metrics.update(epoch=epoch, minutes=round((time.monotonic() - started) / 60, 2))
         record["memory_loop"]["evals"].append(metrics)
         log.info(
