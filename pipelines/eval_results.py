@@ -82,7 +82,7 @@ def score(result: ModeResult, labels: tuple[str, ...], bin_width: int, n_boot: i
     out["ms_per_utterance"] = float(np.mean(result.ms)) if result.ms else None
     positions = np.asarray(_pick(result.position, idx))
     bins = position_bins(int(positions.max()) if len(positions) else 0, bin_width)
-    rows = by_position(positions, gold, pred, labels, bins)
+    rows = by_position(positions.tolist(), gold, pred, labels, bins)
     all_pos = np.asarray(result.position)
     ms = np.asarray(result.ms)
     for row in rows:

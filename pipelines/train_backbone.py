@@ -199,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
     record: dict[str, Any] = {
         "command": "dpm train " + shlex.join(sys.argv[2:] if sys.argv[1:2] == ["train"] else sys.argv[1:]),
         "corpus": args.corpus,
-        "config": {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in settings.items()},
+        "config": {k: _as_record(v) for k, v in settings.items()},
         "split": {"train_conversations": len(train_streams), "validation_conversations": len(val_streams),
                   "train_utterances": sum(len(s.ends) for s in train_streams),
                   "validation_utterances": sum(len(s.ends) for s in val_streams)},
@@ -213,7 +213,7 @@ def run(args: argparse.Namespace) -> int:
         return run_memory_loop(
             args, settings, model, grouped, train_streams, val_streams, record, started
         )
-    best = {"score": -1.0}
+    best: dict[str, Any] = {"score": -1.0}
 
     def on_eval(step: int, epoch: float) -> None:
         metrics = validate(model, val_streams, cfg.window_tokens)
@@ -257,6 +257,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _as_record(value: Any) -> Any:
+    """A settings value as JSON-able data (dataclass configs become dicts)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return value
+
+
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
@@ -287,7 +294,9 @@ def setup_model(args: argparse.Namespace, settings: dict, tokenizer) -> tuple[Em
         return _wrap(lm, vocab, tokenizer, model_cfg, None), None
     from peft import LoraConfig, get_peft_model
 
-    lm, text_tokenizer, vocab = extend_base_model(args.base_model, labels, tokenizer.vocab_size)
+    base_lm, text_tokenizer, vocab = extend_base_model(
+        args.base_model, labels, tokenizer.vocab_size
+    )
     lora: LoraSettings = settings["lora"]
     # New token rows must learn from scratch: the embedding and head are trained in full
     # (modules_to_save), the transformer body through LoRA as the paper.
@@ -295,7 +304,7 @@ def setup_model(args: argparse.Namespace, settings: dict, tokenizer) -> tuple[Em
         r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules="all-linear",
         modules_to_save=["embed_tokens", "lm_head"], task_type="CAUSAL_LM",
     )  # fmt: skip
-    peft_model = get_peft_model(lm, peft_config)
+    peft_model = get_peft_model(base_lm, peft_config)
     return _wrap(peft_model, vocab, tokenizer, model_cfg, text_tokenizer), lora
 
 
@@ -351,5 +360,5 @@ def save(model: EmotionModel, lora: LoraSettings | None, out: str, record: dict)
         return
     import copy
 
-    merged = copy.deepcopy(model.model).merge_and_unload()
+    merged = copy.deepcopy(model.model).merge_and_unload()  # type: ignore[operator]  # a PeftModel
     save_model(dataclasses.replace(model, model=merged), out, extra_files=extra)
