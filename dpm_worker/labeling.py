@@ -13,7 +13,9 @@ dpm        ``history[-n_r:] + tokens_i``                    write, then read
 =========  ===============================================  =======================
 
 ``tokens_i`` is ``<spk> audio... <audio_end>``; the emotion is always read at ``<audio_end>``
-(the last input position).
+(the last input position). In ``dpm`` mode with the default ``prior`` memory the emitted read
+is the backbone's read of that input times the speaker's prior, which is read from the memory
+of the speaker's earlier turns before this utterance is written into it (``memory.py``).
 
 Truncation rule: an input longer than the model's ``max_context`` loses tokens from the left:
 first the oldest history tokens, then, if the utterance alone is too long, its first audio
@@ -287,11 +289,14 @@ class ConversationLabeler:
         alone = self.config.memory.prior_input == "speaker"
         prefix = step.input_ids[:, start : start + 1] if alone else step.input_ids[:, : start + 1]
         positions = torch.tensor([start, len(step.ids) - 1], device=self.model.device)
+        if alone:  # the speaker token is read with no context: only <audio_end> is needed here
+            positions = positions[1:]
         with torch.no_grad():
             logits = self.model.model(input_ids=step.input_ids, logits_to_keep=positions).logits
             emotion = logits[0][:, self._emotion_ids].float()
-            if alone:  # the backbone at the speaker token with no context
-                emotion[0] = self.model.model(input_ids=prefix).logits[0, -1, self._emotion_ids]
+            if alone:  # the backbone at the speaker token alone
+                at_spk = self.model.model(input_ids=prefix).logits[0, -1, self._emotion_ids]
+                emotion = torch.stack([at_spk.float(), emotion[0]])
         own = torch.log_softmax(emotion[1], dim=-1)
         prior = memory.write_prior(
             memory.slot_for(step.speaker_slot), prefix, emotion[0], own.exp(), self._emotion_ids
