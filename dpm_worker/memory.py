@@ -154,7 +154,7 @@ class TemporaryLoraMemory:
         labels: torch.Tensor,
         emotion_ids: list[int] | None = None,
     ) -> torch.Tensor | None:
-        """Train ``slot``'s adapter ``steps_per_utterance`` AdamW steps on one input.
+        """Train ``slot``'s adapter ``steps_per_utterance`` optimizer steps on one input.
 
         Args:
             slot: the adapter slot (see ``slot_for``).
@@ -188,9 +188,6 @@ class TemporaryLoraMemory:
         targets = labels[:, first:].reshape(-1)
         read: torch.Tensor | None = None
         for _ in range(cfg.steps_per_utterance):
-            lr = self._lr(state.steps)
-            for group in state.optimizer.param_groups:
-                group["lr"] = lr
             logits = self.lm(input_ids=input_ids, logits_to_keep=keep).logits[0]
             # logits[j] sits at position first - 1 + j and predicts the token at first + j.
             loss = nn.functional.cross_entropy(logits[:-1].float(), targets, ignore_index=-100)
@@ -203,11 +200,7 @@ class TemporaryLoraMemory:
                     loss = loss + cfg.emotion_weight * confidence * nn.functional.cross_entropy(
                         emotion, label
                     )
-            state.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            state.optimizer.step()
-            state.steps += 1
-        state.optimizer.zero_grad(set_to_none=True)
+            self._step(state, loss)
         if encode and read is None:  # zero steps: read without writing
             with torch.no_grad():
                 last = self.lm(input_ids=input_ids, logits_to_keep=1).logits[0, -1]
@@ -229,7 +222,7 @@ class TemporaryLoraMemory:
         backbone's emotion logits there, ``delta = logits_memory - logits_backbone``. A reset
         adapter changes nothing, so the prior of a new speaker is uniform (delta = 0). The
         write trains ``softmax(delta)`` toward ``target`` (the backbone's own read of the
-        utterance) with ``steps_per_utterance`` AdamW steps, so the prior follows the emotions
+        utterance) with ``steps_per_utterance`` optimizer steps, so the prior follows the emotions
         read in the speaker's recent turns, at a rate set by the lr.
 
         Args:
@@ -252,24 +245,27 @@ class TemporaryLoraMemory:
         target = target.detach().float()
         prior: torch.Tensor | None = None
         for _ in range(cfg.steps_per_utterance):
-            lr = self._lr(state.steps)
-            for group in state.optimizer.param_groups:
-                group["lr"] = lr
             logits = self.lm(input_ids=prefix_ids, logits_to_keep=1).logits[0, -1, emotion_ids]
             delta = logits.float() - base
             if prior is None:
                 prior = torch.log_softmax(delta.detach(), dim=-1)
-            loss = -(target * torch.log_softmax(delta, dim=-1)).sum()
-            state.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            state.optimizer.step()
-            state.steps += 1
-        state.optimizer.zero_grad(set_to_none=True)
+            self._step(state, -(target * torch.log_softmax(delta, dim=-1)).sum())
         if prior is None:  # zero steps: read without writing
             with torch.no_grad():
                 logits = self.lm(input_ids=prefix_ids, logits_to_keep=1).logits[0, -1, emotion_ids]
             prior = torch.log_softmax(logits.float() - base, dim=-1)
         return prior
+
+    def _step(self, state: _Slot, loss: torch.Tensor) -> None:
+        """One optimizer step of ``state``'s adapter on ``loss`` (warm-up lr; grads freed)."""
+        for group in state.optimizer.param_groups:
+            group["lr"] = self._lr(state.steps)
+        # Cleared first too: a caller's backward pass may have left gradients on the adapter.
+        state.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        state.optimizer.step()
+        state.optimizer.zero_grad(set_to_none=True)
+        state.steps += 1
 
     def _lr(self, step: int) -> float:
         warm = self.config.warmup_steps

@@ -34,16 +34,16 @@ class MemoryConfig:
         rank: LoRA rank r.
         alpha: LoRA alpha; the update is scaled by ``alpha / rank``.
         target_modules: names of the linear layers that get an adapter.
-        lr: AdamW learning rate after warm-up.
+        lr: the optimizer's learning rate after warm-up.
         optimizer: ``adamw`` (the paper) or ``sgd``. AdamW's first steps move every weight
             by about ``lr`` whatever the error (a sign step); plain SGD moves the memory in
             proportion to how wrong it is, so a ``prior`` follows the speaker's reads like a
             running average.
         betas: AdamW betas.
-        weight_decay: AdamW decoupled weight decay (pulls the memory back toward zero).
+        weight_decay: weight decay (decoupled in AdamW; pulls the memory back toward zero).
         warmup_steps: linear warm-up, counted in optimizer steps within one conversation
             (per speaker in ``speaker`` scope); 0 means the full lr from the first step.
-        steps_per_utterance: k, the AdamW steps of each write.
+        steps_per_utterance: k, the optimizer steps of each write.
         write_target: ``audio`` trains on the utterance's audio tokens; ``audio+emotion`` also
             trains on the emotion tokens the history window carries (previously predicted
             labels; needs ``history_labels="predicted"``); ``audio+prediction`` ("sentence-level
@@ -62,9 +62,10 @@ class MemoryConfig:
             whatever was said last), or ``history``, the speaker token after the history
             window (the prior also depends on the context).
         read_gate: when the backbone alone (memory off, same window) is at least this confident,
-            its answer is emitted instead of the memory's; 1.0 always emits the memory's read. Measured here: a memory strong enough to fix non-expressive
-            utterances also overrides clear expressive ones; this keeps those. Costs one more
-            forward pass per utterance when below 1.0.
+            its answer is emitted instead of the memory's; 1.0 always emits the memory's read.
+            Measured here: a memory strong enough to fix non-expressive utterances also
+            overrides clear expressive ones; this keeps those. Costs one more forward pass per
+            utterance when below 1.0.
         confidence_gate: ``audio+prediction`` writes the emotion term only when the read's
             top probability reaches this (a confident prediction is less likely an error).
         scope: ``conversation`` (one adapter, the paper) or ``speaker`` (one per speaker).
