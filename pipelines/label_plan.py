@@ -99,9 +99,22 @@ def prepare(config: LabelJobConfig, worker_class: type = ConversationWorker) -> 
     first = next(conversations, None)  # the first pass checks columns and value types
     check_writable(config.output)
     run_id = config.run_id or (f"nightly-{new_run_id()}" if config.incremental else new_run_id())
-    probe = RunTables(config.output, _run_info(config, run_id, "2000-01-01", model))
-    record = probe.read_record("run.json")
     public = public_config(config)
+    # run_date is known only once run.json is read; the placeholder never reaches a file.
+    probe = RunTables(
+        config.output,
+        RunInfo(
+            run_id=run_id,
+            run_date="2000-01-01",
+            labels=model["labels"],
+            mode=config.labeling.mode,
+            model_id=model["model_id"],
+            model_fingerprint=model["fingerprint"],
+            code_version=code_version(),
+            config=public,
+        ),
+    )
+    record = probe.read_record("run.json")
     if record is None:
         run_date = dt.datetime.now(dt.UTC).date().isoformat()
     else:
@@ -116,7 +129,7 @@ def prepare(config: LabelJobConfig, worker_class: type = ConversationWorker) -> 
                     f"run {run_id} was started with {key}={record.get(key)!r}, now {now!r}; "
                     "use a new --run-id"
                 )
-    run = _run_info(config, run_id, run_date, model)
+    run = dataclasses.replace(probe.run, run_date=run_date)
     tables = RunTables(config.output, run)
     if record is None:
         tables.write_record(
@@ -177,16 +190,3 @@ def _absolute_paths(config: LabelJobConfig) -> LabelJobConfig:
         if (value := getattr(config, name)) and not is_remote(value)
     }
     return dataclasses.replace(config, **changes)
-
-
-def _run_info(config: LabelJobConfig, run_id: str, run_date: str, model: dict) -> RunInfo:
-    return RunInfo(
-        run_id=run_id,
-        run_date=run_date,
-        labels=model["labels"],
-        mode=config.labeling.mode,
-        model_id=model["model_id"],
-        model_fingerprint=model["fingerprint"],
-        code_version=code_version(),
-        config=public_config(config),
-    )
