@@ -49,6 +49,7 @@ __all__ = [
     "iter_conversations",
     "manifest_fingerprint",
     "read_manifest",
+    "resolve_audio",
     "row_problems",
     "to_rows",
     "validate_manifest",
@@ -58,7 +59,8 @@ __all__ = [
 # --------------------------------------------------------------------------- reading
 
 
-def _resolve_audio(table: pa.Table, base_dir: str) -> pa.Table:
+def resolve_audio(table: pa.Table, base_dir: str) -> pa.Table:
+    """``audio_uri`` made absolute against the manifest's folder ``base_dir`` (nulls kept)."""
     position = table.schema.get_field_index("audio_uri")
     # Many rows share one recording: resolve each distinct value once.
     cache: dict[str, str] = {}
@@ -93,7 +95,7 @@ def read_manifest(
     """
     source = ManifestSource(uri, endpoint_url)
     table = validate_manifest(source.read(), source.uri, labels)
-    table = _resolve_audio(table, source.base_dir)
+    table = resolve_audio(table, source.base_dir)
     return table.sort_by([("conversation_id", "ascending"), ("utterance_index", "ascending")])
 
 
@@ -151,7 +153,7 @@ def iter_conversations(
     for raw in source.tables(None, batch_rows):
         table = cast_manifest(raw, uri, row_offset=offset)
         offset += raw.num_rows
-        for row in to_rows(_resolve_audio(table, source.base_dir)):
+        for row in to_rows(resolve_audio(table, source.base_dir)):
             key = row.conversation_id or ""
             bucket = pending.setdefault(key, [])
             bucket.append(row)

@@ -27,9 +27,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dpm_worker.errors import BadInputError, ConfigError
-from dpm_worker.manifest import ManifestSource, validate_manifest, write_manifest
+from dpm_worker.manifest import (
+    ManifestSource,
+    resolve_audio,
+    validate_manifest,
+    write_manifest,
+)
 from dpm_worker.manifest_schema import MANIFEST_SCHEMA
-from dpm_worker.storage import resolve_relative
 
 log = logging.getLogger("dpm.merge")
 
@@ -117,7 +121,7 @@ def merge_manifests(
         source = ManifestSource(corpus, endpoint_url)
         # validate_manifest keeps file order (read_manifest would sort the rows).
         table = validate_manifest(source.read(), source.uri)
-        table = _resolve_audio(table, source.base_dir)
+        table = resolve_audio(table, source.base_dir)
         table = _tag_ids(table, tag)
         tagged.append((tag, table))
         conversations = pc.count_distinct(table.column("conversation_id")).as_py()
@@ -167,17 +171,6 @@ def merged_schema(tables: list[tuple[str, pa.Table]]) -> pa.Schema:
         if any(name not in table.column_names for _, table in tables):
             extras[name] = field.with_nullable(True)
     return pa.schema(list(MANIFEST_SCHEMA) + list(extras.values()))
-
-
-def _resolve_audio(table: pa.Table, base_dir: str) -> pa.Table:
-    """``audio_uri`` made absolute against the manifest's folder (each distinct value once)."""
-    position = table.schema.get_field_index("audio_uri")
-    cache: dict[str, str] = {}
-    resolved = [
-        cache[uri] if uri in cache else cache.setdefault(uri, resolve_relative(uri, base_dir))
-        for uri in table.column(position).to_pylist()
-    ]
-    return table.set_column(position, table.schema.field(position), pa.array(resolved, pa.string()))
 
 
 def _tag_ids(table: pa.Table, tag: str) -> pa.Table:
