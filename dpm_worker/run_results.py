@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dpm_worker.errors import BadInputError, StorageError
-from dpm_worker.storage import get_filesystem, join_uri, redact
+from dpm_worker.storage import get_filesystem, join_uri, list_names, redact
 from dpm_worker.tables import EMOTIONS, ERRORS, RUNS_DIR, SUCCESS_NAME, probability_column
 
 _FETCH_BATCH = 256  # files fetched per batched request
@@ -65,15 +65,8 @@ def split_run_uri(uri: str) -> tuple[str, str | None]:
 
 def list_runs(output_uri: str, endpoint_url: str | None = None) -> list[dict[str, Any]]:
     """The runs recorded under ``output_uri``: run id, run_date, committed, finished_at."""
-    fs, path = get_filesystem(join_uri(output_uri, RUNS_DIR), endpoint_url)
-    try:
-        fs.invalidate_cache()
-        names = fs.ls(path, detail=False) if fs.exists(path) else []
-    except OSError as exc:
-        raise StorageError(f"cannot list the runs in {redact(output_uri)}: {exc}") from exc
     runs = []
-    for name in names:
-        run_id = name.rstrip("/").rsplit("/", 1)[-1]
+    for run_id in list_names(join_uri(output_uri, RUNS_DIR), endpoint_url):
         if run_id.startswith("."):
             continue  # write probes and temporary files
         record = _read_json(join_uri(output_uri, RUNS_DIR, run_id, "run.json"), endpoint_url)
