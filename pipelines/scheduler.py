@@ -91,11 +91,11 @@ class Progress:
         total = f"/{self.total_rows}" if self.total_rows is not None else ""
         return (
             f"progress: {self.labeled + self.failed} conversations done ({self.failed} failed, "
-            f"{self.skipped} skipped, {self.unchanged} unchanged), {self.rows_done + self.rows_skipped}{total} rows, "
+            f"{self.skipped} skipped, {self.unchanged} unchanged), "
+            f"{self.rows_done + self.rows_skipped}{total} rows, "
             f"{self.utterances} utterances labeled, {self.audio_s / 3600:.3f} h audio, "
             f"{rate:.2f} audio-h/h, ETA {eta}, actor deaths {self.actor_deaths}, "
-            f"given up {self.lost}, "
-            f"elapsed {_clock(elapsed)}"
+            f"given up {self.lost}, elapsed {_clock(elapsed)}"
         )
 
 
