@@ -15,6 +15,19 @@ class ConfigError(DpmError, ValueError):
     """A configuration value or a command-line argument is invalid."""
 
 
+def check_fields(section: str, config: object, checks: dict[str, bool]) -> None:
+    """Raise a ConfigError naming the first failed check as ``section.field`` with its value.
+
+    Args:
+        section: the config section name (as in YAML), e.g. ``train``.
+        config: the config object whose fields were checked.
+        checks: field name -> whether its value is valid.
+    """
+    for name, ok in checks.items():
+        if not ok:
+            raise ConfigError(f"{section}.{name} is invalid: {getattr(config, name)!r}")
+
+
 class BadInputError(DpmError, ValueError):
     """An input (recording, manifest, model folder) is unusable.
 

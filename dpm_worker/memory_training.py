@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from dpm_worker.backbone import EmotionModel
-from dpm_worker.errors import ConfigError
+from dpm_worker.errors import ConfigError, check_fields
 from dpm_worker.labeling import (
     ConversationLabeler,
     LabelingConfig,
@@ -85,9 +85,7 @@ class MemoryLoopConfig:
             "grad_clip": self.grad_clip > 0,
             "window_tokens": self.window_tokens >= 0,
         }
-        for name, ok in checks.items():
-            if not ok:
-                raise ConfigError(f"memory_loop.{name} is invalid: {getattr(self, name)!r}")
+        check_fields("memory_loop", self, checks)
 
 
 @dataclass

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from dpm_worker.backbone import EmotionModel
-from dpm_worker.errors import ConfigError
+from dpm_worker.errors import check_fields
 from dpm_worker.vocab import StreamVocab
 
 IGNORE = -100
@@ -101,9 +101,7 @@ class TrainConfig:
             "evals_per_epoch": self.evals_per_epoch >= 1,
             "threads": self.threads >= 1,
         }
-        for name, ok in checks.items():
-            if not ok:
-                raise ConfigError(f"train.{name} is invalid: {getattr(self, name)!r}")
+        check_fields("train", self, checks)
 
 
 @dataclass
