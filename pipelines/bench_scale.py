@@ -134,7 +134,7 @@ class PeakRss:
 
 def measure(workdir: str, conversations: int, args: argparse.Namespace, model: str) -> dict:
     from pipelines.label_config import load_config
-    from pipelines.label_corpus import prepare
+    from pipelines.label_plan import prepare
 
     manifest = os.path.join(workdir, f"manifest-{conversations}.parquet")
     write_manifest(manifest, conversations, args.utterances)

@@ -75,7 +75,7 @@ def in_process(corpus: str, model_uri: str | None, mode: str, threads: int) -> d
 def on_ray(corpus: str, model_uri: str | None, mode: str, args: argparse.Namespace) -> dict:
     from pipelines.actors import connect
     from pipelines.label_config import load_config
-    from pipelines.label_corpus import prepare
+    from pipelines.label_plan import prepare
 
     config = load_config(
         None,

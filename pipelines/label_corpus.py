@@ -32,7 +32,7 @@ from pipelines.label_config import load_config
 from pipelines.label_job import EXIT_USAGE, LabelJob, finish
 from pipelines.label_plan import prepare
 
-# Moved to label_job / label_plan; still importable from here (benchmarks and tests use them).
+# Moved to label_job / label_plan; still importable from here (tests import LabelJob from here).
 __all__ = ["LabelJob", "add_arguments", "finish", "main", "prepare", "run"]
 
 
