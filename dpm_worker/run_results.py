@@ -64,17 +64,15 @@ def split_run_uri(uri: str) -> tuple[str, str | None]:
 
 
 def list_runs(output_uri: str, endpoint_url: str | None = None) -> list[dict[str, Any]]:
-    """The runs recorded under ``output_uri``: run id, run_date, committed, finished_at."""
+    """The runs recorded under ``output_uri``: run id, committed, finished_at (oldest first)."""
     runs = []
     for run_id in list_names(join_uri(output_uri, RUNS_DIR), endpoint_url):
         if run_id.startswith("."):
             continue  # write probes and temporary files
-        record = _read_json(join_uri(output_uri, RUNS_DIR, run_id, "run.json"), endpoint_url)
         success = _read_json(join_uri(output_uri, RUNS_DIR, run_id, SUCCESS_NAME), endpoint_url)
         runs.append(
             {
                 "run_id": run_id,
-                "run_date": (record or {}).get("run_date"),
                 "committed": success is not None,
                 "finished_at": (success or {}).get("finished_at"),
             }
