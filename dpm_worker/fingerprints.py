@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from dpm_worker.errors import StorageError
 from dpm_worker.manifest_schema import MANIFEST_SCHEMA, UtteranceRow
-from dpm_worker.storage import get_filesystem, join_uri, list_names, redact
+from dpm_worker.storage import get_filesystem, join_uri, list_names, read_json, redact
 from dpm_worker.tables import RUNS_DIR, SUCCESS_NAME, RunTables, write_parquet_atomic
 
 FINGERPRINTS_NAME = "fingerprints.parquet"
@@ -182,15 +182,10 @@ def load_previous(
     )
 
     def read_one(run_id: str) -> tuple[str, str, pa.Table] | None:
-        success_uri = join_uri(root, run_id, SUCCESS_NAME)
         fp_uri = join_uri(root, run_id, FINGERPRINTS_NAME)
-        sfs, spath = get_filesystem(success_uri, endpoint_url)
-        try:
-            record = json.loads(sfs.cat_file(spath))
-        except FileNotFoundError:
+        record = read_json(join_uri(root, run_id, SUCCESS_NAME), endpoint_url)
+        if record is None:
             return None  # not committed
-        except (OSError, ValueError) as exc:
-            raise StorageError(f"cannot read {redact(success_uri)}: {exc}") from exc
         if record.get(KEY_RECORD) != key.to_dict():
             return None
         ffs, fpath = get_filesystem(fp_uri, endpoint_url)

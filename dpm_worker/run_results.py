@@ -8,7 +8,6 @@ are filtered by ``run_id`` as well, so a file copied in from elsewhere cannot le
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dpm_worker.errors import BadInputError, StorageError
-from dpm_worker.storage import get_filesystem, join_uri, list_names, redact
+from dpm_worker.storage import get_filesystem, join_uri, list_names, read_json, redact
 from dpm_worker.tables import EMOTIONS, ERRORS, RUNS_DIR, SUCCESS_NAME, probability_column
 
 _FETCH_BATCH = 256  # files fetched per batched request
@@ -69,7 +68,7 @@ def list_runs(output_uri: str, endpoint_url: str | None = None) -> list[dict[str
     for run_id in list_names(join_uri(output_uri, RUNS_DIR), endpoint_url):
         if run_id.startswith("."):
             continue  # write probes and temporary files
-        success = _read_json(join_uri(output_uri, RUNS_DIR, run_id, SUCCESS_NAME), endpoint_url)
+        success = read_json(join_uri(output_uri, RUNS_DIR, run_id, SUCCESS_NAME), endpoint_url)
         runs.append(
             {
                 "run_id": run_id,
@@ -98,8 +97,8 @@ def read_run(output_uri: str, run_id: str, endpoint_url: str | None = None) -> R
     Raises:
         BadInputError: the run has neither a ``run.json`` record nor any emotion or error file.
     """
-    record = _read_json(join_uri(output_uri, RUNS_DIR, run_id, "run.json"), endpoint_url) or {}
-    success = _read_json(join_uri(output_uri, RUNS_DIR, run_id, SUCCESS_NAME), endpoint_url)
+    record = read_json(join_uri(output_uri, RUNS_DIR, run_id, "run.json"), endpoint_url) or {}
+    success = read_json(join_uri(output_uri, RUNS_DIR, run_id, SUCCESS_NAME), endpoint_url)
     run_date = record.get("run_date") or (success or {}).get("run_date")
     emotions = _read_rows(output_uri, EMOTIONS, run_id, run_date, endpoint_url)
     errors = _read_rows(output_uri, ERRORS, run_id, run_date, endpoint_url)
@@ -113,16 +112,6 @@ def read_run(output_uri: str, run_id: str, endpoint_url: str | None = None) -> R
         else pd.DataFrame(columns=["run_id", "conversation_id", "utterance_index", "error_type"])
     )
     return RunResults(run_id, output_uri, emotions_df, errors_df, labels, record, success)
-
-
-def _read_json(uri: str, endpoint_url: str | None) -> dict[str, Any] | None:
-    fs, path = get_filesystem(uri, endpoint_url)
-    try:
-        return json.loads(fs.cat_file(path))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise StorageError(f"cannot read {redact(uri)}: {redact(str(exc))}") from exc
 
 
 def _read_rows(

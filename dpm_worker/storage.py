@@ -8,9 +8,11 @@ Credentials come from the standard AWS chain and are never logged.
 
 from __future__ import annotations
 
+import json
 import os
 import posixpath
 from functools import lru_cache
+from typing import Any
 
 import fsspec
 
@@ -82,6 +84,21 @@ def list_names(uri: str, endpoint_url: str | None = None) -> list[str]:
     except OSError as exc:
         raise StorageError(f"cannot list {redact(uri)}: {redact(str(exc))}") from exc
     return [name.rstrip("/").rsplit("/", 1)[-1] for name in names]
+
+
+def read_json(uri: str, endpoint_url: str | None = None) -> dict[str, Any] | None:
+    """The JSON document at ``uri`` (local or S3), or None when it does not exist.
+
+    Raises:
+        StorageError: it exists but cannot be read or parsed (the message is redacted).
+    """
+    fs, path = get_filesystem(uri, endpoint_url)
+    try:
+        return json.loads(fs.cat_file(path))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise StorageError(f"cannot read {redact(uri)}: {redact(str(exc))}") from exc
 
 
 def join_uri(base: str, *parts: str) -> str:
