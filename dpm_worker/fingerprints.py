@@ -37,6 +37,8 @@ _DIGEST_CHARS = 32  # 128 bits: enough to tell versions of one conversation apar
 # Which fsspec `info` field identifies a version of a file, best first: S3's ETag changes with
 # the content (re-uploading the same bytes does not relabel); local files have only mtime.
 _VERSION_FIELDS = ("ETag", "etag", "md5Hash", "mtime", "LastModified", "last_modified", "updated")
+# The hashed manifest columns; pyarrow builds ``Schema.names`` anew on every access.
+_CANONICAL_COLUMNS = tuple(MANIFEST_SCHEMA.names)
 
 FINGERPRINTS_SCHEMA = pa.schema(
     [
@@ -103,7 +105,7 @@ def conversation_fingerprint(rows: Sequence[UtteranceRow], identities: Mapping[s
     digest = hashlib.sha256()
     ordered = sorted(rows, key=lambda r: (r.utterance_index is None, r.utterance_index or 0))
     for row in ordered:
-        values = [getattr(row, name) for name in MANIFEST_SCHEMA.names]
+        values = [getattr(row, name) for name in _CANONICAL_COLUMNS]
         values.append(identities.get(row.audio_uri, "missing") if row.audio_uri else None)
         digest.update(json.dumps(values, default=str).encode())
         digest.update(b"\n")
