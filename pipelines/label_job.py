@@ -178,8 +178,12 @@ class LabelJob:
         journal = self.tables.read_record("compaction.json") or {}
         # Only labeled conversations count as done for later incremental runs; failed ones
         # (errors table) are tried again next time, in case the failure was transient.
-        labeled = {f.rsplit("--", 1)[-1][: -len(".parquet")] for f in emotions}
-        kept = {c: fp for c, fp in self.fingerprints.items() if conversation_key(c) in labeled}
+        labeled = set(emotions)
+        kept = {
+            c: fp
+            for c, fp in self.fingerprints.items()
+            if self.tables.file_uri(EMOTIONS, c) in labeled
+        }
         write_fingerprints(self.tables, kept, self.key)
         elapsed = max(time.monotonic() - progress.started, 1e-6)
         counts = {
