@@ -89,7 +89,8 @@ def summary_rows(results: RunResults) -> list[tuple[str, Any]]:
     """The key figures of a run, for the report's first table."""
     emotions, errors = results.emotions, results.errors
     hours = float((emotions["end_s"] - emotions["start_s"]).sum()) / 3600 if len(emotions) else 0
-    session = (results.success or {}).get("this_session", {})
+    success = results.success or {}
+    session = success.get("this_session", {})
     rows: list[tuple[str, Any]] = [
         ("run id", results.run_id),
         ("run date", results.run_record.get("run_date", "?")),
@@ -108,7 +109,6 @@ def summary_rows(results: RunResults) -> list[tuple[str, Any]]:
         ("conversations in the errors table", errors["conversation_id"].nunique()),
         ("error rows", len(errors)),
     ]
-    success = results.success or {}
     try:
         wall_s = (
             dt.datetime.fromisoformat(success["finished_at"])
