@@ -101,7 +101,11 @@ def write_parquet_atomic(table: pa.Table, uri: str, endpoint_url: str | None = N
     """
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
-    data = sink.getvalue().to_pybytes()
+    _write_bytes_atomic(sink.getvalue().to_pybytes(), uri, endpoint_url)
+
+
+def _write_bytes_atomic(data: bytes, uri: str, endpoint_url: str | None) -> None:
+    """The atomic write behind the Parquet files and the JSON run records."""
     fs, path = get_filesystem(uri, endpoint_url)
     try:
         if is_remote(uri):
@@ -201,20 +205,8 @@ class RunTables:
 
     def write_record(self, name: str, record: dict[str, Any]) -> None:
         """Write a JSON run record (atomically, as the Parquet files)."""
-        data = json.dumps(record, indent=2, sort_keys=True, default=str).encode()
-        uri = self.record_uri(name)
-        fs, path = get_filesystem(uri, self.endpoint_url)
-        try:
-            if is_remote(uri):
-                fs.pipe_file(path, redact(data.decode()).encode())
-                return
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-            with open(tmp, "wb") as fh:
-                fh.write(redact(data.decode()).encode())
-            os.replace(tmp, path)
-        except OSError as exc:
-            raise StorageError(f"cannot write {redact(uri)}: {redact(str(exc))}") from exc
+        text = json.dumps(record, indent=2, sort_keys=True, default=str)
+        _write_bytes_atomic(redact(text).encode(), self.record_uri(name), self.endpoint_url)
 
     def read_record(self, name: str) -> dict[str, Any] | None:
         """Read a JSON run record, or None when it does not exist."""
