@@ -71,6 +71,7 @@ __all__ = [
     "new_run_id",
     "probability_column",
     "read_run_table",
+    "row_counts",
     "validate_run_id",
     "write_parquet_atomic",
 ]
@@ -224,15 +225,20 @@ class RunTables:
 
     def count_rows(self, kind: str) -> int:
         """Rows in this run's files of one table (reads only the Parquet footers)."""
+        return sum(row_counts(self.run_files(kind), self.endpoint_url))
 
-        def rows(uri: str) -> int:
-            fs, path = get_filesystem(uri, self.endpoint_url)
-            with fs.open(path, "rb") as fh:
-                return int(pq.ParquetFile(fh).metadata.num_rows)
 
-        # Footer reads are latency-bound on object stores: overlap them.
-        with ThreadPoolExecutor(max_workers=16) as pool:
-            return sum(pool.map(rows, self.run_files(kind)))
+def row_counts(uris: Sequence[str], endpoint_url: str | None = None) -> list[int]:
+    """The row count of each Parquet file, in order, read from its footer alone."""
+
+    def rows(uri: str) -> int:
+        fs, path = get_filesystem(uri, endpoint_url)
+        with fs.open(path, "rb") as fh:
+            return int(pq.ParquetFile(fh).metadata.num_rows)
+
+    # Footer reads are latency-bound on object stores: overlap them.
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        return list(pool.map(rows, uris))
 
 
 def check_writable(output_uri: str, endpoint_url: str | None = None) -> None:

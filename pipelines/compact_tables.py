@@ -29,6 +29,7 @@ from dpm_worker.tables import (
     ERRORS,
     RunInfo,
     RunTables,
+    row_counts,
     validate_run_id,
     write_parquet_atomic,
 )
@@ -136,10 +137,7 @@ def _group(files: list[str], target_rows: int) -> list[list[str]]:
     """Consecutive files whose row counts (from the footers) add up to about target_rows."""
     groups: list[list[str]] = [[]]
     filled = 0
-    for uri in files:
-        fs, path = get_filesystem(uri)
-        with fs.open(path, "rb") as fh:
-            n = pq.ParquetFile(fh).metadata.num_rows
+    for uri, n in zip(files, row_counts(files), strict=True):
         if groups[-1] and filled + n > target_rows:
             groups.append([])
             filled = 0
