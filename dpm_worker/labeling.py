@@ -183,6 +183,9 @@ class ConversationLabeler:
         self._audio_range = audio
         self._emotion_range = (self.vocab.emotion_offset, self.vocab.size)
         self._emotion_ids = list(self.vocab.emotion_ids)
+        # prior memory: the backbone's emotion logits at a lone speaker token, per speaker slot
+        # (cleared per conversation; see _prior_read).
+        self._speaker_logits: dict[int, torch.Tensor] = {}
 
     def close(self) -> None:
         """Remove the memory's adapters from the backbone (only needed to reuse it otherwise)."""
@@ -200,36 +203,18 @@ class ConversationLabeler:
         slots: dict[str, int] = {}
         history: list[int] = []
         predictions: list[UtterancePrediction] = []
+        self._speaker_logits.clear()
         if self.memory is not None:
             self.memory.reset()
         try:
             for utt in utterances:
                 start = time.perf_counter()
                 step = self.prepare(utt, slots, history)
-                speaker_slot, tokens, ids = step.speaker_slot, step.tokens, step.ids
-                input_ids = step.input_ids
-                read = None
-                base = None
-                if self.memory is not None and cfg.memory.read_gate < 1.0:
-                    self.memory.enable(False)  # the backbone's own answer on the same input
-                    with torch.no_grad():
-                        base = self.model.emotion_probs(input_ids)[0]
-                if self.memory is not None and cfg.memory.write_target == "prior":
-                    read = self._prior_read(step)
-                elif self.memory is not None and cfg.memory.steps_per_utterance:
-                    labels = self.write_labels(ids, step.start_of_utt)
-                    read = self.memory.write(
-                        self.memory.slot_for(speaker_slot), input_ids, labels, self._emotion_ids
-                    )
-                if read is None:  # write first, then read with the updated memory (DESIGN 5)
-                    with torch.no_grad():
-                        read = self.model.emotion_probs(input_ids)[0]
-                if base is not None and float(base.max()) >= cfg.memory.read_gate:
-                    read = base
+                read = self._read(step)
                 probs = read.float().cpu().numpy()
                 best = int(np.argmax(probs))
                 label = self.vocab.labels[best]
-                self.remember(history, tokens, label)
+                self.remember(history, step.tokens, label)
                 predictions.append(
                     UtterancePrediction(
                         utterance_index=utt.utterance_index,
@@ -238,7 +223,7 @@ class ConversationLabeler:
                         confidence=float(probs[best]),
                         probs=probs.astype(np.float32),
                         ms=(time.perf_counter() - start) * 1000.0,
-                        context_tokens=len(ids),
+                        context_tokens=len(step.ids),
                     )
                 )
         finally:
@@ -274,34 +259,79 @@ class ConversationLabeler:
         if len(history) > 2 * keep:
             del history[: len(history) - keep]
 
-    def _prior_read(self, step: PreparedUtterance) -> torch.Tensor:
+    def _read(self, step: PreparedUtterance) -> torch.Tensor:
+        """The emitted emotion distribution of one utterance: the mode's read, memory included.
+
+        Without memory, the model's read of the input. With it, ``prior`` multiplies the
+        backbone's read by the speaker's prior; the other write targets write first and read
+        with the updated memory (DESIGN 5), except ``audio+prediction``, whose write returns
+        the read it took before writing. ``read_gate`` < 1 emits the backbone's own read
+        instead when that is confident enough.
+        """
+        memory, cfg = self.memory, self.config.memory
+        if memory is None:
+            with torch.no_grad():
+                return self.model.emotion_probs(step.input_ids)[0]
+        base: torch.Tensor | None = None
+        read: torch.Tensor | None = None
+        if cfg.write_target == "prior":
+            read, base = self._prior_read(step, memory)
+        else:
+            if cfg.read_gate < 1.0:
+                memory.enable(False)  # the backbone's own answer on the same input
+                with torch.no_grad():
+                    base = self.model.emotion_probs(step.input_ids)[0]
+            if cfg.steps_per_utterance:
+                labels = self.write_labels(step.ids, step.start_of_utt)
+                read = memory.write(
+                    memory.slot_for(step.speaker_slot), step.input_ids, labels, self._emotion_ids
+                )
+            if read is None:
+                with torch.no_grad():
+                    read = self.model.emotion_probs(step.input_ids)[0]
+        if cfg.read_gate < 1.0 and base is not None and float(base.max()) >= cfg.read_gate:
+            return base
+        return read
+
+    def _prior_read(
+        self, step: PreparedUtterance, memory: TemporaryLoraMemory
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``prior`` memory: the backbone's read of the utterance times its speaker's prior.
 
-        One pass with the memory off gives the backbone's read at ``<audio_end>`` and its
-        logits at the utterance's speaker token; the write (history + speaker token, memory
-        on) gives the prior from the speaker's earlier turns and then learns this read.
+        One pass with the memory off gives the backbone's read at ``<audio_end>`` (and, with
+        ``prior_input: history``, its logits at the utterance's speaker token); the write
+        (speaker token, alone or after the history, memory on) gives the prior from the
+        speaker's earlier turns and then learns this read.
+
+        Returns:
+            The emitted probabilities and the backbone's own (memory-off) probabilities.
         """
-        memory = self.memory
-        if memory is None:  # pragma: no cover - only called in dpm mode
-            raise ConfigError("the prior read needs dpm mode")
         memory.enable(False)
         start = step.start_of_utt
-        alone = self.config.memory.prior_input == "speaker"
-        prefix = step.input_ids[:, start : start + 1] if alone else step.input_ids[:, : start + 1]
-        positions = torch.tensor([start, len(step.ids) - 1], device=self.model.device)
-        if alone:  # the speaker token is read with no context: only <audio_end> is needed here
-            positions = positions[1:]
+        last = len(step.ids) - 1
         with torch.no_grad():
-            logits = self.model.model(input_ids=step.input_ids, logits_to_keep=positions).logits
-            emotion = logits[0][:, self._emotion_ids].float()
-            if alone:  # the backbone at the speaker token alone
-                at_spk = self.model.model(input_ids=prefix).logits[0, -1, self._emotion_ids]
-                emotion = torch.stack([at_spk.float(), emotion[0]])
-        own = torch.log_softmax(emotion[1], dim=-1)
+            if self.config.memory.prior_input == "speaker":
+                prefix = step.input_ids[:, start : start + 1]
+                own_logits = self._emotion_at(step.input_ids, [last])[0]
+                at_spk = self._speaker_logits.get(step.speaker_slot)
+                if at_spk is None:  # the same for every turn: the backbone is frozen here
+                    at_spk = self._emotion_at(prefix, [0])[0]
+                    self._speaker_logits[step.speaker_slot] = at_spk
+            else:
+                prefix = step.input_ids[:, : start + 1]
+                at_spk, own_logits = self._emotion_at(step.input_ids, [start, last])
+        own = torch.log_softmax(own_logits, dim=-1)
         prior = memory.write_prior(
-            memory.slot_for(step.speaker_slot), prefix, emotion[0], own.exp(), self._emotion_ids
+            memory.slot_for(step.speaker_slot), prefix, at_spk, own.exp(), self._emotion_ids
         )
-        return torch.softmax(own + self.config.memory.prior_weight * prior, dim=-1)
+        read = torch.softmax(own + self.config.memory.prior_weight * prior, dim=-1)
+        return read, own.exp()
+
+    def _emotion_at(self, input_ids: torch.Tensor, positions: list[int]) -> torch.Tensor:
+        """Emotion logits (float32, ``[len(positions), n_labels]``) at the given positions."""
+        keep = torch.tensor(positions, device=self.model.device)
+        logits = self.model.model(input_ids=input_ids, logits_to_keep=keep).logits[0]
+        return logits[:, self._emotion_ids].float()
 
     def _history_part(self, history: list[int]) -> list[int]:
         mode = self.config.mode
