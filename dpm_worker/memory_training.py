@@ -40,6 +40,7 @@ from dpm_worker.training import (
     ConversationStream,
     TrainConfig,
     compute_loss,
+    lr_at,
     make_batch,
     sample_starts,
 )
@@ -52,7 +53,9 @@ class MemoryLoopConfig:
     Args:
         epochs: passes over the training conversations (each labeled whole, in order).
         max_minutes: stop after this wall time (0: no limit).
-        lr: peak AdamW learning rate of the backbone (warm-up, then cosine decay to 10%).
+        lr: peak AdamW learning rate of the backbone (warm-up, then cosine decay to
+            ``lr * min_lr_ratio``: the schedule of ``dpm train``, :func:`training.lr_at`).
+        min_lr_ratio: where the cosine decay ends, as a fraction of ``lr``.
         warmup_steps: backbone optimizer steps of linear warm-up.
         utterances_per_step: read losses averaged per backbone update.
         plain_every: one plain window batch (the ``dpm train`` loss) after every this many
@@ -65,6 +68,7 @@ class MemoryLoopConfig:
     epochs: float = 2.0
     max_minutes: float = 0.0
     lr: float = 2e-4
+    min_lr_ratio: float = 0.1
     warmup_steps: int = 20
     utterances_per_step: int = 8
     plain_every: int = 2
@@ -78,6 +82,7 @@ class MemoryLoopConfig:
             "epochs": self.epochs > 0,
             "max_minutes": self.max_minutes >= 0,
             "lr": math.isfinite(self.lr) and self.lr > 0,
+            "min_lr_ratio": 0 <= self.min_lr_ratio <= 1,
             "warmup_steps": self.warmup_steps >= 0,
             "utterances_per_step": self.utterances_per_step >= 1,
             "plain_every": self.plain_every >= 0,
@@ -197,13 +202,14 @@ class MemoryLoopTrainer:
         stop = False
         while epoch < cfg.epochs and not stop:
             order = rng.permutation(len(conversations))
-            running = {"L_read": 0.0, "L_plain": 0.0, "n": 0}
+            running = {"L_read": 0.0, "L_plain": 0.0, "n": 0, "n_plain": 0}
             for index in order:
                 conv = conversations[int(index)]
                 losses = self._conversation(conv, streams, rng, total_updates, started)
                 running["L_read"] += sum(losses["read"])
                 running["L_plain"] += sum(losses["plain"])
                 running["n"] += len(losses["read"])
+                running["n_plain"] += len(losses["plain"])
                 bar.update(len(conv.utterances))
                 bar.set_postfix(L_read=f"{running['L_read'] / max(1, running['n']):.3f}")
                 minutes = (time.monotonic() - started) / 60
@@ -216,6 +222,7 @@ class MemoryLoopTrainer:
             history.append({
                 "epoch": epoch, "updates": self._updates, "utterances": running["n"],
                 "L_read": running["L_read"] / max(1, running["n"]),
+                "L_plain": running["L_plain"] / max(1, running["n_plain"]),
                 "minutes": round((time.monotonic() - started) / 60, 2),
             })  # fmt: skip
             if on_epoch is not None:
@@ -322,16 +329,7 @@ class MemoryLoopTrainer:
 
     def _update(self, total: int, started: float, *, count: bool = True) -> None:
         cfg = self.config
-        step = self._updates
-        if step < cfg.warmup_steps:
-            lr = cfg.lr * (step + 1) / cfg.warmup_steps
-        else:
-            progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
-            if cfg.max_minutes:
-                progress = max(
-                    progress, min(1.0, (time.monotonic() - started) / 60 / cfg.max_minutes)
-                )
-            lr = cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+        lr = lr_at(self._updates, total, cfg, (time.monotonic() - started) / 60)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         torch.nn.utils.clip_grad_norm_(self._params, cfg.grad_clip)

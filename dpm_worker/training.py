@@ -19,6 +19,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -330,7 +331,20 @@ def _label_slot(stream: ConversationStream, u: int) -> int:
     return int(nxt < len(stream.tokens) and stream.tokens[nxt] >= stream.tokens[stream.ends[u]] + 1)
 
 
-def lr_at(step: int, total: int, config: TrainConfig, minutes: float = 0.0) -> float:
+class LrSchedule(Protocol):
+    """What :func:`lr_at` reads from a config (TrainConfig, MemoryLoopConfig)."""
+
+    @property
+    def lr(self) -> float: ...
+    @property
+    def warmup_steps(self) -> int: ...
+    @property
+    def min_lr_ratio(self) -> float: ...
+    @property
+    def max_minutes(self) -> float: ...
+
+
+def lr_at(step: int, total: int, config: LrSchedule, minutes: float = 0.0) -> float:
     """Linear warm-up, then cosine decay to ``lr * min_lr_ratio``.
 
     Progress is the larger of steps done and budget used (``minutes / max_minutes``), so a run
