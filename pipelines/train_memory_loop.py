@@ -11,16 +11,15 @@ modes; the checkpoint with the best ``dpm`` UA is kept at ``--out``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import time
 from typing import Any
 
-from dpm_worker.backbone import EmotionModel, save_model
+from dpm_worker.backbone import EmotionModel
 from dpm_worker.memory_training import MemoryLoopTrainer, training_conversation
 from dpm_worker.training import ConversationStream
-from pipelines.train_backbone import TRAINING_RECORD
+from pipelines.train_backbone import save
 
 log = logging.getLogger("dpm.train")
 
@@ -64,7 +63,7 @@ def run_memory_loop(
             best["ua"] = metrics["dpm"]["ua"]
             record["best"] = metrics
             best["model"] = trainer.trained_model()
-            _save(best["model"], args.out, record)
+            save(best["model"], None, args.out, record)
 
     on_epoch(0.0)  # the starting point, for comparison
     history = trainer.train(
@@ -73,12 +72,7 @@ def run_memory_loop(
     trainer.close()
     record["loss_history"] = history
     record["training_minutes"] = round((time.monotonic() - started) / 60, 2)
-    _save(best["model"], args.out, record)  # the kept checkpoint, with the complete record
+    save(best["model"], None, args.out, record)  # the kept checkpoint, with the complete record
     print(json.dumps({"out": args.out, "best": record.get("best"),
                       "minutes": record["training_minutes"]}, indent=2))  # fmt: skip
     return 0
-
-
-def _save(model: EmotionModel, out: str, record: dict) -> None:
-    extra = {TRAINING_RECORD: json.dumps(record, indent=2, default=str) + "\n"}
-    save_model(dataclasses.replace(model), out, extra_files=extra)

@@ -193,6 +193,29 @@ def test_dpm_train_from_scratch(tmp_path, corpus):
     assert continued.fingerprint != model.fingerprint
 
 
+def test_dpm_train_memory_loop_stage(tmp_path, corpus):
+    """`dpm train --init-model M` with a memory_loop section: trains through the DPM loop."""
+    first = tmp_path / "first"
+    assert run_train(corpus, first, tiny_config(tmp_path), cache_dir=tmp_path / "cache") == 0
+    loop = tmp_path / "loop"
+    extra = {
+        "memory_loop": {"epochs": 1, "utterances_per_step": 2, "plain_every": 1, "window_tokens": 64},
+        "memory": {"write_target": "audio", "optimizer": "adamw", "lr": 0.001, "steps_per_utterance": 1},
+    }  # fmt: skip
+    config = tiny_config(tmp_path, **extra)
+    assert run_train(corpus, loop, config, init_model=first, cache_dir=tmp_path / "cache") == 0
+    record = json.loads((loop / "training.json").read_text())
+    evals = record["memory_loop"]["evals"]
+    assert [e["epoch"] for e in evals] == [0.0, 1.0]
+    assert set(evals[0]) >= {"window", "dpm"}
+    assert record["loss_history"][0]["L_plain"] > 0
+    # The kept checkpoint is the best dpm read (epoch 0 = the starting weights, for comparison).
+    best = max(evals, key=lambda e: e["dpm"]["ua"])
+    assert record["best"]["epoch"] == best["epoch"]
+    trained = load_model(str(loop))  # saved without the adapters, loads as a plain model
+    assert not any("lora_" in k for k in trained.model.state_dict())
+
+
 def test_dpm_train_extends_a_base_llama_with_lora(tmp_path, corpus):
     import transformers
 
