@@ -289,8 +289,7 @@ def sample_starts(
     for i in picks:
         stream = streams[i]
         if rng.random() < aligned_fraction:
-            u = int(rng.integers(len(stream.ends)))
-            starts.append(0 if u == 0 else int(stream.ends[u - 1]) + 1 + _label_slot(stream, u - 1))
+            starts.append(utterance_start(stream, int(rng.integers(len(stream.ends)))))
         else:
             starts.append(int(rng.integers(0, max(1, len(stream.tokens) - window + 1))))
     return [streams[i] for i in picks], starts
@@ -319,16 +318,24 @@ def isolate_rows(
     for b, stream in enumerate(streams):
         if rng.random() < fraction:
             u = int(rng.integers(len(stream.ends)))
-            first = 0 if u == 0 else int(stream.ends[u - 1]) + 1 + _label_slot(stream, u - 1)
+            first = utterance_start(stream, u)
             new_starts[b] = first
             lengths[b] = int(stream.ends[u]) - first + 1
     return new_starts, lengths
 
 
-def _label_slot(stream: ConversationStream, u: int) -> int:
-    """1 when an emotion token follows utterance ``u``'s ``<audio_end>`` (predicted history)."""
-    nxt = int(stream.ends[u]) + 1
-    return int(nxt < len(stream.tokens) and stream.tokens[nxt] >= stream.tokens[stream.ends[u]] + 1)
+def utterance_start(stream: ConversationStream, u: int) -> int:
+    """Position of utterance ``u``'s first token (its speaker token) in ``stream.tokens``.
+
+    It follows the previous ``<audio_end>``, and the emotion token after it when the history
+    carries predicted labels (a token id above ``<audio_end>``'s).
+    """
+    if u == 0:
+        return 0
+    end = int(stream.ends[u - 1])
+    nxt = end + 1
+    labelled = nxt < len(stream.tokens) and stream.tokens[nxt] >= stream.tokens[end] + 1
+    return nxt + int(labelled)
 
 
 class LrSchedule(Protocol):
