@@ -80,9 +80,9 @@ def score(result: ModeResult, labels: tuple[str, ...], bin_width: int, n_boot: i
         out[f"{key}_accuracy"], out[f"{key}_ua"], out[f"{key}_n"] = s["wa"], s["ua"], s["n"]
     out["utterances_per_second"] = len(result.pred) / result.seconds if result.seconds else None
     out["ms_per_utterance"] = float(np.mean(result.ms)) if result.ms else None
-    positions = np.asarray(_pick(result.position, idx))
-    bins = position_bins(int(positions.max()) if len(positions) else 0, bin_width)
-    rows = by_position(positions.tolist(), gold, pred, labels, bins)
+    positions = _pick(result.position, idx)
+    bins = position_bins(max(positions, default=0), bin_width)
+    rows = by_position(positions, gold, pred, labels, bins)
     all_pos = np.asarray(result.position)
     ms = np.asarray(result.ms)
     for row in rows:
