@@ -25,11 +25,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from dpm_worker.audio import Segment, conversation_segments
+from dpm_worker.corpus import UtteranceRow, conversation_problems
 from dpm_worker.errors import BadInputError, ConfigError
-from dpm_worker.labeling import ConversationLabeler, LabelingConfig, UtteranceInput
-from dpm_worker.manifest import conversation_problems
-from dpm_worker.manifest_schema import UtteranceRow
-from dpm_worker.segments import Segment, conversation_segments
+from dpm_worker.memory import ConversationLabeler, LabelingConfig, UtteranceInput
 from dpm_worker.tables import ErrorRecord, LabeledUtterance, RunInfo, RunTables
 
 SAMPLE_RATE = 16000
@@ -83,7 +82,7 @@ class ConversationWorker:
     def __init__(self, settings: WorkerSettings, model: Any = None) -> None:
         torch.set_num_threads(settings.torch_threads)
         if model is None:
-            from dpm_worker.backbone import load_model
+            from dpm_worker.model import load_model
 
             model = load_model(
                 settings.model_uri, device=settings.device, endpoint_url=settings.endpoint_url

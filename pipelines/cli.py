@@ -19,22 +19,25 @@ from dpm_worker.errors import BadInputError, ConfigError, DpmError
 
 # subcommand -> (module, one-line help). Order is the order shown in --help.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "synth": ("pipelines.synth_corpus", "generate the synthetic conversational emotion corpus"),
+    "synth": ("pipelines.corpus.synth", "generate the synthetic conversational emotion corpus"),
     "manifest": (
-        "pipelines.build_manifest",
+        "pipelines.corpus.build",
         "turn an IEMOCAP/MELD folder into a canonical manifest",
     ),
-    "train": ("pipelines.train_backbone", "train the emotion speech-LLM backbone"),
-    "eval": ("pipelines.evaluate", "label a gold-labelled manifest in-process and report metrics"),
+    "train": ("pipelines.train.backbone", "train the emotion speech-LLM backbone"),
+    "eval": (
+        "pipelines.eval.evaluate",
+        "label a gold-labelled manifest in-process and report metrics",
+    ),
     "label": ("pipelines.label_corpus", "the Ray job: label a corpus into Parquet emotion tables"),
     "merge": (
-        "pipelines.merge_manifests",
+        "pipelines.corpus.merge",
         "join several manifests into one (ids tagged so they cannot collide)",
     ),
-    "compact": ("pipelines.compact_tables", "merge a run's per-conversation files into large ones"),
-    "report": ("pipelines.report_run", "render an HTML report of a labeling run"),
+    "compact": ("pipelines.label.compact", "merge a run's per-conversation files into large ones"),
+    "report": ("pipelines.label.report", "render an HTML report of a labeling run"),
     "bench": (
-        "pipelines.benchmarks",
+        "pipelines.bench.command",
         "benchmarks that print JSON (synth, memory, throughput, scale)",
     ),
 }

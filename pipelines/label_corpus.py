@@ -17,8 +17,8 @@ table; 2 bad arguments, config, manifest, model or output location; 1 anything e
 (including conversations the job gave up on after actor deaths; re-run with the same
 ``--run-id`` to finish them). The last line printed says which.
 
-This module is the command line; the checks before any work are ``pipelines.label_plan``
-(``prepare``), the run on the cluster is ``pipelines.label_job`` (``LabelJob``).
+This module is the command line; the checks before any work are ``pipelines.label.plan``
+(``prepare``), the run on the cluster is ``pipelines.label.job`` (``LabelJob``).
 """
 
 from __future__ import annotations
@@ -28,12 +28,7 @@ import sys
 from collections.abc import Sequence
 
 from dpm_worker.errors import BadInputError, ConfigError, StorageError
-from pipelines.label_config import load_config
-from pipelines.label_job import EXIT_USAGE, LabelJob, finish
-from pipelines.label_plan import prepare
-
-# Moved to label_job / label_plan; still importable from here (tests import LabelJob from here).
-__all__ = ["LabelJob", "add_arguments", "finish", "main", "prepare", "run"]
+from pipelines.label import EXIT_USAGE, finish, load_config, prepare
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -57,7 +57,7 @@ def ray_address(local_s3):
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     """A saved tiny random model folder (labels: neutral, happy, sad, angry)."""
-    from dpm_worker.backbone import EmotionModel, save_model
+    from dpm_worker.model import EmotionModel, save_model
 
     folder = tmp_path_factory.mktemp("model") / "tiny"
     save_model(EmotionModel.random(seed=0), str(folder))
@@ -67,7 +67,7 @@ def tiny_model(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory):
     """A synthetic corpus: 5 conversations of 3-5 utterances (manifest.parquet + audio/)."""
-    from dpm_worker.synth import SynthConfig, generate_corpus
+    from dpm_worker.corpus import SynthConfig, generate_corpus
 
     folder = tmp_path_factory.mktemp("corpus") / "synth"
     generate_corpus(

@@ -10,10 +10,15 @@ import pytest
 import soundfile as sf
 
 from dpm_worker import storage
-from dpm_worker.audio import probe_audio, read_recording, read_segment, write_audio
+from dpm_worker.audio import (
+    conversation_segments,
+    probe_audio,
+    read_recording,
+    read_segment,
+    write_audio,
+)
+from dpm_worker.corpus import UtteranceRow
 from dpm_worker.errors import AudioError
-from dpm_worker.manifest_schema import UtteranceRow
-from dpm_worker.segments import conversation_segments
 
 pytestmark = pytest.mark.integration
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from dpm_worker import storage
-from dpm_worker.cosyvoice_tokens import fetch_weights
 from dpm_worker.errors import ModelError
+from dpm_worker.speech import fetch_weights
 
 pytestmark = pytest.mark.integration
 
@@ -41,11 +41,7 @@ def test_tokenizer_from_s3_equals_tokenizer_from_disk(tmp_path, s3_bucket):
     import torch
     from safetensors.torch import save_file
 
-    from dpm_worker.cosyvoice_tokens import (
-        CosyVoiceTokenizer,
-        CosyVoiceTokenizerConfig,
-        build_model,
-    )
+    from dpm_worker.speech import CosyVoiceTokenizer, CosyVoiceTokenizerConfig, build_model
 
     config = CosyVoiceTokenizerConfig(n_audio_state=128, n_audio_head=2, n_audio_layer=1)
     torch.manual_seed(0)

@@ -9,9 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from dpm_worker import storage
-from dpm_worker.corpus_layouts import read_iemocap, read_meld
+from dpm_worker.corpus import iter_conversations, read_iemocap, read_manifest, read_meld
 from dpm_worker.errors import ManifestError
-from dpm_worker.manifest import iter_conversations, read_manifest
 from tests.fixtures.corpus_trees import build_iemocap_tree, build_meld_tree
 
 pytestmark = pytest.mark.integration

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from dpm_worker.backbone import EmotionModel, default_model_path, load_model, save_model
 from dpm_worker.errors import ModelError
+from dpm_worker.model import EmotionModel, default_model_path, load_model, save_model
 from dpm_worker.storage import get_filesystem
 
 pytestmark = pytest.mark.integration

@@ -11,9 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from dpm_worker.audio import read_segment
-from dpm_worker.manifest import read_manifest
+from dpm_worker.corpus import DEFAULT_LABELS, read_manifest
 from dpm_worker.storage import get_filesystem
-from dpm_worker.vocab import DEFAULT_LABELS
 from pipelines.cli import main as cli_main
 
 pytestmark = pytest.mark.integration

@@ -2,13 +2,11 @@ import numpy as np
 import pytest
 
 from dpm_worker.audio import write_audio
-from dpm_worker.backbone import EmotionModel
+from dpm_worker.corpus import DEFAULT_LABELS, UtteranceRow
 from dpm_worker.errors import ConfigError, LabelError
-from dpm_worker.labeling import LabelingConfig
-from dpm_worker.manifest_schema import UtteranceRow
-from dpm_worker.memory import MemoryConfig
+from dpm_worker.memory import LabelingConfig, MemoryConfig
+from dpm_worker.model import EmotionModel
 from dpm_worker.tables import EMOTIONS, ERRORS, RunInfo, read_run_table
-from dpm_worker.vocab import DEFAULT_LABELS
 from dpm_worker.worker import ConversationWorker, WorkerSettings
 
 MODE = "dpm"

@@ -1,0 +1,26 @@
+from dpm_worker.audio.decode import (
+    TARGET_SR,
+    AudioInfo,
+    cut_segment,
+    encode_audio,
+    probe_audio,
+    read_recording,
+    read_segment,
+    write_audio,
+)
+from dpm_worker.audio.segments import Segment, conversation_segments
+from dpm_worker.audio.vad import detect_speech
+
+__all__ = [
+    "AudioInfo",
+    "Segment",
+    "TARGET_SR",
+    "conversation_segments",
+    "cut_segment",
+    "detect_speech",
+    "encode_audio",
+    "probe_audio",
+    "read_recording",
+    "read_segment",
+    "write_audio",
+]

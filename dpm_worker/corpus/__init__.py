@@ -1,0 +1,60 @@
+from dpm_worker.corpus.iemocap import read_iemocap
+from dpm_worker.corpus.layouts import IEMOCAP_4CLASS, MELD_4CLASS, load_mapping
+from dpm_worker.corpus.manifest import iter_conversations, read_manifest, resolve_audio, to_rows
+from dpm_worker.corpus.manifest_checks import (
+    UnknownLabelError,
+    cast_manifest,
+    check_columns,
+    conversation_problems,
+    row_problems,
+    validate_manifest,
+)
+from dpm_worker.corpus.manifest_files import (
+    ManifestSource,
+    count_manifest_rows,
+    manifest_fingerprint,
+    write_manifest,
+)
+from dpm_worker.corpus.meld import read_meld
+from dpm_worker.corpus.schema import DEFAULT_LABELS, MANIFEST_SCHEMA, UtteranceRow
+from dpm_worker.corpus.synth import SynthConfig, generate_corpus, next_mood
+from dpm_worker.corpus.synth_voices import (
+    EMOTION_SHIFTS,
+    pitch_parameter,
+    render_prosody,
+    sample_speaker,
+    synthesize,
+)
+
+__all__ = [
+    "DEFAULT_LABELS",
+    "EMOTION_SHIFTS",
+    "IEMOCAP_4CLASS",
+    "MANIFEST_SCHEMA",
+    "MELD_4CLASS",
+    "ManifestSource",
+    "SynthConfig",
+    "UnknownLabelError",
+    "UtteranceRow",
+    "cast_manifest",
+    "check_columns",
+    "conversation_problems",
+    "count_manifest_rows",
+    "generate_corpus",
+    "iter_conversations",
+    "load_mapping",
+    "manifest_fingerprint",
+    "next_mood",
+    "pitch_parameter",
+    "read_iemocap",
+    "read_manifest",
+    "read_meld",
+    "render_prosody",
+    "resolve_audio",
+    "row_problems",
+    "sample_speaker",
+    "synthesize",
+    "to_rows",
+    "validate_manifest",
+    "write_manifest",
+]

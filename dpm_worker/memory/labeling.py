@@ -1,0 +1,356 @@
+"""Label one conversation in dialogue order: the four modes of DESIGN section 5, one code path.
+
+Modes differ only in what goes into the model's input for utterance i, and whether a write to
+the temporary LoRA memory precedes the read:
+
+=========  ===============================================  =======================
+mode       input for utterance i                            memory
+=========  ===============================================  =======================
+utterance  ``tokens_i``                                     none
+window     ``history[-n_r:] + tokens_i``                    none
+full       ``history + tokens_i`` up to ``max_context``     none
+dpm        ``history[-n_r:] + tokens_i``                    write, then read
+=========  ===============================================  =======================
+
+``tokens_i`` is ``<spk> audio... <audio_end>``; the emotion is always read at ``<audio_end>``
+(the last input position). In ``dpm`` mode with the default ``prior`` memory the emitted read
+is the backbone's read of that input times the speaker's prior, which is read from the memory
+of the speaker's earlier turns before this utterance is written into it (``memory.py``).
+
+Truncation rule: an input longer than the model's ``max_context`` loses tokens from the left:
+first the oldest history tokens, then, if the utterance alone is too long, its first audio
+tokens; its speaker token is kept at the front and ``<audio_end>`` at the end, so the emotion is
+read exactly as for any other utterance. An utterance longer than ``n_r`` needs no truncation:
+``n_r`` bounds the history part only.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from dpm_worker.model import EmotionModel
+
+from dpm_worker.errors import ConfigError, LabelError
+from dpm_worker.memory.config import MemoryConfig
+from dpm_worker.memory.lora import TemporaryLoraMemory
+
+MODES = ("utterance", "window", "full", "dpm")
+HISTORY_LABELS = ("none", "predicted")
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class LabelingConfig:
+    """How a conversation is labeled.
+
+    Args:
+        mode: ``utterance``, ``window``, ``full`` or ``dpm`` (the product's default).
+        window_tokens: n_r, the history tokens in context in ``window`` and ``dpm`` modes
+            (the paper: 1024 on IEMOCAP, 256 on MELD).
+        history_labels: ``none`` keeps emotion tokens out of the history; ``predicted`` appends
+            each predicted emotion token after its ``<audio_end>``; None (default) uses the
+            format the model was trained with (``model.history_labels``).
+        memory: the temporary LoRA's hyperparameters (``dpm`` mode only).
+        seed: seeds torch's global RNG at the start of each conversation.
+    """
+
+    mode: str = "dpm"
+    window_tokens: int = 256
+    history_labels: str | None = None
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.window_tokens < 0:
+            raise ConfigError(f"window_tokens must be >= 0, got {self.window_tokens}")
+        if self.history_labels is not None and self.history_labels not in HISTORY_LABELS:
+            raise ConfigError(
+                f"history_labels must be one of {HISTORY_LABELS}, got {self.history_labels!r}"
+            )
+        if not isinstance(self.memory, MemoryConfig):
+            raise ConfigError(f"memory must be a MemoryConfig, got {type(self.memory).__name__}")
+        if self.memory.write_target == "audio+emotion" and self.history_labels == "none":
+            raise ConfigError(
+                "memory.write_target 'audio+emotion' trains on the emotion tokens of the history "
+                f"and needs history_labels='predicted', got {self.history_labels!r}"
+            )
+
+
+@dataclass(frozen=True)
+class UtteranceInput:
+    """One utterance of a conversation, already tokenized.
+
+    Args:
+        utterance_index: the utterance's index in its conversation (dialogue order).
+        speaker: the speaker's name.
+        audio_ids: int64 speech-tokenizer codes.
+    """
+
+    utterance_index: int
+    speaker: str
+    audio_ids: np.ndarray
+
+
+@dataclass(frozen=True)
+class UtterancePrediction:
+    """The emotion read for one utterance.
+
+    Args:
+        utterance_index: as in the input.
+        speaker: as in the input.
+        label: the most probable emotion.
+        confidence: its probability.
+        probs: probabilities in the order of ``model.vocab.labels`` (float32).
+        ms: wall time spent on this utterance (write + read).
+        context_tokens: tokens in the model input (history part + utterance).
+    """
+
+    utterance_index: int
+    speaker: str
+    label: str
+    confidence: float
+    probs: np.ndarray
+    ms: float
+    context_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class PreparedUtterance:
+    """One utterance ready for the model (see :meth:`ConversationLabeler.prepare`)."""
+
+    speaker_slot: int
+    tokens: list[int]
+    ids: list[int]
+    start_of_utt: int
+    input_ids: torch.Tensor  # [1, len(ids)]
+
+
+def tail(tokens: Sequence[int], n: int) -> list[int]:
+    """The last ``n`` tokens (none for ``n <= 0``; note ``seq[-0:]`` would be all of them)."""
+    return list(tokens[max(0, len(tokens) - n) :]) if n > 0 else []
+
+
+def fit_context(
+    history_part: list[int], tokens: list[int], max_context: int
+) -> tuple[list[int], int]:
+    """Apply the truncation rule (module docstring).
+
+    Returns:
+        The input ids and the position where the utterance's tokens start in them.
+    """
+    room = max_context - len(tokens)
+    if room >= 0:
+        kept = tail(history_part, room)
+        return kept + tokens, len(kept)
+    # The utterance alone is too long: keep <spk>, then its last tokens up to <audio_end>.
+    return [tokens[0], *tail(tokens[1:], max_context - 1)], 0
+
+
+class ConversationLabeler:
+    """Labels conversations with one backbone in one mode; reusable across conversations.
+
+    Args:
+        model: the emotion SLLM (``dpm_worker.model.backbone.EmotionModel``). In ``dpm`` mode its
+            causal LM gets the temporary LoRA adapters injected once, here.
+        config: the labeling configuration.
+    """
+
+    def __init__(self, model: EmotionModel, config: LabelingConfig) -> None:
+        self.model = model
+        self.config = config
+        self.vocab = model.vocab
+        self.history_labels = config.history_labels or getattr(model, "history_labels", "none")
+        if config.memory.write_target == "audio+emotion" and self.history_labels != "predicted":
+            raise ConfigError(
+                "memory.write_target 'audio+emotion' needs history_labels 'predicted', "
+                f"got {self.history_labels!r}"
+            )
+        self.max_context = int(model.max_context)
+        if self.max_context < 2:
+            raise ConfigError(f"model.max_context must be >= 2, got {self.max_context}")
+        self.memory = (
+            TemporaryLoraMemory(model.model, config.memory) if config.mode == "dpm" else None
+        )
+        audio = (self.vocab.audio_offset, self.vocab.audio_offset + self.vocab.n_audio)
+        self._audio_range = audio
+        self._emotion_range = (self.vocab.emotion_offset, self.vocab.size)
+        self._emotion_ids = list(self.vocab.emotion_ids)
+        # prior memory: the backbone's emotion logits at a lone speaker token, per speaker slot
+        # (cleared per conversation; see _prior_read).
+        self._speaker_logits: dict[int, torch.Tensor] = {}
+
+    def close(self) -> None:
+        """Remove the memory's adapters from the backbone (only needed to reuse it otherwise)."""
+        if self.memory is not None:
+            self.memory.close()
+
+    def label_conversation(self, utterances: Sequence[UtteranceInput]) -> list[UtterancePrediction]:
+        """Label a conversation's utterances, given in dialogue order.
+
+        The memory (``dpm``) is reset before the first utterance and discarded after the last,
+        so no conversation sees another's.
+        """
+        cfg = self.config
+        torch.manual_seed(cfg.seed)
+        slots: dict[str, int] = {}
+        history: list[int] = []
+        predictions: list[UtterancePrediction] = []
+        self._speaker_logits.clear()
+        if self.memory is not None:
+            self.memory.reset()
+        try:
+            for utt in utterances:
+                start = time.perf_counter()
+                step = self.prepare(utt, slots, history)
+                read = self._read(step)
+                probs = read.float().cpu().numpy()
+                best = int(np.argmax(probs))
+                label = self.vocab.labels[best]
+                self.remember(history, step.tokens, label)
+                predictions.append(
+                    UtterancePrediction(
+                        utterance_index=utt.utterance_index,
+                        speaker=utt.speaker,
+                        label=label,
+                        confidence=float(probs[best]),
+                        probs=probs.astype(np.float32),
+                        ms=(time.perf_counter() - start) * 1000.0,
+                        context_tokens=len(step.ids),
+                    )
+                )
+        finally:
+            if self.memory is not None:
+                self.memory.reset()
+        return predictions
+
+    def prepare(
+        self, utt: UtteranceInput, slots: dict[str, int], history: list[int]
+    ) -> PreparedUtterance:
+        """The model input for ``utt``: its speaker slot, its tokens, history + tokens."""
+        speaker_slot = slots.setdefault(utt.speaker, len(slots))
+        try:
+            tokens = self.vocab.utterance_tokens(utt.audio_ids, speaker_slot)
+        except ConfigError as exc:
+            raise LabelError(f"utterance {utt.utterance_index}: {exc}") from exc
+        if len(tokens) < 3:
+            raise LabelError(f"utterance {utt.utterance_index} has no audio tokens")
+        ids, start_of_utt = fit_context(self._history_part(history), tokens, self.max_context)
+        input_ids = torch.tensor([ids], dtype=torch.long, device=self.model.device)
+        return PreparedUtterance(speaker_slot, tokens, ids, start_of_utt, input_ids)
+
+    def remember(self, history: list[int], tokens: list[int], label: str) -> None:
+        """Append an utterance (and its predicted label, if the format has them) to history.
+
+        History beyond what the mode reads is dropped, so memory stays constant per utterance.
+        """
+        cfg = self.config
+        keep = {"utterance": 0, "full": self.max_context}.get(cfg.mode, cfg.window_tokens)
+        history.extend(tokens)
+        if self.history_labels == "predicted":
+            history.append(self.vocab.emotion_token(label))
+        if len(history) > 2 * keep:
+            del history[: len(history) - keep]
+
+    def _read(self, step: PreparedUtterance) -> torch.Tensor:
+        """The emitted emotion distribution of one utterance: the mode's read, memory included.
+
+        Without memory, the model's read of the input. With it, ``prior`` multiplies the
+        backbone's read by the speaker's prior; the other write targets write first and read
+        with the updated memory (DESIGN 5), except ``audio+prediction``, whose write returns
+        the read it took before writing. ``read_gate`` < 1 emits the backbone's own read
+        instead when that is confident enough.
+        """
+        memory, cfg = self.memory, self.config.memory
+        if memory is None:
+            with torch.no_grad():
+                return self.model.emotion_probs(step.input_ids)[0]
+        base: torch.Tensor | None = None
+        read: torch.Tensor | None = None
+        if cfg.write_target == "prior":
+            read, base = self._prior_read(step, memory)
+        else:
+            if cfg.read_gate < 1.0:
+                memory.enable(False)  # the backbone's own answer on the same input
+                with torch.no_grad():
+                    base = self.model.emotion_probs(step.input_ids)[0]
+            if cfg.steps_per_utterance:
+                labels = self.write_labels(step.ids, step.start_of_utt)
+                read = memory.write(
+                    memory.slot_for(step.speaker_slot), step.input_ids, labels, self._emotion_ids
+                )
+            if read is None:
+                with torch.no_grad():
+                    read = self.model.emotion_probs(step.input_ids)[0]
+        if cfg.read_gate < 1.0 and base is not None and float(base.max()) >= cfg.read_gate:
+            return base
+        return read
+
+    def _prior_read(
+        self, step: PreparedUtterance, memory: TemporaryLoraMemory
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``prior`` memory: the backbone's read of the utterance times its speaker's prior.
+
+        One pass with the memory off gives the backbone's read at ``<audio_end>`` (and, with
+        ``prior_input: history``, its logits at the utterance's speaker token); the write
+        (speaker token, alone or after the history, memory on) gives the prior from the
+        speaker's earlier turns and then learns this read.
+
+        Returns:
+            The emitted probabilities and the backbone's own (memory-off) probabilities.
+        """
+        memory.enable(False)
+        start = step.start_of_utt
+        last = len(step.ids) - 1
+        with torch.no_grad():
+            if self.config.memory.prior_input == "speaker":
+                prefix = step.input_ids[:, start : start + 1]
+                own_logits = self._emotion_at(step.input_ids, [last])[0]
+                at_spk = self._speaker_logits.get(step.speaker_slot)
+                if at_spk is None:  # the same for every turn: the backbone is frozen here
+                    at_spk = self._emotion_at(prefix, [0])[0]
+                    self._speaker_logits[step.speaker_slot] = at_spk
+            else:
+                prefix = step.input_ids[:, : start + 1]
+                at_spk, own_logits = self._emotion_at(step.input_ids, [start, last])
+        own = torch.log_softmax(own_logits, dim=-1)
+        prior = memory.write_prior(
+            memory.slot_for(step.speaker_slot), prefix, at_spk, own.exp(), self._emotion_ids
+        )
+        read = torch.softmax(own + self.config.memory.prior_weight * prior, dim=-1)
+        return read, own.exp()
+
+    def _emotion_at(self, input_ids: torch.Tensor, positions: list[int]) -> torch.Tensor:
+        """Emotion logits (float32, ``[len(positions), n_labels]``) at the given positions."""
+        keep = torch.tensor(positions, device=self.model.device)
+        logits = self.model.model(input_ids=input_ids, logits_to_keep=keep).logits[0]
+        return logits[:, self._emotion_ids].float()
+
+    def _history_part(self, history: list[int]) -> list[int]:
+        mode = self.config.mode
+        if mode == "utterance":
+            return []
+        if mode == "full":
+            return tail(history, self.max_context)
+        return tail(history, self.config.window_tokens)
+
+    def write_labels(self, ids: list[int], start_of_utt: int) -> torch.Tensor:
+        """Write targets: the utterance's audio tokens (+ the history's emotion tokens)."""
+        tokens = torch.tensor(ids, dtype=torch.long)
+        positions = torch.arange(len(ids))
+        lo, hi = self._audio_range
+        mask = (positions >= start_of_utt) & (tokens >= lo) & (tokens < hi)
+        if self.config.memory.write_target == "audio+emotion":
+            elo, ehi = self._emotion_range
+            mask |= (positions < start_of_utt) & (tokens >= elo) & (tokens < ehi)
+        mask &= positions >= 1  # position 0 has nothing before it to predict it from
+        labels = torch.where(mask, tokens, torch.full_like(tokens, IGNORE))
+        return labels.unsqueeze(0).to(self.model.device)

@@ -1,0 +1,33 @@
+from dpm_worker.speech.cosyvoice import (
+    INSTALL_HINT,
+    TOKENIZER_CONFIG,
+    CosyVoiceTokenizer,
+    CosyVoiceTokenizerConfig,
+    build_model,
+    fetch_weights,
+    s3tokenizer_available,
+)
+from dpm_worker.speech.features import compute_block_features
+from dpm_worker.speech.tokenizer import (
+    BuiltinSpeechTokenizer,
+    SpeechTokenizer,
+    SpeechTokenizerConfig,
+    fit_speech_tokenizer,
+    load_speech_tokenizer,
+)
+
+__all__ = [
+    "BuiltinSpeechTokenizer",
+    "CosyVoiceTokenizer",
+    "CosyVoiceTokenizerConfig",
+    "INSTALL_HINT",
+    "SpeechTokenizer",
+    "SpeechTokenizerConfig",
+    "TOKENIZER_CONFIG",
+    "build_model",
+    "compute_block_features",
+    "fetch_weights",
+    "fit_speech_tokenizer",
+    "load_speech_tokenizer",
+    "s3tokenizer_available",
+]

@@ -1,0 +1,297 @@
+"""Speech tokenizers: waveform (float32, mono, 16 kHz) -> int64 codes at a fixed rate.
+
+The built-in tokenizer quantizes each 40 ms block (25 Hz) with a *product* codebook:
+``code = (spectral * n_energy + energy) * n_pitch + pitch``, each factor fitted separately with
+scikit-learn's MiniBatchKMeans on the training corpus. Why a product and not one k-means over
+the concatenated features: a joint k-means spends its codes on the spectral directions (many
+dimensions, much variance) and merges blocks that differ only in loudness or pitch, which is
+exactly what emotions change. A product codebook keeps 8 loudness levels and 16 pitch levels
+(one of them "unvoiced") in every token by construction.
+
+The CosyVoice2 S3Tokenizer (25 Hz, the paper's tokenizer) is available through
+:class:`CosyVoiceTokenizer` with user-supplied weights; see ``dpm_worker/speech/cosyvoice.py``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from dpm_worker.errors import ConfigError, ModelError
+from dpm_worker.speech.features import compute_block_features
+
+TOKENIZER_CONFIG = "speech_tokenizer.json"
+TOKENIZER_WEIGHTS = "speech_tokenizer.safetensors"
+
+
+@runtime_checkable
+class SpeechTokenizer(Protocol):
+    """Anything that turns a 16 kHz mono waveform into codes at ``rate_hz``."""
+
+    @property
+    def rate_hz(self) -> float:
+        """Tokens per second."""
+        ...
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of distinct codes."""
+        ...
+
+    def encode(self, wave: np.ndarray) -> np.ndarray:
+        """float32 mono 16 kHz samples -> int64 codes in ``[0, vocab_size)``."""
+        ...
+
+
+@dataclass(frozen=True)
+class SpeechTokenizerConfig:
+    """Shape of the built-in product codebook.
+
+    Args:
+        n_spectral: k-means codes for the spectral shape (phone class, roughly).
+        n_energy: k-means levels of unnormalised log-energy.
+        n_pitch: pitch levels; level 0 is "unvoiced", the rest are k-means levels of log f0.
+        n_mels: mel bands of the spectral feature.
+        sample_rate: input sample rate (the interface fixes 16 kHz).
+        rate_hz: tokens per second.
+    """
+
+    n_spectral: int = 4
+    n_energy: int = 8
+    n_pitch: int = 16
+    n_mels: int = 40
+    sample_rate: int = 16000
+    rate_hz: float = 25.0
+
+    def __post_init__(self) -> None:
+        for name in ("n_spectral", "n_energy"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.n_pitch < 2:
+            raise ConfigError(f"n_pitch must be >= 2 (unvoiced + voiced), got {self.n_pitch}")
+        if self.n_mels < 4:
+            raise ConfigError(f"n_mels must be >= 4, got {self.n_mels}")
+        if (
+            self.rate_hz <= 0
+            or abs(self.sample_rate / self.rate_hz - round(self.sample_rate / self.rate_hz)) > 1e-6
+        ):
+            raise ConfigError(
+                f"rate_hz must divide sample_rate {self.sample_rate} into whole samples, got {self.rate_hz}"
+            )
+
+    @property
+    def vocab_size(self) -> int:
+        return self.n_spectral * self.n_energy * self.n_pitch
+
+
+class BuiltinSpeechTokenizer:
+    """Product-codebook tokenizer over spectral shape, loudness and pitch (module docstring).
+
+    Args:
+        config: the codebook's shape.
+        spectral_centroids: ``[n_spectral, n_mels]``.
+        energy_centroids: ``[n_energy]`` log10 mean-square levels.
+        pitch_centroids: ``[n_pitch - 1]`` log2 Hz levels of voiced blocks.
+    """
+
+    kind = "builtin-product"
+
+    def __init__(
+        self,
+        config: SpeechTokenizerConfig,
+        spectral_centroids: torch.Tensor,
+        energy_centroids: torch.Tensor,
+        pitch_centroids: torch.Tensor,
+    ) -> None:
+        expected = {
+            "spectral_centroids": (config.n_spectral, config.n_mels),
+            "energy_centroids": (config.n_energy,),
+            "pitch_centroids": (config.n_pitch - 1,),
+        }
+        given = {
+            "spectral_centroids": spectral_centroids,
+            "energy_centroids": energy_centroids,
+            "pitch_centroids": pitch_centroids,
+        }
+        for name, shape in expected.items():
+            if tuple(given[name].shape) != shape:
+                raise ConfigError(f"{name} must have shape {shape}, got {tuple(given[name].shape)}")
+        self.config = config
+        self.spectral_centroids = spectral_centroids.to(torch.float32)
+        # Sorted 1-D levels keep code order meaningful (louder / higher = larger index).
+        self.energy_centroids = torch.sort(energy_centroids.to(torch.float32)).values
+        self.pitch_centroids = torch.sort(pitch_centroids.to(torch.float32)).values
+
+    @property
+    def rate_hz(self) -> float:
+        return self.config.rate_hz
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of the codebook and config: the key of cached tokenizations."""
+        digest = hashlib.sha256(json.dumps(asdict(self.config), sort_keys=True).encode())
+        for tensor in (self.spectral_centroids, self.energy_centroids, self.pitch_centroids):
+            digest.update(tensor.numpy().tobytes())
+        return digest.hexdigest()
+
+    @torch.no_grad()
+    def encode(self, wave: np.ndarray) -> np.ndarray:
+        """float32 mono waveform at ``config.sample_rate`` -> int64 codes, one per block."""
+        samples = torch.as_tensor(np.ascontiguousarray(wave, dtype=np.float32))
+        if samples.ndim != 1:
+            raise ConfigError(
+                f"encode expects a mono 1-D waveform, got shape {tuple(samples.shape)}"
+            )
+        feats = compute_block_features(
+            samples,
+            sample_rate=self.config.sample_rate,
+            rate_hz=self.rate_hz,
+            n_mels=self.config.n_mels,
+        )
+        spectral = torch.cdist(feats.spectral, self.spectral_centroids).argmin(dim=1)
+        energy = _nearest_level(feats.log_energy, self.energy_centroids)
+        voiced = ~torch.isnan(feats.log_f0)
+        pitch = torch.where(
+            voiced, 1 + _nearest_level(torch.nan_to_num(feats.log_f0), self.pitch_centroids), 0
+        )
+        codes = (spectral * self.config.n_energy + energy) * self.config.n_pitch + pitch
+        return codes.to(torch.int64).numpy()
+
+    def save(self, folder: str | Path) -> list[Path]:
+        """Write ``speech_tokenizer.json`` and ``.safetensors`` into ``folder``; return the paths."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        weights = folder / TOKENIZER_WEIGHTS
+        save_file(
+            {
+                "spectral_centroids": self.spectral_centroids.contiguous(),
+                "energy_centroids": self.energy_centroids.contiguous(),
+                "pitch_centroids": self.pitch_centroids.contiguous(),
+            },
+            str(weights),
+        )
+        config = folder / TOKENIZER_CONFIG
+        config.write_text(json.dumps({"type": self.kind, **asdict(self.config)}, indent=2) + "\n")
+        return [config, weights]
+
+    @classmethod
+    def random(
+        cls, config: SpeechTokenizerConfig | None = None, seed: int = 0
+    ) -> BuiltinSpeechTokenizer:
+        """An untrained tokenizer with plausible levels, for tests and random models."""
+        config = config or SpeechTokenizerConfig()
+        gen = torch.Generator().manual_seed(seed)
+        return cls(
+            config,
+            torch.randn(config.n_spectral, config.n_mels, generator=gen),
+            torch.linspace(-6.0, -1.0, config.n_energy),
+            torch.linspace(np.log2(80.0), np.log2(400.0), config.n_pitch - 1),
+        )
+
+
+def _nearest_level(values: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """Index of the nearest of the sorted 1-D ``levels`` for every value."""
+    return (values[:, None] - levels[None, :]).abs().argmin(dim=1)
+
+
+def fit_speech_tokenizer(
+    waves: Iterable[np.ndarray],
+    config: SpeechTokenizerConfig | None = None,
+    *,
+    seed: int = 0,
+    max_blocks: int = 200_000,
+) -> BuiltinSpeechTokenizer:
+    """Fit the product codebook on training waveforms with MiniBatchKMeans.
+
+    Args:
+        waves: float32 mono waveforms at ``config.sample_rate`` (the training split only).
+        config: the codebook's shape.
+        seed: seeds k-means and the block subsample, so the same data gives the same codebook.
+        max_blocks: at most this many blocks (uniformly subsampled) are clustered.
+    """
+    from sklearn.cluster import MiniBatchKMeans
+
+    config = config or SpeechTokenizerConfig()
+    spectral, energy, pitch = [], [], []
+    for wave in waves:
+        feats = compute_block_features(
+            torch.as_tensor(np.asarray(wave, dtype=np.float32)),
+            sample_rate=config.sample_rate,
+            rate_hz=config.rate_hz,
+            n_mels=config.n_mels,
+        )
+        spectral.append(feats.spectral.numpy())
+        energy.append(feats.log_energy.numpy())
+        pitch.append(feats.log_f0.numpy())
+    if not spectral:
+        raise ConfigError("cannot fit a speech tokenizer on zero waveforms")
+    spec = np.concatenate(spectral)
+    ener = np.concatenate(energy)
+    f0 = np.concatenate(pitch)
+    rng = np.random.default_rng(seed)
+    if len(spec) > max_blocks:
+        keep = rng.choice(len(spec), size=max_blocks, replace=False)
+        spec, ener, f0 = spec[keep], ener[keep], f0[keep]
+    voiced_f0 = f0[~np.isnan(f0)]
+    if len(spec) < config.n_spectral or len(voiced_f0) < config.n_pitch - 1:
+        raise ConfigError(
+            f"too little audio to fit {config.vocab_size} codes: {len(spec)} blocks, "
+            f"{len(voiced_f0)} voiced"
+        )
+
+    def kmeans(data: np.ndarray, k: int) -> np.ndarray:
+        model = MiniBatchKMeans(n_clusters=k, random_state=seed, batch_size=4096, n_init=3)
+        return model.fit(data).cluster_centers_.astype(np.float32)
+
+    return BuiltinSpeechTokenizer(
+        config,
+        torch.from_numpy(kmeans(spec, config.n_spectral)),
+        torch.from_numpy(kmeans(ener[:, None], config.n_energy)[:, 0]),
+        torch.from_numpy(kmeans(voiced_f0[:, None], config.n_pitch - 1)[:, 0]),
+    )
+
+
+def load_speech_tokenizer(path: str | Path) -> SpeechTokenizer:
+    """Load a saved speech tokenizer from its folder (or its ``speech_tokenizer.json``).
+
+    Raises:
+        ModelError: files missing, unknown tokenizer type or mismatched shapes.
+    """
+    path = Path(path)
+    config_path = path if path.suffix == ".json" else path / TOKENIZER_CONFIG
+    if not config_path.is_file():
+        raise ModelError(f"speech tokenizer config {TOKENIZER_CONFIG} is missing", str(path))
+    data = json.loads(config_path.read_text())
+    kind = data.pop("type", None)
+    if kind == "s3tokenizer":
+        from dpm_worker.speech.cosyvoice import CosyVoiceTokenizer
+
+        return CosyVoiceTokenizer.from_config(data, config_path.parent)
+    if kind != BuiltinSpeechTokenizer.kind:
+        raise ModelError(f"unknown speech tokenizer type {kind!r}", str(config_path))
+    weights_path = config_path.parent / TOKENIZER_WEIGHTS
+    if not weights_path.is_file():
+        raise ModelError(f"speech tokenizer weights {TOKENIZER_WEIGHTS} are missing", str(path))
+    try:
+        config = SpeechTokenizerConfig(**data)
+        tensors = load_file(str(weights_path))
+        return BuiltinSpeechTokenizer(
+            config,
+            tensors["spectral_centroids"],
+            tensors["energy_centroids"],
+            tensors["pitch_centroids"],
+        )
+    except (ConfigError, KeyError, TypeError) as exc:
+        raise ModelError(f"speech tokenizer files do not match: {exc}", str(path)) from exc

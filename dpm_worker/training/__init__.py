@@ -1,0 +1,51 @@
+from dpm_worker.training.loop import (
+    IGNORE,
+    ConversationStream,
+    TrainConfig,
+    build_stream,
+    compute_loss,
+    isolate_rows,
+    lr_at,
+    make_batch,
+    sample_starts,
+    train,
+)
+from dpm_worker.training.memory_loop import (
+    MemoryLoopConfig,
+    MemoryLoopTrainer,
+    TrainingConversation,
+    training_conversation,
+)
+from dpm_worker.training.token_cache import (
+    conversation_ids,
+    group_conversations,
+    iter_waveforms,
+    split_conversations,
+    tokenize_corpus,
+)
+from dpm_worker.training.validation import score_stream, score_stream_windows, summarize_scores
+
+__all__ = [
+    "ConversationStream",
+    "IGNORE",
+    "MemoryLoopConfig",
+    "MemoryLoopTrainer",
+    "TrainConfig",
+    "TrainingConversation",
+    "build_stream",
+    "compute_loss",
+    "conversation_ids",
+    "group_conversations",
+    "isolate_rows",
+    "iter_waveforms",
+    "lr_at",
+    "make_batch",
+    "sample_starts",
+    "score_stream",
+    "score_stream_windows",
+    "split_conversations",
+    "summarize_scores",
+    "tokenize_corpus",
+    "train",
+    "training_conversation",
+]

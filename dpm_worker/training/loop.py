@@ -1,0 +1,448 @@
+"""Backbone training: conversation streams, random windows, the paper's loss, validation.
+
+Loss per window (DESIGN 1): ``audio_weight * L_a + emotion_weight * L_e`` (0.5/0.5 as the
+paper), where L_a is next-token cross-entropy on every audio token of the stream and L_e is
+cross-entropy over the emotion tokens only, read at every ``<audio_end>``.
+
+Plus an auxiliary loss (training only, its heads are discarded): at each ``<audio_end>``, small
+linear heads also predict the labels of the same speaker's ``aux_previous`` earlier utterances.
+Why: in the synthetic corpus (and in real dialogue) half the utterances carry no prosodic cue
+and only the speaker's recent turns reveal the mood. The study found that a small model trained
+on L_e alone never learns to look back; asking each ``<audio_end>`` to report the speaker's
+earlier emotions trains exactly the attention path (current ``<audio_end>`` -> the same
+speaker's earlier ``<audio_end>`` states) that the main emotion read-out then reuses.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dpm_worker.errors import check_fields
+from dpm_worker.model import EmotionModel, StreamVocab
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and data settings of ``dpm train`` (every field a YAML key).
+
+    Args:
+        window_tokens: training window; also the model's ``max_context`` (train on windows as
+            long as the longest context you evaluate).
+        batch_size: windows per step.
+        epochs: passes over the training tokens (one epoch = as many windows as it takes to
+            cover the training streams' tokens once).
+        max_minutes: stop after this wall time (0: no limit); the best checkpoint is kept.
+        lr: peak learning rate (AdamW), with linear warm-up and cosine decay to lr * min_lr_ratio.
+        audio_weight, emotion_weight: weights of L_a and L_e.
+        aux_previous: number of the same speaker's earlier utterances whose labels are predicted
+            by auxiliary heads at each ``<audio_end>`` (0: off).
+        aux_weight: weight of the auxiliary loss.
+        aligned_fraction: share of windows that start on an utterance boundary (see
+            :func:`sample_starts`); the rest start anywhere.
+        isolated_fraction: share of batch rows that hold one utterance alone (its tokens up to
+            its ``<audio_end>``, then padding), read with no history exactly as ``utterance``
+            mode reads it (see :func:`isolate_rows`). 0 keeps the old sampling unchanged.
+        history_labels: ``none`` or ``predicted`` (emotion tokens after each ``<audio_end>``).
+        label_noise: with ``predicted``, probability that a history emotion token is replaced by
+            a random label, so the model learns not to trust (and copy) its own past labels.
+        val_fraction: fraction of conversations held out for validation.
+        evals_per_epoch: validation (and checkpoint) passes per epoch.
+        seed: seeds the split, the windows and the initialisation.
+        threads: torch CPU threads.
+    """
+
+    window_tokens: int = 512
+    batch_size: int = 8
+    epochs: float = 10.0
+    max_minutes: float = 0.0
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.05
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    audio_weight: float = 0.5
+    emotion_weight: float = 0.5
+    aux_previous: int = 2
+    aux_weight: float = 0.5
+    aligned_fraction: float = 0.5
+    isolated_fraction: float = 0.0
+    history_labels: str = "none"
+    label_noise: float = 0.3
+    val_fraction: float = 0.1
+    evals_per_epoch: int = 1
+    seed: int = 0
+    threads: int = 2
+
+    def __post_init__(self) -> None:
+        checks = {
+            "window_tokens": self.window_tokens >= 16,
+            "batch_size": self.batch_size >= 1,
+            "epochs": self.epochs > 0,
+            "max_minutes": self.max_minutes >= 0,
+            "lr": self.lr > 0,
+            "min_lr_ratio": 0 <= self.min_lr_ratio <= 1,
+            "warmup_steps": self.warmup_steps >= 0,
+            "aux_previous": self.aux_previous >= 0,
+            "aligned_fraction": 0 <= self.aligned_fraction <= 1,
+            "isolated_fraction": 0 <= self.isolated_fraction <= 1,
+            "history_labels": self.history_labels in ("none", "predicted"),
+            "label_noise": 0 <= self.label_noise <= 1,
+            "val_fraction": 0 < self.val_fraction < 1,
+            "evals_per_epoch": self.evals_per_epoch >= 1,
+            "threads": self.threads >= 1,
+        }
+        check_fields("train", self, checks)
+
+
+@dataclass
+class ConversationStream:
+    """One conversation as a token stream with its labelled ``<audio_end>`` positions."""
+
+    conversation_id: str
+    tokens: np.ndarray  # [L] int64
+    ends: np.ndarray  # [U] position of each utterance's <audio_end>
+    labels: np.ndarray  # [U] label index, IGNORE when unlabelled
+    speakers: np.ndarray  # [U] speaker slot
+    expressive: np.ndarray  # [U] 1 expressive, 0 not, -1 unknown
+    previous: np.ndarray  # [U, aux] index of the same speaker's k-th previous utterance, -1 none
+
+
+def build_stream(
+    vocab: StreamVocab,
+    conversation_id: str,
+    utterances: Sequence[dict],
+    *,
+    history_labels: str = "none",
+    aux_previous: int = 2,
+) -> ConversationStream:
+    """Concatenate ``<spk> codes... <audio_end>`` (+ ``<emo>`` with ``predicted``) per utterance.
+
+    Args:
+        utterances: dicts with ``speaker``, ``codes``, ``emotion`` (or None) and optionally
+            ``expressive``, in dialogue order.
+    """
+    slots: dict[str, int] = {}
+    tokens: list[int] = []
+    ends, labels, speakers, expressive = [], [], [], []
+    last_turns: dict[int, list[int]] = {}
+    previous = np.full((len(utterances), aux_previous), -1, dtype=np.int64)
+    for u, utt in enumerate(utterances):
+        slot = slots.setdefault(utt["speaker"], len(slots))
+        tokens.extend(vocab.utterance_tokens(utt["codes"], slot))
+        ends.append(len(tokens) - 1)
+        label = IGNORE if utt.get("emotion") is None else vocab.label_index(utt["emotion"])
+        labels.append(label)
+        if history_labels == "predicted":
+            # Placeholder emotion token (the true label; noised per window at batch time).
+            tokens.append(vocab.emotion_offset + max(label, 0))
+        speakers.append(slot)
+        flag = utt.get("expressive")
+        expressive.append(-1 if flag is None else int(bool(flag)))
+        turns = last_turns.setdefault(slot, [])
+        for k in range(min(aux_previous, len(turns))):
+            previous[u, k] = turns[-1 - k]
+        turns.append(u)
+    return ConversationStream(
+        conversation_id,
+        np.asarray(tokens, dtype=np.int64),
+        np.asarray(ends, dtype=np.int64),
+        np.asarray(labels, dtype=np.int64),
+        np.asarray(speakers, dtype=np.int64),
+        np.asarray(expressive, dtype=np.int64),
+        previous,
+    )
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # [B, W]
+    attention_mask: torch.Tensor  # [B, W]
+    audio_targets: torch.Tensor  # [B, W] next token where it is audio, else IGNORE
+    emotion_targets: torch.Tensor  # [B, W] label index at <audio_end> positions, else IGNORE
+    aux_targets: torch.Tensor  # [K, B, W] labels of the same speaker's earlier turns
+
+
+def make_batch(
+    vocab: StreamVocab,
+    streams: Sequence[ConversationStream],
+    starts: Sequence[int],
+    window: int,
+    *,
+    history_labels: str = "none",
+    label_noise: float = 0.0,
+    rng: np.random.Generator | None = None,
+    lengths: Sequence[int] | None = None,
+) -> Batch:
+    """Cut ``streams[i][starts[i]:starts[i] + window]`` into one right-padded batch.
+
+    ``lengths`` (optional) caps row ``i`` at ``min(window, lengths[i])`` tokens (isolated
+    utterances, see :func:`isolate_rows`).
+    """
+    n_aux = streams[0].previous.shape[1] if streams else 0
+    ids = np.zeros((len(streams), window), dtype=np.int64)
+    mask = np.zeros_like(ids)
+    emo = np.full_like(ids, IGNORE)
+    aux = np.full((n_aux, len(streams), window), IGNORE, dtype=np.int64)
+    for b, (stream, start) in enumerate(zip(streams, starts, strict=True)):
+        size = window if lengths is None else min(window, int(lengths[b]))
+        piece = stream.tokens[start : start + size].copy()
+        if history_labels == "predicted" and label_noise > 0 and rng is not None:
+            is_emo = piece >= vocab.emotion_offset
+            noisy = is_emo & (rng.random(piece.shape) < label_noise)
+            piece[noisy] = vocab.emotion_offset + rng.integers(
+                len(vocab.labels), size=int(noisy.sum())
+            )
+        ids[b, : len(piece)] = piece
+        mask[b, : len(piece)] = 1
+        inside = (stream.ends >= start) & (stream.ends < start + len(piece))
+        for u in np.flatnonzero(inside):
+            pos = stream.ends[u] - start
+            emo[b, pos] = stream.labels[u]
+            for k in range(n_aux):
+                prev = stream.previous[u, k]
+                # Only earlier turns still inside the window: the model cannot know the rest.
+                if prev >= 0 and stream.ends[prev] >= start:
+                    aux[k, b, pos] = stream.labels[prev]
+    audio = np.full_like(ids, IGNORE)
+    nxt = ids[:, 1:]
+    is_audio = (nxt >= vocab.audio_offset) & (nxt < vocab.speaker_offset) & (mask[:, 1:] == 1)
+    audio[:, :-1] = np.where(is_audio, nxt, IGNORE)
+    return Batch(*(torch.from_numpy(a) for a in (ids, mask, audio, emo, aux)))
+
+
+class AuxHeads(torch.nn.Module):
+    """Linear heads: hidden state at ``<audio_end>`` -> labels of the speaker's earlier turns."""
+
+    def __init__(self, hidden: int, n_labels: int, k: int) -> None:
+        super().__init__()
+        self.heads = torch.nn.ModuleList(torch.nn.Linear(hidden, n_labels) for _ in range(k))
+
+    def forward(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        losses = []
+        for head, target in zip(self.heads, targets, strict=True):
+            keep = target != IGNORE
+            if keep.any():
+                losses.append(F.cross_entropy(head(hidden[keep]), target[keep]))
+        return torch.stack(losses).mean() if losses else hidden.sum() * 0.0
+
+
+def compute_loss(
+    model: EmotionModel, batch: Batch, config: TrainConfig, aux_heads: AuxHeads | None
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The training loss of one batch and its parts (for logging)."""
+    lm = model.model
+    out = lm(
+        input_ids=batch.input_ids.to(model.device),
+        attention_mask=batch.attention_mask.to(model.device),
+        output_hidden_states=aux_heads is not None,
+    )
+    logits = out.logits.float()
+    audio_t = batch.audio_targets.to(model.device)
+    emo_t = batch.emotion_targets.to(model.device)
+    loss_a = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), audio_t.reshape(-1), ignore_index=IGNORE
+    )
+    keep = emo_t != IGNORE
+    loss_e = (
+        F.cross_entropy(model.emotion_logits(logits[keep]), emo_t[keep])
+        if keep.any()
+        else logits.sum() * 0
+    )
+    loss = config.audio_weight * loss_a + config.emotion_weight * loss_e
+    parts = {"L_a": loss_a.item(), "L_e": loss_e.item()}
+    if aux_heads is not None:
+        loss_aux = aux_heads(out.hidden_states[-1].float(), batch.aux_targets.to(model.device))
+        loss = loss + config.aux_weight * loss_aux
+        parts["L_aux"] = loss_aux.item()
+    return loss, parts
+
+
+def sample_starts(
+    streams: Sequence[ConversationStream],
+    window: int,
+    n: int,
+    rng: np.random.Generator,
+    aligned_fraction: float = 0.0,
+) -> tuple[list[ConversationStream], list[int]]:
+    """``n`` random windows: a conversation drawn in proportion to its length, then a start.
+
+    A start is uniform over token positions, or, with probability ``aligned_fraction``, the
+    first token of a random utterance: the window's first utterance is then read with no
+    history at all, exactly as ``utterance`` mode reads every utterance, and the later ones
+    with a history that starts on an utterance boundary. Without aligned starts, a model
+    almost never sees a context-free utterance in training.
+    """
+    lengths = np.array([len(s.tokens) for s in streams], dtype=np.float64)
+    picks = rng.choice(len(streams), size=n, p=lengths / lengths.sum())
+    starts = []
+    for i in picks:
+        stream = streams[i]
+        if rng.random() < aligned_fraction:
+            starts.append(utterance_start(stream, int(rng.integers(len(stream.ends)))))
+        else:
+            starts.append(int(rng.integers(0, max(1, len(stream.tokens) - window + 1))))
+    return [streams[i] for i in picks], starts
+
+
+def isolate_rows(
+    streams: Sequence[ConversationStream],
+    starts: Sequence[int],
+    fraction: float,
+    rng: np.random.Generator,
+) -> tuple[list[int], list[int] | None]:
+    """Turn a share ``fraction`` of the batch rows into one utterance alone.
+
+    Such a row starts on a random utterance of its stream and stops at that utterance's
+    ``<audio_end>``: the model reads it with no history and no later speech, exactly as
+    ``utterance`` mode does. Why: aligned windows give only their first utterance a
+    context-free read, so an utterance-mode read is a small share of the emotion loss.
+
+    Returns:
+        The new starts and per-row lengths (a huge number for untouched rows; ``None`` when
+        ``fraction`` is 0, which draws nothing from ``rng`` so old runs replay unchanged).
+    """
+    if fraction <= 0:
+        return list(starts), None
+    new_starts, lengths = list(starts), [2**62] * len(starts)
+    for b, stream in enumerate(streams):
+        if rng.random() < fraction:
+            u = int(rng.integers(len(stream.ends)))
+            first = utterance_start(stream, u)
+            new_starts[b] = first
+            lengths[b] = int(stream.ends[u]) - first + 1
+    return new_starts, lengths
+
+
+def utterance_start(stream: ConversationStream, u: int) -> int:
+    """Position of utterance ``u``'s first token (its speaker token) in ``stream.tokens``.
+
+    It follows the previous ``<audio_end>``, and the emotion token after it when the history
+    carries predicted labels (a token id above ``<audio_end>``'s).
+    """
+    if u == 0:
+        return 0
+    end = int(stream.ends[u - 1])
+    nxt = end + 1
+    labelled = nxt < len(stream.tokens) and stream.tokens[nxt] >= stream.tokens[end] + 1
+    return nxt + int(labelled)
+
+
+class LrSchedule(Protocol):
+    """What :func:`lr_at` reads from a config (TrainConfig, MemoryLoopConfig)."""
+
+    @property
+    def lr(self) -> float: ...
+    @property
+    def warmup_steps(self) -> int: ...
+    @property
+    def min_lr_ratio(self) -> float: ...
+    @property
+    def max_minutes(self) -> float: ...
+
+
+def lr_at(step: int, total: int, config: LrSchedule, minutes: float = 0.0) -> float:
+    """Linear warm-up, then cosine decay to ``lr * min_lr_ratio``.
+
+    Progress is the larger of steps done and budget used (``minutes / max_minutes``), so a run
+    cut short by its wall-time budget on a busy machine still ends with a decayed rate.
+    """
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, total - config.warmup_steps)
+    if config.max_minutes:
+        progress = max(progress, minutes / config.max_minutes)
+    progress = min(1.0, progress)
+    return config.lr * (
+        config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    )
+
+
+def train(
+    model: EmotionModel,
+    train_streams: Sequence[ConversationStream],
+    config: TrainConfig,
+    *,
+    on_eval: Callable[[int, float], None] | None = None,
+    progress: bool = True,
+) -> list[dict]:
+    """Train ``model.model`` in place on random windows of ``train_streams``.
+
+    Args:
+        model: the model to train (its trainable parameters are whatever requires grad).
+        train_streams: training conversations.
+        config: the settings.
+        on_eval: called as ``on_eval(step, epoch)`` ``evals_per_epoch`` times per epoch and at
+            the end (validation and checkpointing live there, in the caller).
+        progress: show a tqdm bar.
+
+    Returns:
+        One dict per logged interval (step, epoch, lr, loss parts, tokens/s).
+    """
+    from tqdm import tqdm
+
+    rng = np.random.default_rng(config.seed)
+    torch.manual_seed(config.seed)
+    tokens_total = sum(len(s.tokens) for s in train_streams)
+    steps_per_epoch = max(1, math.ceil(tokens_total / (config.window_tokens * config.batch_size)))
+    total = max(1, int(config.epochs * steps_per_epoch))
+    eval_every = max(1, steps_per_epoch // config.evals_per_epoch)
+    hidden = int(model.model.get_input_embeddings().weight.size(1))  # type: ignore[operator]
+    aux = (
+        AuxHeads(hidden, len(model.vocab.labels), config.aux_previous).to(model.device)
+        if config.aux_previous
+        else None
+    )
+    params = [p for p in model.model.parameters() if p.requires_grad]
+    params += list(aux.parameters()) if aux is not None else []
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    model.model.train()
+    started = time.monotonic()
+    history: list[dict] = []
+    running: dict[str, float] = {}
+    bar = tqdm(range(total), desc="train", unit="step", disable=not progress)
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, total, config, (time.monotonic() - started) / 60)
+        streams, starts = sample_starts(
+            train_streams, config.window_tokens, config.batch_size, rng, config.aligned_fraction
+        )
+        starts, lengths = isolate_rows(streams, starts, config.isolated_fraction, rng)
+        batch = make_batch(
+            model.vocab, streams, starts, config.window_tokens,
+            history_labels=config.history_labels, label_noise=config.label_noise, rng=rng,
+            lengths=lengths,
+        )  # fmt: skip
+        loss, parts = compute_loss(model, batch, config, aux)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+        optimizer.step()
+        for name, value in parts.items():
+            running[name] = 0.9 * running.get(name, value) + 0.1 * value
+        bar.set_postfix({k: f"{v:.3f}" for k, v in running.items()})
+        minutes = (time.monotonic() - started) / 60
+        out_of_time = config.max_minutes and minutes >= config.max_minutes
+        if (step + 1) % eval_every == 0 or step + 1 == total or out_of_time:
+            elapsed = time.monotonic() - started
+            record = {"step": step + 1, "epoch": (step + 1) / steps_per_epoch, "lr": lr_at(step, total, config, elapsed / 60),
+                      "minutes": elapsed / 60, **running}  # fmt: skip
+            history.append(record)
+            if on_eval is not None:
+                model.model.eval()
+                on_eval(step + 1, record["epoch"])
+                model.model.train()
+        if out_of_time:
+            break
+    bar.close()
+    model.model.eval()
+    return history

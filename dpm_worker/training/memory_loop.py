@@ -1,0 +1,400 @@
+"""Train the backbone with the memory loop inside, so it learns to read what DPM writes.
+
+Why: a backbone trained only on plain windows reads a temporary-LoRA shift mostly as noise
+(docs/dpm.md): small writes change nothing, larger ones hurt. Here each training conversation
+is labeled exactly as ``dpm`` mode labels it (:class:`ConversationLabeler`: reset, then per
+utterance a write to the speaker's temporary LoRA, then the read at ``<audio_end>``), but the
+read keeps its graph and its cross-entropy against the gold label trains the backbone.
+
+This is a first-order inner loop (as first-order MAML): the gradient of the read loss is taken
+with respect to the backbone's weights at the adapted point, treating the adapter's values as
+constants (no gradient through the write). The writes themselves are unchanged: the same
+:meth:`TemporaryLoraMemory.write` that labeling uses, with the backbone frozen while it runs, so
+a write never moves a backbone weight. Plain window batches (``plain_every``) keep the backbone
+good without its memory (``utterance``/``window`` modes) and keep its audio head trained.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dpm_worker.errors import ConfigError, check_fields
+from dpm_worker.memory import (
+    ConversationLabeler,
+    LabelingConfig,
+    MemoryConfig,
+    PreparedUtterance,
+    TemporaryLoraMemory,
+    UtteranceInput,
+)
+from dpm_worker.model import EmotionModel
+from dpm_worker.training.loop import (
+    AuxHeads,
+    ConversationStream,
+    TrainConfig,
+    compute_loss,
+    lr_at,
+    make_batch,
+    sample_starts,
+)
+
+
+@dataclass(frozen=True)
+class MemoryLoopConfig:
+    """Settings of training with the memory loop inside (the ``memory_loop`` YAML section).
+
+    Args:
+        epochs: passes over the training conversations (each labeled whole, in order).
+        max_minutes: stop after this wall time (0: no limit).
+        lr: peak AdamW learning rate of the backbone (warm-up, then cosine decay to
+            ``lr * min_lr_ratio``: the schedule of ``dpm train``, :func:`training.lr_at`).
+        min_lr_ratio: where the cosine decay ends, as a fraction of ``lr``.
+        warmup_steps: backbone optimizer steps of linear warm-up.
+        utterances_per_step: read losses averaged per backbone update.
+        plain_every: one plain window batch (the ``dpm train`` loss) after every this many
+            backbone updates; 0 never.
+        weight_decay, grad_clip: of the backbone's optimizer.
+        window_tokens: n_r of the ``dpm`` reads (label with the same).
+        seed: conversation order.
+    """
+
+    epochs: float = 2.0
+    max_minutes: float = 0.0
+    lr: float = 2e-4
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 20
+    utterances_per_step: int = 8
+    plain_every: int = 2
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    window_tokens: int = 256
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        checks = {
+            "epochs": self.epochs > 0,
+            "max_minutes": self.max_minutes >= 0,
+            "lr": math.isfinite(self.lr) and self.lr > 0,
+            "min_lr_ratio": 0 <= self.min_lr_ratio <= 1,
+            "warmup_steps": self.warmup_steps >= 0,
+            "utterances_per_step": self.utterances_per_step >= 1,
+            "plain_every": self.plain_every >= 0,
+            "weight_decay": self.weight_decay >= 0,
+            "grad_clip": self.grad_clip > 0,
+            "window_tokens": self.window_tokens >= 0,
+        }
+        check_fields("memory_loop", self, checks)
+
+
+@dataclass
+class TrainingConversation:
+    """One gold-labelled conversation: its utterances (in order) and gold label indices."""
+
+    conversation_id: str
+    utterances: list[UtteranceInput]
+    labels: list[int]  # label index per utterance, -100 when unlabelled
+
+
+def training_conversation(
+    conversation_id: str, rows: Sequence[dict], labels: Sequence[str]
+) -> TrainingConversation:
+    """Rows of :func:`dpm_worker.training.token_cache.group_conversations` -> one training conversation."""
+    index = {label: i for i, label in enumerate(labels)}
+    utterances = [
+        UtteranceInput(int(r["utterance_index"]), str(r["speaker"]), np.asarray(r["codes"], dtype=np.int64))
+        for r in rows
+    ]  # fmt: skip
+    gold = [index.get(r["emotion"], -100) if r["emotion"] is not None else -100 for r in rows]
+    return TrainingConversation(conversation_id, utterances, gold)
+
+
+class MemoryLoopTrainer:
+    """Trains ``model``'s backbone through the ``dpm`` labeling loop of ``labeling``.
+
+    Args:
+        model: the model to train in place (its LM gets the temporary adapters injected).
+        memory: the temporary LoRA used in training: label with the same one (and the same
+            ``config.window_tokens``).
+        config: the outer loop's settings.
+        plain: the plain-batch settings (window length, loss weights, aux heads); None for no
+            plain batches.
+    """
+
+    def __init__(
+        self,
+        model: EmotionModel,
+        memory: MemoryConfig,
+        config: MemoryLoopConfig,
+        plain: TrainConfig | None = None,
+    ) -> None:
+        if memory.write_target == "prior":
+            raise ConfigError(
+                "the memory loop trains the backbone to read audio or audio+prediction writes; "
+                "set memory.write_target: audio (and e.g. optimizer: adamw, lr: 0.001) in the "
+                "memory section. The default 'prior' memory needs no trained reader: its read "
+                "is a product with the backbone's own read"
+            )
+        labeling = LabelingConfig(mode="dpm", window_tokens=config.window_tokens, memory=memory)
+        self.model = model
+        self.config = config
+        self.plain = plain
+        # A clean copy before the adapters go in: checkpoints are saved from it.
+        self._clean_lm = copy.deepcopy(model.model)
+        self.labeler = ConversationLabeler(model, labeling)
+        adapters = self.labeler.memory
+        if adapters is None:  # pragma: no cover - mode dpm always builds one
+            raise ConfigError("dpm labeling built no memory")
+        self.memory: TemporaryLoraMemory = adapters
+        adapter = {id(p) for p in adapters.trainable_parameters()}
+        self.backbone_params = [p for p in model.model.parameters() if id(p) not in adapter]
+        hidden = int(model.model.get_input_embeddings().weight.size(1))  # type: ignore[operator]
+        self.aux = (
+            AuxHeads(hidden, len(model.vocab.labels), plain.aux_previous).to(model.device)
+            if plain is not None and plain.aux_previous
+            else None
+        )
+        params = self.backbone_params + (list(self.aux.parameters()) if self.aux else [])
+        self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        self._params = params
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def train(
+        self,
+        conversations: Sequence[TrainingConversation],
+        streams: Sequence[ConversationStream] = (),
+        *,
+        on_epoch: Callable[[float], None] | None = None,
+        progress: bool = True,
+    ) -> list[dict]:
+        """Label every conversation through the memory loop, ``epochs`` times, training on it.
+
+        Args:
+            conversations: the training conversations.
+            streams: the same conversations as streams, for the plain window batches.
+            on_epoch: called with the epoch number after each epoch and at the end
+                (validation and checkpoints live there, in the caller).
+            progress: show a tqdm bar (utterances).
+
+        Returns:
+            One record per epoch: read loss, plain loss, minutes, utterances.
+        """
+        from tqdm import tqdm
+
+        cfg = self.config
+        rng = np.random.default_rng(cfg.seed)
+        n_utts = sum(len(c.utterances) for c in conversations)
+        total_updates = max(1, int(cfg.epochs * n_utts / cfg.utterances_per_step))
+        started = time.monotonic()
+        self._updates = 0
+        self._pending = 0
+        history: list[dict] = []
+        bar = tqdm(total=int(cfg.epochs * n_utts), desc="memory loop", unit="utt",
+                   disable=not progress)  # fmt: skip
+        epoch = 0.0
+        stop = False
+        while epoch < cfg.epochs and not stop:
+            order = rng.permutation(len(conversations))
+            running = {"L_read": 0.0, "L_plain": 0.0, "n": 0, "n_plain": 0}
+            for index in order:
+                conv = conversations[int(index)]
+                losses = self._conversation(conv, streams, rng, total_updates, started)
+                running["L_read"] += sum(losses["read"])
+                running["L_plain"] += sum(losses["plain"])
+                running["n"] += len(losses["read"])
+                running["n_plain"] += len(losses["plain"])
+                bar.update(len(conv.utterances))
+                bar.set_postfix(L_read=f"{running['L_read'] / max(1, running['n']):.3f}")
+                minutes = (time.monotonic() - started) / 60
+                if cfg.max_minutes and minutes >= cfg.max_minutes:
+                    stop = True
+                    break
+                if self._updates >= total_updates:
+                    break
+            epoch += 1.0
+            history.append({
+                "epoch": epoch, "updates": self._updates, "utterances": running["n"],
+                "L_read": running["L_read"] / max(1, running["n"]),
+                "L_plain": running["L_plain"] / max(1, running["n_plain"]),
+                "minutes": round((time.monotonic() - started) / 60, 2),
+            })  # fmt: skip
+            if on_epoch is not None:
+                on_epoch(epoch)
+            if self._updates >= total_updates:
+                break
+        bar.close()
+        return history
+
+    def _conversation(
+        self,
+        conv: TrainingConversation,
+        streams: Sequence[ConversationStream],
+        rng: np.random.Generator,
+        total_updates: int,
+        started: float,
+    ) -> dict[str, list[float]]:
+        """Label one conversation in order; every read's loss trains the backbone.
+
+        The order of write and read is the labeling loop's: write then read (``audio``
+        writes, the paper), or read then write for ``audio+prediction``, whose emitted read is
+        the memory of the earlier turns (taken from its write's first forward pass).
+        """
+        labeler, memory = self.labeler, self.memory
+        read_first = memory.config.write_target == "audio+prediction"
+        slots: dict[str, int] = {}
+        history: list[int] = []
+        losses: dict[str, list[float]] = {"read": [], "plain": []}
+        memory.reset()
+        try:
+            for utt, gold in zip(conv.utterances, conv.labels, strict=True):
+                step = labeler.prepare(utt, slots, history)
+                slot = memory.slot_for(step.speaker_slot)
+                if not read_first:
+                    self._write(slot, step)
+                label = self._read(slot, step, gold, losses, streams, rng, total_updates, started)
+                if read_first:
+                    self._write(slot, step)
+                labeler.remember(history, step.tokens, label)
+        finally:
+            memory.reset()
+        return losses
+
+    def _write(self, slot: int, step: PreparedUtterance) -> None:
+        """The labeling loop's write, with the backbone frozen: it moves the adapter only."""
+        self._set_backbone_trainable(False)
+        labels = self.labeler.write_labels(step.ids, step.start_of_utt)
+        self.memory.write(slot, step.input_ids, labels, list(self.model.vocab.emotion_ids))
+        self._set_backbone_trainable(True)
+
+    def _read(
+        self,
+        slot: int,
+        step: PreparedUtterance,
+        gold: int,
+        losses: dict[str, list[float]],
+        streams: Sequence[ConversationStream],
+        rng: np.random.Generator,
+        total_updates: int,
+        started: float,
+    ) -> str:
+        """Read the emotion with the memory on; its loss goes back into the backbone now.
+
+        The backward pass runs before the next write changes the adapter in place. Returns
+        the predicted label (for a history that carries predicted labels).
+        """
+        self.memory.activate(slot)
+        logits = self.model.model(input_ids=step.input_ids, logits_to_keep=1).logits
+        emotion = logits[0, -1, list(self.model.vocab.emotion_ids)].float()
+        label = self.model.vocab.labels[int(emotion.argmax())]
+        if gold < 0:
+            return label
+        loss = F.cross_entropy(emotion[None], torch.tensor([gold], device=emotion.device))
+        (loss / self.config.utterances_per_step).backward()
+        losses["read"].append(loss.item())
+        self._pending += 1
+        if self._pending >= self.config.utterances_per_step:
+            self._update(total_updates, started)
+            every = self.config.plain_every
+            if streams and self.plain is not None and every and self._updates % every == 0:
+                losses["plain"].append(self._plain_step(streams, rng, total_updates, started))
+        return label
+
+    def _plain_step(
+        self,
+        streams: Sequence[ConversationStream],
+        rng: np.random.Generator,
+        total_updates: int,
+        started: float,
+    ) -> float:
+        """One batch of the plain ``dpm train`` loss, memory off."""
+        plain = self.plain
+        if plain is None:  # pragma: no cover - guarded by the caller
+            return 0.0
+        self.memory.enable(False)
+        picked, starts = sample_starts(
+            streams, plain.window_tokens, plain.batch_size, rng, plain.aligned_fraction
+        )
+        batch = make_batch(self.model.vocab, picked, starts, plain.window_tokens)
+        loss, _parts = compute_loss(self.model, batch, plain, self.aux)
+        loss.backward()
+        self._update(total_updates, started, count=False)
+        return loss.item()
+
+    def _update(self, total: int, started: float, *, count: bool = True) -> None:
+        cfg = self.config
+        lr = lr_at(self._updates, total, cfg, (time.monotonic() - started) / 60)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        torch.nn.utils.clip_grad_norm_(self._params, cfg.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        for param in self.memory.trainable_parameters():
+            param.grad = None  # the read's backward also reached the adapter
+        if count:
+            self._updates += 1
+            self._pending = 0
+
+    def _set_backbone_trainable(self, trainable: bool) -> None:
+        for param in self.backbone_params:
+            param.requires_grad_(trainable)
+
+    # -- validation -----------------------------------------------------------------------------
+
+    def validate(self, conversations: Sequence[TrainingConversation]) -> dict[str, dict]:
+        """UA/WA (and expressive-free) of ``window`` and ``dpm`` reads with the current weights.
+
+        The ``window`` read is the same labeler with its memory switched off (the backbone
+        alone on the same ``n_r`` window), so the two differ by the memory only.
+        """
+        from dpm_worker.metrics import summarize
+
+        self._set_backbone_trainable(False)  # a write must not leave gradients on the backbone
+        labels = self.model.vocab.labels
+        window = ConversationLabeler(
+            self.model,
+            LabelingConfig(mode="window", window_tokens=self.labeler.config.window_tokens),
+        )
+        out: dict[str, dict] = {}
+        for name, labeler in (("window", window), ("dpm", self.labeler)):
+            gold, pred = [], []
+            for conv in conversations:
+                for p, g in zip(
+                    labeler.label_conversation(conv.utterances), conv.labels, strict=True
+                ):
+                    if g >= 0:
+                        gold.append(labels[g])
+                        pred.append(p.label)
+            summary = summarize(gold, pred, labels)
+            out[name] = {k: summary[k] for k in ("n", "wa", "ua", "wf1")}
+        self.memory.reset()
+        return out
+
+    # -- results --------------------------------------------------------------------------------
+
+    def trained_model(self) -> EmotionModel:
+        """The trained backbone without the adapters (a copy, ready for ``save_model``)."""
+        import dataclasses
+
+        state = {
+            key.replace(".base_layer", ""): value.detach().clone()
+            for key, value in self.model.model.state_dict().items()
+            if "lora_" not in key
+        }
+        clean = copy.deepcopy(self._clean_lm)
+        clean.load_state_dict(state)
+        for param in clean.parameters():
+            param.requires_grad_(False)
+        return dataclasses.replace(self.model, model=clean)
+
+    def close(self) -> None:
+        """Remove the adapters; the backbone is then frozen again (as after labeling)."""
+        self.labeler.close()
+        self._set_backbone_trainable(False)

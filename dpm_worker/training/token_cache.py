@@ -1,0 +1,148 @@
+"""Tokenize a corpus once: manifest -> speech codes per utterance, cached as a ``datasets`` table.
+
+Training reads every utterance many times (random windows, many epochs) but the speech
+tokenizer is the slow part, so each utterance is tokenized once and kept on disk as an Arrow
+dataset under ``<cache>/tokens/<key>``. The key hashes the manifest's bytes and the tokenizer's
+fingerprint: a new codebook or a changed manifest never reuses stale codes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import datasets
+import numpy as np
+from tqdm import tqdm
+
+from dpm_worker.audio import conversation_segments
+from dpm_worker.corpus import UtteranceRow, iter_conversations, manifest_fingerprint
+from dpm_worker.speech import SpeechTokenizer
+
+log = logging.getLogger(__name__)
+
+FEATURES = datasets.Features(
+    {
+        "conversation_id": datasets.Value("string"),
+        "utterance_index": datasets.Value("int32"),
+        "speaker": datasets.Value("string"),
+        "emotion": datasets.Value("string"),
+        "expressive": datasets.Value("bool"),
+        "codes": datasets.Sequence(datasets.Value("int16")),
+    }
+)
+
+
+def default_cache_root() -> Path:
+    base = os.environ.get("DPM_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "dpm")
+    return Path(base)
+
+
+def iter_waveforms(
+    manifest_uri: str,
+    conversation_ids: set[str] | None = None,
+    *,
+    endpoint_url: str | None = None,
+) -> Iterator[tuple[UtteranceRow, np.ndarray]]:
+    """Every utterance's row and its float32 16 kHz mono samples, conversation by conversation."""
+    for conv_id, rows in iter_conversations(manifest_uri, endpoint_url=endpoint_url):
+        if conversation_ids is not None and conv_id not in conversation_ids:
+            continue
+        segments = conversation_segments(rows, endpoint_url=endpoint_url)
+        by_index = {row.utterance_index: row for row in rows}
+        for seg in segments:
+            yield by_index.get(seg.utterance_index, rows[0]), seg.samples
+
+
+def conversation_ids(manifest_uri: str, *, endpoint_url: str | None = None) -> list[str]:
+    """The manifest's conversation ids, sorted."""
+    from dpm_worker.corpus import read_manifest
+
+    table = read_manifest(manifest_uri, endpoint_url=endpoint_url)
+    return sorted(set(table.column("conversation_id").to_pylist()))
+
+
+def tokenize_corpus(
+    manifest_uri: str,
+    tokenizer: SpeechTokenizer,
+    tokenizer_fingerprint: str,
+    *,
+    cache_root: str | Path | None = None,
+    endpoint_url: str | None = None,
+    progress: bool = True,
+) -> datasets.Dataset:
+    """Speech codes of every utterance in the manifest, tokenized once and cached.
+
+    Args:
+        manifest_uri: a canonical manifest (file or folder; local or s3://).
+        tokenizer: the speech tokenizer.
+        tokenizer_fingerprint: identifies the tokenizer's weights (part of the cache key).
+        cache_root: the cache folder (default ``$DPM_CACHE_DIR`` or ``~/.cache/dpm``).
+        endpoint_url: explicit S3 endpoint.
+        progress: show a tqdm bar over utterances.
+
+    Returns:
+        A dataset with columns conversation_id, utterance_index, speaker, emotion (nullable),
+        expressive (nullable; the synthetic corpus's flag) and codes, in dialogue order.
+    """
+    key = hashlib.sha256(
+        f"{manifest_fingerprint(manifest_uri, endpoint_url=endpoint_url)}:{tokenizer_fingerprint}".encode()
+    ).hexdigest()[:32]
+    folder = Path(cache_root or default_cache_root()) / "tokens" / key
+    if (folder / "dataset_info.json").is_file():
+        log.info("speech codes cached at %s", folder)
+        return datasets.load_from_disk(str(folder))
+    rows = []
+    bar = tqdm(desc="tokenize", unit="utt", disable=not progress)
+    for row, samples in iter_waveforms(manifest_uri, endpoint_url=endpoint_url):
+        expressive = row.extra.get("expressive")
+        rows.append(
+            {
+                "conversation_id": row.conversation_id,
+                "utterance_index": row.utterance_index,
+                "speaker": row.speaker,
+                "emotion": row.emotion,
+                "expressive": None if expressive is None else bool(expressive),
+                "codes": tokenizer.encode(samples).astype(np.int16).tolist(),
+            }
+        )
+        bar.update(1)
+    bar.close()
+    dataset = datasets.Dataset.from_list(rows, features=FEATURES)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staged = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=folder.parent))
+    dataset.save_to_disk(str(staged))
+    if folder.exists():  # another process finished first; theirs is identical
+        shutil.rmtree(staged, ignore_errors=True)
+    else:
+        os.rename(staged, folder)
+    return datasets.load_from_disk(str(folder))
+
+
+def group_conversations(dataset: datasets.Dataset) -> dict[str, list[dict]]:
+    """Rows per conversation, in dialogue order."""
+    grouped: dict[str, list[dict]] = {}
+    for row in dataset:
+        grouped.setdefault(row["conversation_id"], []).append(row)
+    for rows in grouped.values():
+        rows.sort(key=lambda r: r["utterance_index"])
+    return grouped
+
+
+def split_conversations(
+    ids: Sequence[str], val_fraction: float, seed: int
+) -> tuple[list[str], list[str]]:
+    """Seeded split by conversation (never by utterance: a conversation's speakers and moods
+    must not leak from training into validation). At least one conversation on each side."""
+    order = sorted(ids)
+    rng = np.random.default_rng(seed)
+    rng.shuffle(order)
+    n_val = (
+        min(len(order) - 1, max(1, int(round(len(order) * val_fraction)))) if len(order) > 1 else 0
+    )
+    return sorted(order[n_val:]), sorted(order[:n_val])

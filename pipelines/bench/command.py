@@ -1,0 +1,34 @@
+"""``dpm bench NAME``: benchmarks that print JSON, comparing configurations side by side in one
+run (ratios, not absolute times). Each benchmark lives in ``pipelines/bench/<name>.py`` and
+exposes ``add_arguments(parser)`` and ``run(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+BENCHMARKS: dict[str, str] = {
+    "synth": "generation speed of the synthetic corpus (utterances per second)",
+    "memory": "per-utterance time and RSS at the start and end of a long conversation, per mode",
+    "throughput": "the Ray job against the in-process loop on the same corpus",
+    "scale": "driver memory while scheduling a manifest of many short conversations",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "name",
+        choices=sorted(BENCHMARKS),
+        help="; ".join(f"{k}: {v}" for k, v in BENCHMARKS.items()),
+    )
+    parser.add_argument("rest", nargs=argparse.REMAINDER, help="the benchmark's own options")
+
+
+def run(args: argparse.Namespace) -> int:
+    module = importlib.import_module(f"pipelines.bench.{args.name}")
+    parser = argparse.ArgumentParser(
+        prog=f"dpm bench {args.name}", description=BENCHMARKS[args.name]
+    )
+    module.add_arguments(parser)
+    return int(module.run(parser.parse_args(args.rest)))

@@ -1,0 +1,118 @@
+"""The labeling job's Ray plumbing: joining or starting a cluster and starting the actors.
+
+``ConversationWorker`` is a plain class of the library; it is wrapped with ``ray.remote`` here,
+at the call site, with one GPU per actor when the cluster has GPUs and ``cpus_per_actor`` CPUs
+otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+from dpm_worker.errors import DpmError, StorageError
+from dpm_worker.storage import redact
+from dpm_worker.tables import RunInfo
+from dpm_worker.worker import FAULT_ENV, FAULT_MARKER_ENV, WorkerSettings
+from pipelines.label.config import LabelJobConfig
+
+log = logging.getLogger("dpm.label")
+# Environment forwarded to actors: where storage is, never credentials (actors get those from
+# their node's environment or instance role, so they never pass through Ray's metadata).
+FORWARDED_ENV = (
+    "DPM_S3_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "DPM_CACHE_DIR",
+    FAULT_ENV,
+    FAULT_MARKER_ENV,
+)
+
+
+def connect(config: LabelJobConfig) -> None:
+    """Join the cluster at ``config.address``, or start an embedded local Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    # Under `ray job submit` the driver runs on the cluster with RAY_ADDRESS set: join it.
+    address = config.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING)
+    else:
+        ray.init(
+            num_cpus=os.cpu_count() or 1,
+            include_dashboard=False,
+            # Only small summaries travel through the object store.
+            object_store_memory=256 * 1024 * 1024,
+            logging_level=logging.WARNING,
+        )
+
+
+def start_actors(config: LabelJobConfig, run: RunInfo, worker_class: type) -> list[Any]:
+    """Create the actors (wrapped here, at the call site) and wait until they loaded the model."""
+    import ray
+    from ray.exceptions import GetTimeoutError, RayActorError
+
+    connect(config)
+    resources = ray.cluster_resources()
+    gpus = float(resources.get("GPU", 0))
+    cpus = float(resources.get("CPU", 0))
+    options: dict[str, Any] = {
+        "num_cpus": config.cpus_per_actor,
+        "max_restarts": config.max_restarts,
+        "max_task_retries": 0,  # the scheduler retries, knowing which conversation died
+        "runtime_env": {
+            "env_vars": {
+                # One progress line from the driver beats a weight-loading bar per actor.
+                "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+                **{k: os.environ[k] for k in FORWARDED_ENV if k in os.environ},
+            }
+        },
+    }
+    if gpus >= config.gpus_per_actor:
+        options["num_gpus"] = config.gpus_per_actor
+        n = config.actors or max(1, int(gpus // config.gpus_per_actor))
+    else:
+        n = config.actors or max(1, int(cpus // config.cpus_per_actor))
+    settings = WorkerSettings(
+        output_uri=config.output,
+        run=run,
+        model_uri=config.model,
+        labeling=config.labeling,
+        device=config.device,
+        torch_threads=config.threads,
+    )
+    log.info(
+        "starting %d actor(s) with %s (cluster: %.0f CPU, %.0f GPU)",
+        n,
+        {k: v for k, v in options.items() if k.startswith("num_")},
+        cpus,
+        gpus,
+    )
+    remote_class: Any = ray.remote(worker_class).options(**options)
+    handles = [remote_class.remote(settings) for _ in range(n)]
+    start = time.monotonic()
+    try:
+        infos = ray.get(
+            [h.describe.remote() for h in handles], timeout=config.actor_start_timeout_s
+        )
+    except GetTimeoutError as exc:
+        raise StorageError(
+            f"{n} actor(s) did not start within {config.actor_start_timeout_s:.0f} s; the "
+            f"cluster has {resources}; each actor needs {options.get('num_gpus', 0)} GPU and "
+            f"{config.cpus_per_actor} CPU"
+        ) from exc
+    except RayActorError as exc:
+        raise DpmError(f"an actor failed to start: {redact(str(exc))[-1500:]}") from exc
+    log.info(
+        "actors ready in %.1f s: model %s on %s",
+        time.monotonic() - start,
+        infos[0]["model_id"],
+        sorted({i["device"] for i in infos}),
+    )
+    return handles

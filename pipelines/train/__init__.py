@@ -1,0 +1,5 @@
+from pipelines.train.backbone import load_settings
+
+__all__ = [
+    "load_settings",
+]

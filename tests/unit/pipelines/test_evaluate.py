@@ -1,0 +1,147 @@
+"""``dpm eval`` end to end on a tiny random model and a small hand-made stereo corpus."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import soundfile as sf
+
+from dpm_worker.corpus import DEFAULT_LABELS
+from dpm_worker.model import EmotionModel, save_model
+from pipelines import cli
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A saved tiny random model and 3 conversations x 6 utterances (stereo tones)."""
+    root = tmp_path_factory.mktemp("eval")
+    save_model(EmotionModel.random(seed=0), str(root / "model"))
+    rng = np.random.default_rng(0)
+    rows = []
+    (root / "audio").mkdir()
+    for c in range(3):
+        n, turn = 6, 1.0
+        t = np.arange(int(16000 * turn)) / 16000
+        wave = np.zeros((int(16000 * turn * n), 2), dtype=np.float32)
+        for i in range(n):
+            f0 = rng.uniform(100, 300)
+            wave[int(i * 16000 * turn) : int((i + 1) * 16000 * turn), i % 2] = 0.3 * np.sin(
+                2 * np.pi * f0 * t
+            )
+            rows.append(
+                {
+                    "conversation_id": f"conv_{c}",
+                    "utterance_index": i,
+                    "speaker": f"s{i % 2}",
+                    "audio_uri": f"audio/conv_{c}.wav",
+                    "start_s": i * turn + 0.05,
+                    "end_s": (i + 1) * turn - 0.05,
+                    "channel": i % 2,
+                    "emotion": DEFAULT_LABELS[int(rng.integers(0, 4))],
+                    "expressive": bool(i % 3 == 0),
+                }
+            )
+        sf.write(root / "audio" / f"conv_{c}.wav", wave, 16000)
+    table = pa.Table.from_pylist(rows)
+    table = table.set_column(1, "utterance_index", table["utterance_index"].cast(pa.int32()))
+    table = table.set_column(6, "channel", table["channel"].cast(pa.int16()))
+    pq.write_table(table, root / "manifest.parquet")
+    return root
+
+
+def run_eval(root, *extra: str) -> dict:
+    out = root / "out.json"
+    code = cli.main(
+        [
+            "eval",
+            "--corpus",
+            str(root / "manifest.parquet"),
+            "--model",
+            str(root / "model"),
+            "--window-tokens",
+            "32",
+            "--json",
+            str(out),
+            "--bootstrap",
+            "200",
+            "--memory-lr",
+            "1e-2",
+            *extra,
+        ]
+    )
+    assert code == 0
+    return json.loads(out.read_text())
+
+
+def test_eval_writes_the_json_contract_predictions_and_plots(setup) -> None:
+    root = setup
+    report = run_eval(
+        root,
+        "--predictions",
+        str(root / "pred.parquet"),
+        "--plots",
+        str(root / "plots"),
+        "--position-bin",
+        "3",
+    )
+    assert set(report["modes"]) == {"utterance", "window", "full", "dpm"}
+    assert report["model"] == "dpm-random-0"
+    for block in report["modes"].values():
+        assert block["n"] == 18
+        for key in ("wa", "ua", "wf1", "utterances_per_second"):
+            assert isinstance(block[key], float)
+        assert set(block["per_class"]) == set(DEFAULT_LABELS)
+        assert 0 <= block["expressive_accuracy"] <= 1 and 0 <= block["subtle_accuracy"] <= 1
+        assert [(r["from"], r["to"]) for r in block["by_position"]] == [(0, 3), (3, 6)]
+        assert all(r["ms_per_utterance"] > 0 for r in block["by_position"])
+        assert block["ua_ci"][0] <= block["ua"] <= block["ua_ci"][1]
+    diff = report["comparisons"]["dpm-window"]
+    assert diff["lo"] <= diff["ua_diff"] <= diff["hi"]
+    assert diff["ua_diff"] == pytest.approx(
+        report["modes"]["dpm"]["ua"] - report["modes"]["window"]["ua"]
+    )
+    table = pq.read_table(root / "pred.parquet")
+    assert table.num_rows == 4 * 18
+    assert {"mode", "conversation_id", "utterance_index", "speaker", "gold", "pred"} <= set(
+        table.column_names
+    )
+    assert {f"p_{x}" for x in DEFAULT_LABELS} <= set(table.column_names)
+    probs = np.stack([table[f"p_{x}"].to_numpy() for x in DEFAULT_LABELS], axis=1)
+    assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    assert (root / "plots" / "confusion.png").stat().st_size > 1000
+    assert (root / "plots" / "by_position.png").stat().st_size > 1000
+
+
+def test_eval_is_deterministic_and_limits_conversations(setup) -> None:
+    first = run_eval(setup, "--mode", "dpm", "--limit-conversations", "2")
+    second = run_eval(setup, "--mode", "dpm", "--limit-conversations", "2")
+    assert first["modes"]["dpm"]["n"] == 12 and first["n_conversations"] == 2
+    assert first["modes"]["dpm"]["ua"] == second["modes"]["dpm"]["ua"]
+    assert first["modes"]["dpm"]["confusion"] == second["modes"]["dpm"]["confusion"]
+
+
+def test_eval_rejects_bad_arguments(setup, tmp_path) -> None:
+    args = ["eval", "--corpus", str(setup / "manifest.parquet"), "--json", str(tmp_path / "x")]
+    assert cli.main([*args, "--mode", "dpm,psychic"]) == 2
+    assert cli.main([*args, "--model", str(setup / "model"), "--memory-lr", "-1"]) == 2
+    assert cli.main([*args, "--model", str(tmp_path / "missing")]) == 2
+
+
+def test_bench_memory_reports_both_ends_per_mode(setup, capsys) -> None:
+    args = ["bench", "memory", "--model", str(setup / "model"), "--tokens", "random"]
+    assert cli.main([*args, "--utterances", "40", "--window-tokens", "64"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report["modes"]) == {"utterance", "window", "full", "dpm"}
+    for block in report["modes"].values():
+        for key in ("ms_first20", "ms_last20", "rss_mb_first20", "rss_mb_last20"):
+            assert block[key] > 0
+    # token counts, not timings: dpm/window context is capped, full keeps growing
+    assert report["modes"]["dpm"]["context_last20"] <= 64 + 127
+    assert report["modes"]["full"]["context_last20"] > report["modes"]["full"]["context_first20"]
+    assert cli.main([*args, "--utterances", "10"]) == 2
