@@ -3,7 +3,6 @@ from pipelines.label.compact import JOURNAL, compact_run
 from pipelines.label.config import (
     LabelJobConfig,
     load_config,
-    parse_override,
     public_config,
     strip_userinfo,
 )
@@ -21,7 +20,6 @@ __all__ = [
     "connect",
     "finish",
     "load_config",
-    "parse_override",
     "prepare",
     "public_config",
     "strip_userinfo",
