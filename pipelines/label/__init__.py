@@ -1,4 +1,5 @@
 from pipelines.label.actors import connect
+from pipelines.label.bookkeeping import Progress
 from pipelines.label.compact import JOURNAL, compact_run
 from pipelines.label.config import (
     LabelJobConfig,
@@ -8,7 +9,6 @@ from pipelines.label.config import (
 )
 from pipelines.label.job import EXIT_USAGE, LabelJob, finish
 from pipelines.label.plan import prepare
-from pipelines.label.scheduler import Progress
 
 __all__ = [
     "EXIT_USAGE",

@@ -81,7 +81,8 @@ class LabelJob:
 
     def execute(self) -> int:
         """Start Ray and the actors, schedule, write ``_SUCCESS``; returns the exit code."""
-        from pipelines.label.scheduler import ConversationScheduler, Progress
+        from pipelines.label.bookkeeping import Progress
+        from pipelines.label.scheduler import ConversationScheduler
 
         progress = self.progress = Progress(total_rows=self.total_rows)
         started_at = dt.datetime.now(dt.UTC)
