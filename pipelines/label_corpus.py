@@ -29,7 +29,8 @@ from collections.abc import Sequence
 
 from dpm_worker.errors import BadInputError, ConfigError, StorageError
 from pipelines.config import add_config_arguments
-from pipelines.label import EXIT_USAGE, finish, load_config, prepare
+from pipelines.exit_codes import EXIT_USAGE
+from pipelines.label import finish, load_config, prepare
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -9,7 +9,7 @@ from dpm_worker.model.backbone import (
     load_model,
     save_model,
 )
-from dpm_worker.model.folder import MANIFEST_NAME, write_manifest
+from dpm_worker.model.folder import MANIFEST_NAME, write_file_manifest
 from dpm_worker.model.vocab import StreamVocab
 
 __all__ = [
@@ -24,5 +24,5 @@ __all__ = [
     "extend_base_model",
     "load_model",
     "save_model",
-    "write_manifest",
+    "write_file_manifest",
 ]

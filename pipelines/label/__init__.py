@@ -7,11 +7,10 @@ from pipelines.label.config import (
     public_config,
     strip_userinfo,
 )
-from pipelines.label.job import EXIT_USAGE, LabelJob, finish
+from pipelines.label.job import LabelJob, finish
 from pipelines.label.plan import prepare
 
 __all__ = [
-    "EXIT_USAGE",
     "JOURNAL",
     "LabelJob",
     "LabelJobConfig",
