@@ -1,4 +1,5 @@
 from dpm_worker.model.backbone import (
+    HISTORY_FORMATS,
     MODEL_META,
     SCRATCH_TEXT_TOKENS,
     BackboneConfig,
@@ -13,6 +14,7 @@ from dpm_worker.model.folder import MANIFEST_NAME, write_file_manifest
 from dpm_worker.model.vocab import StreamVocab
 
 __all__ = [
+    "HISTORY_FORMATS",
     "BackboneConfig",
     "EmotionModel",
     "MANIFEST_NAME",

@@ -30,6 +30,7 @@ import numpy as np
 
 from dpm_worker.errors import BadInputError, ConfigError
 from dpm_worker.memory import MODES, ConversationLabeler, LabelingConfig, UtteranceInput
+from dpm_worker.model import HISTORY_FORMATS
 from pipelines.eval.config import add_labeling_arguments, load_labeling_config
 from pipelines.eval.results import (
     COMPARISONS,
@@ -70,7 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit-conversations", type=int, default=None, help="first K only")
     parser.add_argument(
         "--history-labels",
-        choices=("none", "predicted"),
+        choices=HISTORY_FORMATS,
         default=None,
         help="history format (default: the model's own)",
     )
