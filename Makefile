@@ -31,7 +31,8 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	bash infra/demo.sh $(DEMO_DIR)
 
-test: $(STAMP)
+# lint first: CI (.ci/run) runs `make test`, so ruff and mypy gate every change.
+test: lint
 	$(BIN)/python -m pytest tests -q -p no:cacheprovider --timeout=900
 
 unit: $(STAMP)
@@ -40,6 +41,7 @@ unit: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check dpm_worker pipelines tests
 	$(BIN)/ruff format --check dpm_worker pipelines tests
+	$(BIN)/mypy dpm_worker pipelines
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR)

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from dpm_worker.audio import TARGET_SR, conversation_segments
+from dpm_worker.audio import SAMPLE_RATE, conversation_segments
 from dpm_worker.corpus import UtteranceRow, conversation_problems
 from dpm_worker.errors import BadInputError, ConfigError
 from dpm_worker.memory import ConversationLabeler, LabelingConfig
@@ -151,7 +151,7 @@ class ConversationWorker:
             return self._fail(summary, rows, _input_errors(conversation_id, rows, exc))
         self._schedule_prefetch(next_conversation)
         n_samples = sum(len(s.samples) for s in segments if s.samples is not None)
-        summary["audio_s"] = float(n_samples / TARGET_SR)
+        summary["audio_s"] = float(n_samples / SAMPLE_RATE)
         try:
             utterances = self._predict(segments, timings)
         except BadInputError as exc:

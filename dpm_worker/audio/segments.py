@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from dpm_worker.audio.decode import (
+    SAMPLE_RATE,
     SILENCE_PEAK,
-    TARGET_SR,
     Recording,
     cut_segment,
     read_recording,
@@ -102,7 +102,7 @@ def _cut_rows(rows: Sequence[UtteranceRow], endpoint_url: str | None) -> list[Ut
                 utterance_index=row.utterance_index,
                 speaker=row.speaker,
                 start_s=start,
-                end_s=start + samples.shape[0] / TARGET_SR,
+                end_s=start + samples.shape[0] / SAMPLE_RATE,
                 emotion=row.emotion,
                 expressive=None if expressive is None else bool(expressive),
                 audio_uri=row.audio_uri,
@@ -143,8 +143,8 @@ def _vad_rows(rows: Sequence[UtteranceRow], endpoint_url: str | None) -> list[Ut
             named = n_channels == 1 or row.channel is not None
             speaker = row.speaker if named and row.speaker else f"ch{c}"
             signal = recording.samples[c]
-            for start, end in detect_speech(signal, TARGET_SR):
-                piece = signal[round(start * TARGET_SR) : round(end * TARGET_SR)]
+            for start, end in detect_speech(signal, SAMPLE_RATE):
+                piece = signal[round(start * SAMPLE_RATE) : round(end * SAMPLE_RATE)]
                 turns.append((start, end, speaker, channel, piece, row.audio_uri))
         if not any(turn[5] == row.audio_uri for turn in turns):
             raise AudioError("VAD found no speech in the recording", row.audio_uri)
