@@ -34,12 +34,17 @@ import torch
 from dpm_worker.errors import ConfigError, LabelError
 from dpm_worker.memory.config import MemoryConfig
 from dpm_worker.memory.lora import TemporaryLoraMemory
-from dpm_worker.model import EmotionModel, fit_context, history_budget, tail
+from dpm_worker.model import (
+    HISTORY_FORMATS,
+    IGNORE,
+    EmotionModel,
+    fit_context,
+    history_budget,
+    tail,
+)
 from dpm_worker.utterance import LabeledUtterance, Utterance
 
 MODES = ("utterance", "window", "full", "dpm")
-HISTORY_LABELS = ("none", "predicted")
-IGNORE = -100
 
 
 @dataclass(frozen=True)
@@ -68,9 +73,9 @@ class LabelingConfig:
             raise ConfigError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.window_tokens < 0:
             raise ConfigError(f"window_tokens must be >= 0, got {self.window_tokens}")
-        if self.history_labels is not None and self.history_labels not in HISTORY_LABELS:
+        if self.history_labels is not None and self.history_labels not in HISTORY_FORMATS:
             raise ConfigError(
-                f"history_labels must be one of {HISTORY_LABELS}, got {self.history_labels!r}"
+                f"history_labels must be one of {HISTORY_FORMATS}, got {self.history_labels!r}"
             )
         if not isinstance(self.memory, MemoryConfig):
             raise ConfigError(f"memory must be a MemoryConfig, got {type(self.memory).__name__}")

@@ -11,10 +11,11 @@ from dpm_worker.model.backbone import (
     save_model,
 )
 from dpm_worker.model.folder import MANIFEST_NAME, write_file_manifest
-from dpm_worker.model.stream import fit_context, history_budget, tail, utterance_start
+from dpm_worker.model.stream import IGNORE, fit_context, history_budget, tail, utterance_start
 from dpm_worker.model.vocab import StreamVocab
 
 __all__ = [
+    "IGNORE",
     "HISTORY_FORMATS",
     "BackboneConfig",
     "EmotionModel",

@@ -7,9 +7,8 @@ import torch
 import yaml
 
 from dpm_worker.errors import ConfigError, LabelError
-from dpm_worker.model import EmotionModel, StreamVocab, load_model
+from dpm_worker.model import IGNORE, EmotionModel, StreamVocab, load_model
 from dpm_worker.training import (
-    IGNORE,
     TrainConfig,
     build_stream,
     compute_loss,
