@@ -43,6 +43,7 @@ from pipelines.eval.results import (
     ModeResult,
     compare,
     score,
+    score_groups,
     write_plots,
     write_predictions,
 )
@@ -58,6 +59,7 @@ class Conversation:
     inputs: list[UtteranceInput]
     gold: list[str | None]
     expressive: list[bool | None]
+    group: list[str | None]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -82,6 +84,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--position-bin", type=int, default=10, help="bin width (utterances)")
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (%(default)s)")
+    parser.add_argument(
+        "--group-by",
+        default=None,
+        help="a manifest column (e.g. engine, voice_family, cue_mix): metrics per its value",
+    )
     add_memory_arguments(parser)
 
 
@@ -148,12 +155,20 @@ def parse_modes(text: str) -> list[str]:
     return list(dict.fromkeys(modes))
 
 
-def load_conversations(corpus: str, model, limit: int | None = None) -> list[Conversation]:
-    """Read the manifest, cut each conversation's audio and tokenize it once."""
+def load_conversations(
+    corpus: str, model, limit: int | None = None, group_by: str | None = None
+) -> list[Conversation]:
+    """Read the manifest, cut each conversation's audio and tokenize it once; with
+    ``group_by``, keep each utterance's value of that column."""
     from dpm_worker.audio import conversation_segments
     from dpm_worker.corpus import read_manifest, to_rows
 
     table = read_manifest(corpus, labels=model.vocab.labels)
+    if group_by is not None and group_by not in table.column_names:
+        raise BadInputError(
+            f"--group-by {group_by!r} is not a column of the manifest; it has {table.column_names}",
+            corpus,
+        )
     by_conv: dict[str, list] = {}
     for row in to_rows(table):
         by_conv.setdefault(row.conversation_id, []).append(row)
@@ -162,8 +177,9 @@ def load_conversations(corpus: str, model, limit: int | None = None) -> list[Con
     for cid in ids:
         rows = by_conv[cid]
         expressive = {r.utterance_index: r.extra.get("expressive") for r in rows}
+        groups = {r.utterance_index: _group_value(r, group_by) for r in rows}
         segments = conversation_segments(rows)
-        inputs, gold, expr = [], [], []
+        inputs, gold, expr, group = [], [], [], []
         for seg in segments:
             codes = np.asarray(model.speech_tokenizer.encode(seg.samples), dtype=np.int64)
             model.check_fits(len(codes) + 2, seg.audio_uri)
@@ -171,10 +187,18 @@ def load_conversations(corpus: str, model, limit: int | None = None) -> list[Con
             gold.append(seg.emotion)
             value = expressive.get(seg.utterance_index)
             expr.append(None if value is None else bool(value))
-        out.append(Conversation(cid, inputs, gold, expr))
+            group.append(groups.get(seg.utterance_index))
+        out.append(Conversation(cid, inputs, gold, expr, group))
     if not any(g is not None for c in out for g in c.gold):
         raise BadInputError("the corpus has no gold emotion labels to evaluate against", corpus)
     return out
+
+
+def _group_value(row, column: str | None) -> str | None:
+    if column is None:
+        return None
+    value = getattr(row, column) if hasattr(row, column) else row.extra.get(column)
+    return None if value is None else str(value)
 
 
 def label_corpus(model, conversations: list[Conversation], config: LabelingConfig) -> ModeResult:
@@ -186,8 +210,8 @@ def label_corpus(model, conversations: list[Conversation], config: LabelingConfi
             start = time.perf_counter()
             preds = labeler.label_conversation(conv.inputs)
             result.seconds += time.perf_counter() - start
-            for pos, (pred, gold, expr) in enumerate(
-                zip(preds, conv.gold, conv.expressive, strict=True)
+            for pos, (pred, gold, expr, group) in enumerate(
+                zip(preds, conv.gold, conv.expressive, conv.group, strict=True)
             ):
                 result.conversation_id.append(conv.conversation_id)
                 result.utterance_index.append(pred.utterance_index)
@@ -198,6 +222,7 @@ def label_corpus(model, conversations: list[Conversation], config: LabelingConfi
                 result.expressive.append(expr)
                 result.probs.append(pred.probs)
                 result.ms.append(pred.ms)
+                result.group.append(group)
     finally:
         labeler.close()
     return result
@@ -221,6 +246,9 @@ def build_report(model, results: dict[str, ModeResult], args: argparse.Namespace
             if a in results and b in results
         },
     }
+    if args.group_by is not None:
+        report["group_by"] = args.group_by
+        report["groups"] = score_groups(results, labels, args.position_bin, args.bootstrap)
     return report
 
 
@@ -247,7 +275,7 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     model = load_model(args.model)
     start = time.perf_counter()
-    conversations = load_conversations(args.corpus, model, args.limit_conversations)
+    conversations = load_conversations(args.corpus, model, args.limit_conversations, args.group_by)
     n_utt = sum(len(c.inputs) for c in conversations)
     log.info(
         "eval: %d conversations, %d utterances tokenized in %.1f s",
@@ -274,6 +302,12 @@ def run(args: argparse.Namespace) -> int:
         )
     for name, c in report["comparisons"].items():
         print(f"{name:18s} dUA={c['ua_diff']:+.3f} [{c['lo']:+.3f}, {c['hi']:+.3f}]")
+    for value, group in report.get("groups", {}).items():
+        cells = " ".join(
+            f"{m}: UA={b['ua']:.3f} expr={b['expressive_accuracy']}"
+            for m, b in group["modes"].items()
+        )
+        print(f"{args.group_by}={value} ({group['n_conversations']} conv) {cells}")
     return 0
 
 
