@@ -59,7 +59,7 @@ class Conversation:
     inputs: list[UtteranceInput]
     gold: list[str | None]
     expressive: list[bool | None]
-    group: list[str | None]
+    group: list[dict[str, str | None]]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -87,7 +87,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--group-by",
         default=None,
-        help="a manifest column (e.g. engine, voice_family, cue_mix): metrics per its value",
+        help="comma-separated manifest columns (e.g. engine,voice_family,cue_mix): metrics per "
+        "value of each",
     )
     add_memory_arguments(parser)
 
@@ -147,6 +148,12 @@ def memory_config(args: argparse.Namespace) -> MemoryConfig:
     )
 
 
+def group_columns(args: argparse.Namespace) -> tuple[str, ...]:
+    """The ``--group-by`` columns (none when the flag is absent)."""
+    text = args.group_by or ""
+    return tuple(dict.fromkeys(c.strip() for c in text.split(",") if c.strip()))
+
+
 def parse_modes(text: str) -> list[str]:
     modes = [m.strip() for m in text.split(",") if m.strip()]
     bad = [m for m in modes if m not in MODES]
@@ -156,17 +163,18 @@ def parse_modes(text: str) -> list[str]:
 
 
 def load_conversations(
-    corpus: str, model, limit: int | None = None, group_by: str | None = None
+    corpus: str, model, limit: int | None = None, group_by: tuple[str, ...] = ()
 ) -> list[Conversation]:
-    """Read the manifest, cut each conversation's audio and tokenize it once; with
-    ``group_by``, keep each utterance's value of that column."""
+    """Read the manifest, cut each conversation's audio and tokenize it once; keep each
+    utterance's values of the ``group_by`` columns."""
     from dpm_worker.audio import conversation_segments
     from dpm_worker.corpus import read_manifest, to_rows
 
     table = read_manifest(corpus, labels=model.vocab.labels)
-    if group_by is not None and group_by not in table.column_names:
+    missing = [c for c in group_by if c not in table.column_names]
+    if missing:
         raise BadInputError(
-            f"--group-by {group_by!r} is not a column of the manifest; it has {table.column_names}",
+            f"--group-by {missing} not columns of the manifest; it has {table.column_names}",
             corpus,
         )
     by_conv: dict[str, list] = {}
@@ -187,18 +195,19 @@ def load_conversations(
             gold.append(seg.emotion)
             value = expressive.get(seg.utterance_index)
             expr.append(None if value is None else bool(value))
-            group.append(groups.get(seg.utterance_index))
+            group.append(groups[seg.utterance_index])
         out.append(Conversation(cid, inputs, gold, expr, group))
     if not any(g is not None for c in out for g in c.gold):
         raise BadInputError("the corpus has no gold emotion labels to evaluate against", corpus)
     return out
 
 
-def _group_value(row, column: str | None) -> str | None:
-    if column is None:
-        return None
-    value = getattr(row, column) if hasattr(row, column) else row.extra.get(column)
-    return None if value is None else str(value)
+def _group_value(row, columns: tuple[str, ...]) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for column in columns:
+        value = getattr(row, column) if hasattr(row, column) else row.extra.get(column)
+        out[column] = None if value is None else str(value)
+    return out
 
 
 def label_corpus(model, conversations: list[Conversation], config: LabelingConfig) -> ModeResult:
@@ -246,9 +255,11 @@ def build_report(model, results: dict[str, ModeResult], args: argparse.Namespace
             if a in results and b in results
         },
     }
-    if args.group_by is not None:
-        report["group_by"] = args.group_by
-        report["groups"] = score_groups(results, labels, args.position_bin, args.bootstrap)
+    columns = group_columns(args)
+    if columns:
+        report["groups"] = {
+            c: score_groups(results, c, labels, args.position_bin, args.bootstrap) for c in columns
+        }
     return report
 
 
@@ -275,7 +286,9 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     model = load_model(args.model)
     start = time.perf_counter()
-    conversations = load_conversations(args.corpus, model, args.limit_conversations, args.group_by)
+    conversations = load_conversations(
+        args.corpus, model, args.limit_conversations, group_columns(args)
+    )
     n_utt = sum(len(c.inputs) for c in conversations)
     log.info(
         "eval: %d conversations, %d utterances tokenized in %.1f s",
@@ -302,12 +315,13 @@ def run(args: argparse.Namespace) -> int:
         )
     for name, c in report["comparisons"].items():
         print(f"{name:18s} dUA={c['ua_diff']:+.3f} [{c['lo']:+.3f}, {c['hi']:+.3f}]")
-    for value, group in report.get("groups", {}).items():
-        cells = " ".join(
-            f"{m}: UA={b['ua']:.3f} expr={b['expressive_accuracy']}"
-            for m, b in group["modes"].items()
-        )
-        print(f"{args.group_by}={value} ({group['n_conversations']} conv) {cells}")
+    for column, values in report.get("groups", {}).items():
+        for value, group in values.items():
+            cells = " ".join(
+                f"{m}: UA={b['ua']:.3f} expr={b['expressive_accuracy']}"
+                for m, b in group["modes"].items()
+            )
+            print(f"{column}={value} ({group['n_conversations']} conv) {cells}")
     return 0
 
 

@@ -46,7 +46,7 @@ class ModeResult:
     expressive: list[bool | None] = field(default_factory=list)
     probs: list[np.ndarray] = field(default_factory=list)
     ms: list[float] = field(default_factory=list)
-    group: list[str | None] = field(default_factory=list)
+    group: list[dict[str, str | None]] = field(default_factory=list)
     seconds: float = 0.0
 
     def subset(self, keep: list[int]) -> ModeResult:
@@ -127,17 +127,19 @@ def compare(a: ModeResult, b: ModeResult, labels: tuple[str, ...], n_boot: int) 
 
 def score_groups(
     results: dict[str, ModeResult],
+    column: str,
     labels: tuple[str, ...],
     bin_width: int,
     n_boot: int,
 ) -> dict[str, dict]:
-    """Per value of the ``--group-by`` column: each mode's block and the mode comparisons,
+    """Per value of a ``--group-by`` column: each mode's block and the mode comparisons,
     computed on that value's utterances alone (intervals resample its conversations)."""
     first = next(iter(results.values()))
-    values = sorted({str(g) for g in first.group})
+    of = [str(g[column]) for g in first.group]
+    values = sorted(set(of))
     out: dict[str, dict] = {}
     for value in values:
-        keep = [i for i, g in enumerate(first.group) if str(g) == value]
+        keep = [i for i, g in enumerate(of) if g == value]
         sub = {mode: r.subset(keep) for mode, r in results.items()}
         block: dict = {
             "n_conversations": len(set(sub[next(iter(sub))].conversation_id)),

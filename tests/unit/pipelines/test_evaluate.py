@@ -127,10 +127,12 @@ def test_eval_is_deterministic_and_limits_conversations(setup) -> None:
     assert first["modes"]["dpm"]["confusion"] == second["modes"]["dpm"]["confusion"]
 
 
-def test_eval_reports_each_value_of_the_group_by_column(setup) -> None:
-    report = run_eval(setup, "--mode", "utterance,window", "--group-by", "engine")
-    groups = report["groups"]
-    assert report["group_by"] == "engine" and set(groups) == {"e0", "e1", "flite"}
+def test_eval_reports_each_value_of_the_group_by_columns(setup) -> None:
+    report = run_eval(setup, "--mode", "utterance,window", "--group-by", "engine,speaker")
+    assert set(report["groups"]) == {"engine", "speaker"}
+    assert set(report["groups"]["speaker"]) == {"s0", "s1"}
+    groups = report["groups"]["engine"]
+    assert set(groups) == {"e0", "e1", "flite"}
     assert [groups[g]["n_conversations"] for g in ("e0", "e1", "flite")] == [2, 2, 1]
     for mode in ("utterance", "window"):
         whole = report["modes"][mode]
