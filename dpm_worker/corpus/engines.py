@@ -5,7 +5,8 @@ Engines are the Debian packages ``espeak-ng``, ``flite`` and ``festival`` (with 
 *voice family* (one speaker model: an espeak-ng variant, a flite or festival voice) so that a
 corpus can be split by engine and by family. Engines differ in which prosody they control
 natively: espeak-ng sets pitch, pitch range, rate and word gap; flite and festival set the rate,
-and pitch level and range only for their diphone voices (``kal``, ``ked``). Whatever an engine
+and pitch level and range only for their diphone voices (``kal``, ``ked``); festival's HTS
+voice (``slt``) has no native prosody control. Whatever an engine
 cannot do is applied after synthesis by :mod:`dpm_worker.corpus.cues`, or is absent.
 
 Every engine is run as a subprocess with every parameter explicit, so its output is a
@@ -43,6 +44,8 @@ class EngineVoice:
         f0_hz: the voice's own median pitch (measured with the separability pitch tracker).
         level_dbfs: the voice's own speech level at unit gain (measured, rounded).
         native_pitch: the engine can set this voice's pitch level and range.
+        native_rate: the engine can set this voice's speaking rate (festival's HTS voice
+            ignores ``Duration_Stretch``).
     """
 
     engine: str
@@ -52,6 +55,7 @@ class EngineVoice:
     f0_hz: float
     level_dbfs: float
     native_pitch: bool
+    native_rate: bool = True
 
 
 def _espeak_voices() -> tuple[EngineVoice, ...]:
@@ -71,7 +75,9 @@ VOICES: tuple[EngineVoice, ...] = _espeak_voices() + (
     EngineVoice("flite", "slt", "flite:slt", True, 168.0, -15.0, False),
     EngineVoice("festival", "kal_diphone", "festival:kal", False, 104.0, -19.0, True),
     EngineVoice("festival", "ked_diphone", "festival:ked", False, 104.0, -18.0, True),
-    EngineVoice("festival", "cmu_us_slt_arctic_hts", "festival:slt", True, 172.0, -22.0, False),
+    EngineVoice(
+        "festival", "cmu_us_slt_arctic_hts", "festival:slt", True, 172.0, -22.0, False, False
+    ),
 )
 VOICE_FAMILIES: tuple[str, ...] = tuple(dict.fromkeys(v.family for v in VOICES))
 
@@ -86,7 +92,8 @@ class SynthRequest:
         language: espeak-ng language (ignored by the other engines).
         f0_hz: target median pitch, used only when ``voice.native_pitch``.
         range_factor: pitch range multiplier, used only when ``voice.native_pitch``.
-        rate_factor: speaking rate multiplier (1 = the voice's own rate).
+        rate_factor: speaking rate multiplier (1 = the voice's own rate), used only when
+            ``voice.native_rate``.
         gap_10ms: extra pause between words (espeak-ng only; elsewhere done after synthesis).
     """
 

@@ -192,17 +192,18 @@ def _plan_prosody(
     level += level_jitter_db * j[3]
     voice = speaker.voice
     native_pitch = voice.native_pitch and not profile.post_pitch
+    native_rate = voice.native_rate and not profile.post_rate
     turn.request = SynthRequest(
         voice=voice,
         text=turn.text,
         language=speaker.language or "en-us",
         f0_hz=f0 if native_pitch else None,
         range_factor=range_factor if voice.native_pitch else 1.0,
-        rate_factor=1.0 if profile.post_rate else rate,
+        rate_factor=rate if native_rate else 1.0,
     )
     turn.post = {
         "cents": 0.0 if native_pitch else 1200.0 * math.log2(f0 / voice.f0_hz),
-        "tempo": rate if profile.post_rate else 1.0,
+        "tempo": 1.0 if native_rate else rate,
         "pause_ms": speaker.pause_ms + profile.shift(m, "pauses", k),
         "tilt": float(np.clip(profile.shift(m, "quality", k), -0.9, 0.9)),
         "gain_db": level - voice.level_dbfs,
