@@ -111,15 +111,17 @@ def _room(rng: np.random.Generator, rt60_s: float, sample_rate: int) -> np.ndarr
     return ir
 
 
-def _noise(rng: np.random.Generator, colour: str, n: int) -> np.ndarray:
+def _noise(rng: np.random.Generator, colour: str, n: int, sample_rate: int) -> np.ndarray:
     white = rng.standard_normal(n)
     if colour == "white":
         return white
     spectrum = np.fft.rfft(white)
-    freqs = np.maximum(np.fft.rfftfreq(n), 1.0 / n)
+    freqs = np.fft.rfftfreq(n, 1.0 / sample_rate)
     power = 1.0 if colour == "pink" else 2.0  # 1/f or 1/f^2 power
-    shaped = np.fft.irfft(spectrum / freqs ** (power / 2.0), n)
-    return shaped / max(float(np.std(shaped)), 1e-12)
+    # nothing below 20 Hz: a microphone does not pass it, and 1/f would make it dominate
+    gain = np.where(freqs >= 20.0, np.maximum(freqs, 20.0) ** (-power / 2.0), 0.0)
+    shaped = np.fft.irfft(spectrum * gain, n)
+    return shaped / max(float(np.sqrt(np.mean(shaped**2))), 1e-12)
 
 
 def _sox(audio: np.ndarray, before: list[str], after: list[str], effects: list[str]) -> bytes:
@@ -174,7 +176,7 @@ def apply_line(
         energy = np.mean(out[: n * frame].reshape(n, frame) ** 2, axis=1)
         active = energy[energy > energy.max() * 1e-3] if n else np.ones(1)
         speech_power = float(active.mean())
-        noise = _noise(rng, line.noise, out.size)
+        noise = _noise(rng, line.noise, out.size, sample_rate)
         out = out + noise * np.sqrt(speech_power / 10.0 ** (line.snr_db / 10.0))
     out32 = out.astype(np.float32)
     if line.telephone:
