@@ -188,8 +188,8 @@ def _speak(
 def generate_conversation(index: int, config: SynthConfig) -> tuple[bytes, list[dict[str, Any]]]:
     """Render conversation ``index``: its FLAC bytes and its manifest rows."""
     if config.randomize is not None:
-        signal, rows = generate_randomized_conversation(index, config)
-        return encode_flac(signal, config.sample_rate), rows
+        mixed, randomized_rows = generate_randomized_conversation(index, config)
+        return encode_flac(mixed, config.sample_rate), randomized_rows
     rng = np.random.default_rng([config.seed, index])
     conv_id = config.conversation_id(index)
     audio_uri = f"{AUDIO_DIR}/{conv_id}.flac"
