@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 import soundfile as sf
 from tqdm import tqdm
 
+from dpm_worker.audio import SAMPLE_RATE
 from dpm_worker.corpus.engines import engine_versions
 from dpm_worker.corpus.moods import next_mood
 from dpm_worker.corpus.randomized import (
@@ -117,7 +118,7 @@ class SynthConfig:
     jitter: float = 1.0
     female_prob: float = 0.5
     noise_dbfs: float | None = -65.0
-    sample_rate: int = 16_000
+    sample_rate: int = SAMPLE_RATE
     randomize: RandomizeConfig | None = None
 
     def __post_init__(self) -> None:
