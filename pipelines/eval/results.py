@@ -30,6 +30,8 @@ COMPARISONS = (
     ("dpm", "utterance"),
     ("window", "utterance"),
     ("full", "window"),
+    ("prior-ema", "window"),
+    ("dpm", "prior-ema"),
 )
 
 
