@@ -1,4 +1,5 @@
-"""Label one conversation in dialogue order: the four modes of DESIGN section 5, one code path.
+"""Label one conversation in dialogue order: the four modes of DESIGN section 5 and a closed-form
+baseline, one code path.
 
 Modes differ only in what goes into the model's input for utterance i, and whether a write to
 the temporary LoRA memory precedes the read:
@@ -10,12 +11,17 @@ utterance  ``tokens_i``                                     none
 window     ``history[-n_r:] + tokens_i``                    none
 full       ``history + tokens_i`` up to ``max_context``     none
 dpm        ``history[-n_r:] + tokens_i``                    write, then read
+prior-ema  ``history[-n_r:] + tokens_i``                    a running average
 =========  ===============================================  =======================
 
 ``tokens_i`` is ``<spk> audio... <audio_end>``; the emotion is always read at ``<audio_end>``
 (the last input position). In ``dpm`` mode with the default ``prior`` memory the emitted read
 is the backbone's read of that input times the speaker's prior, which is read from the memory
 of the speaker's earlier turns before this utterance is written into it (``memory.py``).
+``prior-ema`` is the closed form of that idea with no adapter (issue 11): the window read times
+the running average of the same speaker's earlier window reads, ``p ∝ r_i × m^beta`` and then
+``m ← (1 - a) m + a r_i`` (``ema_rate`` a, ``ema_weight`` beta), so every table shows what the
+parameter memory adds beyond it.
 
 The input is built, and an over-long one cut, by ``dpm_worker.model.fit_context`` (the
 truncation rule is there, shared with training); the utterances come and go as the records of
@@ -44,7 +50,7 @@ from dpm_worker.model import (
 )
 from dpm_worker.utterance import LabeledUtterance, Utterance
 
-MODES = ("utterance", "window", "full", "dpm")
+MODES = ("utterance", "window", "full", "dpm", "prior-ema")
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,8 @@ class LabelingConfig:
             format the model was trained with (``model.history_labels``).
         memory: the temporary LoRA's hyperparameters (``dpm`` mode only).
         seed: seeds torch's global RNG at the start of each conversation.
+        ema_rate: a, the weight of the newest read in ``prior-ema``'s running average.
+        ema_weight: beta, how much ``prior-ema``'s average weighs against the current read.
     """
 
     mode: str = "dpm"
@@ -67,6 +75,8 @@ class LabelingConfig:
     history_labels: str | None = None
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     seed: int = 0
+    ema_rate: float = 0.7
+    ema_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -77,6 +87,10 @@ class LabelingConfig:
             raise ConfigError(
                 f"history_labels must be one of {HISTORY_FORMATS}, got {self.history_labels!r}"
             )
+        if not 0.0 < self.ema_rate <= 1.0:
+            raise ConfigError(f"ema_rate must be in (0, 1], got {self.ema_rate!r}")
+        if not 0.0 <= self.ema_weight <= 10.0:
+            raise ConfigError(f"ema_weight must be in [0, 10], got {self.ema_weight!r}")
         if not isinstance(self.memory, MemoryConfig):
             raise ConfigError(f"memory must be a MemoryConfig, got {type(self.memory).__name__}")
         if self.memory.write_target == "audio+emotion" and self.history_labels == "none":
@@ -129,6 +143,8 @@ class ConversationLabeler:
         # prior memory: the backbone's emotion logits at a lone speaker token, per speaker slot
         # (cleared per conversation; see _prior_read).
         self._speaker_logits: dict[int, torch.Tensor] = {}
+        # prior-ema: the running average of each speaker slot's window reads (per conversation)
+        self._ema: dict[int, torch.Tensor] = {}
 
     def close(self) -> None:
         """Remove the memory's adapters from the backbone (only needed to reuse it otherwise)."""
@@ -147,6 +163,7 @@ class ConversationLabeler:
         history: list[int] = []
         predictions: list[LabeledUtterance] = []
         self._speaker_logits.clear()
+        self._ema.clear()
         if self.memory is not None:
             self.memory.reset()
         try:
@@ -215,7 +232,10 @@ class ConversationLabeler:
         memory, cfg = self.memory, self.config.memory
         if memory is None:
             with torch.no_grad():
-                return self.model.emotion_probs(step.input_ids)[0]
+                read = self.model.emotion_probs(step.input_ids)[0]
+            return (
+                self._ema_read(step.speaker_slot, read) if self.config.mode == "prior-ema" else read
+            )
         base: torch.Tensor | None = None
         read: torch.Tensor | None = None
         if cfg.write_target == "prior":
@@ -236,6 +256,19 @@ class ConversationLabeler:
         if cfg.read_gate < 1.0 and base is not None and float(base.max()) >= cfg.read_gate:
             return base
         return read
+
+    def _ema_read(self, speaker_slot: int, read: torch.Tensor) -> torch.Tensor:
+        """``prior-ema``: the read times the speaker's running average of earlier reads."""
+        average = self._ema.get(speaker_slot)
+        a = self.config.ema_rate
+        if average is None:
+            self._ema[speaker_slot] = read.clone()
+            return read
+        self._ema[speaker_slot] = (1.0 - a) * average + a * read
+        logits = torch.log(read.clamp_min(1e-12)) + self.config.ema_weight * torch.log(
+            average.clamp_min(1e-12)
+        )
+        return torch.softmax(logits, dim=-1)
 
     def _prior_read(
         self, step: PreparedUtterance, memory: TemporaryLoraMemory

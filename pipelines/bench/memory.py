@@ -40,7 +40,9 @@ EDGE = 20  # utterances at each end of the conversation
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--utterances", type=int, default=200, help="conversation length")
     parser.add_argument("--model", default=None, help="model folder (default: packaged)")
-    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated modes")
+    parser.add_argument(
+        "--modes", default="utterance,window,full,dpm", help="comma-separated modes (%(default)s)"
+    )
     parser.add_argument("--window-tokens", type=int, help="n_r (default: labeling.window_tokens)")
     parser.add_argument("--tokens", choices=("synth", "random"), default="synth")
     parser.add_argument("--seed", type=int, default=2024, help="conversation seed")

@@ -38,6 +38,7 @@ from pipelines.eval.results import (
     ModeResult,
     compare,
     score,
+    score_groups,
     write_plots,
     write_predictions,
 )
@@ -51,6 +52,7 @@ class Conversation:
 
     conversation_id: str
     utterances: list[Utterance]
+    groups: list[dict[str, str | None]]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -77,7 +79,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--position-bin", type=int, default=10, help="bin width (utterances)")
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (%(default)s)")
+    parser.add_argument(
+        "--group-by",
+        default=None,
+        help="comma-separated manifest columns (e.g. engine,voice_family,cue_mix): metrics per "
+        "value of each",
+    )
     add_labeling_arguments(parser)
+
+
+def group_columns(args: argparse.Namespace) -> tuple[str, ...]:
+    """The ``--group-by`` columns (none when the flag is absent)."""
+    text = args.group_by or ""
+    return tuple(dict.fromkeys(c.strip() for c in text.split(",") if c.strip()))
 
 
 def parse_modes(text: str) -> list[str]:
@@ -88,24 +102,44 @@ def parse_modes(text: str) -> list[str]:
     return list(dict.fromkeys(modes))
 
 
-def load_conversations(corpus: str, model, limit: int | None = None) -> list[Conversation]:
-    """Read the manifest, cut each conversation's audio and tokenize it once."""
+def load_conversations(
+    corpus: str, model, limit: int | None = None, group_by: tuple[str, ...] = ()
+) -> list[Conversation]:
+    """Read the manifest, cut each conversation's audio and tokenize it once; keep each
+    utterance's values of the ``group_by`` columns."""
     from dpm_worker.audio import conversation_segments
     from dpm_worker.corpus import read_manifest, to_rows
     from dpm_worker.speech import tokenize_utterances
 
     table = read_manifest(corpus, labels=model.vocab.labels)
+    missing = [c for c in group_by if c not in table.column_names]
+    if missing:
+        raise BadInputError(
+            f"--group-by {missing} not columns of the manifest; it has {table.column_names}",
+            corpus,
+        )
     by_conv: dict[str, list] = {}
     for row in to_rows(table):
         by_conv.setdefault(row.conversation_id, []).append(row)
     ids = list(by_conv)[: limit if limit is not None else None]
     out = []
     for cid in ids:
-        segments = conversation_segments(by_conv[cid])
-        utterances = tokenize_utterances(segments, model.speech_tokenizer, model.check_fits)
-        out.append(Conversation(cid, list(utterances)))
+        rows = by_conv[cid]
+        values = {r.utterance_index: _group_values(r, group_by) for r in rows}
+        segments = conversation_segments(rows)
+        utterances = list(tokenize_utterances(segments, model.speech_tokenizer, model.check_fits))
+        groups = [values.get(u.utterance_index, {}) for u in utterances]
+        out.append(Conversation(cid, utterances, groups))
     if not any(u.emotion is not None for c in out for u in c.utterances):
         raise BadInputError("the corpus has no gold emotion labels to evaluate against", corpus)
+    return out
+
+
+def _group_values(row, columns: tuple[str, ...]) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for column in columns:
+        value = getattr(row, column) if hasattr(row, column) else row.extra.get(column)
+        out[column] = None if value is None else str(value)
     return out
 
 
@@ -120,7 +154,7 @@ def label_conversations(
             start = time.perf_counter()
             labeled = labeler.label_conversation(conv.utterances)
             result.seconds += time.perf_counter() - start
-            for pos, item in enumerate(labeled):
+            for pos, (item, group) in enumerate(zip(labeled, conv.groups, strict=True)):
                 utt = item.utterance
                 result.conversation_id.append(utt.conversation_id)
                 result.utterance_index.append(utt.utterance_index)
@@ -131,6 +165,7 @@ def label_conversations(
                 result.expressive.append(utt.expressive)
                 result.probs.append(item.probs)
                 result.ms.append(item.ms)
+                result.group.append(group)
     finally:
         labeler.close()
     return result
@@ -156,6 +191,11 @@ def build_report(
             if a in results and b in results
         },
     }
+    columns = group_columns(args)
+    if columns:
+        report["groups"] = {
+            c: score_groups(results, c, labels, args.position_bin, args.bootstrap) for c in columns
+        }
     return report
 
 
@@ -180,7 +220,9 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     model = load_model(args.model)
     start = time.perf_counter()
-    conversations = load_conversations(args.corpus, model, args.limit_conversations)
+    conversations = load_conversations(
+        args.corpus, model, args.limit_conversations, group_columns(args)
+    )
     n_utt = sum(len(c.utterances) for c in conversations)
     log.info(
         "eval: %d conversations, %d utterances tokenized in %.1f s",
@@ -207,6 +249,13 @@ def run(args: argparse.Namespace) -> int:
         )
     for name, c in report["comparisons"].items():
         print(f"{name:18s} dUA={c['ua_diff']:+.3f} [{c['lo']:+.3f}, {c['hi']:+.3f}]")
+    for column, values in report.get("groups", {}).items():
+        for value, group in values.items():
+            cells = " ".join(
+                f"{m}: UA={b['ua']:.3f} expr={b['expressive_accuracy']}"
+                for m, b in group["modes"].items()
+            )
+            print(f"{column}={value} ({group['n_conversations']} conv) {cells}")
     return 0
 
 
