@@ -10,14 +10,26 @@ Rules, applied to the rows of one conversation in dialogue order:
    ``vad=True``) the file holds the whole unsegmented conversation and is segmented by VAD;
    otherwise (several rows, e.g. MELD's one clip per utterance, or ``vad=False``) the whole
    file is one utterance, as in rule 1.
-3. VAD turns: a mono recording gives turns of ``row.speaker`` (``"ch0"`` when it is empty),
-   with ``channel=None``. A multi-channel recording is one speaker per channel (as in call
+3. VAD turns: a mono recording gives turns of ``row.speaker`` (``"unknown"`` when it is empty),
+   with ``channel=None``; a manifest that knows no speaker says ``unknown``, and the table
+   then says so too (one voice as far as the memory is concerned: conversation scope).
+   A multi-channel recording is one speaker per channel (as in call
    recordings and the synthetic corpus): VAD runs on each channel separately and a turn on
    channel ``c`` gets ``speaker="ch{c}"`` and ``channel=c``. A row that names a ``channel``
    is segmented on that channel only, with the row's speaker. Turns of all VAD rows are ordered
    by start time (recordings of one conversation share a time origin) and numbered
    ``utterance_index`` 0..n-1; their emotion is None (a file-level label is not a turn's label).
    Rows with times and VAD rows cannot be mixed in one conversation.
+4. Diarized turns: a row without times whose ``rttm_uri`` names a diarization (its turns given
+   in ``diarizations``) is segmented by it, whatever the row count: each RTTM turn is one
+   utterance of the RTTM's speaker on the recording's channel mix. Overlapping turns each keep
+   their whole span, so the overlapped audio is in both (a mono mix cannot be separated, and
+   trimming would make a backchannel inside another's turn vanish). A turn past the end of
+   the recording is a DiarizationError; one that runs over the end is cut at the end.
+5. Fitting the model: a VAD region or diarized turn longer than ``max_segment_s`` is cut at
+   its quietest points into the fewest pieces that fit (:func:`split_at_quietest`); each piece
+   is its own utterance with its own times, and ``piece``/``pieces`` say where it came from.
+   Segments from rows with times (the user's segmentation) are never cut here.
 
 A recording whose segments are all silent, or in which VAD finds no speech, raises AudioError.
 """
@@ -25,7 +37,7 @@ A recording whose segments are all silent, or in which VAD finds no speech, rais
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -39,11 +51,14 @@ from dpm_worker.audio.decode import (
     read_recording,
     read_segment,
 )
-from dpm_worker.audio.vad import detect_speech
-from dpm_worker.errors import AudioError, SegmentError
+from dpm_worker.audio.vad import detect_speech, split_at_quietest
+from dpm_worker.errors import AudioError, DiarizationError, SegmentError
 
 if TYPE_CHECKING:
-    from dpm_worker.corpus import UtteranceRow
+    from dpm_worker.corpus import SpeakerTurn, UtteranceRow
+
+# As dpm_worker.corpus.UNKNOWN_SPEAKER (not imported: corpus imports audio).
+UNKNOWN_SPEAKER = "unknown"
 
 
 @dataclass(frozen=True)
@@ -58,10 +73,17 @@ class Segment:
     samples: np.ndarray
     emotion: str | None
     audio_uri: str
+    piece: int = 0
+    pieces: int = 1
 
 
 def conversation_segments(
-    rows: Sequence[UtteranceRow], *, endpoint_url: str | None = None, vad: bool | None = None
+    rows: Sequence[UtteranceRow],
+    *,
+    endpoint_url: str | None = None,
+    vad: bool | None = None,
+    max_segment_s: float | None = None,
+    diarizations: Mapping[str, Sequence[SpeakerTurn]] | None = None,
 ) -> list[Segment]:
     """Read the audio of one conversation's utterances (see the module docstring for rules).
 
@@ -70,10 +92,15 @@ def conversation_segments(
         endpoint_url: explicit S3 endpoint.
         vad: force VAD segmentation of rows without times (True), forbid it (False), or
             decide from the row count (None: only a single-row conversation is segmented).
+        max_segment_s: the longest VAD or diarized segment; longer ones are cut at their
+            quietest points (None: never cut).
+        diarizations: the turns of each row's ``rttm_uri`` (``dpm_worker.corpus.read_rttm``).
 
     Raises:
         AudioError: a recording is unreadable, non-finite, all silent, or has no speech.
         SegmentError: bad times or channel, or timed and VAD rows mixed.
+        DiarizationError: a row's ``rttm_uri`` has no turns given, or a turn lies past the
+            end of its recording.
     """
     if not rows:
         return []
@@ -81,8 +108,9 @@ def conversation_segments(
     if len(conversations) > 1:
         raise SegmentError(f"rows of several conversations given: {sorted(conversations)}")
     untimed = [row for row in rows if row.start_s is None and row.end_s is None]
+    diarized = any(row.rttm_uri for row in untimed)
     use_vad = vad if vad is not None else len(rows) == 1
-    if not (use_vad and untimed):
+    if not ((use_vad or diarized) and untimed):
         return _cut_rows(rows, endpoint_url)
     if len(untimed) != len(rows):
         raise SegmentError(
@@ -90,7 +118,9 @@ def conversation_segments(
             "segment by VAD",
             untimed[0].audio_uri,
         )
-    return _vad_rows(rows, endpoint_url)
+    if max_segment_s is not None and not max_segment_s > 0:
+        raise SegmentError(f"max_segment_s must be > 0, got {max_segment_s}")
+    return _vad_rows(rows, endpoint_url, max_segment_s, diarizations or {})
 
 
 def _cut_rows(rows: Sequence[UtteranceRow], endpoint_url: str | None) -> list[Segment]:
@@ -137,28 +167,71 @@ def _check_audible(segments: list[Segment]) -> None:
             )
 
 
-def _vad_rows(rows: Sequence[UtteranceRow], endpoint_url: str | None) -> list[Segment]:
+def _vad_rows(
+    rows: Sequence[UtteranceRow],
+    endpoint_url: str | None,
+    max_segment_s: float | None,
+    diarizations: Mapping[str, Sequence[SpeakerTurn]],
+) -> list[Segment]:
+    # (start, end, speaker, channel, signal the times refer to, uri)
     turns: list[tuple[float, float, str, int | None, np.ndarray, str]] = []
     for row in rows:
         recording = read_recording(row.audio_uri, endpoint_url=endpoint_url)
+        if row.rttm_uri:
+            turns.extend(_diarized_turns(row, recording, diarizations))
+            continue
         n_channels = recording.samples.shape[0]
         if row.channel is not None and not 0 <= row.channel < n_channels:
             raise SegmentError(
                 f"channel {row.channel} out of range for a {n_channels}-channel recording",
                 row.audio_uri,
             )
+        before = len(turns)
         for c in range(n_channels) if row.channel is None else [row.channel]:
             channel = c if n_channels > 1 else None
             named = n_channels == 1 or row.channel is not None
-            speaker = row.speaker if named and row.speaker else f"ch{c}"
+            speaker = (row.speaker or UNKNOWN_SPEAKER) if named else f"ch{c}"
             signal = recording.samples[c]
             for start, end in detect_speech(signal, TARGET_SR):
-                piece = signal[round(start * TARGET_SR) : round(end * TARGET_SR)]
-                turns.append((start, end, speaker, channel, piece, row.audio_uri))
-        if not any(turn[5] == row.audio_uri for turn in turns):
+                turns.append((start, end, speaker, channel, signal, row.audio_uri))
+        if len(turns) == before:
             raise AudioError("VAD found no speech in the recording", row.audio_uri)
-    turns.sort(key=lambda turn: (turn[0], turn[3] or 0))
-    return [
-        Segment(i, speaker, start, end, channel, np.ascontiguousarray(piece), None, uri)
-        for i, (start, end, speaker, channel, piece, uri) in enumerate(turns)
-    ]
+    turns.sort(key=lambda turn: (turn[0], turn[3] or 0, turn[1]))
+    segments: list[Segment] = []
+    for start, end, speaker, channel, signal, uri in turns:
+        spans = (
+            split_at_quietest(signal, TARGET_SR, start, end, max_segment_s)
+            if max_segment_s is not None
+            else [(start, end)]
+        )
+        for piece, (a, b) in enumerate(spans):
+            samples = np.ascontiguousarray(signal[round(a * TARGET_SR) : round(b * TARGET_SR)])
+            segments.append(
+                Segment(
+                    len(segments), speaker, a, b, channel, samples, None, uri, piece, len(spans)
+                )
+            )
+    return segments
+
+
+def _diarized_turns(
+    row: UtteranceRow, recording: Recording, diarizations: Mapping[str, Sequence[SpeakerTurn]]
+) -> list[tuple[float, float, str, int | None, np.ndarray, str]]:
+    """The row's RTTM turns on the recording's channel mix (module docstring, rule 4)."""
+    rttm_uri = row.rttm_uri or ""
+    if rttm_uri not in diarizations:
+        raise DiarizationError("no turns were read for this rttm_uri", rttm_uri)
+    samples = recording.samples
+    signal = samples[0] if samples.shape[0] == 1 else samples.mean(axis=0, dtype=np.float32)
+    duration = signal.shape[0] / TARGET_SR
+    turns: list[tuple[float, float, str, int | None, np.ndarray, str]] = []
+    for turn in diarizations[rttm_uri]:
+        if turn.start_s >= duration:
+            raise DiarizationError(
+                f"turn of {turn.speaker!r} at {turn.start_s:.3f} s starts past the end of "
+                f"{row.audio_uri} ({duration:.3f} s): is it the RTTM of another recording?",
+                rttm_uri,
+            )
+        end = min(turn.end_s, duration)
+        turns.append((turn.start_s, end, turn.speaker, None, signal, row.audio_uri))
+    return turns

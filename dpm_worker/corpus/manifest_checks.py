@@ -186,6 +186,14 @@ def row_problems(
     reversed_ = _mask(pc.less_equal(end, start))
     reversed_text = "end_s {} is not after start_s {} (reversed or empty segment)"
     checks.append(("end_s", reversed_, reversed_text, ("end_s", "start_s")))
+    rttm = table["rttm_uri"]
+    rttm_timed = _mask(pc.and_(pc.is_valid(rttm), pc.or_(pc.is_valid(start), pc.is_valid(end))))
+    rttm_text = (
+        "rttm_uri {!r} is given on a row with times (a diarization segments a whole recording)"
+    )
+    checks.append(("rttm_uri", rttm_timed, rttm_text, ("rttm_uri",)))
+    rttm_empty = _mask(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(rttm)), 0))
+    checks.append(("rttm_uri", rttm_empty, "rttm_uri is empty", ()))
     channel = _mask(pc.less(table["channel"], 0))
     checks.append(("channel", channel, "channel {} is negative", ("channel",)))
     if labels is not None:

@@ -225,6 +225,7 @@ def generate_conversation(index: int, config: SynthConfig) -> tuple[bytes, list[
                 "channel": speaker.channel,
                 "text": text,
                 "emotion": moods[current],
+                "rttm_uri": None,
                 "expressive": expressive,
                 "intensity": intensity,
                 "voice": speaker.voice,

@@ -124,7 +124,7 @@ def test_unsegmented_mono_recording_keeps_row_speaker(tmp_path, speech):
         (1, "alice", None),
     ]
     unnamed = conversation_segments([_row(str(path), speaker="")])
-    assert {s.speaker for s in unnamed} == {"ch0"}
+    assert {s.speaker for s in unnamed} == {"unknown"}
 
 
 def test_timed_rows_are_cut_and_keep_their_fields(conversation):
