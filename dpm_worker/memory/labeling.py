@@ -17,11 +17,18 @@ dpm        ``history[-n_r:] + tokens_i``                    write, then read
 is the backbone's read of that input times the speaker's prior, which is read from the memory
 of the speaker's earlier turns before this utterance is written into it (``memory.py``).
 
-Truncation rule: an input longer than the model's ``max_context`` loses tokens from the left:
-first the oldest history tokens, then, if the utterance alone is too long, its first audio
-tokens; its speaker token is kept at the front and ``<audio_end>`` at the end, so the emotion is
-read exactly as for any other utterance. An utterance longer than ``n_r`` needs no truncation:
-``n_r`` bounds the history part only.
+Context rule: an input longer than the model's ``max_context`` loses its oldest history tokens
+first. An utterance that alone is longer than the context (``long_utterances``):
+
+- ``chunks`` (default): its audio is cut into the fewest equal chunks that fit; each chunk is
+  read in turn as a turn of the same speaker (history and memory carry across them, so the
+  memory has written the first chunks when the last is read) and the utterance's distribution
+  is the chunks' mean weighted by their length. The row says how many chunks it took.
+- ``truncate``: only its last audio tokens that fit are read (its speaker token kept at the
+  front and ``<audio_end>`` at the end); the row says it was truncated.
+
+Measured on a synthetic corpus with long turns (docs/dpm.md, "Long turns"). An utterance longer
+than ``n_r`` but within the context needs neither: ``n_r`` bounds the history part only.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ from dpm_worker.memory.lora import TemporaryLoraMemory
 
 MODES = ("utterance", "window", "full", "dpm")
 HISTORY_LABELS = ("none", "predicted")
+LONG_UTTERANCES = ("chunks", "truncate")
 IGNORE = -100
 
 
@@ -59,6 +67,8 @@ class LabelingConfig:
             format the model was trained with (``model.history_labels``).
         memory: the temporary LoRA's hyperparameters (``dpm`` mode only).
         seed: seeds torch's global RNG at the start of each conversation.
+        long_utterances: how an utterance longer than the model's context is read,
+            ``chunks`` or ``truncate`` (module docstring).
     """
 
     mode: str = "dpm"
@@ -66,10 +76,15 @@ class LabelingConfig:
     history_labels: str | None = None
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     seed: int = 0
+    long_utterances: str = "chunks"
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ConfigError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.long_utterances not in LONG_UTTERANCES:
+            raise ConfigError(
+                f"long_utterances must be one of {LONG_UTTERANCES}, got {self.long_utterances!r}"
+            )
         if self.window_tokens < 0:
             raise ConfigError(f"window_tokens must be >= 0, got {self.window_tokens}")
         if self.history_labels is not None and self.history_labels not in HISTORY_LABELS:
@@ -111,7 +126,9 @@ class UtterancePrediction:
         confidence: its probability.
         probs: probabilities in the order of ``model.vocab.labels`` (float32).
         ms: wall time spent on this utterance (write + read).
-        context_tokens: tokens in the model input (history part + utterance).
+        context_tokens: tokens in the model input (history part + utterance; the last chunk's).
+        chunks: model reads the utterance took (1: read whole or truncated).
+        truncated: only the utterance's last audio tokens were read.
     """
 
     utterance_index: int
@@ -121,6 +138,8 @@ class UtterancePrediction:
     probs: np.ndarray
     ms: float
     context_tokens: int = 0
+    chunks: int = 1
+    truncated: bool = False
 
 
 @dataclass(frozen=True)
@@ -210,27 +229,43 @@ class ConversationLabeler:
         try:
             for utt in utterances:
                 start = time.perf_counter()
-                step = self.prepare(utt, slots, history)
-                read = self._read(step)
-                probs = read.float().cpu().numpy()
+                parts = self.chunks(utt.audio_ids)
+                total = np.zeros(len(self._emotion_ids), dtype=np.float64)
+                for part in parts:
+                    step = self.prepare(
+                        UtteranceInput(utt.utterance_index, utt.speaker, part), slots, history
+                    )
+                    read = self._read(step).float().cpu().numpy()
+                    # Each chunk enters the history (and memory) as a turn with its own read.
+                    self.remember(history, step.tokens, self.vocab.labels[int(np.argmax(read))])
+                    total += read * (len(part) / len(utt.audio_ids))
+                probs = total.astype(np.float32)
                 best = int(np.argmax(probs))
-                label = self.vocab.labels[best]
-                self.remember(history, step.tokens, label)
                 predictions.append(
                     UtterancePrediction(
                         utterance_index=utt.utterance_index,
                         speaker=utt.speaker,
-                        label=label,
+                        label=self.vocab.labels[best],
                         confidence=float(probs[best]),
-                        probs=probs.astype(np.float32),
+                        probs=probs,
                         ms=(time.perf_counter() - start) * 1000.0,
                         context_tokens=len(step.ids),
+                        chunks=len(parts),
+                        truncated=len(step.tokens) > self.max_context,
                     )
                 )
         finally:
             if self.memory is not None:
                 self.memory.reset()
         return predictions
+
+    def chunks(self, audio_ids: np.ndarray) -> list[np.ndarray]:
+        """The parts an utterance is read in: itself, or under ``chunks`` the fewest equal
+        chunks whose tokens (with ``<spk>`` and ``<audio_end>``) fit the context."""
+        room = self.max_context - 2
+        if self.config.long_utterances != "chunks" or len(audio_ids) <= room:
+            return [audio_ids]
+        return np.array_split(audio_ids, -(-len(audio_ids) // room))
 
     def prepare(
         self, utt: UtteranceInput, slots: dict[str, int], history: list[int]
