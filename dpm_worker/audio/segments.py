@@ -37,7 +37,7 @@ A recording whose segments are all silent, or in which VAD finds no speech, rais
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -52,7 +52,7 @@ from dpm_worker.audio.decode import (
     read_segment,
 )
 from dpm_worker.audio.vad import detect_speech, split_at_quietest
-from dpm_worker.errors import AudioError, DiarizationError, SegmentError
+from dpm_worker.errors import AudioError, BadInputError, DiarizationError, SegmentError
 
 if TYPE_CHECKING:
     from dpm_worker.corpus import SpeakerTurn, UtteranceRow
@@ -84,6 +84,7 @@ def conversation_segments(
     vad: bool | None = None,
     max_segment_s: float | None = None,
     diarizations: Mapping[str, Sequence[SpeakerTurn]] | None = None,
+    on_row_error: Callable[[UtteranceRow, BadInputError], None] | None = None,
 ) -> list[Segment]:
     """Read the audio of one conversation's utterances (see the module docstring for rules).
 
@@ -95,6 +96,11 @@ def conversation_segments(
         max_segment_s: the longest VAD or diarized segment; longer ones are cut at their
             quietest points (None: never cut).
         diarizations: the turns of each row's ``rttm_uri`` (``dpm_worker.corpus.read_rttm``).
+        on_row_error: when given, a row with times that fails on its own (its times lie
+            outside the recording, or its own clip, used by no other row, is undecodable or
+            silent) is passed here with its error and left out; the other rows are read. A
+            recording shared by several rows that cannot be decoded still raises: the rest of
+            the conversation would be meaningless without it.
 
     Raises:
         AudioError: a recording is unreadable, non-finite, all silent, or has no speech.
@@ -111,7 +117,7 @@ def conversation_segments(
     diarized = any(row.rttm_uri for row in untimed)
     use_vad = vad if vad is not None else len(rows) == 1
     if not ((use_vad or diarized) and untimed):
-        return _cut_rows(rows, endpoint_url)
+        return _cut_rows(rows, endpoint_url, on_row_error)
     if len(untimed) != len(rows):
         raise SegmentError(
             f"conversation {rows[0].conversation_id!r} mixes rows with times and rows to "
@@ -123,20 +129,34 @@ def conversation_segments(
     return _vad_rows(rows, endpoint_url, max_segment_s, diarizations or {})
 
 
-def _cut_rows(rows: Sequence[UtteranceRow], endpoint_url: str | None) -> list[Segment]:
+def _cut_rows(
+    rows: Sequence[UtteranceRow],
+    endpoint_url: str | None,
+    on_row_error: Callable[[UtteranceRow, BadInputError], None] | None,
+) -> list[Segment]:
     uses = Counter(row.audio_uri for row in rows)
     recordings: dict[str, Recording] = {}
     segments = []
     for row in rows:
-        if uses[row.audio_uri] > 1:
-            if row.audio_uri not in recordings:
-                recordings[row.audio_uri] = read_recording(row.audio_uri, endpoint_url=endpoint_url)
-            recording = recordings[row.audio_uri]
-            samples = cut_segment(recording, row.start_s, row.end_s, row.channel)
-        else:
-            samples = read_segment(
-                row.audio_uri, row.start_s, row.end_s, row.channel, endpoint_url=endpoint_url
-            )
+        shared = uses[row.audio_uri] > 1
+        if shared and row.audio_uri not in recordings:
+            # Outside the row's try: a shared recording that cannot be decoded fails them all.
+            recordings[row.audio_uri] = read_recording(row.audio_uri, endpoint_url=endpoint_url)
+        try:
+            if shared:
+                samples = cut_segment(
+                    recordings[row.audio_uri], row.start_s, row.end_s, row.channel
+                )
+            else:
+                samples = read_segment(
+                    row.audio_uri, row.start_s, row.end_s, row.channel, endpoint_url=endpoint_url
+                )
+                _check_audible(samples, row.audio_uri)
+        except BadInputError as exc:
+            if on_row_error is None:
+                raise
+            on_row_error(row, exc)
+            continue
         start = row.start_s or 0.0
         segments.append(
             Segment(
@@ -150,21 +170,18 @@ def _cut_rows(rows: Sequence[UtteranceRow], endpoint_url: str | None) -> list[Se
                 audio_uri=row.audio_uri,
             )
         )
-    _check_audible(segments)
+    for uri in recordings:
+        parts = [seg.samples for seg in segments if seg.audio_uri == uri]
+        if parts:  # (rows that all failed are reported already)
+            _check_audible(np.concatenate(parts), uri)
     return segments
 
 
-def _check_audible(segments: list[Segment]) -> None:
+def _check_audible(samples: np.ndarray, uri: str) -> None:
     """Fail a recording whose segments are all silent (read_recording checks whole files)."""
-    peaks: dict[str, float] = {}
-    for seg in segments:
-        peak = float(np.max(np.abs(seg.samples))) if seg.samples.size else 0.0
-        peaks[seg.audio_uri] = max(peaks.get(seg.audio_uri, 0.0), peak)
-    for uri, peak in peaks.items():
-        if peak < SILENCE_PEAK:
-            raise AudioError(
-                f"all segments are silence (peak {peak:.2e} < {SILENCE_PEAK:.0e})", uri
-            )
+    peak = float(np.max(np.abs(samples))) if samples.size else 0.0
+    if peak < SILENCE_PEAK:
+        raise AudioError(f"all segments are silence (peak {peak:.2e} < {SILENCE_PEAK:.0e})", uri)
 
 
 def _vad_rows(

@@ -303,6 +303,14 @@ def _python_problems(rows: Sequence[UtteranceRow], labels: Sequence[str] | None)
             add("start_s", f"end_s {end} is given without start_s")
         if start is not None and end is not None and end <= start:
             add("end_s", f"end_s {end} is not after start_s {start} (reversed or empty segment)")
+        if row.rttm_uri is not None and (start is not None or end is not None):
+            add(
+                "rttm_uri",
+                f"rttm_uri {row.rttm_uri!r} is given on a row with times (a diarization "
+                "segments a whole recording)",
+            )
+        if isinstance(row.rttm_uri, str) and not row.rttm_uri.strip():
+            add("rttm_uri", "rttm_uri is empty")
         if row.channel is not None and row.channel < 0:
             add("channel", f"channel {row.channel} is negative")
         if allowed is not None and row.emotion is not None and row.emotion not in allowed:

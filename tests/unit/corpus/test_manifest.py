@@ -372,6 +372,7 @@ def test_conversation_problems_match_vectorized_row_problems():
                 "end_s": [1.0, 2.0, None, 3.0, -0.5, float("inf"), 6.0],
                 "channel": pa.array([0, -1, 0, 1, 0, 1, None], pa.int16()),
                 "emotion": ["happy", "joy", None, "sad", "{odd}", "angry", "neutral"],
+                "rttm_uri": ["a.rttm", None, " ", None, None, None, None],
             }
         ),
         "m.parquet",
@@ -384,7 +385,7 @@ def test_conversation_problems_match_vectorized_row_problems():
         (rows[p.row].utterance_index, f"column {p.column!r}: {p.message}") for p in vectorized
     ]
     assert conversation_problems(rows, LABELS + ["{x}"]) == expected
-    assert len(expected) >= 12
+    assert len(expected) >= 14
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
