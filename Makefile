@@ -20,7 +20,12 @@ $(STAMP): pyproject.toml
 	# The CPU wheel of torch lies on local disk; installing it first keeps pip from
 	# resolving a multi-GB CUDA build for the range in pyproject.toml.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev]"
+	# The cosyvoice extra (CosyVoice2 S3Tokenizer) imports torchaudio. PyPI serves torchaudio only
+	# as a CUDA build; 2.11.1 is the newest and the only one that accepts torch 2.13. Its C++
+	# extension cannot load beside CPU torch, and torchaudio imports as pure Python without it
+	# (s3tokenizer uses only torchaudio's pure-Python parts), so its lib/*.so are removed.
+	$(BIN)/pip install -q -e ".[dev,cosyvoice]" "torchaudio==2.11.1"
+	$(BIN)/python -c "import importlib.util, pathlib; [p.unlink() for d in importlib.util.find_spec('torchaudio').submodule_search_locations for p in pathlib.Path(d, 'lib').glob('*.so')]"
 	@touch $(STAMP)
 
 demo: $(STAMP)

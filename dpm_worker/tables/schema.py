@@ -134,7 +134,9 @@ class RunInfo:
             "code_version": self.code_version,
             "run_config": json.dumps(self.config, sort_keys=True),
         }
-        return {f"{META_PREFIX}{k}".encode(): redact(v).encode() for k, v in values.items()}
+        # Stored as given (see RunTables.write_record): the config holds no credentials, since
+        # URIs lose their userinfo before they get here.
+        return {f"{META_PREFIX}{k}".encode(): v.encode() for k, v in values.items()}
 
 
 @dataclass(frozen=True)

@@ -180,6 +180,23 @@ def test_records_roundtrip(tmp_path):
     assert json.loads((tmp_path / "_runs" / "run-1" / "_SUCCESS").read_text())["utterances"] == 3
 
 
+def test_records_and_footers_keep_what_was_given_when_a_credential_is_a_substring(
+    tmp_path, monkeypatch
+):
+    # MinIO-style set-ups: the access key id is also part of the bucket name and the run id.
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "acme")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "acme-secret")
+    run = make_run("acme1", input="s3://acme/corpus/manifest.parquet")
+    tables = RunTables(str(tmp_path), run)
+    record = {"run_id": "acme1", "input": "s3://acme/corpus/manifest.parquet"}
+    tables.write_record("run.json", record)
+    assert tables.read_record("run.json") == record
+    tables.write_emotions("c", utterances(1))
+    meta = decode_metadata(pq.read_schema(tables.run_files(EMOTIONS)[0]).metadata)
+    assert meta["run_id"] == "acme1"
+    assert meta["run_config"]["input"] == "s3://acme/corpus/manifest.parquet"
+
+
 def test_probability_count_must_match_labels(tmp_path):
     tables = RunTables(str(tmp_path), make_run())
     bad = [LabeledUtterance(0, "A", None, None, "sad", 0.5, (0.5, 0.5), None)]
