@@ -1,4 +1,4 @@
-"""Turn one conversation's manifest rows into audio segments (16 kHz mono float32).
+"""Turn one conversation's manifest rows into utterances with their audio (16 kHz mono float32).
 
 Rules, applied to the rows of one conversation in dialogue order:
 
@@ -18,7 +18,8 @@ Rules, applied to the rows of one conversation in dialogue order:
    channel ``c`` gets ``speaker="ch{c}"`` and ``channel=c``. A row that names a ``channel``
    is segmented on that channel only, with the row's speaker. Turns of all VAD rows are ordered
    by start time (recordings of one conversation share a time origin) and numbered
-   ``utterance_index`` 0..n-1; their emotion is None (a file-level label is not a turn's label).
+   ``utterance_index`` 0..n-1; their emotion and expressive flag are None (a file-level
+   label is not a turn's label).
    Rows with times and VAD rows cannot be mixed in one conversation.
 4. Diarized turns: a row without times whose ``rttm_uri`` names a diarization (its turns given
    in ``diarizations``) is segmented by it, whatever the row count: each RTTM turn is one
@@ -28,7 +29,7 @@ Rules, applied to the rows of one conversation in dialogue order:
    the recording is a DiarizationError; one that runs over the end is cut at the end.
 5. Fitting the model: a VAD region or diarized turn longer than ``max_segment_s`` is cut at
    its quietest points into the fewest pieces that fit (:func:`split_at_quietest`); each piece
-   is its own utterance with its own times, and ``piece``/``pieces`` say where it came from.
+   is its own utterance with its own times, and ``pieces`` says into how many its region was cut.
    Segments from rows with times (the user's segmentation) are never cut here.
 
 A recording whose segments are all silent, or in which VAD finds no speech, raises AudioError.
@@ -38,7 +39,6 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -53,28 +53,13 @@ from dpm_worker.audio.decode import (
 )
 from dpm_worker.audio.vad import detect_speech, split_at_quietest
 from dpm_worker.errors import AudioError, BadInputError, DiarizationError, SegmentError
+from dpm_worker.utterance import Utterance
 
 if TYPE_CHECKING:
     from dpm_worker.corpus import SpeakerTurn, UtteranceRow
 
 # As dpm_worker.corpus.UNKNOWN_SPEAKER (not imported: corpus imports audio).
 UNKNOWN_SPEAKER = "unknown"
-
-
-@dataclass(frozen=True)
-class Segment:
-    """One utterance's audio: ``samples`` is float32 mono at 16 kHz."""
-
-    utterance_index: int
-    speaker: str
-    start_s: float
-    end_s: float
-    channel: int | None
-    samples: np.ndarray
-    emotion: str | None
-    audio_uri: str
-    piece: int = 0
-    pieces: int = 1
 
 
 def conversation_segments(
@@ -85,7 +70,7 @@ def conversation_segments(
     max_segment_s: float | None = None,
     diarizations: Mapping[str, Sequence[SpeakerTurn]] | None = None,
     on_row_error: Callable[[UtteranceRow, BadInputError], None] | None = None,
-) -> list[Segment]:
+) -> list[Utterance]:
     """Read the audio of one conversation's utterances (see the module docstring for rules).
 
     Args:
@@ -133,10 +118,10 @@ def _cut_rows(
     rows: Sequence[UtteranceRow],
     endpoint_url: str | None,
     on_row_error: Callable[[UtteranceRow, BadInputError], None] | None,
-) -> list[Segment]:
+) -> list[Utterance]:
     uses = Counter(row.audio_uri for row in rows)
     recordings: dict[str, Recording] = {}
-    segments = []
+    segments: list[Utterance] = []
     for row in rows:
         shared = uses[row.audio_uri] > 1
         if shared and row.audio_uri not in recordings:
@@ -158,20 +143,25 @@ def _cut_rows(
             on_row_error(row, exc)
             continue
         start = row.start_s or 0.0
+        expressive = row.extra.get("expressive")
         segments.append(
-            Segment(
+            Utterance(
+                conversation_id=row.conversation_id,
                 utterance_index=row.utterance_index,
                 speaker=row.speaker,
                 start_s=start,
                 end_s=start + samples.shape[0] / TARGET_SR,
+                emotion=row.emotion,
+                expressive=None if expressive is None else bool(expressive),
+                audio_uri=row.audio_uri,
                 channel=row.channel,
                 samples=samples,
-                emotion=row.emotion,
-                audio_uri=row.audio_uri,
             )
         )
     for uri in recordings:
-        parts = [seg.samples for seg in segments if seg.audio_uri == uri]
+        parts = [
+            seg.samples for seg in segments if seg.audio_uri == uri and seg.samples is not None
+        ]
         if parts:  # (rows that all failed are reported already)
             _check_audible(np.concatenate(parts), uri)
     return segments
@@ -189,7 +179,7 @@ def _vad_rows(
     endpoint_url: str | None,
     max_segment_s: float | None,
     diarizations: Mapping[str, Sequence[SpeakerTurn]],
-) -> list[Segment]:
+) -> list[Utterance]:
     # (start, end, speaker, channel, signal the times refer to, uri)
     turns: list[tuple[float, float, str, int | None, np.ndarray, str]] = []
     for row in rows:
@@ -214,18 +204,26 @@ def _vad_rows(
         if len(turns) == before:
             raise AudioError("VAD found no speech in the recording", row.audio_uri)
     turns.sort(key=lambda turn: (turn[0], turn[3] or 0, turn[1]))
-    segments: list[Segment] = []
+    segments: list[Utterance] = []
     for start, end, speaker, channel, signal, uri in turns:
         spans = (
             split_at_quietest(signal, TARGET_SR, start, end, max_segment_s)
             if max_segment_s is not None
             else [(start, end)]
         )
-        for piece, (a, b) in enumerate(spans):
+        for a, b in spans:
             samples = np.ascontiguousarray(signal[round(a * TARGET_SR) : round(b * TARGET_SR)])
             segments.append(
-                Segment(
-                    len(segments), speaker, a, b, channel, samples, None, uri, piece, len(spans)
+                Utterance(
+                    conversation_id=rows[0].conversation_id,
+                    utterance_index=len(segments),
+                    speaker=speaker,
+                    start_s=a,
+                    end_s=b,
+                    audio_uri=uri,
+                    channel=channel,
+                    samples=samples,
+                    pieces=len(spans),
                 )
             )
     return segments

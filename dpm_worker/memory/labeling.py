@@ -17,36 +17,37 @@ dpm        ``history[-n_r:] + tokens_i``                    write, then read
 is the backbone's read of that input times the speaker's prior, which is read from the memory
 of the speaker's earlier turns before this utterance is written into it (``memory.py``).
 
-Context rule: an input longer than the model's ``max_context`` loses its oldest history tokens
-first. An utterance that alone is longer than the context (``long_utterances``):
+The input is built by ``dpm_worker.model.fit_context`` (shared with training): an input longer
+than the model's ``max_context`` loses its oldest history tokens first. An utterance that alone
+is longer than the context is read by ``LabelingConfig.long_utterances``:
 
 - ``chunks`` (default): its audio is cut into the fewest equal chunks that fit; each chunk is
   read in turn as a turn of the same speaker (history and memory carry across them, so the
   memory has written the first chunks when the last is read) and the utterance's distribution
-  is the chunks' mean weighted by their length. The row says how many chunks it took.
-- ``truncate``: only its last audio tokens that fit are read (its speaker token kept at the
-  front and ``<audio_end>`` at the end); the row says it was truncated.
+  is the chunks' mean weighted by their length. Its row says how many chunks it took.
+- ``truncate``: ``fit_context``'s rule, only its last audio tokens that fit are read (its
+  speaker token kept at the front, ``<audio_end>`` at the end); its row says it was truncated.
 
-Measured on a synthetic corpus with long turns (docs/dpm.md, "Long turns"). An utterance longer
-than ``n_r`` but within the context needs neither: ``n_r`` bounds the history part only.
+Chosen by measurement on a synthetic corpus with long turns (docs/dpm.md, "Long turns"). The
+utterances come and go as the records of ``dpm_worker.utterance``, so each keeps its identity
+from the manifest to the table row.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-if TYPE_CHECKING:
-    from dpm_worker.model import EmotionModel
-
 from dpm_worker.errors import ConfigError, LabelError
 from dpm_worker.memory.config import MemoryConfig
 from dpm_worker.memory.lora import TemporaryLoraMemory
+from dpm_worker.model import EmotionModel, fit_context, history_budget, tail
+from dpm_worker.utterance import LabeledUtterance, Utterance
 
 MODES = ("utterance", "window", "full", "dpm")
 HISTORY_LABELS = ("none", "predicted")
@@ -101,48 +102,6 @@ class LabelingConfig:
 
 
 @dataclass(frozen=True)
-class UtteranceInput:
-    """One utterance of a conversation, already tokenized.
-
-    Args:
-        utterance_index: the utterance's index in its conversation (dialogue order).
-        speaker: the speaker's name.
-        audio_ids: int64 speech-tokenizer codes.
-    """
-
-    utterance_index: int
-    speaker: str
-    audio_ids: np.ndarray
-
-
-@dataclass(frozen=True)
-class UtterancePrediction:
-    """The emotion read for one utterance.
-
-    Args:
-        utterance_index: as in the input.
-        speaker: as in the input.
-        label: the most probable emotion.
-        confidence: its probability.
-        probs: probabilities in the order of ``model.vocab.labels`` (float32).
-        ms: wall time spent on this utterance (write + read).
-        context_tokens: tokens in the model input (history part + utterance; the last chunk's).
-        chunks: model reads the utterance took (1: read whole or truncated).
-        truncated: only the utterance's last audio tokens were read.
-    """
-
-    utterance_index: int
-    speaker: str
-    label: str
-    confidence: float
-    probs: np.ndarray
-    ms: float
-    context_tokens: int = 0
-    chunks: int = 1
-    truncated: bool = False
-
-
-@dataclass(frozen=True)
 class PreparedUtterance:
     """One utterance ready for the model (see :meth:`ConversationLabeler.prepare`)."""
 
@@ -151,27 +110,6 @@ class PreparedUtterance:
     ids: list[int]
     start_of_utt: int
     input_ids: torch.Tensor  # [1, len(ids)]
-
-
-def tail(tokens: Sequence[int], n: int) -> list[int]:
-    """The last ``n`` tokens (none for ``n <= 0``; note ``seq[-0:]`` would be all of them)."""
-    return list(tokens[max(0, len(tokens) - n) :]) if n > 0 else []
-
-
-def fit_context(
-    history_part: list[int], tokens: list[int], max_context: int
-) -> tuple[list[int], int]:
-    """Apply the truncation rule (module docstring).
-
-    Returns:
-        The input ids and the position where the utterance's tokens start in them.
-    """
-    room = max_context - len(tokens)
-    if room >= 0:
-        kept = tail(history_part, room)
-        return kept + tokens, len(kept)
-    # The utterance alone is too long: keep <spk>, then its last tokens up to <audio_end>.
-    return [tokens[0], *tail(tokens[1:], max_context - 1)], 0
 
 
 class ConversationLabeler:
@@ -212,40 +150,40 @@ class ConversationLabeler:
         if self.memory is not None:
             self.memory.close()
 
-    def label_conversation(self, utterances: Sequence[UtteranceInput]) -> list[UtterancePrediction]:
-        """Label a conversation's utterances, given in dialogue order.
+    def label_conversation(self, utterances: Iterable[Utterance]) -> list[LabeledUtterance]:
+        """Label a conversation's tokenized utterances, given in dialogue order.
 
         The memory (``dpm``) is reset before the first utterance and discarded after the last,
-        so no conversation sees another's.
+        so no conversation sees another's. Each result carries its utterance, identity and all.
         """
         cfg = self.config
         torch.manual_seed(cfg.seed)
         slots: dict[str, int] = {}
         history: list[int] = []
-        predictions: list[UtterancePrediction] = []
+        predictions: list[LabeledUtterance] = []
         self._speaker_logits.clear()
         if self.memory is not None:
             self.memory.reset()
         try:
             for utt in utterances:
                 start = time.perf_counter()
-                parts = self.chunks(utt.audio_ids)
+                codes = utt.codes()
+                parts = self.chunks(codes)
                 total = np.zeros(len(self._emotion_ids), dtype=np.float64)
                 for part in parts:
-                    step = self.prepare(
-                        UtteranceInput(utt.utterance_index, utt.speaker, part), slots, history
-                    )
+                    chunk = utt if len(parts) == 1 else dataclasses.replace(utt, audio_ids=part)
+                    step = self.prepare(chunk, slots, history)
+                    # The one tensor -> numpy conversion; the tables write these numbers.
                     read = self._read(step).float().cpu().numpy()
                     # Each chunk enters the history (and memory) as a turn with its own read.
                     self.remember(history, step.tokens, self.vocab.labels[int(np.argmax(read))])
-                    total += read * (len(part) / len(utt.audio_ids))
+                    total += read * (len(part) / len(codes))
                 probs = total.astype(np.float32)
                 best = int(np.argmax(probs))
                 predictions.append(
-                    UtterancePrediction(
-                        utterance_index=utt.utterance_index,
-                        speaker=utt.speaker,
-                        label=self.vocab.labels[best],
+                    LabeledUtterance(
+                        utterance=utt,
+                        emotion=self.vocab.labels[best],
                         confidence=float(probs[best]),
                         probs=probs,
                         ms=(time.perf_counter() - start) * 1000.0,
@@ -268,12 +206,13 @@ class ConversationLabeler:
         return np.array_split(audio_ids, -(-len(audio_ids) // room))
 
     def prepare(
-        self, utt: UtteranceInput, slots: dict[str, int], history: list[int]
+        self, utt: Utterance, slots: dict[str, int], history: list[int]
     ) -> PreparedUtterance:
         """The model input for ``utt``: its speaker slot, its tokens, history + tokens."""
+        codes = utt.codes()
         speaker_slot = slots.setdefault(utt.speaker, len(slots))
         try:
-            tokens = self.vocab.utterance_tokens(utt.audio_ids, speaker_slot)
+            tokens = self.vocab.utterance_tokens(codes, speaker_slot)
         except ConfigError as exc:
             raise LabelError(f"utterance {utt.utterance_index}: {exc}") from exc
         if len(tokens) < 3:
@@ -288,7 +227,7 @@ class ConversationLabeler:
         History beyond what the mode reads is dropped, so memory stays constant per utterance.
         """
         cfg = self.config
-        keep = {"utterance": 0, "full": self.max_context}.get(cfg.mode, cfg.window_tokens)
+        keep = history_budget(cfg.mode, cfg.window_tokens, self.max_context)
         history.extend(tokens)
         if self.history_labels == "predicted":
             history.append(self.vocab.emotion_token(label))
@@ -370,12 +309,8 @@ class ConversationLabeler:
         return logits[:, self._emotion_ids].float()
 
     def _history_part(self, history: list[int]) -> list[int]:
-        mode = self.config.mode
-        if mode == "utterance":
-            return []
-        if mode == "full":
-            return tail(history, self.max_context)
-        return tail(history, self.config.window_tokens)
+        cfg = self.config
+        return tail(history, history_budget(cfg.mode, cfg.window_tokens, self.max_context))
 
     def write_labels(self, ids: list[int], start_of_utt: int) -> torch.Tensor:
         """Write targets: the utterance's audio tokens (+ the history's emotion tokens)."""

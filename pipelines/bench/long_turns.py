@@ -20,7 +20,7 @@ import numpy as np
 from dpm_worker.errors import ConfigError
 from dpm_worker.memory import LONG_UTTERANCES, MODES, LabelingConfig
 from dpm_worker.metrics import bootstrap_interval, group_confusions
-from pipelines.eval.evaluate import label_corpus, load_conversations
+from pipelines.eval.evaluate import label_conversations, load_conversations
 from pipelines.eval.results import ModeResult
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     conversations = load_conversations(args.corpus, model)
     # Long: the utterance's tokens (+ <spk> and <audio_end>) exceed the model's context.
-    long = [len(u.audio_ids) + 2 > model.max_context for c in conversations for u in c.inputs]
+    long = [len(u.codes()) + 2 > model.max_context for c in conversations for u in c.utterances]
     labels = model.vocab.labels
     report: dict = {
         "corpus": args.corpus,
@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
                 mode=mode, window_tokens=args.window_tokens, long_utterances=rule
             )
             start = time.perf_counter()
-            result = label_corpus(model, conversations, config)
+            result = label_conversations(model, conversations, config)
             results[rule, mode] = result
             block: dict[str, object] = {"seconds": round(time.perf_counter() - start, 1)}
             for name, idx in _subsets(result, long, args.after).items():
