@@ -103,7 +103,7 @@ def test_unsegmented_meeting_every_segment_labeled(meetings, ray_address, short_
     assert (split["end_s"] - split["start_s"]).sum() > 25.0  # the long regions are all there
     fs, path = get_filesystem(out)
     success = json.loads(fs.cat_file(f"{path}/_runs/{_run_id(fs, path)}/_SUCCESS"))
-    assert success["split_segments"] >= 2
+    assert success["this_session"]["split_segments"] >= 2
 
 
 def test_meeting_with_its_rttm_one_row_per_turn(meetings, ray_address, short_model):

@@ -77,6 +77,8 @@ def test_schema_has_contract_columns_and_types():
         "p_sad",
         "p_angry",
         "gold_emotion",
+        "chunks",
+        "truncated",
         "mode",
         "model_id",
         "labeled_at",
