@@ -9,7 +9,7 @@ from dpm_worker.audio.decode import (
     write_audio,
 )
 from dpm_worker.audio.segments import conversation_segments
-from dpm_worker.audio.vad import detect_speech
+from dpm_worker.audio.vad import detect_speech, split_at_quietest
 
 __all__ = [
     "AudioInfo",
@@ -21,5 +21,6 @@ __all__ = [
     "probe_audio",
     "read_recording",
     "read_segment",
+    "split_at_quietest",
     "write_audio",
 ]

@@ -29,7 +29,13 @@ from dpm_worker.corpus.manifest_files import (
 from dpm_worker.corpus.meld import read_meld
 from dpm_worker.corpus.moods import next_mood
 from dpm_worker.corpus.randomized import RANDOMIZED_SCHEMA, RandomizeConfig
-from dpm_worker.corpus.schema import DEFAULT_LABELS, MANIFEST_SCHEMA, UtteranceRow
+from dpm_worker.corpus.rttm import SpeakerTurn, parse_rttm, read_rttm
+from dpm_worker.corpus.schema import (
+    DEFAULT_LABELS,
+    MANIFEST_SCHEMA,
+    UNKNOWN_SPEAKER,
+    UtteranceRow,
+)
 from dpm_worker.corpus.synth import SynthConfig, generate_corpus
 from dpm_worker.corpus.synth_voices import (
     EMOTION_SHIFTS,
@@ -64,7 +70,9 @@ __all__ = [
     "MANIFEST_SCHEMA",
     "MELD_4CLASS",
     "ManifestSource",
+    "SpeakerTurn",
     "SynthConfig",
+    "UNKNOWN_SPEAKER",
     "UnknownLabelError",
     "UtteranceRow",
     "cast_manifest",
@@ -76,10 +84,12 @@ __all__ = [
     "load_mapping",
     "manifest_fingerprint",
     "next_mood",
+    "parse_rttm",
     "pitch_parameter",
     "read_iemocap",
     "read_manifest",
     "read_meld",
+    "read_rttm",
     "render_prosody",
     "resolve_audio",
     "row_problems",

@@ -99,6 +99,12 @@ class SynthConfig:
         sample_rate: output sample rate.
         randomize: render with several engines, per-conversation cues and varied channels
             (:mod:`dpm_worker.corpus.randomized`); None: the espeak-ng generator below.
+        long_turn_prob: probability that a turn is long, its duration drawn from
+            ``[long_turn_min_s, long_turn_max_s]`` instead (0: no draw is made, so a corpus
+            without long turns is byte-identical to one made before this option existed,
+            apart from the config recorded in its manifest).
+        long_turn_min_s: shortest long turn (the default model reads at most 15.3 s whole).
+        long_turn_max_s: longest long turn.
     """
 
     conversations: int
@@ -120,6 +126,9 @@ class SynthConfig:
     noise_dbfs: float | None = -65.0
     sample_rate: int = SAMPLE_RATE
     randomize: RandomizeConfig | None = None
+    long_turn_prob: float = 0.0
+    long_turn_min_s: float = 16.0
+    long_turn_max_s: float = 30.0
 
     def __post_init__(self) -> None:
         def check(ok: bool, name: str, rule: str) -> None:
@@ -130,7 +139,8 @@ class SynthConfig:
         check(self.seed >= 0, "seed", ">= 0")
         check(self.min_utterances >= 1, "min_utterances", ">= 1")
         check(self.max_utterances >= self.min_utterances, "max_utterances", ">= min_utterances")
-        for name in ("expressive_prob", "mood_stay", "mood_pull", "switch_prob", "female_prob"):
+        probabilities = ("expressive_prob", "mood_stay", "mood_pull", "switch_prob", "female_prob")
+        for name in (*probabilities, "long_turn_prob"):
             value = getattr(self, name)
             check(math.isfinite(value) and 0.0 <= value <= 1.0, name, "in [0, 1]")
         check(0.0 <= self.min_gap_s, "min_gap_s", ">= 0")
@@ -150,6 +160,12 @@ class SynthConfig:
             "in [-140, -30]",
         )
         check(8_000 <= self.sample_rate <= 48_000, "sample_rate", "in [8000, 48000]")
+        check(self.long_turn_min_s >= self.max_duration_s, "long_turn_min_s", ">= max_duration_s")
+        check(
+            self.long_turn_max_s >= self.long_turn_min_s + 0.5,
+            "long_turn_max_s",
+            ">= long_turn_min_s + 0.5",
+        )
 
     def conversation_id(self, index: int) -> str:
         return f"conv_{index:0{max(4, len(str(self.conversations - 1)))}d}"
@@ -162,16 +178,24 @@ class SynthConfig:
 
 
 def _speak(
-    rng: np.random.Generator, speaker: Speaker, prosody: Prosody, config: SynthConfig
+    rng: np.random.Generator,
+    speaker: Speaker,
+    prosody: Prosody,
+    config: SynthConfig,
+    long: bool = False,
 ) -> tuple[np.ndarray, str]:
     """An utterance of a drawn target duration: retry with a shorter/longer sentence until the
-    rendered audio fits ``[min_duration_s, max_duration_s]``; pad or cut as a last resort."""
-    lo, hi, sr = config.min_duration_s, config.max_duration_s, config.sample_rate
+    rendered audio fits ``[min_duration_s, max_duration_s]`` (the long-turn bounds when
+    ``long``); pad or cut as a last resort."""
+    lo, hi = config.min_duration_s, config.max_duration_s
+    if long:
+        lo, hi = config.long_turn_min_s, config.long_turn_max_s
+    sr = config.sample_rate
     target_s = rng.uniform(lo + 0.2 * (hi - lo), hi - 0.2 * (hi - lo))
     # espeak-ng speaks about 1.25 x its nominal words per minute with these short words.
     words = target_s * prosody.rate_wpm / 60.0 * 1.25
     for _ in range(5):
-        text = compose_sentence(rng, words)
+        text = _compose_turn(rng, words) if long else compose_sentence(rng, words)
         audio = synthesize(text, speaker.voice, prosody, sr)
         duration = audio.size / sr
         if lo <= duration <= hi:
@@ -184,6 +208,16 @@ def _speak(
     elif audio.size < int(math.ceil(lo * sr)):
         audio = np.concatenate([audio, np.zeros(int(math.ceil(lo * sr)) - audio.size, np.float32)])
     return audio, text
+
+
+def _compose_turn(rng: np.random.Generator, words: float) -> str:
+    """Sentences of about 8 words each until ``words`` words (one sentence is at most ~10)."""
+    sentences: list[str] = []
+    count = 0
+    while count < words - 4:
+        sentences.append(compose_sentence(rng, min(8.0, words - count)))
+        count += len(sentences[-1].split())
+    return " ".join(sentences) or compose_sentence(rng, words)
 
 
 def generate_conversation(index: int, config: SynthConfig) -> tuple[bytes, list[dict[str, Any]]]:
@@ -219,7 +253,9 @@ def generate_conversation(index: int, config: SynthConfig) -> tuple[bytes, list[
         expressive = bool(rng.random() < config.expressive_prob)
         intensity = float(rng.uniform(0.8, 1.2)) * config.emotion_strength if expressive else 0.0
         prosody = render_prosody(speaker, moods[current], intensity, rng, config.jitter)
-        audio, text = _speak(rng, speaker, prosody, config)
+        # No draw at all when long turns are off, so such corpora keep their bytes.
+        long = config.long_turn_prob > 0 and bool(rng.random() < config.long_turn_prob)
+        audio, text = _speak(rng, speaker, prosody, config, long)
         pieces.append((current, cursor, audio))
         rows.append(
             {
@@ -232,6 +268,7 @@ def generate_conversation(index: int, config: SynthConfig) -> tuple[bytes, list[
                 "channel": speaker.channel,
                 "text": text,
                 "emotion": moods[current],
+                "rttm_uri": None,
                 "expressive": expressive,
                 "intensity": intensity,
                 "voice": speaker.voice,

@@ -1,5 +1,6 @@
 from dpm_worker.memory.config import OPTIMIZERS, PRIOR_INPUTS, WRITE_TARGETS, MemoryConfig
 from dpm_worker.memory.labeling import (
+    LONG_UTTERANCES,
     MODES,
     ConversationLabeler,
     LabelingConfig,
@@ -9,6 +10,7 @@ from dpm_worker.memory.lora import TemporaryLoraMemory
 
 __all__ = [
     "ConversationLabeler",
+    "LONG_UTTERANCES",
     "LabelingConfig",
     "MODES",
     "MemoryConfig",

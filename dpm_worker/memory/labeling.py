@@ -23,13 +23,25 @@ the running average of the same speaker's earlier window reads, ``p ∝ r_i × m
 ``m ← (1 - a) m + a r_i`` (``ema_rate`` a, ``ema_weight`` beta), so every table shows what the
 parameter memory adds beyond it.
 
-The input is built, and an over-long one cut, by ``dpm_worker.model.fit_context`` (the
-truncation rule is there, shared with training); the utterances come and go as the records of
-``dpm_worker.utterance``, so each keeps its identity from the manifest to the table row.
+The input is built by ``dpm_worker.model.fit_context`` (shared with training): an input longer
+than the model's ``max_context`` loses its oldest history tokens first. An utterance that alone
+is longer than the context is read by ``LabelingConfig.long_utterances``:
+
+- ``chunks`` (default): its audio is cut into the fewest equal chunks that fit; each chunk is
+  read in turn as a turn of the same speaker (history and memory carry across them, so the
+  memory has written the first chunks when the last is read) and the utterance's distribution
+  is the chunks' mean weighted by their length. Its row says how many chunks it took.
+- ``truncate``: ``fit_context``'s rule, only its last audio tokens that fit are read (its
+  speaker token kept at the front, ``<audio_end>`` at the end); its row says it was truncated.
+
+Chosen by measurement on a synthetic corpus with long turns (docs/dpm.md, "Long turns"). The
+utterances come and go as the records of ``dpm_worker.utterance``, so each keeps its identity
+from the manifest to the table row.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -51,6 +63,7 @@ from dpm_worker.model import (
 from dpm_worker.utterance import LabeledUtterance, Utterance
 
 MODES = ("utterance", "window", "full", "dpm", "prior-ema")
+LONG_UTTERANCES = ("chunks", "truncate")
 
 
 @dataclass(frozen=True)
@@ -68,6 +81,8 @@ class LabelingConfig:
         seed: seeds torch's global RNG at the start of each conversation.
         ema_rate: a, the weight of the newest read in ``prior-ema``'s running average.
         ema_weight: beta, how much ``prior-ema``'s average weighs against the current read.
+        long_utterances: how an utterance longer than the model's context is read,
+            ``chunks`` or ``truncate`` (module docstring).
     """
 
     mode: str = "dpm"
@@ -77,10 +92,15 @@ class LabelingConfig:
     seed: int = 0
     ema_rate: float = 0.7
     ema_weight: float = 1.0
+    long_utterances: str = "chunks"
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ConfigError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.long_utterances not in LONG_UTTERANCES:
+            raise ConfigError(
+                f"long_utterances must be one of {LONG_UTTERANCES}, got {self.long_utterances!r}"
+            )
         if self.window_tokens < 0:
             raise ConfigError(f"window_tokens must be >= 0, got {self.window_tokens}")
         if self.history_labels is not None and self.history_labels not in HISTORY_FORMATS:
@@ -169,27 +189,43 @@ class ConversationLabeler:
         try:
             for utt in utterances:
                 start = time.perf_counter()
-                step = self.prepare(utt, slots, history)
-                read = self._read(step)
-                # The one tensor -> numpy conversion; the tables write this array as it is.
-                probs = read.float().cpu().numpy().astype(np.float32)
+                codes = utt.codes()
+                parts = self.chunks(codes)
+                total = np.zeros(len(self._emotion_ids), dtype=np.float64)
+                for part in parts:
+                    chunk = utt if len(parts) == 1 else dataclasses.replace(utt, audio_ids=part)
+                    step = self.prepare(chunk, slots, history)
+                    # The one tensor -> numpy conversion; the tables write these numbers.
+                    read = self._read(step).float().cpu().numpy()
+                    # Each chunk enters the history (and memory) as a turn with its own read.
+                    self.remember(history, step.tokens, self.vocab.labels[int(np.argmax(read))])
+                    total += read * (len(part) / len(codes))
+                probs = total.astype(np.float32)
                 best = int(np.argmax(probs))
-                label = self.vocab.labels[best]
-                self.remember(history, step.tokens, label)
                 predictions.append(
                     LabeledUtterance(
                         utterance=utt,
-                        emotion=label,
+                        emotion=self.vocab.labels[best],
                         confidence=float(probs[best]),
                         probs=probs,
                         ms=(time.perf_counter() - start) * 1000.0,
                         context_tokens=len(step.ids),
+                        chunks=len(parts),
+                        truncated=len(step.tokens) > self.max_context,
                     )
                 )
         finally:
             if self.memory is not None:
                 self.memory.reset()
         return predictions
+
+    def chunks(self, audio_ids: np.ndarray) -> list[np.ndarray]:
+        """The parts an utterance is read in: itself, or under ``chunks`` the fewest equal
+        chunks whose tokens (with ``<spk>`` and ``<audio_end>``) fit the context."""
+        room = self.max_context - 2
+        if self.config.long_utterances != "chunks" or len(audio_ids) <= room:
+            return [audio_ids]
+        return np.array_split(audio_ids, -(-len(audio_ids) // room))
 
     def prepare(
         self, utt: Utterance, slots: dict[str, int], history: list[int]

@@ -14,6 +14,9 @@ outside the output prefix, and a retried conversation overwrites its own file in
 adding a second one. A file appears whole or not at all: locally it is written to a hidden
 temporary name and renamed; on S3 it is one PUT of the finished bytes. A conversation is
 committed once either of its two files exists; resuming a run skips committed conversations.
+A conversation labeled except for some utterances has both: its error rows in
+``<run_id>--<key>--partial.parquet``, written first, then its emotions file, which commits it
+(a partial errors file alone does not, so a crash between the two relabels the conversation).
 The schemas, ``RunInfo`` and the row builders are in ``dpm_worker.tables.schema``.
 """
 
@@ -47,6 +50,7 @@ EMOTIONS, ERRORS = "emotions", "errors"
 RUNS_DIR = "_runs"
 SUCCESS_NAME = "_SUCCESS"
 COMPACT_MARK = "--compact-"  # in the names of files merged by ``dpm compact``
+PARTIAL_MARK = "--partial"  # the errors file of a conversation that also has emotion rows
 _KEY_CHARS = 32  # 128 bits of sha256: collisions are not a practical concern.
 
 
@@ -141,9 +145,20 @@ class RunTables:
         write_parquet_atomic(table, uri, self.endpoint_url)
         return uri
 
-    def write_errors(self, conversation_id: str, errors: Sequence[ErrorRecord]) -> str:
-        """Commit one failed conversation's error rows; returns the file's URI."""
+    def write_errors(
+        self, conversation_id: str, errors: Sequence[ErrorRecord], *, partial: bool = False
+    ) -> str:
+        """Write one conversation's error rows; returns the file's URI.
+
+        Args:
+            conversation_id: the conversation.
+            errors: its error rows.
+            partial: the conversation's other utterances are labeled: the file does not
+                commit the conversation (its emotions file, written after it, does).
+        """
         uri = self.file_uri(ERRORS, conversation_id)
+        if partial:
+            uri = uri[: -len(".parquet")] + PARTIAL_MARK + ".parquet"
         write_parquet_atomic(build_error_table(self.run, errors), uri, self.endpoint_url)
         return uri
 

@@ -14,6 +14,7 @@ BENCHMARKS: dict[str, str] = {
     "throughput": "the Ray job against the in-process loop on the same corpus",
     "scale": "driver memory while scheduling a manifest of many short conversations",
     "prosody_baseline": "five-statistic logistic regression: train on one corpus, test on another",
+    "long_turns": "UA on utterances longer than the context vs the rest, per rule and mode",
 }
 
 

@@ -47,6 +47,9 @@ _HELP = {
     "female_prob": "probability that a speaker has a female voice",
     "noise_dbfs": "white noise floor level in dBFS (-140 for practically none)",
     "sample_rate": "output sample rate (Hz)",
+    "long_turn_prob": "probability that a turn is long (longer than the default model's context)",
+    "long_turn_min_s": "shortest long turn (s)",
+    "long_turn_max_s": "longest long turn (s)",
 }
 
 
@@ -177,6 +180,7 @@ def summarize(table: pa.Table) -> dict:
         "speech_hours": round(sum(durations) / 3600.0, 4),
         "mean_utterance_s": round(sum(durations) / max(1, len(durations)), 3),
         **{f"utterances_by_{name}": counts for name, counts in splits.items()},
+        "longest_utterance_s": round(max(durations, default=0.0), 3),
     }
 
 

@@ -127,7 +127,8 @@ def load_conversations(
         rows = by_conv[cid]
         values = {r.utterance_index: _group_values(r, group_by) for r in rows}
         segments = conversation_segments(rows)
-        utterances = list(tokenize_utterances(segments, model.speech_tokenizer, model.check_fits))
+        # An utterance longer than the context is read by LabelingConfig.long_utterances.
+        utterances = list(tokenize_utterances(segments, model.speech_tokenizer))
         groups = [values.get(u.utterance_index, {}) for u in utterances]
         out.append(Conversation(cid, utterances, groups))
     if not any(u.emotion is not None for c in out for u in c.utterances):

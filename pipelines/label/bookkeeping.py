@@ -60,6 +60,7 @@ class Progress:
     started: float = field(default_factory=time.monotonic)
     labeled: int = 0
     failed: int = 0
+    partial: int = 0  # labeled, with some utterances in the errors table
     skipped: int = 0
     unchanged: int = 0
     lost: int = 0
@@ -68,18 +69,26 @@ class Progress:
     rows_done: int = 0
     rows_skipped: int = 0
     audio_s: float = 0.0
+    # Utterances shaped to fit the model: segments cut from longer VAD regions or RTTM turns,
+    # and user segments longer than the context read in chunks or truncated.
+    split_segments: int = 0
+    chunked: int = 0
+    truncated: int = 0
     actor_deaths: int = 0
     stage_s: dict[str, float] = field(default_factory=dict)
 
     def add(self, summary: dict[str, Any]) -> None:
         if summary["status"] == "labeled":
             self.labeled += 1
+            self.partial += int(summary["error_rows"]) > 0
         else:
             self.failed += 1
         self.utterances += int(summary["utterances"])
         self.error_rows += int(summary["error_rows"])
         self.rows_done += int(summary["rows"])
         self.audio_s += float(summary["audio_s"])
+        for name in ("split_segments", "chunked", "truncated"):
+            setattr(self, name, getattr(self, name) + int(summary.get(name, 0)))
         for stage, seconds in summary.get("timings", {}).items():
             self.stage_s[stage] = self.stage_s.get(stage, 0.0) + float(seconds)
 
@@ -223,6 +232,13 @@ class Bookkeeping:
         self.progress.add(summary)
         if summary["status"] != "labeled":
             log.info("conversation %s failed: %s", task.conversation_id, summary.get("error"))
+        elif summary["error_rows"]:
+            log.info(
+                "conversation %s: %d utterance(s) failed, e.g. %s",
+                task.conversation_id,
+                summary["error_rows"],
+                summary.get("error"),
+            )
 
     def actor_failed(self, slot: ActorSlot, task: Task, error: str) -> None:
         """The actor died (or is restarting): requeue its conversations, charge the running one."""

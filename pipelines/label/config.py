@@ -42,6 +42,8 @@ class LabelJobConfig:
         actor_start_timeout_s: how long actors may take to start and load the model.
         conversation_timeout_s: a conversation running longer gets its actor restarted.
         device: torch device for the actors (None: CUDA when the actor has a GPU, else CPU).
+        max_segment_s: the longest segment cut from a recording by VAD or its RTTM (None:
+            what the model reads whole, 15.2 s for the default model; larger is capped).
         labeling: the labeling mode and DPM hyperparameters.
     """
 
@@ -62,6 +64,7 @@ class LabelJobConfig:
     actor_start_timeout_s: float = 600.0
     conversation_timeout_s: float = 3600.0
     device: str | None = None
+    max_segment_s: float | None = None
     labeling: LabelingConfig = field(default_factory=LabelingConfig)
 
     def __post_init__(self) -> None:
@@ -85,6 +88,10 @@ class LabelJobConfig:
             raise ConfigError(f"max_restarts must be >= 0, got {self.max_restarts}")
         if self.max_attempts < 1:
             raise ConfigError(f"max_attempts must be >= 1, got {self.max_attempts}")
+        if self.max_segment_s is not None and not (
+            math.isfinite(self.max_segment_s) and self.max_segment_s >= 1.0
+        ):
+            raise ConfigError(f"max_segment_s must be >= 1 s, got {self.max_segment_s!r}")
         for name in ("progress_interval_s", "actor_start_timeout_s", "conversation_timeout_s"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):

@@ -129,9 +129,16 @@ class LabelJob:
         where = self.tables.table_uri(EMOTIONS)
         head = (
             f"run {self.run.run_id}: {progress.labeled} conversations labeled "
-            f"({progress.utterances} utterances), {progress.failed} in the errors table "
-            f"({progress.error_rows} rows), {progress.skipped} already committed"
+            f"({progress.utterances} utterances; {progress.partial} of them with failed "
+            f"utterances), {progress.failed} in the errors table, {progress.error_rows} error "
+            f"rows, {progress.skipped} already committed"
         )
+        if progress.split_segments or progress.chunked or progress.truncated:
+            head += (
+                f"; fitted to the model: {progress.split_segments} segments cut from longer "
+                f"regions or turns, {progress.chunked} utterances read in chunks, "
+                f"{progress.truncated} truncated"
+            )
         if self.previous is not None:
             head += (
                 f", {progress.unchanged} unchanged since the last committed run "
@@ -204,6 +211,9 @@ class LabelJob:
                 "utterances": progress.utterances,
                 "error_rows": progress.error_rows,
                 "audio_hours": round(progress.audio_s / 3600, 6),
+                "split_segments": progress.split_segments,
+                "chunked_utterances": progress.chunked,
+                "truncated_utterances": progress.truncated,
                 "elapsed_s": round(elapsed, 3),
                 "audio_hours_per_hour": round(progress.audio_s / elapsed, 3),
                 "utterances_per_s": round(progress.utterances / elapsed, 3),

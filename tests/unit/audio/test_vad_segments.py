@@ -126,7 +126,7 @@ def test_unsegmented_mono_recording_keeps_row_speaker(tmp_path, speech):
         (1, "alice", None),
     ]
     unnamed = conversation_segments([_row(str(path), speaker="")])
-    assert {s.speaker for s in unnamed} == {"ch0"}
+    assert {s.speaker for s in unnamed} == {"unknown"}
 
 
 def test_timed_rows_are_cut_and_keep_their_fields(conversation):
@@ -205,3 +205,28 @@ def test_bad_rows(conversation):
     with pytest.raises(SegmentError, match="several conversations"):
         conversation_segments([_row(uri, 0, start_s=0.0, end_s=1.0), other])
     assert conversation_segments([]) == []
+
+
+def test_a_row_that_fails_alone_is_reported_and_the_rest_read(conversation, tmp_path):
+    uri, _ = conversation
+    corrupt = tmp_path / "clip.flac"
+    corrupt.write_bytes(b"fLaC" + bytes(range(256)) * 4)
+    rows = [
+        _row(uri, 0, "a", start_s=0.5, end_s=2.0, channel=0),
+        _row(uri, 1, "b", start_s=11.0, end_s=12.0, channel=1),  # past the end (10 s)
+        _row(str(corrupt), 2, "a", start_s=0.0, end_s=1.0),  # its own clip, undecodable
+        _row(uri, 3, "b", start_s=3.5, end_s=5.0, channel=1),
+    ]
+    failed = []
+    segments = conversation_segments(rows, on_row_error=lambda row, exc: failed.append((row, exc)))
+    assert [s.utterance_index for s in segments] == [0, 3]
+    assert [(row.utterance_index, type(exc).__name__) for row, exc in failed] == [
+        (1, "SegmentError"),
+        (2, "AudioError"),
+    ]
+    with pytest.raises(SegmentError, match="outside the recording"):
+        conversation_segments(rows)  # without the callback the conversation fails, as before
+    # A recording shared by several rows that cannot be decoded fails them all.
+    shared = [_row(str(corrupt), i, "a", start_s=i, end_s=i + 0.5) for i in range(2)]
+    with pytest.raises(AudioError):
+        conversation_segments(shared, on_row_error=lambda row, exc: None)
