@@ -304,7 +304,8 @@ def rows_to_table(rows: list[dict[str, Any]], config: SynthConfig) -> pa.Table:
     """The manifest table; the generator config and espeak-ng version (nothing time-dependent)
     in its metadata."""
     schema = SYNTH_SCHEMA if config.randomize is None else RANDOMIZED_SCHEMA
-    columns = {name: [row[name] for row in rows] for name in schema.names}
+    # Optional manifest columns a generator does not fill (rttm_uri) are null.
+    columns = {name: [row.get(name) for row in rows] for name in schema.names}
     metadata = {
         b"dpm.synth_config": config.to_json().encode(),
         b"dpm.synth_espeak": espeak_version().encode(),
