@@ -9,9 +9,11 @@ from dpm_worker.memory.labeling import (
     tail,
 )
 from dpm_worker.memory.lora import TemporaryLoraMemory
+from dpm_worker.memory.resume import ConversationState, capture_state, restore_state
 
 __all__ = [
     "ConversationLabeler",
+    "ConversationState",
     "LabelingConfig",
     "MODES",
     "MemoryConfig",
@@ -21,6 +23,8 @@ __all__ = [
     "TemporaryLoraMemory",
     "UtteranceInput",
     "WRITE_TARGETS",
+    "capture_state",
     "fit_context",
+    "restore_state",
     "tail",
 ]

@@ -27,7 +27,7 @@ read exactly as for any other utterance. An utterance longer than ``n_r`` needs 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 from dpm_worker.errors import ConfigError, LabelError
 from dpm_worker.memory.config import MemoryConfig
 from dpm_worker.memory.lora import TemporaryLoraMemory
+from dpm_worker.memory.resume import ConversationState, capture_state, restore_state
 
 MODES = ("utterance", "window", "full", "dpm")
 HISTORY_LABELS = ("none", "predicted")
@@ -193,11 +194,25 @@ class ConversationLabeler:
         if self.memory is not None:
             self.memory.close()
 
-    def label_conversation(self, utterances: Sequence[UtteranceInput]) -> list[UtterancePrediction]:
+    def label_conversation(
+        self,
+        utterances: Sequence[UtteranceInput],
+        resume: ConversationState | None = None,
+        after_utterance: Callable[[list[UtterancePrediction], dict[str, int], list[int]], None]
+        | None = None,
+    ) -> list[UtterancePrediction]:
         """Label a conversation's utterances, given in dialogue order.
 
         The memory (``dpm``) is reset before the first utterance and discarded after the last,
         so no conversation sees another's.
+
+        Args:
+            utterances: the whole conversation, in dialogue order.
+            resume: a state exported from an earlier, interrupted labeling of the same
+                conversation with the same model and config: labeling continues at its
+                position, exactly as if it had never stopped.
+            after_utterance: called after each utterance with the rows so far, the speaker
+                slots and the history (the caller's chance to :meth:`export_state`).
         """
         cfg = self.config
         torch.manual_seed(cfg.seed)
@@ -207,30 +222,56 @@ class ConversationLabeler:
         self._speaker_logits.clear()
         if self.memory is not None:
             self.memory.reset()
+        if resume is not None:
+            predictions = self._restore(resume, utterances, slots, history)
         try:
-            for utt in utterances:
+            for utt in utterances[len(predictions) :]:
                 start = time.perf_counter()
                 step = self.prepare(utt, slots, history)
                 read = self._read(step)
                 probs = read.float().cpu().numpy()
-                best = int(np.argmax(probs))
-                label = self.vocab.labels[best]
-                self.remember(history, step.tokens, label)
-                predictions.append(
-                    UtterancePrediction(
-                        utterance_index=utt.utterance_index,
-                        speaker=utt.speaker,
-                        label=label,
-                        confidence=float(probs[best]),
-                        probs=probs.astype(np.float32),
-                        ms=(time.perf_counter() - start) * 1000.0,
-                        context_tokens=len(step.ids),
-                    )
-                )
+                ms = (time.perf_counter() - start) * 1000.0
+                predictions.append(self._row(utt, probs, ms, len(step.ids)))
+                self.remember(history, step.tokens, predictions[-1].label)
+                if after_utterance is not None:
+                    after_utterance(predictions, slots, history)
         finally:
             if self.memory is not None:
                 self.memory.reset()
         return predictions
+
+    def export_state(
+        self, predictions: Sequence[UtterancePrediction], slots: dict[str, int], history: list[int]
+    ) -> ConversationState:
+        """A copy of the labeling state (call from ``after_utterance``; see ConversationState)."""
+        probs = np.array([p.probs for p in predictions], dtype=np.float32)
+        rows = ([p.ms for p in predictions], [p.context_tokens for p in predictions])
+        probs = probs.reshape(len(predictions), len(self.vocab.labels))
+        return capture_state(self.memory, probs, *rows, slots, history)
+
+    def _restore(
+        self, state: ConversationState, utts: Sequence[UtteranceInput], slots: dict, history: list
+    ) -> list[UtterancePrediction]:
+        """Load ``state`` into the memory, RNG, slots and history; returns its rows."""
+        restore_state(state, self.memory, len(utts), len(self.vocab.labels))
+        slots.update(state.speaker_slots)
+        history.extend(state.history)
+        rows = zip(utts, state.probs, state.ms, state.context_tokens, strict=False)
+        return [self._row(*row) for row in rows]
+
+    def _row(
+        self, utt: UtteranceInput, probs: np.ndarray, ms: float, context_tokens: int
+    ) -> UtterancePrediction:
+        best = int(np.argmax(probs))
+        return UtterancePrediction(
+            utterance_index=utt.utterance_index,
+            speaker=utt.speaker,
+            label=self.vocab.labels[best],
+            confidence=float(probs[best]),
+            probs=np.asarray(probs, dtype=np.float32),
+            ms=ms,
+            context_tokens=context_tokens,
+        )
 
     def prepare(
         self, utt: UtteranceInput, slots: dict[str, int], history: list[int]

@@ -68,11 +68,15 @@ def write_parquet_atomic(table: pa.Table, uri: str, endpoint_url: str | None = N
     """
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
-    _write_bytes_atomic(sink.getvalue().to_pybytes(), uri, endpoint_url)
+    write_bytes_atomic(sink.getvalue().to_pybytes(), uri, endpoint_url)
 
 
-def _write_bytes_atomic(data: bytes, uri: str, endpoint_url: str | None) -> None:
-    """The atomic write behind the Parquet files and the JSON run records."""
+def write_bytes_atomic(data: bytes, uri: str, endpoint_url: str | None) -> None:
+    """Write ``data`` to ``uri`` so that the object appears whole or not at all.
+
+    The write behind the Parquet files, the JSON run records and the checkpoints. Locally a
+    hidden temporary file of a unique name, fsync, then a rename; on object stores one PUT.
+    """
     fs, path = get_filesystem(uri, endpoint_url)
     try:
         if is_remote(uri):
@@ -179,7 +183,7 @@ class RunTables:
         Redaction belongs to what is printed or logged.
         """
         text = json.dumps(record, indent=2, sort_keys=True, default=str)
-        _write_bytes_atomic(text.encode(), self.record_uri(name), self.endpoint_url)
+        write_bytes_atomic(text.encode(), self.record_uri(name), self.endpoint_url)
 
     def read_record(self, name: str) -> dict[str, Any] | None:
         """Read a JSON run record, or None when it does not exist."""
