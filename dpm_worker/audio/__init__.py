@@ -8,12 +8,11 @@ from dpm_worker.audio.decode import (
     read_segment,
     write_audio,
 )
-from dpm_worker.audio.segments import Segment, conversation_segments
+from dpm_worker.audio.segments import conversation_segments
 from dpm_worker.audio.vad import detect_speech
 
 __all__ = [
     "AudioInfo",
-    "Segment",
     "TARGET_SR",
     "conversation_segments",
     "cut_segment",

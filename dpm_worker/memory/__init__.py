@@ -4,9 +4,6 @@ from dpm_worker.memory.labeling import (
     ConversationLabeler,
     LabelingConfig,
     PreparedUtterance,
-    UtteranceInput,
-    fit_context,
-    tail,
 )
 from dpm_worker.memory.lora import TemporaryLoraMemory
 from dpm_worker.memory.resume import ConversationState, capture_state, restore_state
@@ -21,10 +18,7 @@ __all__ = [
     "PRIOR_INPUTS",
     "PreparedUtterance",
     "TemporaryLoraMemory",
-    "UtteranceInput",
     "WRITE_TARGETS",
     "capture_state",
-    "fit_context",
     "restore_state",
-    "tail",
 ]

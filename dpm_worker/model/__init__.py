@@ -10,6 +10,7 @@ from dpm_worker.model.backbone import (
     save_model,
 )
 from dpm_worker.model.folder import MANIFEST_NAME, write_manifest
+from dpm_worker.model.stream import fit_context, history_budget, tail, utterance_start
 from dpm_worker.model.vocab import StreamVocab
 
 __all__ = [
@@ -22,7 +23,11 @@ __all__ = [
     "build_backbone",
     "default_model_path",
     "extend_base_model",
+    "fit_context",
+    "history_budget",
     "load_model",
     "save_model",
+    "tail",
+    "utterance_start",
     "write_manifest",
 ]

@@ -39,12 +39,12 @@ from dpm_worker.storage import get_filesystem, is_remote, join_uri, list_names, 
 from dpm_worker.tables.schema import (
     ERRORS_SCHEMA,
     ErrorRecord,
-    LabeledUtterance,
     RunInfo,
     build_emotion_table,
     build_error_table,
     validate_run_id,
 )
+from dpm_worker.utterance import LabeledUtterance
 
 EMOTIONS, ERRORS = "emotions", "errors"
 RUNS_DIR = "_runs"

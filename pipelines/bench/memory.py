@@ -29,7 +29,8 @@ import time
 import numpy as np
 
 from dpm_worker.errors import ConfigError
-from dpm_worker.memory import MODES, ConversationLabeler, LabelingConfig, UtteranceInput
+from dpm_worker.memory import MODES, ConversationLabeler, LabelingConfig
+from dpm_worker.utterance import Utterance
 from pipelines.eval import add_memory_arguments, memory_config
 
 EDGE = 20  # utterances at each end of the conversation
@@ -53,34 +54,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_memory_arguments(parser)
 
 
-def synthetic_conversation(model, n: int, seed: int, kind: str) -> list[UtteranceInput]:
+def synthetic_conversation(model, n: int, seed: int, kind: str) -> list[Utterance]:
     """One long dyadic conversation, tokenized with the model's speech tokenizer."""
     if kind == "random":
         rng = np.random.default_rng(seed)
         # 1.5-5 s at 25 Hz, as the synthetic corpus
         return [
-            UtteranceInput(
-                i,
-                "ab"[i % 2],
-                rng.integers(0, model.vocab.n_audio, size=int(rng.integers(38, 125))),
+            Utterance(
+                conversation_id="bench",
+                utterance_index=i,
+                speaker="ab"[i % 2],
+                audio_ids=rng.integers(0, model.vocab.n_audio, size=int(rng.integers(38, 125))),
             )
             for i in range(n)
         ]
     from dpm_worker.audio import conversation_segments
     from dpm_worker.corpus import SynthConfig, generate_corpus, read_manifest, to_rows
+    from dpm_worker.speech import tokenize_utterances
 
     with tempfile.TemporaryDirectory(prefix="dpm_bench_") as folder:
         config = SynthConfig(conversations=1, seed=seed, min_utterances=n, max_utterances=n)
         generate_corpus(folder, config)
         rows = to_rows(read_manifest(folder))
         segments = conversation_segments(rows)
-    return [
-        UtteranceInput(s.utterance_index, s.speaker, model.speech_tokenizer.encode(s.samples))
-        for s in segments
-    ]
+    # No fit check: full mode runs past the trained context on purpose (--full-context).
+    return list(tokenize_utterances(segments, model.speech_tokenizer))
 
 
-def measure(model, conversation: list[UtteranceInput], config: LabelingConfig) -> dict:
+def measure(model, conversation: list[Utterance], config: LabelingConfig) -> dict:
     """Label the conversation once; time and RSS are sampled as each utterance finishes."""
     import psutil
 
@@ -153,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
         "modes": results,
         "utterances": len(conversation),
         "tokens": args.tokens,
-        "audio_tokens": int(sum(len(u.audio_ids) for u in conversation)),
+        "audio_tokens": int(sum(len(u.codes()) for u in conversation)),
         "window_tokens": args.window_tokens,
         "max_context": trained_context,
         "full_context": args.full_context,

@@ -36,8 +36,8 @@ from dpm_worker.memory import (
     ConversationLabeler,
     LabelingConfig,
     MemoryConfig,
-    UtteranceInput,
 )
+from dpm_worker.utterance import Utterance
 from pipelines.eval.results import (
     COMPARISONS,
     ModeResult,
@@ -52,12 +52,10 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Conversation:
-    """One conversation's tokens and gold labels, shared by every mode."""
+    """One conversation's tokenized utterances (gold labels included), shared by every mode."""
 
     conversation_id: str
-    inputs: list[UtteranceInput]
-    gold: list[str | None]
-    expressive: list[bool | None]
+    utterances: list[Utterance]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -152,6 +150,7 @@ def load_conversations(corpus: str, model, limit: int | None = None) -> list[Con
     """Read the manifest, cut each conversation's audio and tokenize it once."""
     from dpm_worker.audio import conversation_segments
     from dpm_worker.corpus import read_manifest, to_rows
+    from dpm_worker.speech import tokenize_utterances
 
     table = read_manifest(corpus, labels=model.vocab.labels)
     by_conv: dict[str, list] = {}
@@ -160,44 +159,36 @@ def load_conversations(corpus: str, model, limit: int | None = None) -> list[Con
     ids = list(by_conv)[: limit if limit is not None else None]
     out = []
     for cid in ids:
-        rows = by_conv[cid]
-        expressive = {r.utterance_index: r.extra.get("expressive") for r in rows}
-        segments = conversation_segments(rows)
-        inputs, gold, expr = [], [], []
-        for seg in segments:
-            codes = np.asarray(model.speech_tokenizer.encode(seg.samples), dtype=np.int64)
-            model.check_fits(len(codes) + 2, seg.audio_uri)
-            inputs.append(UtteranceInput(seg.utterance_index, seg.speaker, codes))
-            gold.append(seg.emotion)
-            value = expressive.get(seg.utterance_index)
-            expr.append(None if value is None else bool(value))
-        out.append(Conversation(cid, inputs, gold, expr))
-    if not any(g is not None for c in out for g in c.gold):
+        segments = conversation_segments(by_conv[cid])
+        utterances = tokenize_utterances(segments, model.speech_tokenizer, model.check_fits)
+        out.append(Conversation(cid, list(utterances)))
+    if not any(u.emotion is not None for c in out for u in c.utterances):
         raise BadInputError("the corpus has no gold emotion labels to evaluate against", corpus)
     return out
 
 
-def label_corpus(model, conversations: list[Conversation], config: LabelingConfig) -> ModeResult:
-    """Label every conversation with one configuration."""
+def label_conversations(
+    model, conversations: list[Conversation], config: LabelingConfig
+) -> ModeResult:
+    """Label every conversation with one configuration and collect the per-utterance results."""
     labeler = ConversationLabeler(model, config)
     result = ModeResult()
     try:
         for conv in conversations:
             start = time.perf_counter()
-            preds = labeler.label_conversation(conv.inputs)
+            labeled = labeler.label_conversation(conv.utterances)
             result.seconds += time.perf_counter() - start
-            for pos, (pred, gold, expr) in enumerate(
-                zip(preds, conv.gold, conv.expressive, strict=True)
-            ):
-                result.conversation_id.append(conv.conversation_id)
-                result.utterance_index.append(pred.utterance_index)
+            for pos, item in enumerate(labeled):
+                utt = item.utterance
+                result.conversation_id.append(utt.conversation_id)
+                result.utterance_index.append(utt.utterance_index)
                 result.position.append(pos)
-                result.speaker.append(pred.speaker)
-                result.gold.append(gold)
-                result.pred.append(pred.label)
-                result.expressive.append(expr)
-                result.probs.append(pred.probs)
-                result.ms.append(pred.ms)
+                result.speaker.append(utt.speaker)
+                result.gold.append(utt.emotion)
+                result.pred.append(item.emotion)
+                result.expressive.append(utt.expressive)
+                result.probs.append(item.probs)
+                result.ms.append(item.ms)
     finally:
         labeler.close()
     return result
@@ -248,7 +239,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     start = time.perf_counter()
     conversations = load_conversations(args.corpus, model, args.limit_conversations)
-    n_utt = sum(len(c.inputs) for c in conversations)
+    n_utt = sum(len(c.utterances) for c in conversations)
     log.info(
         "eval: %d conversations, %d utterances tokenized in %.1f s",
         len(conversations),
@@ -257,7 +248,7 @@ def run(args: argparse.Namespace) -> int:
     )
     results = {}
     for mode, config in configs.items():
-        results[mode] = label_corpus(model, conversations, config)
+        results[mode] = label_conversations(model, conversations, config)
         log.info("eval: %s done in %.1f s", mode, results[mode].seconds)
     report = build_report(model, results, args)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

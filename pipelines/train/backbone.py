@@ -274,8 +274,9 @@ def fit_tokenizer(
 ):
     """Fit the codebook on the first ``limit`` utterances of the training split."""
     waves = []
-    for _row, samples in iter_waveforms(corpus, train_ids):
-        waves.append(samples)
+    for utt in iter_waveforms(corpus, train_ids):
+        if utt.samples is not None:
+            waves.append(utt.samples)
         if len(waves) >= limit:
             break
     log.info("fitting the speech tokenizer on %d utterances", len(waves))

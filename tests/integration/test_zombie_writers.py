@@ -26,11 +26,11 @@ from dpm_worker.tables import (
     EMOTIONS,
     CheckpointKey,
     CheckpointStore,
-    LabeledUtterance,
     RunInfo,
     RunTables,
     write_bytes_atomic,
 )
+from dpm_worker.utterance import LabeledUtterance, Utterance
 from tests.integration.conftest import REPO
 
 LABELS = ("neutral", "happy", "sad", "angry")
@@ -51,9 +51,10 @@ def run_info() -> RunInfo:
 
 
 def rows(emotion: str) -> list[LabeledUtterance]:
-    probs = tuple(0.7 if label == emotion else 0.1 for label in LABELS)
+    probs = np.array([0.7 if label == emotion else 0.1 for label in LABELS], dtype=np.float32)
     return [
-        LabeledUtterance(i, "a", float(i), i + 1.0, emotion, 0.7, probs, None) for i in range(3)
+        LabeledUtterance(Utterance("conv", i, "a", float(i), i + 1.0), emotion, 0.7, probs)
+        for i in range(3)
     ]
 
 

@@ -16,10 +16,10 @@ from dpm_worker.memory import (
     LabelingConfig,
     MemoryConfig,
     TemporaryLoraMemory,
-    UtteranceInput,
 )
 from dpm_worker.model import EmotionModel
 from dpm_worker.tables import CheckpointKey, CheckpointStore, decode_checkpoint, encode_checkpoint
+from dpm_worker.utterance import Utterance
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -38,11 +38,16 @@ CONFIGS = {
 KEY = CheckpointKey("random-0", "cfg", "inputs")
 
 
-def conversation(n: int, seed: int = 3) -> list[UtteranceInput]:
+def conversation(n: int, seed: int = 3) -> list[Utterance]:
     rng = np.random.default_rng(seed)
     speakers = ["ann", "bob", "cy"]
     return [
-        UtteranceInput(i, speakers[int(rng.integers(0, 3))], rng.integers(0, 32, size=12))
+        Utterance(
+            "conv",
+            i,
+            speakers[int(rng.integers(0, 3))],
+            audio_ids=rng.integers(0, 32, size=12).astype(np.int64),
+        )
         for i in range(n)
     ]
 
@@ -80,9 +85,9 @@ def test_resume_from_stored_checkpoint_equals_uninterrupted_run(tmp_path, target
     assert sum(k.endswith(".steps") for k in state.tensors) == len(state.speaker_slots) == 3
     fresh = ConversationLabeler(EmotionModel.random(seed=0), config)
     resumed = fresh.label_conversation(utts, resume=state)
-    assert [r.utterance_index for r in resumed] == list(range(16))
+    assert [r.utterance.utterance_index for r in resumed] == list(range(16))
     np.testing.assert_allclose(probs(resumed), probs(whole), rtol=0, atol=1e-6)
-    assert [r.label for r in resumed] == [r.label for r in whole]
+    assert [r.emotion for r in resumed] == [r.emotion for r in whole]
 
 
 def test_memory_state_roundtrip_restores_slots_and_optimizer() -> None:
