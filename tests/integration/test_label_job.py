@@ -294,7 +294,7 @@ def test_driver_then_actor_killed_resume_equals_clean_run(
         stderr=subprocess.PIPE,
         text=True,
     )
-    killed = kill_worker_actor_after_a_commit(fs, path, before, resumed_driver)
+    killed = kill_worker_actor_after_a_commit(fs, path, before, resumed_driver, ray_address)
     stdout, stderr = resumed_driver.communicate(timeout=300)
     assert resumed_driver.returncode == 0, stdout + stderr[-3000:]
     assert killed, "the actor was never killed"
@@ -308,7 +308,7 @@ def test_driver_then_actor_killed_resume_equals_clean_run(
     pd.testing.assert_frame_equal(final, clean)
 
 
-def kill_worker_actor_after_a_commit(fs, path, before, driver) -> bool:
+def kill_worker_actor_after_a_commit(fs, path, before, driver, ray_address) -> bool:
     """Once the resumed run commits a file, SIGKILL its live actor, found by id (state API)."""
     from ray.util.state import list_actors
 
@@ -317,6 +317,7 @@ def kill_worker_actor_after_a_commit(fs, path, before, driver) -> bool:
         fs.invalidate_cache()
         if set(fs.glob(f"{path}/emotions/*/*.parquet")) - before:
             alive = list_actors(
+                address=ray_address,  # other Ray clusters may run on this machine
                 filters=[("class_name", "=", "ConversationWorker"), ("state", "=", "ALIVE")],
                 detail=True,
             )

@@ -54,7 +54,7 @@ def test_sigterm_to_actor_checkpoints_and_retry_resumes(ray_address, tmp_path) -
     while time.monotonic() < deadline and not os.path.exists(store.folder_uri("call")):
         time.sleep(0.05)
     time.sleep(1.0)
-    pid = get_actor(actor._actor_id.hex()).pid
+    pid = get_actor(actor._actor_id.hex(), address=ray_address).pid
     os.kill(pid, signal.SIGTERM)  # as Kubernetes / a spot reclaim would
     with pytest.raises(RayActorError):
         ray.get(task, timeout=120)
