@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -52,6 +52,7 @@ import torch
 from dpm_worker.errors import ConfigError, LabelError
 from dpm_worker.memory.config import MemoryConfig
 from dpm_worker.memory.lora import TemporaryLoraMemory
+from dpm_worker.memory.resume import ConversationState, capture_state, restore_state
 from dpm_worker.model import (
     HISTORY_FORMATS,
     IGNORE,
@@ -171,13 +172,28 @@ class ConversationLabeler:
         if self.memory is not None:
             self.memory.close()
 
-    def label_conversation(self, utterances: Iterable[Utterance]) -> list[LabeledUtterance]:
+    def label_conversation(
+        self,
+        utterances: Iterable[Utterance],
+        resume: ConversationState | None = None,
+        after_utterance: Callable[[list[LabeledUtterance], dict[str, int], list[int]], None]
+        | None = None,
+    ) -> list[LabeledUtterance]:
         """Label a conversation's tokenized utterances, given in dialogue order.
 
         The memory (``dpm``) is reset before the first utterance and discarded after the last,
         so no conversation sees another's. Each result carries its utterance, identity and all.
+
+        Args:
+            utterances: the whole conversation, in dialogue order.
+            resume: a state exported from an earlier, interrupted labeling of the same
+                conversation with the same model and config: labeling continues at its
+                position, exactly as if it had never stopped.
+            after_utterance: called after each utterance with the rows so far, the speaker
+                slots and the history (the caller's chance to :meth:`export_state`).
         """
         cfg = self.config
+        utts = list(utterances)
         torch.manual_seed(cfg.seed)
         slots: dict[str, int] = {}
         history: list[int] = []
@@ -186,8 +202,10 @@ class ConversationLabeler:
         self._ema.clear()
         if self.memory is not None:
             self.memory.reset()
+        if resume is not None:
+            predictions = self._restore(resume, utts, slots, history)
         try:
-            for utt in utterances:
+            for utt in utts[len(predictions) :]:
                 start = time.perf_counter()
                 codes = utt.codes()
                 parts = self.chunks(codes)
@@ -200,20 +218,10 @@ class ConversationLabeler:
                     # Each chunk enters the history (and memory) as a turn with its own read.
                     self.remember(history, step.tokens, self.vocab.labels[int(np.argmax(read))])
                     total += read * (len(part) / len(codes))
-                probs = total.astype(np.float32)
-                best = int(np.argmax(probs))
-                predictions.append(
-                    LabeledUtterance(
-                        utterance=utt,
-                        emotion=self.vocab.labels[best],
-                        confidence=float(probs[best]),
-                        probs=probs,
-                        ms=(time.perf_counter() - start) * 1000.0,
-                        context_tokens=len(step.ids),
-                        chunks=len(parts),
-                        truncated=len(step.tokens) > self.max_context,
-                    )
-                )
+                ms = (time.perf_counter() - start) * 1000.0
+                predictions.append(self._row(utt, total.astype(np.float32), ms, len(step.ids)))
+                if after_utterance is not None:
+                    after_utterance(predictions, slots, history)
         finally:
             if self.memory is not None:
                 self.memory.reset()
@@ -226,6 +234,42 @@ class ConversationLabeler:
         if self.config.long_utterances != "chunks" or len(audio_ids) <= room:
             return [audio_ids]
         return np.array_split(audio_ids, -(-len(audio_ids) // room))
+
+    def export_state(
+        self, predictions: Sequence[LabeledUtterance], slots: dict[str, int], history: list[int]
+    ) -> ConversationState:
+        """A copy of the labeling state (call from ``after_utterance``; see ConversationState)."""
+        probs = np.array([p.probs for p in predictions], dtype=np.float32)
+        rows = ([p.ms for p in predictions], [p.context_tokens for p in predictions])
+        probs = probs.reshape(len(predictions), len(self.vocab.labels))
+        return capture_state(self.memory, probs, *rows, slots, history)
+
+    def _restore(
+        self, state: ConversationState, utts: Sequence[Utterance], slots: dict, history: list
+    ) -> list[LabeledUtterance]:
+        """Load ``state`` into the memory, RNG, slots and history; returns its rows."""
+        restore_state(state, self.memory, len(utts), len(self.vocab.labels))
+        slots.update(state.speaker_slots)
+        history.extend(state.history)
+        rows = zip(utts, state.probs, state.ms, state.context_tokens, strict=False)
+        return [self._row(*row) for row in rows]
+
+    def _row(
+        self, utt: Utterance, probs: np.ndarray, ms: float, context_tokens: int
+    ) -> LabeledUtterance:
+        best = int(np.argmax(probs))
+        # How the utterance was read follows from its length (so a resumed row says it too).
+        parts = self.chunks(utt.codes())
+        return LabeledUtterance(
+            utterance=utt,
+            emotion=self.vocab.labels[best],
+            confidence=float(probs[best]),
+            probs=np.asarray(probs, dtype=np.float32),
+            ms=ms,
+            context_tokens=context_tokens,
+            chunks=len(parts),
+            truncated=len(parts[-1]) + 2 > self.max_context,
+        )
 
     def prepare(
         self, utt: Utterance, slots: dict[str, int], history: list[int]

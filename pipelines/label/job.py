@@ -25,6 +25,7 @@ from dpm_worker.tables import (
     ERRORS,
     KEY_RECORD,
     SUCCESS_NAME,
+    CheckpointStore,
     FingerprintKey,
     PreviousFingerprints,
     RunInfo,
@@ -153,6 +154,8 @@ class LabelJob:
                 f"{head}, {len(lost)} NOT labeled ({names}; last error: "
                 f"{lost[-1][1]}); re-run with --run-id {self.run.run_id} to finish",
             )
+        # Every conversation is committed: checkpoints left by killed writers are litter now.
+        CheckpointStore(self.config.output, self.run.run_id, self.tables.endpoint_url).clear()
         counts = self._success_record(progress, started_at)
         code = EXIT_PARTIAL if counts["errors"]["conversations"] else EXIT_OK
         return finish(
