@@ -51,6 +51,8 @@ class WorkerSettings:
         device: a torch device string (None: CUDA when available, else CPU).
         torch_threads: intra-op threads for torch on CPU (Ray gives workers 1 otherwise).
         endpoint_url: an explicit S3 endpoint (else the environment's).
+        verify_weights: re-hash every model file in full at start (default: sizes, edge
+            hashes and the stored fingerprint, which costs milliseconds for any model size).
     """
 
     output_uri: str
@@ -60,6 +62,7 @@ class WorkerSettings:
     device: str | None = None
     torch_threads: int = 1
     endpoint_url: str | None = None
+    verify_weights: bool = False
 
     def __post_init__(self) -> None:
         if self.torch_threads < 1:
@@ -85,7 +88,10 @@ class ConversationWorker:
             from dpm_worker.model import load_model
 
             model = load_model(
-                settings.model_uri, device=settings.device, endpoint_url=settings.endpoint_url
+                settings.model_uri,
+                device=settings.device,
+                endpoint_url=settings.endpoint_url,
+                verify_weights=settings.verify_weights,
             )
         model.check_labels(settings.run.labels)
         self.settings = settings

@@ -315,22 +315,33 @@ def load_model(
     *,
     device: str | torch.device | None = None,
     endpoint_url: str | None = None,
+    verify_weights: bool = False,
 ) -> EmotionModel:
     """Load a model folder: the packaged default (None), a local path, or an ``s3://`` URI.
 
-    Remote folders are copied into ``~/.cache/dpm/models/`` and verified; every folder must
-    match its manifest. Weights load from safetensors only, with ``trust_remote_code`` off.
+    Remote folders are copied once per node into ``~/.cache/dpm/models/`` (each downloaded
+    file hashed in full) and reused while the remote manifest is unchanged. Every folder must
+    match its manifest: sizes, edge hashes and the stored fingerprint by default, every byte
+    with ``verify_weights``. Weights load from safetensors only, with ``trust_remote_code`` off.
+
+    Args:
+        uri: the model folder (None: the packaged default).
+        device: a torch device (None: CUDA in bf16 when available, else CPU in fp32).
+        endpoint_url: an explicit S3 endpoint (else the environment's).
+        verify_weights: re-hash every file in full against the manifest (slow for big models).
 
     Raises:
         ModelError: missing or mismatched files, or a vocabulary that does not fit the weights.
     """
     source = str(default_model_path()) if uri is None else uri
-    folder = (
-        checkpoint.fetch_folder(source, endpoint_url=endpoint_url)
-        if is_remote(source)
-        else Path(source)
-    )
-    manifest = checkpoint.verify_folder(folder)
+    if is_remote(source):
+        folder, _ = checkpoint.fetch_folder(
+            source, endpoint_url=endpoint_url, full_hash=verify_weights
+        )
+        manifest = checkpoint.read_manifest(folder)  # fetch_folder verified the copy
+    else:
+        folder = Path(source)
+        manifest = checkpoint.verify_folder(folder, full_hash=verify_weights)
     try:
         meta = json.loads((folder / MODEL_META).read_text())
         vocab = StreamVocab.from_dict(meta["vocab"])

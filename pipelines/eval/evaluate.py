@@ -68,6 +68,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", default=None, help="model folder or s3:// URI (default: packaged)"
     )
+    parser.add_argument(
+        "--verify-weights",
+        action="store_true",
+        help="re-hash every model file in full (default: sizes, edge hashes, stored fingerprint)",
+    )
     parser.add_argument("--window-tokens", type=int, default=256, help="n_r (%(default)s)")
     parser.add_argument("--json", required=True, help="where to write the metrics JSON")
     parser.add_argument("--predictions", default=None, help="per-utterance Parquet output")
@@ -245,7 +250,7 @@ def run(args: argparse.Namespace) -> int:
         for m in modes
     }
     torch.set_num_threads(args.threads)
-    model = load_model(args.model)
+    model = load_model(args.model, verify_weights=args.verify_weights)
     start = time.perf_counter()
     conversations = load_conversations(args.corpus, model, args.limit_conversations)
     n_utt = sum(len(c.inputs) for c in conversations)

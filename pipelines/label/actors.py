@@ -86,6 +86,7 @@ def start_actors(config: LabelJobConfig, run: RunInfo, worker_class: type) -> li
         labeling=config.labeling,
         device=config.device,
         torch_threads=config.threads,
+        verify_weights=config.verify_weights,
     )
     log.info(
         "starting %d actor(s) with %s (cluster: %.0f CPU, %.0f GPU)",

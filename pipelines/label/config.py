@@ -30,6 +30,8 @@ class LabelJobConfig:
         input: the manifest URI (Parquet, JSONL, CSV, or a folder with manifest.parquet).
         output: the tables' output prefix (local folder or ``s3://bucket/prefix``).
         model: the model folder (None: the packaged default model).
+        verify_weights: actors re-hash every model file in full at start (default: a cheap
+            check of sizes, edge hashes and the stored fingerprint).
         run_id: the run's id; re-using one resumes that run (None: a fresh id).
         incremental: label only conversations that are new or changed since the committed runs
             with the same model and labeling config (see ``dpm_worker.tables.fingerprints``).
@@ -51,6 +53,7 @@ class LabelJobConfig:
     input: str
     output: str
     model: str | None = None
+    verify_weights: bool = False
     run_id: str | None = None
     incremental: bool = False
     address: str | None = None
