@@ -13,6 +13,7 @@ BENCHMARKS: dict[str, str] = {
     "memory": "per-utterance time and RSS at the start and end of a long conversation, per mode",
     "throughput": "the Ray job against the in-process loop on the same corpus",
     "scale": "driver memory while scheduling a manifest of many short conversations",
+    "startup": "a model start with the stored-hash check against a full hash (1 GB folder)",
 }
 
 
