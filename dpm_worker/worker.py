@@ -49,6 +49,7 @@ class WorkerSettings:
         model_uri: the model folder (None: the packaged default model).
         labeling: the labeling mode and DPM hyperparameters.
         device: a torch device string (None: CUDA when available, else CPU).
+        dtype: the backbone's dtype name (None: bf16 on CUDA, else float32).
         torch_threads: intra-op threads for torch on CPU (Ray gives workers 1 otherwise).
         endpoint_url: an explicit S3 endpoint (else the environment's).
         verify_weights: re-hash every model file in full at start (default: sizes, edge
@@ -60,6 +61,7 @@ class WorkerSettings:
     model_uri: str | None = None
     labeling: LabelingConfig = field(default_factory=LabelingConfig)
     device: str | None = None
+    dtype: str | None = None
     torch_threads: int = 1
     endpoint_url: str | None = None
     verify_weights: bool = False
@@ -92,6 +94,7 @@ class ConversationWorker:
                 device=settings.device,
                 endpoint_url=settings.endpoint_url,
                 verify_weights=settings.verify_weights,
+                dtype=settings.dtype,
             )
         model.check_labels(settings.run.labels)
         self.settings = settings

@@ -37,6 +37,7 @@ MODEL_META = "dpm_model.json"
 # batching and the tokenizer files conventional.
 SCRATCH_TEXT_TOKENS = ("<pad>", "<s>", "</s>")
 HISTORY_FORMATS = ("none", "predicted")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -119,12 +120,26 @@ def build_text_tokenizer(vocab: StreamVocab) -> transformers.PreTrainedTokenizer
     )
 
 
-def pick_device(device: str | torch.device | None = None) -> tuple[torch.device, torch.dtype]:
-    """The run-time device and dtype: CUDA in bf16 when available, else CPU in float32."""
+def pick_device(
+    device: str | torch.device | None = None, dtype: str | None = None
+) -> tuple[torch.device, torch.dtype]:
+    """The run-time device and the backbone's dtype.
+
+    Args:
+        device: a torch device (None: CUDA when available, else CPU).
+        dtype: ``float32``, ``bfloat16`` or ``float16`` (None: bf16 on CUDA, else float32).
+
+    Raises:
+        ConfigError: an unknown dtype name.
+    """
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
-    return device, (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    if dtype is None:
+        return device, (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    return device, DTYPES[dtype]
 
 
 @dataclass
@@ -316,6 +331,7 @@ def load_model(
     device: str | torch.device | None = None,
     endpoint_url: str | None = None,
     verify_weights: bool = False,
+    dtype: str | None = None,
 ) -> EmotionModel:
     """Load a model folder: the packaged default (None), a local path, or an ``s3://`` URI.
 
@@ -329,6 +345,8 @@ def load_model(
         device: a torch device (None: CUDA in bf16 when available, else CPU in fp32).
         endpoint_url: an explicit S3 endpoint (else the environment's).
         verify_weights: re-hash every file in full against the manifest (slow for big models).
+        dtype: the backbone's dtype (None: bf16 on CUDA, else float32); the DPM memory's
+            adapters stay float32 whatever the backbone's dtype.
 
     Raises:
         ModelError: missing or mismatched files, or a vocabulary that does not fit the weights.
@@ -355,10 +373,10 @@ def load_model(
             f"speech tokenizer has {speech_tokenizer.vocab_size} codes, the vocabulary expects {vocab.n_audio}",
             source,
         )
-    torch_device, dtype = pick_device(device)
+    torch_device, torch_dtype = pick_device(device, dtype)
     try:
         model = transformers.AutoModelForCausalLM.from_pretrained(
-            str(folder), dtype=dtype, use_safetensors=True, trust_remote_code=False
+            str(folder), dtype=torch_dtype, use_safetensors=True, trust_remote_code=False
         )
         text_tokenizer = transformers.AutoTokenizer.from_pretrained(
             str(folder), trust_remote_code=False

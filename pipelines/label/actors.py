@@ -85,6 +85,7 @@ def start_actors(config: LabelJobConfig, run: RunInfo, worker_class: type) -> li
         model_uri=config.model,
         labeling=config.labeling,
         device=config.device,
+        dtype=config.dtype,
         torch_threads=config.threads,
         verify_weights=config.verify_weights,
     )

@@ -47,6 +47,8 @@ class LabelJobConfig:
         actor_start_timeout_s: how long actors may take to start and load the model.
         conversation_timeout_s: a conversation running longer gets its actor restarted.
         device: torch device for the actors (None: CUDA when the actor has a GPU, else CPU).
+        dtype: the backbone's dtype in the actors: float32, bfloat16 or float16 (None: bf16 on
+            CUDA, else float32).
         labeling: the labeling mode and DPM hyperparameters.
     """
 
@@ -68,6 +70,7 @@ class LabelJobConfig:
     actor_start_timeout_s: float = 600.0
     conversation_timeout_s: float = 3600.0
     device: str | None = None
+    dtype: str | None = None
     labeling: LabelingConfig = field(default_factory=LabelingConfig)
 
     def __post_init__(self) -> None:
@@ -83,6 +86,8 @@ class LabelJobConfig:
             raise ConfigError(f"gpus_per_actor must be in (0, 64], got {self.gpus_per_actor}")
         if not (0 < self.cpus_per_actor <= 1024):
             raise ConfigError(f"cpus_per_actor must be in (0, 1024], got {self.cpus_per_actor}")
+        if self.dtype is not None and self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ConfigError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
         if self.torch_threads is not None and self.torch_threads < 1:
             raise ConfigError(f"torch_threads must be >= 1, got {self.torch_threads}")
         if self.in_flight_per_actor < 1:
