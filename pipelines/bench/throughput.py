@@ -64,6 +64,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--gpus-per-actor", type=float, default=1.0, help="GPUs per actor on a GPU machine"
     )
+    parser.add_argument(
+        "--in-process-only", action="store_true", help="skip the Ray side (no cluster started)"
+    )
 
 
 def save_random_model(shape: str, folder: str) -> str:
@@ -161,6 +164,18 @@ def on_ray(corpus: str, model_uri: str | None, mode: str, args: argparse.Namespa
     }
 
 
+def header(args: argparse.Namespace, corpus: str, local: dict) -> dict:
+    return {
+        "benchmark": "throughput",
+        "corpus": corpus,
+        "mode": args.mode,
+        "model": args.random_model or args.model or "default",
+        "device": local["device"],
+        "dtype": local["dtype"],
+        "cpus": os.cpu_count(),
+    }
+
+
 def run(args: argparse.Namespace) -> int:
     args.workdir = args.workdir or tempfile.mkdtemp(prefix="dpm-bench-throughput-")
     corpus = args.corpus
@@ -182,15 +197,12 @@ def run(args: argparse.Namespace) -> int:
         model_uri = save_random_model(args.random_model, os.path.join(args.workdir, "model"))
     threads = args.in_process_threads or max(1, int(args.cpus_per_actor))
     local = in_process(corpus, model_uri, args.mode, threads, args.device, args.dtype)
+    if args.in_process_only:
+        print(json.dumps({**header(args, corpus, local), "in_process": local}, indent=2))
+        return 0
     ray_side = on_ray(corpus, model_uri, args.mode, args)
     report = {
-        "benchmark": "throughput",
-        "corpus": corpus,
-        "mode": args.mode,
-        "model": args.random_model or args.model or "default",
-        "device": local["device"],
-        "dtype": local["dtype"],
-        "cpus": os.cpu_count(),
+        **header(args, corpus, local),
         "in_process": local,
         "ray": ray_side,
         "ratio_wall_ray_over_in_process": round(ray_side["wall_s"] / local["wall_s"], 3),

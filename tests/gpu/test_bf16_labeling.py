@@ -40,7 +40,13 @@ def bf16_model(seed: int = 0, hidden: int = 64, layers: int = 2, heads: int = 4)
     return model
 
 
-def conversation(seed: int, n: int = 8, lo: int = 10, hi: int = 30) -> list[UtteranceInput]:
+# bf16 matmuls on a CPU without AMX are slow: the CPU dry run labels shorter conversations.
+UTTERANCES = 8 if ON_GPU else 3
+
+
+def conversation(
+    seed: int, n: int = UTTERANCES, lo: int = 10, hi: int = 30
+) -> list[UtteranceInput]:
     rng = np.random.default_rng(seed)
     return [
         UtteranceInput(i, "ab"[i % 2], rng.integers(0, 32, size=int(rng.integers(lo, hi))))
