@@ -1,5 +1,6 @@
 from dpm_worker.training.loop import (
     IGNORE,
+    AuxHeads,
     ConversationStream,
     TrainConfig,
     build_stream,
@@ -26,6 +27,7 @@ from dpm_worker.training.token_cache import (
 from dpm_worker.training.validation import score_stream, score_stream_windows, summarize_scores
 
 __all__ = [
+    "AuxHeads",
     "ConversationStream",
     "IGNORE",
     "MemoryLoopConfig",

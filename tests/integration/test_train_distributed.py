@@ -1,0 +1,97 @@
+"""Backbone training through Ray Train on the session's local cluster (gloo, CPU workers)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dpm_worker.model import EmotionModel, load_model
+from dpm_worker.training import TrainConfig, build_stream
+from pipelines.train.distributed import (
+    FAULT_MARKER_ENV,
+    FAULT_STEP_ENV,
+    TRAIN_STATE,
+    DistributedConfig,
+    train_with_ray,
+)
+
+pytestmark = pytest.mark.integration
+
+# Relative difference allowed between the per-step losses of 2 workers x batch B and 1 worker
+# x batch 2B: each worker's loss is a mean over its own slice's tokens, and the mean of two
+# slice means weights tokens slightly differently from one mean over the whole batch.
+LOSS_TOLERANCE = 0.02
+CONFIG = TrainConfig(
+    window_tokens=64, batch_size=2, epochs=2.0, lr=3e-3, warmup_steps=0, aux_previous=2,
+    val_fraction=0.2, threads=1, seed=3,
+)  # fmt: skip
+
+
+def streams(model: EmotionModel):
+    rng = np.random.default_rng(0)
+    out = []
+    for c in range(4):
+        rows = [
+            {
+                "speaker": "ab"[u % 2],
+                "codes": rng.integers(0, 32, size=int(rng.integers(8, 20))).tolist(),
+                "emotion": model.vocab.labels[int(rng.integers(len(model.vocab.labels)))],
+            }
+            for u in range(12)
+        ]
+        out.append(build_stream(model.vocab, f"c{c}", rows, aux_previous=2))
+    return out
+
+
+def run(tmp_path: Path, name: str, workers: int, batch: int, **dist) -> dict:
+    model = EmotionModel.random(seed=0, max_context=64)
+    model.model.requires_grad_(True)
+    cfg = dataclasses.replace(CONFIG, batch_size=batch)
+    config = DistributedConfig(
+        workers=workers, cpus_per_worker=0.5, storage=str(tmp_path / f"{name}.ray"), **dist
+    )
+    return train_with_ray(model, streams(model), cfg, config, str(tmp_path / name))
+
+
+def losses(result: dict) -> np.ndarray:
+    return np.array([row["loss"] for row in result["loss_history"]])
+
+
+def test_two_workers_follow_one_worker_with_twice_the_batch_and_resume_after_a_death(
+    ray_address, tmp_path, monkeypatch
+):
+    one = run(tmp_path, "one", workers=1, batch=4, checkpoint_every=100)
+    two = run(tmp_path, "two", workers=2, batch=2, checkpoint_every=2)
+    steps = len(losses(one))
+    relative = np.abs(losses(two) - losses(one)) / losses(one)
+    print(json.dumps({"one": losses(one).round(4).tolist(), "two": losses(two).round(4).tolist(),
+                      "max_relative_diff": float(relative.max())}))  # fmt: skip
+    assert steps >= 5 and len(losses(two)) == steps
+    assert relative.max() < LOSS_TOLERANCE
+    assert losses(one)[-1] < losses(one)[0]  # it learned something
+    # the checkpoint holds a model folder (what dpm eval loads) and the training state
+    checkpoint = Path(two["checkpoint"])
+    assert (checkpoint / TRAIN_STATE).is_file()
+    assert load_model(str(checkpoint / "model")).vocab.labels == (
+        "neutral",
+        "happy",
+        "sad",
+        "angry",
+    )
+    assert (
+        load_model(str(tmp_path / "two")).fingerprint
+        == load_model(str(checkpoint / "model")).fingerprint
+    )
+
+    # Rank 1 dies at step 3: Ray Train restarts the group from the step-2 checkpoint.
+    marker = tmp_path / "killed"
+    monkeypatch.setenv(FAULT_STEP_ENV, "3")
+    monkeypatch.setenv(FAULT_MARKER_ENV, str(marker))
+    resumed = run(tmp_path, "resumed", workers=2, batch=2, checkpoint_every=2, max_failures=1)
+    assert marker.is_file()
+    assert resumed["resumed_from"] == 2 and resumed["step"] == steps
+    np.testing.assert_allclose(losses(resumed), losses(two), rtol=1e-4)
