@@ -5,10 +5,7 @@ from dpm_worker.training.loop import (
     TrainConfig,
     build_stream,
     compute_loss,
-    isolate_rows,
-    lr_at,
     make_batch,
-    sample_starts,
     train,
 )
 from dpm_worker.training.memory_loop import (
@@ -17,6 +14,13 @@ from dpm_worker.training.memory_loop import (
     TrainingConversation,
     training_conversation,
 )
+from dpm_worker.training.precision import (
+    autocast,
+    autocast_dtype,
+    place_for_training,
+    resolve_device,
+)
+from dpm_worker.training.schedule import lr_at
 from dpm_worker.training.token_cache import (
     conversation_ids,
     group_conversations,
@@ -25,6 +29,7 @@ from dpm_worker.training.token_cache import (
     tokenize_corpus,
 )
 from dpm_worker.training.validation import score_stream, score_stream_windows, summarize_scores
+from dpm_worker.training.windows import isolate_rows, sample_starts
 
 __all__ = [
     "AuxHeads",
@@ -34,6 +39,8 @@ __all__ = [
     "MemoryLoopTrainer",
     "TrainConfig",
     "TrainingConversation",
+    "autocast",
+    "autocast_dtype",
     "build_stream",
     "compute_loss",
     "conversation_ids",
@@ -41,6 +48,8 @@ __all__ = [
     "isolate_rows",
     "iter_waveforms",
     "lr_at",
+    "place_for_training",
+    "resolve_device",
     "make_batch",
     "sample_starts",
     "score_stream",

@@ -19,7 +19,6 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 import torch
@@ -27,6 +26,9 @@ import torch.nn.functional as F
 
 from dpm_worker.errors import check_fields
 from dpm_worker.model import EmotionModel, StreamVocab
+from dpm_worker.training.precision import autocast, autocast_dtype
+from dpm_worker.training.schedule import lr_at
+from dpm_worker.training.windows import isolate_rows, sample_starts
 
 IGNORE = -100
 
@@ -59,6 +61,12 @@ class TrainConfig:
         evals_per_epoch: validation (and checkpoint) passes per epoch.
         seed: seeds the split, the windows and the initialisation.
         threads: torch CPU threads.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
+        precision: ``auto`` (bf16 autocast on CUDA, fp32 on CPU), ``fp32`` or ``bf16``; what
+            trains keeps fp32 weights either way (see :mod:`dpm_worker.training.precision`).
+        gradient_checkpointing: recompute activations in backward (long windows, big bases).
+        grad_accum_steps: micro-batches of ``batch_size`` per optimizer step (the effective
+            batch is their product; an epoch counts effective batches).
     """
 
     window_tokens: int = 512
@@ -82,6 +90,10 @@ class TrainConfig:
     evals_per_epoch: int = 1
     seed: int = 0
     threads: int = 2
+    device: str = "auto"
+    precision: str = "auto"
+    gradient_checkpointing: bool = False
+    grad_accum_steps: int = 1
 
     def __post_init__(self) -> None:
         checks = {
@@ -100,6 +112,9 @@ class TrainConfig:
             "val_fraction": 0 < self.val_fraction < 1,
             "evals_per_epoch": self.evals_per_epoch >= 1,
             "threads": self.threads >= 1,
+            "device": self.device.split(":")[0] in ("auto", "cpu", "cuda"),
+            "precision": self.precision in ("auto", "fp32", "bf16"),
+            "grad_accum_steps": self.grad_accum_steps >= 1,
         }
         check_fields("train", self, checks)
 
@@ -267,106 +282,6 @@ def compute_loss(
     return loss, parts
 
 
-def sample_starts(
-    streams: Sequence[ConversationStream],
-    window: int,
-    n: int,
-    rng: np.random.Generator,
-    aligned_fraction: float = 0.0,
-) -> tuple[list[ConversationStream], list[int]]:
-    """``n`` random windows: a conversation drawn in proportion to its length, then a start.
-
-    A start is uniform over token positions, or, with probability ``aligned_fraction``, the
-    first token of a random utterance: the window's first utterance is then read with no
-    history at all, exactly as ``utterance`` mode reads every utterance, and the later ones
-    with a history that starts on an utterance boundary. Without aligned starts, a model
-    almost never sees a context-free utterance in training.
-    """
-    lengths = np.array([len(s.tokens) for s in streams], dtype=np.float64)
-    picks = rng.choice(len(streams), size=n, p=lengths / lengths.sum())
-    starts = []
-    for i in picks:
-        stream = streams[i]
-        if rng.random() < aligned_fraction:
-            starts.append(utterance_start(stream, int(rng.integers(len(stream.ends)))))
-        else:
-            starts.append(int(rng.integers(0, max(1, len(stream.tokens) - window + 1))))
-    return [streams[i] for i in picks], starts
-
-
-def isolate_rows(
-    streams: Sequence[ConversationStream],
-    starts: Sequence[int],
-    fraction: float,
-    rng: np.random.Generator,
-) -> tuple[list[int], list[int] | None]:
-    """Turn a share ``fraction`` of the batch rows into one utterance alone.
-
-    Such a row starts on a random utterance of its stream and stops at that utterance's
-    ``<audio_end>``: the model reads it with no history and no later speech, exactly as
-    ``utterance`` mode does. Why: aligned windows give only their first utterance a
-    context-free read, so an utterance-mode read is a small share of the emotion loss.
-
-    Returns:
-        The new starts and per-row lengths (a huge number for untouched rows; ``None`` when
-        ``fraction`` is 0, which draws nothing from ``rng`` so old runs replay unchanged).
-    """
-    if fraction <= 0:
-        return list(starts), None
-    new_starts, lengths = list(starts), [2**62] * len(starts)
-    for b, stream in enumerate(streams):
-        if rng.random() < fraction:
-            u = int(rng.integers(len(stream.ends)))
-            first = utterance_start(stream, u)
-            new_starts[b] = first
-            lengths[b] = int(stream.ends[u]) - first + 1
-    return new_starts, lengths
-
-
-def utterance_start(stream: ConversationStream, u: int) -> int:
-    """Position of utterance ``u``'s first token (its speaker token) in ``stream.tokens``.
-
-    It follows the previous ``<audio_end>``, and the emotion token after it when the history
-    carries predicted labels (a token id above ``<audio_end>``'s).
-    """
-    if u == 0:
-        return 0
-    end = int(stream.ends[u - 1])
-    nxt = end + 1
-    labelled = nxt < len(stream.tokens) and stream.tokens[nxt] >= stream.tokens[end] + 1
-    return nxt + int(labelled)
-
-
-class LrSchedule(Protocol):
-    """What :func:`lr_at` reads from a config (TrainConfig, MemoryLoopConfig)."""
-
-    @property
-    def lr(self) -> float: ...
-    @property
-    def warmup_steps(self) -> int: ...
-    @property
-    def min_lr_ratio(self) -> float: ...
-    @property
-    def max_minutes(self) -> float: ...
-
-
-def lr_at(step: int, total: int, config: LrSchedule, minutes: float = 0.0) -> float:
-    """Linear warm-up, then cosine decay to ``lr * min_lr_ratio``.
-
-    Progress is the larger of steps done and budget used (``minutes / max_minutes``), so a run
-    cut short by its wall-time budget on a busy machine still ends with a decayed rate.
-    """
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, total - config.warmup_steps)
-    if config.max_minutes:
-        progress = max(progress, minutes / config.max_minutes)
-    progress = min(1.0, progress)
-    return config.lr * (
-        config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-    )
-
-
 def train(
     model: EmotionModel,
     train_streams: Sequence[ConversationStream],
@@ -376,6 +291,10 @@ def train(
     progress: bool = True,
 ) -> list[dict]:
     """Train ``model.model`` in place on random windows of ``train_streams``.
+
+    The model is trained where it is (``model.device``; see
+    :func:`dpm_worker.training.precision.place_for_training`), under bf16 autocast when
+    ``config.precision`` says so for that device.
 
     Args:
         model: the model to train (its trainable parameters are whatever requires grad).
@@ -393,7 +312,9 @@ def train(
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
     tokens_total = sum(len(s.tokens) for s in train_streams)
-    steps_per_epoch = max(1, math.ceil(tokens_total / (config.window_tokens * config.batch_size)))
+    per_step = config.window_tokens * config.batch_size * config.grad_accum_steps
+    steps_per_epoch = max(1, math.ceil(tokens_total / per_step))
+    cast = autocast_dtype(model.device, config.precision)
     total = max(1, int(config.epochs * steps_per_epoch))
     eval_every = max(1, steps_per_epoch // config.evals_per_epoch)
     hidden = int(model.model.get_input_embeddings().weight.size(1))  # type: ignore[operator]
@@ -413,18 +334,24 @@ def train(
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, total, config, (time.monotonic() - started) / 60)
-        streams, starts = sample_starts(
-            train_streams, config.window_tokens, config.batch_size, rng, config.aligned_fraction
-        )
-        starts, lengths = isolate_rows(streams, starts, config.isolated_fraction, rng)
-        batch = make_batch(
-            model.vocab, streams, starts, config.window_tokens,
-            history_labels=config.history_labels, label_noise=config.label_noise, rng=rng,
-            lengths=lengths,
-        )  # fmt: skip
-        loss, parts = compute_loss(model, batch, config, aux)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        parts: dict[str, float] = {}
+        for _micro in range(config.grad_accum_steps):
+            streams, starts = sample_starts(
+                train_streams, config.window_tokens, config.batch_size, rng,
+                config.aligned_fraction,
+            )  # fmt: skip
+            starts, lengths = isolate_rows(streams, starts, config.isolated_fraction, rng)
+            batch = make_batch(
+                model.vocab, streams, starts, config.window_tokens,
+                history_labels=config.history_labels, label_noise=config.label_noise, rng=rng,
+                lengths=lengths,
+            )  # fmt: skip
+            with autocast(model.device, cast):
+                loss, micro_parts = compute_loss(model, batch, config, aux)
+            (loss / config.grad_accum_steps).backward()
+            for name, value in micro_parts.items():
+                parts[name] = parts.get(name, 0.0) + value / config.grad_accum_steps
         torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
         optimizer.step()
         for name, value in parts.items():

@@ -41,10 +41,10 @@ from dpm_worker.training.loop import (
     ConversationStream,
     TrainConfig,
     compute_loss,
-    lr_at,
     make_batch,
-    sample_starts,
 )
+from dpm_worker.training.schedule import lr_at
+from dpm_worker.training.windows import sample_starts
 
 
 @dataclass(frozen=True)
