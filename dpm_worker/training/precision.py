@@ -75,7 +75,7 @@ def place_for_training(
     Returns:
         The same model object's fields with the model on ``device`` (``device`` updated).
     """
-    lm = model.model.to(device)
+    lm = model.model.to(device)  # type: ignore[arg-type]  # transformers' typed .to
     for param in lm.parameters():
         wanted = torch.float32 if param.requires_grad or dtype is None else dtype
         if param.dtype != wanted:

@@ -44,10 +44,13 @@ from dpm_worker.speech import SpeechTokenizerConfig, fit_speech_tokenizer, load_
 from dpm_worker.training import (
     MemoryLoopConfig,
     TrainConfig,
+    autocast_dtype,
     build_stream,
     conversation_ids,
     group_conversations,
     iter_waveforms,
+    place_for_training,
+    resolve_device,
     score_stream,
     score_stream_windows,
     split_conversations,
@@ -55,6 +58,7 @@ from dpm_worker.training import (
     tokenize_corpus,
     train,
 )
+from pipelines.train.distributed import DistributedConfig
 
 log = logging.getLogger("dpm.train")
 TRAINING_RECORD = "training.json"
@@ -85,6 +89,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--fit-utterances", type=int, default=3000, help="utterances used to fit the codebook"
     )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), help="where to train (default: auto)"
+    )
+    parser.add_argument(
+        "--workers", type=int, help="train with Ray Train on N data-parallel workers"
+    )
+    parser.add_argument("--address", help="Ray cluster for --workers (default: embedded local Ray)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,7 +129,17 @@ def load_settings(args: argparse.Namespace) -> dict[str, Any]:
             data = yaml.safe_load(Path(args.config).read_text()) or {}
         except (OSError, yaml.YAMLError) as exc:
             raise ConfigError(f"cannot read config {args.config}: {exc}") from exc
-    unknown = set(data) - {"model", "tokenizer", "train", "lora", "labels", "memory_loop", "memory"}
+    known = {
+        "model",
+        "tokenizer",
+        "train",
+        "lora",
+        "labels",
+        "memory_loop",
+        "memory",
+        "distributed",
+    }
+    unknown = set(data) - known
     if unknown:
         raise ConfigError(f"unknown config sections {sorted(unknown)} in {args.config}")
     overrides = {
@@ -126,6 +147,7 @@ def load_settings(args: argparse.Namespace) -> dict[str, Any]:
         "seed": args.seed,
         "max_minutes": args.max_minutes,
         "threads": args.threads,
+        "device": args.device,
     }
     train_values = dict(data.get("train") or {})
     train_values.update({k: v for k, v in overrides.items() if v is not None})
@@ -146,7 +168,17 @@ def load_settings(args: argparse.Namespace) -> dict[str, Any]:
             _section(data, "memory_loop", MemoryLoopConfig) if "memory_loop" in data else None
         ),
         "memory": _section(data, "memory", MemoryConfig),
+        "distributed": _distributed(data, args),
     }
+
+
+def _distributed(data: dict, args: argparse.Namespace) -> DistributedConfig | None:
+    """The Ray Train settings when ``--workers``/``--address`` ask for them, else None."""
+    if not args.workers and not args.address:
+        return None
+    values = dict(data.get("distributed") or {})
+    values.update({k: v for k, v in (("workers", args.workers), ("address", args.address)) if v})
+    return _section({"distributed": values}, "distributed", DistributedConfig)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -180,6 +212,11 @@ def run(args: argparse.Namespace) -> int:
         model, lora = _continue(init, settings["model"]), None
     else:
         model, lora = setup_model(args, settings, tokenizer)
+    device = resolve_device(cfg.device)
+    model = place_for_training(
+        model, device, autocast_dtype(device, cfg.precision),
+        gradient_checkpointing=cfg.gradient_checkpointing,
+    )  # fmt: skip
     grouped = group_conversations(codes)
     check_labels(grouped, model.vocab.labels, args.corpus)
     streams = {
@@ -214,6 +251,8 @@ def run(args: argparse.Namespace) -> int:
         return run_memory_loop(
             args, settings, model, grouped, train_streams, val_streams, record, started
         )
+    if settings["distributed"] is not None:
+        return train_distributed(args, settings, model, lora, train_streams, val_streams, record)
     best: dict[str, Any] = {"score": -1.0}
 
     def on_eval(step: int, epoch: float) -> None:
@@ -255,6 +294,33 @@ def run(args: argparse.Namespace) -> int:
             indent=2,
         )
     )
+    return 0
+
+
+def train_distributed(
+    args: argparse.Namespace,
+    settings: dict[str, Any],
+    model: EmotionModel,
+    lora: LoraSettings | None,
+    train_streams: list,
+    val_streams: list,
+    record: dict[str, Any],
+) -> int:
+    """``--workers N``: train through Ray Train, validate the result once, commit it."""
+    from pipelines.train.distributed import train_with_ray
+
+    if lora is not None:
+        raise ConfigError("--workers trains from scratch or --init-model; not --base-model yet")
+    started = time.monotonic()
+    trained, metrics = train_with_ray(
+        model, train_streams, settings["train"], settings["distributed"], args.out
+    )
+    record["best"] = validate(trained, val_streams, settings["train"].window_tokens)
+    record["loss_history"] = metrics.get("loss_history", [])
+    record["ray_train"] = {k: metrics.get(k) for k in ("step", "resumed_from", "checkpoint")}
+    record["training_minutes"] = round((time.monotonic() - started) / 60, 2)
+    save(trained, None, args.out, record)
+    print(json.dumps({"out": args.out, "best": record["best"], **record["ray_train"]}, indent=2))
     return 0
 
 

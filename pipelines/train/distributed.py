@@ -118,19 +118,26 @@ def train_with_ray(
     cfg: TrainConfig,
     dist: DistributedConfig,
     out: str,
-    extra_files: dict[str, str] | None = None,
-) -> dict[str, Any]:
-    """Train ``model`` on ``train_streams`` with Ray Train and commit the result at ``out``.
+) -> tuple[EmotionModel, dict[str, Any]]:
+    """Train ``model`` on ``train_streams`` with Ray Train; return the trained model (CPU).
+
+    Args:
+        model: the initial model (from scratch or ``--init-model``; every parameter trains).
+        train_streams: the training conversations.
+        cfg: the training settings (``batch_size`` is per worker).
+        dist: the workers, strategy and checkpointing.
+        out: the final model's URI (names the default checkpoint storage).
 
     Returns:
-        ``{"steps", "loss_history", "resumed_from", "checkpoint"}`` from the final report.
+        ``(model, metrics)``: metrics of the final report (``step``, ``resumed_from``,
+        ``loss_history``, the loss parts) plus ``checkpoint``, the final checkpoint's path.
     """
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     if not ray.is_initialized():
-        ray.init(address=dist.address, logging_level="WARNING", include_dashboard=False)
+        ray.init(address=dist.address, logging_level=logging.WARNING, include_dashboard=False)
     use_gpu = dist.use_gpu
     if use_gpu is None:
         use_gpu = ray.cluster_resources().get("GPU", 0) >= dist.workers
@@ -171,11 +178,13 @@ def train_with_ray(
     if result.error is not None or result.checkpoint is None:
         raise RuntimeError(f"Ray Train run failed: {result.error}")
     with result.checkpoint.as_directory() as folder:
-        trained = load_model(str(Path(folder) / "model"), device="cpu")
-        save_model(trained, out, extra_files=extra_files)
+        trained = load_model(str(Path(folder) / "model"), device="cpu", dtype="float32")
     metrics = dict(result.metrics or {})
     metrics["checkpoint"] = result.checkpoint.path
-    return metrics
+    trained = dataclasses.replace(
+        trained, model_id=model.model_id, history_labels=model.history_labels
+    )
+    return trained, metrics
 
 
 def _default_storage(out: str) -> str:
@@ -218,7 +227,8 @@ def worker_loop(config: dict[str, Any]) -> None:
         optimizer_state = state["optimizer"]
         history = state["history"]
     lm = ray.train.torch.prepare_model(model.model, parallel_strategy=config["strategy"])
-    wrapped = dataclasses.replace(model, model=lm, device=device)
+    # DDP/FSDP forward the causal LM's call signature; compute_loss only calls the model.
+    wrapped = dataclasses.replace(model, model=lm, device=device)  # type: ignore[arg-type]
     params = [p for p in lm.parameters() if p.requires_grad] + list(aux.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if optimizer_state is not None:
@@ -249,13 +259,13 @@ def worker_loop(config: dict[str, Any]) -> None:
         mean = _mean_over_workers({"loss": loss.item(), **parts}, world)
         history.append({"step": step + 1, **mean})
         last = step + 1 == total
-        metrics = {"step": step + 1, "resumed_from": resumed_from, **mean}
+        metrics: dict[str, Any] = {"step": step + 1, "resumed_from": resumed_from, **mean}
         if (step + 1) % config["checkpoint_every"] == 0 or last:
             metrics["loss_history"] = history
             with tempfile.TemporaryDirectory(prefix="dpm-ckpt-") as tmp:
                 report_checkpoint = None
                 if rank == 0:
-                    plain = getattr(lm, "module", lm)
+                    plain: Any = getattr(lm, "module", lm)  # the LM inside DDP
                     cpu_model = dataclasses.replace(model, model=plain)
                     save_model(cpu_model, str(Path(tmp) / "model"))
                     torch.save(

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dpm_worker.model import EmotionModel, load_model
+from dpm_worker.model import EmotionModel, load_model, save_model
 from dpm_worker.training import TrainConfig, build_stream
 from pipelines.train.distributed import (
     FAULT_MARKER_ENV,
@@ -54,7 +54,9 @@ def run(tmp_path: Path, name: str, workers: int, batch: int, **dist) -> dict:
     config = DistributedConfig(
         workers=workers, cpus_per_worker=0.5, storage=str(tmp_path / f"{name}.ray"), **dist
     )
-    return train_with_ray(model, streams(model), cfg, config, str(tmp_path / name))
+    trained, metrics = train_with_ray(model, streams(model), cfg, config, str(tmp_path / name))
+    save_model(trained, str(tmp_path / name))
+    return metrics
 
 
 def losses(result: dict) -> np.ndarray:
