@@ -252,9 +252,21 @@ class AuxHeads(torch.nn.Module):
 
 
 def compute_loss(
-    model: EmotionModel, batch: Batch, config: TrainConfig, aux_heads: AuxHeads | None
+    model: EmotionModel,
+    batch: Batch,
+    config: TrainConfig,
+    aux_heads: AuxHeads | None,
+    scales: dict[str, float] | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The training loss of one batch and its parts (for logging)."""
+    """The training loss of one batch and its parts (for logging).
+
+    Args:
+        scales: a factor per part (``L_a``, ``L_e``, ``L_aux``) applied to the returned loss
+            only, not to the logged parts. Data-parallel workers use it to weight their slice's
+            means by the slice's share of the global batch's targets, so the averaged gradient
+            is the one of the whole batch's means.
+    """
+    scale = scales or {}
     lm = model.model
     out = lm(
         input_ids=batch.input_ids.to(model.device),
@@ -273,11 +285,12 @@ def compute_loss(
         if keep.any()
         else logits.sum() * 0
     )
-    loss = config.audio_weight * loss_a + config.emotion_weight * loss_e
+    loss = config.audio_weight * loss_a * scale.get("L_a", 1.0)
+    loss = loss + config.emotion_weight * loss_e * scale.get("L_e", 1.0)
     parts = {"L_a": loss_a.item(), "L_e": loss_e.item()}
     if aux_heads is not None:
         loss_aux = aux_heads(out.hidden_states[-1].float(), batch.aux_targets.to(model.device))
-        loss = loss + config.aux_weight * loss_aux
+        loss = loss + config.aux_weight * loss_aux * scale.get("L_aux", 1.0)
         parts["L_aux"] = loss_aux.item()
     return loss, parts
 

@@ -34,6 +34,7 @@ import torch
 from dpm_worker.errors import ConfigError
 from dpm_worker.model import EmotionModel, load_model, save_model
 from dpm_worker.training import (
+    IGNORE,
     AuxHeads,
     ConversationStream,
     TrainConfig,
@@ -250,13 +251,24 @@ def worker_loop(config: dict[str, Any]) -> None:
             history_labels=cfg.history_labels, label_noise=cfg.label_noise, rng=rng,
             lengths=None if lengths is None else lengths[mine],
         )  # fmt: skip
-        loss, parts = compute_loss(wrapped, batch, cfg, aux if cfg.aux_previous else None)
+        counts = _target_counts(batch)
+        totals = _sum_over_workers(counts)
+        # A slice's means weighted by its share of the global targets: DDP's average of the
+        # workers' gradients is then the gradient of the whole batch's means.
+        scales = {k: counts[k] * world / max(totals[k], 1.0) for k in counts}
+        loss, parts = compute_loss(
+            wrapped, batch, cfg, aux if cfg.aux_previous else None, scales=scales
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         _average_grads(aux, world)  # DDP averages the LM's gradients; the heads are outside it
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         optimizer.step()
-        mean = _mean_over_workers({"loss": loss.item(), **parts}, world)
+        weighted = _sum_over_workers({k: v * counts[k] for k, v in parts.items()})
+        mean = {k: v / max(totals[k], 1.0) for k, v in weighted.items()}
+        mean["loss"] = cfg.audio_weight * mean["L_a"] + cfg.emotion_weight * mean["L_e"]
+        if "L_aux" in mean:
+            mean["loss"] += cfg.aux_weight * mean["L_aux"]
         history.append({"step": step + 1, **mean})
         last = step + 1 == total
         metrics: dict[str, Any] = {"step": step + 1, "resumed_from": resumed_from, **mean}
@@ -294,15 +306,24 @@ def _average_grads(module: torch.nn.Module, world: int) -> None:
         param.grad /= world
 
 
-def _mean_over_workers(values: dict[str, float], world: int) -> dict[str, float]:
-    if world == 1:
-        return values
+def _target_counts(batch: Any) -> dict[str, float]:
+    """How many targets each loss part of this worker's slice averages over."""
+    return {
+        "L_a": float((batch.audio_targets != IGNORE).sum()),
+        "L_e": float((batch.emotion_targets != IGNORE).sum()),
+        "L_aux": float((batch.aux_targets != IGNORE).sum()),
+    }
+
+
+def _sum_over_workers(values: dict[str, float]) -> dict[str, float]:
     import torch.distributed as tdist
 
+    if not (tdist.is_available() and tdist.is_initialized()):
+        return dict(values)
     names = sorted(values)
     tensor = torch.tensor([values[n] for n in names], dtype=torch.float64)
     tdist.all_reduce(tensor)
-    return {n: float(v) / world for n, v in zip(names, tensor.tolist(), strict=True)}
+    return {n: float(v) for n, v in zip(names, tensor.tolist(), strict=True)}
 
 
 def _maybe_die(config: dict[str, Any], rank: int, step: int) -> None:
