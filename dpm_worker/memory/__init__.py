@@ -4,9 +4,6 @@ from dpm_worker.memory.labeling import (
     ConversationLabeler,
     LabelingConfig,
     PreparedUtterance,
-    UtteranceInput,
-    fit_context,
-    tail,
 )
 from dpm_worker.memory.lora import TemporaryLoraMemory
 
@@ -19,8 +16,5 @@ __all__ = [
     "PRIOR_INPUTS",
     "PreparedUtterance",
     "TemporaryLoraMemory",
-    "UtteranceInput",
     "WRITE_TARGETS",
-    "fit_context",
-    "tail",
 ]

@@ -1,4 +1,5 @@
 from dpm_worker.model.backbone import (
+    HISTORY_FORMATS,
     MODEL_META,
     SCRATCH_TEXT_TOKENS,
     BackboneConfig,
@@ -9,10 +10,12 @@ from dpm_worker.model.backbone import (
     load_model,
     save_model,
 )
-from dpm_worker.model.folder import MANIFEST_NAME, write_manifest
+from dpm_worker.model.folder import MANIFEST_NAME, write_file_manifest
+from dpm_worker.model.stream import fit_context, history_budget, tail, utterance_start
 from dpm_worker.model.vocab import StreamVocab
 
 __all__ = [
+    "HISTORY_FORMATS",
     "BackboneConfig",
     "EmotionModel",
     "MANIFEST_NAME",
@@ -22,7 +25,11 @@ __all__ = [
     "build_backbone",
     "default_model_path",
     "extend_base_model",
+    "fit_context",
+    "history_budget",
     "load_model",
     "save_model",
-    "write_manifest",
+    "tail",
+    "utterance_start",
+    "write_file_manifest",
 ]

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from dpm_worker.model import utterance_start
+
 if TYPE_CHECKING:  # the stream type only: loop.py imports this module
     from dpm_worker.training.loop import ConversationStream
 
@@ -35,7 +37,9 @@ def sample_starts(
     for i in picks:
         stream = streams[i]
         if rng.random() < aligned_fraction:
-            starts.append(utterance_start(stream, int(rng.integers(len(stream.ends)))))
+            starts.append(
+                utterance_start(stream.tokens, stream.ends, int(rng.integers(len(stream.ends))))
+            )
         else:
             starts.append(int(rng.integers(0, max(1, len(stream.tokens) - window + 1))))
     return [streams[i] for i in picks], starts
@@ -64,21 +68,7 @@ def isolate_rows(
     for b, stream in enumerate(streams):
         if rng.random() < fraction:
             u = int(rng.integers(len(stream.ends)))
-            first = utterance_start(stream, u)
+            first = utterance_start(stream.tokens, stream.ends, u)
             new_starts[b] = first
             lengths[b] = int(stream.ends[u]) - first + 1
     return new_starts, lengths
-
-
-def utterance_start(stream: ConversationStream, u: int) -> int:
-    """Position of utterance ``u``'s first token (its speaker token) in ``stream.tokens``.
-
-    It follows the previous ``<audio_end>``, and the emotion token after it when the history
-    carries predicted labels (a token id above ``<audio_end>``'s).
-    """
-    if u == 0:
-        return 0
-    end = int(stream.ends[u - 1])
-    nxt = end + 1
-    labelled = nxt < len(stream.tokens) and stream.tokens[nxt] >= stream.tokens[end] + 1
-    return nxt + int(labelled)

@@ -96,7 +96,7 @@ def in_process(
 ) -> dict:
     from dpm_worker.memory import LabelingConfig
     from dpm_worker.model import load_model
-    from pipelines.eval import label_corpus, load_conversations
+    from pipelines.eval import label_conversations, load_conversations
 
     torch.set_num_threads(threads)
     start = time.monotonic()
@@ -104,7 +104,7 @@ def in_process(
     loaded = time.monotonic()
     conversations = load_conversations(corpus, model)
     tokenized = time.monotonic()
-    result = label_corpus(model, conversations, LabelingConfig(mode=mode))
+    result = label_conversations(model, conversations, LabelingConfig(mode=mode))
     done = time.monotonic()
     n = len(result.pred)
     return {
