@@ -134,11 +134,38 @@ def train_with_ray(
         ``loss_history``, the loss parts) plus ``checkpoint``, the final checkpoint's path.
     """
     import ray
+
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        # Under `ray job submit` the driver runs on the cluster with RAY_ADDRESS set: join it.
+        address = dist.address or os.environ.get("RAY_ADDRESS")
+        if address:
+            ray.init(address=address, logging_level=logging.WARNING)
+        else:
+            ray.init(
+                num_cpus=os.cpu_count() or 1,
+                include_dashboard=False,
+                object_store_memory=256 * 1024 * 1024,
+                logging_level=logging.WARNING,
+            )
+    try:
+        return _fit(model, train_streams, cfg, dist, out)
+    finally:
+        if started_ray:
+            ray.shutdown()  # only the Ray this call started (or its connection)
+
+
+def _fit(
+    model: EmotionModel,
+    train_streams: list[ConversationStream],
+    cfg: TrainConfig,
+    dist: DistributedConfig,
+    out: str,
+) -> tuple[EmotionModel, dict[str, Any]]:
+    import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    if not ray.is_initialized():
-        ray.init(address=dist.address, logging_level=logging.WARNING, include_dashboard=False)
     use_gpu = dist.use_gpu
     if use_gpu is None:
         use_gpu = ray.cluster_resources().get("GPU", 0) >= dist.workers
