@@ -58,7 +58,6 @@ from dpm_worker.training import (
     train,
 )
 from pipelines.config import add_config_arguments, build_dataclass, check_sections, merge_tree
-from pipelines.train.distributed import DistributedConfig
 
 log = logging.getLogger("dpm.train")
 TRAINING_RECORD = "training.json"
@@ -162,12 +161,16 @@ def load_settings(args: argparse.Namespace) -> dict[str, Any]:
         ),
         "memory": build_dataclass(MemoryConfig, tree.get("memory"), "memory."),
         # Ray Train (pipelines/train/distributed.py): only with --workers or --address.
-        "distributed": (
-            build_dataclass(DistributedConfig, tree.get("distributed"), "distributed.")
-            if args.workers or args.address
-            else None
-        ),
+        "distributed": _distributed(tree, args),
     }
+
+
+def _distributed(tree: dict[str, Any], args: argparse.Namespace) -> Any:
+    from pipelines.train.distributed import DistributedConfig
+
+    if not (args.workers or args.address):
+        return None
+    return build_dataclass(DistributedConfig, tree.get("distributed"), "distributed.")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -241,6 +244,8 @@ def run(args: argparse.Namespace) -> int:
             args, settings, model, grouped, train_streams, val_streams, record, started
         )
     if settings["distributed"] is not None:
+        from pipelines.train.distributed import train_distributed
+
         return train_distributed(args, settings, model, lora, train_streams, val_streams, record)
     best: dict[str, Any] = {"score": -1.0}
 
@@ -283,33 +288,6 @@ def run(args: argparse.Namespace) -> int:
             indent=2,
         )
     )
-    return 0
-
-
-def train_distributed(
-    args: argparse.Namespace,
-    settings: dict[str, Any],
-    model: EmotionModel,
-    lora: LoraSettings | None,
-    train_streams: list,
-    val_streams: list,
-    record: dict[str, Any],
-) -> int:
-    """``--workers N``: train through Ray Train, validate the result once, commit it."""
-    from pipelines.train.distributed import train_with_ray
-
-    if lora is not None:
-        raise ConfigError("--workers trains from scratch or --init-model; not --base-model yet")
-    started = time.monotonic()
-    trained, metrics = train_with_ray(
-        model, train_streams, settings["train"], settings["distributed"], args.out
-    )
-    record["best"] = validate(trained, val_streams, settings["train"].window_tokens)
-    record["loss_history"] = metrics.get("loss_history", [])
-    record["ray_train"] = {k: metrics.get(k) for k in ("step", "resumed_from", "checkpoint")}
-    record["training_minutes"] = round((time.monotonic() - started) / 60, 2)
-    save(trained, None, args.out, record)
-    print(json.dumps({"out": args.out, "best": record["best"], **record["ray_train"]}, indent=2))
     return 0
 
 

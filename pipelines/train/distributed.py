@@ -19,11 +19,14 @@ checkpoint. The final checkpoint's model is committed at ``--out``.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import json
 import logging
 import math
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +47,7 @@ from dpm_worker.training import (
     make_batch,
     sample_starts,
 )
+from pipelines.train.backbone import LoraSettings, save, validate
 
 log = logging.getLogger("dpm.train")
 TRAIN_STATE = "train_state.pt"
@@ -104,6 +108,31 @@ class DistributedConfig:
                 f"distributed.max_failures must be >= 0 and timeout_s >= 1, got "
                 f"{self.max_failures} and {self.timeout_s}"
             )
+
+
+def train_distributed(
+    args: argparse.Namespace,
+    settings: dict[str, Any],
+    model: EmotionModel,
+    lora: LoraSettings | None,
+    train_streams: list,
+    val_streams: list,
+    record: dict[str, Any],
+) -> int:
+    """``--workers N``: train through Ray Train, validate the result once, commit it."""
+    if lora is not None:
+        raise ConfigError("--workers trains from scratch or --init-model; not --base-model yet")
+    started = time.monotonic()
+    trained, metrics = train_with_ray(
+        model, train_streams, settings["train"], settings["distributed"], args.out
+    )
+    record["best"] = validate(trained, val_streams, settings["train"].window_tokens)
+    record["loss_history"] = metrics.get("loss_history", [])
+    record["ray_train"] = {k: metrics.get(k) for k in ("step", "resumed_from", "checkpoint")}
+    record["training_minutes"] = round((time.monotonic() - started) / 60, 2)
+    save(trained, None, args.out, record)
+    print(json.dumps({"out": args.out, "best": record["best"], **record["ray_train"]}, indent=2))
+    return 0
 
 
 def total_steps(streams: list[ConversationStream], cfg: TrainConfig, workers: int) -> int:
