@@ -56,6 +56,7 @@ STRATEGIES = ("ddp", "fsdp")
 # prove that training resumes from the latest checkpoint after a worker dies.
 FAULT_STEP_ENV = "DPM_FAULT_KILL_TRAIN_AT_STEP"
 FAULT_MARKER_ENV = "DPM_FAULT_MARKER"
+FAULT_DELAY_S = 15.0
 
 
 @dataclass(frozen=True)
@@ -387,4 +388,7 @@ def _maybe_die(config: dict[str, Any], rank: int, step: int) -> None:
     if config["fault_step"] and rank == 1 and step == config["fault_step"] and marker:
         if not os.path.exists(marker):
             Path(marker).write_text(f"killed rank {rank} at step {step}\n")
+            # Die mid-step, some seconds after the last report: Ray Train's controller collects
+            # reports (and registers their checkpoints) on its health-check poll (2 s).
+            time.sleep(FAULT_DELAY_S)
             os._exit(1)
