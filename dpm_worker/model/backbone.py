@@ -23,6 +23,7 @@ import transformers
 
 from dpm_worker.errors import ConfigError, LabelError, ModelError
 from dpm_worker.model import folder as checkpoint
+from dpm_worker.model.device import pick_device
 from dpm_worker.model.vocab import StreamVocab
 from dpm_worker.speech import (
     BuiltinSpeechTokenizer,
@@ -37,7 +38,6 @@ MODEL_META = "dpm_model.json"
 # batching and the tokenizer files conventional.
 SCRATCH_TEXT_TOKENS = ("<pad>", "<s>", "</s>")
 HISTORY_FORMATS = ("none", "predicted")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -118,28 +118,6 @@ def build_text_tokenizer(vocab: StreamVocab) -> transformers.PreTrainedTokenizer
     return transformers.PreTrainedTokenizerFast(
         tokenizer_object=core, pad_token="<pad>", bos_token="<s>", eos_token="</s>"
     )
-
-
-def pick_device(
-    device: str | torch.device | None = None, dtype: str | None = None
-) -> tuple[torch.device, torch.dtype]:
-    """The run-time device and the backbone's dtype.
-
-    Args:
-        device: a torch device (None: CUDA when available, else CPU).
-        dtype: ``float32``, ``bfloat16`` or ``float16`` (None: bf16 on CUDA, else float32).
-
-    Raises:
-        ConfigError: an unknown dtype name.
-    """
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
-    if dtype is None:
-        return device, (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    if dtype not in DTYPES:
-        raise ConfigError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-    return device, DTYPES[dtype]
 
 
 @dataclass
