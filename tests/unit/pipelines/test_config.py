@@ -135,3 +135,21 @@ def test_train_reads_the_distributed_section_only_with_workers(tmp_path):
     args.overrides = ["distributed.strategy=zero3"]
     with pytest.raises(ConfigError, match="zero3"):
         load_settings(args)
+
+
+@pytest.mark.parametrize("name", ["train_paper_llama.yaml", "train_smoke.yaml"])
+def test_shipped_train_configs_load(name):
+    from pathlib import Path
+
+    from pipelines.train import load_settings
+
+    path = Path(__file__).resolve().parents[3] / "pipelines" / "configs" / name
+    args = argparse.Namespace(
+        config=str(path), epochs=None, seed=None, max_minutes=None, threads=None, model_id=None,
+        overrides=[], device=None, workers=2, address=None,
+    )  # fmt: skip
+    settings = load_settings(args)
+    if name == "train_paper_llama.yaml":  # the paper's recipe
+        assert (settings["lora"].r, settings["lora"].alpha, settings["train"].lr) == (64, 64, 5e-5)
+        assert settings["train"].audio_weight == settings["train"].emotion_weight == 0.5
+    assert settings["distributed"].workers == 2
