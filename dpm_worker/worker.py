@@ -61,12 +61,15 @@ class WorkerSettings:
         model_uri: the model folder (None: the packaged default model).
         labeling: the labeling mode and DPM hyperparameters.
         device: a torch device string (None: CUDA when available, else CPU).
+        dtype: the backbone's dtype name (None: bf16 on CUDA, else float32).
         torch_threads: intra-op threads for torch on CPU (Ray gives workers 1 otherwise).
         endpoint_url: an explicit S3 endpoint (else the environment's).
         max_segment_s: the longest VAD or RTTM segment (None: what the model reads whole;
             a larger value is capped at that).
         checkpoint_every: write a conversation checkpoint after every this many utterances
             (0: only when preempted); a retried conversation resumes from its newest one.
+        verify_weights: re-hash every model file in full at start (default: sizes, edge
+            hashes and the stored fingerprint, which costs milliseconds for any model size).
     """
 
     output_uri: str
@@ -74,10 +77,12 @@ class WorkerSettings:
     model_uri: str | None = None
     labeling: LabelingConfig = field(default_factory=LabelingConfig)
     device: str | None = None
+    dtype: str | None = None
     torch_threads: int = 1
     endpoint_url: str | None = None
     max_segment_s: float | None = None
     checkpoint_every: int = 25
+    verify_weights: bool = False
 
     def __post_init__(self) -> None:
         if self.checkpoint_every < 0:
@@ -107,7 +112,11 @@ class ConversationWorker:
             from dpm_worker.model import load_model
 
             model = load_model(
-                settings.model_uri, device=settings.device, endpoint_url=settings.endpoint_url
+                settings.model_uri,
+                device=settings.device,
+                endpoint_url=settings.endpoint_url,
+                verify_weights=settings.verify_weights,
+                dtype=settings.dtype,
             )
         model.check_labels(settings.run.labels)
         self.settings = settings

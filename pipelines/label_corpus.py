@@ -38,6 +38,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", help="output prefix for the tables (folder or s3://...)")
     parser.add_argument("--model", help="model folder or s3:// URI (default: packaged model)")
     parser.add_argument(
+        "--verify-weights",
+        action="store_true",
+        default=None,
+        help="actors re-hash every model file in full at start (default: sizes, edge hashes "
+        "and the stored fingerprint)",
+    )
+    parser.add_argument(
         "--mode",
         choices=("utterance", "window", "full", "dpm"),
         help="labeling mode (default: dpm)",
@@ -74,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
                 "input": args.input,
                 "output": args.output,
                 "model": args.model,
+                "verify_weights": args.verify_weights,
                 "labeling.mode": args.mode,
                 "run_id": args.run_id,
                 "incremental": args.incremental,

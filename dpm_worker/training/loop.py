@@ -1,4 +1,4 @@
-"""Backbone training: the paper's loss, the learning-rate schedule and the training loop.
+"""Backbone training: conversation streams, random windows, the paper's loss, validation.
 
 Loss per window (DESIGN 1): ``audio_weight * L_a + emotion_weight * L_e`` (0.5/0.5 as the
 paper), where L_a is next-token cross-entropy on every audio token of the stream and L_e is
@@ -19,7 +19,6 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 import torch
@@ -27,13 +26,10 @@ import torch.nn.functional as F
 
 from dpm_worker.errors import check_fields
 from dpm_worker.model import HISTORY_FORMATS, IGNORE, EmotionModel
-from dpm_worker.training.batches import (
-    Batch,
-    ConversationStream,
-    isolate_rows,
-    make_batch,
-    sample_starts,
-)
+from dpm_worker.training.batches import Batch, ConversationStream, make_batch
+from dpm_worker.training.precision import autocast, autocast_dtype
+from dpm_worker.training.schedule import lr_at
+from dpm_worker.training.windows import isolate_rows, sample_starts
 
 
 @dataclass(frozen=True)
@@ -64,6 +60,12 @@ class TrainConfig:
         evals_per_epoch: validation (and checkpoint) passes per epoch.
         seed: seeds the split, the windows and the initialisation.
         threads: torch CPU threads.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
+        precision: ``auto`` (bf16 autocast on CUDA, fp32 on CPU), ``fp32`` or ``bf16``; what
+            trains keeps fp32 weights either way (see :mod:`dpm_worker.training.precision`).
+        gradient_checkpointing: recompute activations in backward (long windows, big bases).
+        grad_accum_steps: micro-batches of ``batch_size`` per optimizer step (the effective
+            batch is their product; an epoch counts effective batches).
     """
 
     window_tokens: int = 512
@@ -87,6 +89,10 @@ class TrainConfig:
     evals_per_epoch: int = 1
     seed: int = 0
     threads: int = 2
+    device: str = "auto"
+    precision: str = "auto"
+    gradient_checkpointing: bool = False
+    grad_accum_steps: int = 1
 
     def __post_init__(self) -> None:
         checks = {
@@ -105,6 +111,9 @@ class TrainConfig:
             "val_fraction": 0 < self.val_fraction < 1,
             "evals_per_epoch": self.evals_per_epoch >= 1,
             "threads": self.threads >= 1,
+            "device": self.device.split(":")[0] in ("auto", "cpu", "cuda"),
+            "precision": self.precision in ("auto", "fp32", "bf16"),
+            "grad_accum_steps": self.grad_accum_steps >= 1,
         }
         check_fields("train", self, checks)
 
@@ -126,9 +135,21 @@ class AuxHeads(torch.nn.Module):
 
 
 def compute_loss(
-    model: EmotionModel, batch: Batch, config: TrainConfig, aux_heads: AuxHeads | None
+    model: EmotionModel,
+    batch: Batch,
+    config: TrainConfig,
+    aux_heads: AuxHeads | None,
+    scales: dict[str, float] | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The training loss of one batch and its parts (for logging)."""
+    """The training loss of one batch and its parts (for logging).
+
+    Args:
+        scales: a factor per part (``L_a``, ``L_e``, ``L_aux``) applied to the returned loss
+            only, not to the logged parts. Data-parallel workers use it to weight their slice's
+            means by the slice's share of the global batch's targets, so the averaged gradient
+            is the one of the whole batch's means.
+    """
+    scale = scales or {}
     lm = model.model
     out = lm(
         input_ids=batch.input_ids.to(model.device),
@@ -147,43 +168,14 @@ def compute_loss(
         if keep.any()
         else logits.sum() * 0
     )
-    loss = config.audio_weight * loss_a + config.emotion_weight * loss_e
+    loss = config.audio_weight * loss_a * scale.get("L_a", 1.0)
+    loss = loss + config.emotion_weight * loss_e * scale.get("L_e", 1.0)
     parts = {"L_a": loss_a.item(), "L_e": loss_e.item()}
     if aux_heads is not None:
         loss_aux = aux_heads(out.hidden_states[-1].float(), batch.aux_targets.to(model.device))
-        loss = loss + config.aux_weight * loss_aux
+        loss = loss + config.aux_weight * loss_aux * scale.get("L_aux", 1.0)
         parts["L_aux"] = loss_aux.item()
     return loss, parts
-
-
-class LrSchedule(Protocol):
-    """What :func:`lr_at` reads from a config (TrainConfig, MemoryLoopConfig)."""
-
-    @property
-    def lr(self) -> float: ...
-    @property
-    def warmup_steps(self) -> int: ...
-    @property
-    def min_lr_ratio(self) -> float: ...
-    @property
-    def max_minutes(self) -> float: ...
-
-
-def lr_at(step: int, total: int, config: LrSchedule, minutes: float = 0.0) -> float:
-    """Linear warm-up, then cosine decay to ``lr * min_lr_ratio``.
-
-    Progress is the larger of steps done and budget used (``minutes / max_minutes``), so a run
-    cut short by its wall-time budget on a busy machine still ends with a decayed rate.
-    """
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, total - config.warmup_steps)
-    if config.max_minutes:
-        progress = max(progress, minutes / config.max_minutes)
-    progress = min(1.0, progress)
-    return config.lr * (
-        config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-    )
 
 
 def train(
@@ -195,6 +187,10 @@ def train(
     progress: bool = True,
 ) -> list[dict]:
     """Train ``model.model`` in place on random windows of ``train_streams``.
+
+    The model is trained where it is (``model.device``; see
+    :func:`dpm_worker.training.precision.place_for_training`), under bf16 autocast when
+    ``config.precision`` says so for that device.
 
     Args:
         model: the model to train (its trainable parameters are whatever requires grad).
@@ -212,7 +208,9 @@ def train(
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
     tokens_total = sum(len(s.tokens) for s in train_streams)
-    steps_per_epoch = max(1, math.ceil(tokens_total / (config.window_tokens * config.batch_size)))
+    per_step = config.window_tokens * config.batch_size * config.grad_accum_steps
+    steps_per_epoch = max(1, math.ceil(tokens_total / per_step))
+    cast = autocast_dtype(model.device, config.precision)
     total = max(1, int(config.epochs * steps_per_epoch))
     eval_every = max(1, steps_per_epoch // config.evals_per_epoch)
     hidden = int(model.model.get_input_embeddings().weight.size(1))  # type: ignore[operator]
@@ -232,18 +230,24 @@ def train(
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, total, config, (time.monotonic() - started) / 60)
-        streams, starts = sample_starts(
-            train_streams, config.window_tokens, config.batch_size, rng, config.aligned_fraction
-        )
-        starts, lengths = isolate_rows(streams, starts, config.isolated_fraction, rng)
-        batch = make_batch(
-            model.vocab, streams, starts, config.window_tokens,
-            history_labels=config.history_labels, label_noise=config.label_noise, rng=rng,
-            lengths=lengths,
-        )  # fmt: skip
-        loss, parts = compute_loss(model, batch, config, aux)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        parts: dict[str, float] = {}
+        for _micro in range(config.grad_accum_steps):
+            streams, starts = sample_starts(
+                train_streams, config.window_tokens, config.batch_size, rng,
+                config.aligned_fraction,
+            )  # fmt: skip
+            starts, lengths = isolate_rows(streams, starts, config.isolated_fraction, rng)
+            batch = make_batch(
+                model.vocab, streams, starts, config.window_tokens,
+                history_labels=config.history_labels, label_noise=config.label_noise, rng=rng,
+                lengths=lengths,
+            )  # fmt: skip
+            with autocast(model.device, cast):
+                loss, micro_parts = compute_loss(model, batch, config, aux)
+            (loss / config.grad_accum_steps).backward()
+            for name, value in micro_parts.items():
+                parts[name] = parts.get(name, 0.0) + value / config.grad_accum_steps
         torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
         optimizer.step()
         for name, value in parts.items():

@@ -35,8 +35,10 @@ from dpm_worker.memory import (
     TemporaryLoraMemory,
 )
 from dpm_worker.model import IGNORE, EmotionModel
-from dpm_worker.training.batches import ConversationStream, make_batch, sample_starts
-from dpm_worker.training.loop import AuxHeads, TrainConfig, compute_loss, lr_at
+from dpm_worker.training.batches import ConversationStream, make_batch
+from dpm_worker.training.loop import AuxHeads, TrainConfig, compute_loss
+from dpm_worker.training.schedule import lr_at
+from dpm_worker.training.windows import sample_starts
 from dpm_worker.utterance import Utterance
 
 

@@ -65,6 +65,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", default=None, help="model folder or s3:// URI (default: packaged)"
     )
+    parser.add_argument(
+        "--verify-weights",
+        action="store_true",
+        help="re-hash every model file in full (default: sizes, edge hashes, stored fingerprint)",
+    )
     parser.add_argument("--window-tokens", type=int, help="n_r (default: labeling.window_tokens)")
     parser.add_argument("--json", required=True, help="where to write the metrics JSON")
     parser.add_argument("--predictions", default=None, help="per-utterance Parquet output")
@@ -219,7 +224,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--limit-conversations must be >= 1, got {args.limit_conversations}")
     configs = {m: dataclasses.replace(labeling, mode=m) for m in modes}
     torch.set_num_threads(args.threads)
-    model = load_model(args.model)
+    model = load_model(args.model, verify_weights=args.verify_weights)
     start = time.perf_counter()
     conversations = load_conversations(
         args.corpus, model, args.limit_conversations, group_columns(args)

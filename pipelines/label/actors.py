@@ -83,9 +83,11 @@ def start_actors(config: LabelJobConfig, run: RunInfo, worker_class: type) -> li
         model_uri=config.model,
         labeling=config.labeling,
         device=config.device,
+        dtype=config.dtype,
         torch_threads=config.threads,
         max_segment_s=config.max_segment_s,
         checkpoint_every=config.checkpoint_every_utterances,
+        verify_weights=config.verify_weights,
     )
     log.info(
         "starting %d actor(s) with %s (cluster: %.0f CPU, %.0f GPU)",

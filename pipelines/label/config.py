@@ -27,6 +27,8 @@ class LabelJobConfig:
         input: the manifest URI (Parquet, JSONL, CSV, or a folder with manifest.parquet).
         output: the tables' output prefix (local folder or ``s3://bucket/prefix``).
         model: the model folder (None: the packaged default model).
+        verify_weights: actors re-hash every model file in full at start (default: a cheap
+            check of sizes, edge hashes and the stored fingerprint).
         run_id: the run's id; re-using one resumes that run (None: a fresh id).
         incremental: label only conversations that are new or changed since the committed runs
             with the same model and labeling config (see ``dpm_worker.tables.fingerprints``).
@@ -49,12 +51,15 @@ class LabelJobConfig:
             resumes there (0: only on SIGTERM). Default 25, measured with the default model on
             CPU: one checkpoint ~0.64 MB and 70-110 ms against ~300 ms per utterance (about 1%
             of labeling time); a death costs at most 24 utterances (docs/dpm.md).
+        dtype: the backbone's dtype in the actors: float32, bfloat16 or float16 (None: bf16 on
+            CUDA, else float32).
         labeling: the labeling mode and DPM hyperparameters.
     """
 
     input: str
     output: str
     model: str | None = None
+    verify_weights: bool = False
     run_id: str | None = None
     incremental: bool = False
     address: str | None = None
@@ -71,6 +76,7 @@ class LabelJobConfig:
     device: str | None = None
     max_segment_s: float | None = None
     checkpoint_every_utterances: int = 25
+    dtype: str | None = None
     labeling: LabelingConfig = field(default_factory=LabelingConfig)
 
     def __post_init__(self) -> None:
@@ -86,6 +92,8 @@ class LabelJobConfig:
             raise ConfigError(f"gpus_per_actor must be in (0, 64], got {self.gpus_per_actor}")
         if not (0 < self.cpus_per_actor <= 1024):
             raise ConfigError(f"cpus_per_actor must be in (0, 1024], got {self.cpus_per_actor}")
+        if self.dtype is not None and self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ConfigError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
         if self.torch_threads is not None and self.torch_threads < 1:
             raise ConfigError(f"torch_threads must be >= 1, got {self.torch_threads}")
         if self.in_flight_per_actor < 1:

@@ -43,10 +43,13 @@ from dpm_worker.speech import SpeechTokenizerConfig, fit_speech_tokenizer, load_
 from dpm_worker.training import (
     MemoryLoopConfig,
     TrainConfig,
+    autocast_dtype,
     build_stream,
     conversation_ids,
     group_conversations,
     iter_waveforms,
+    place_for_training,
+    resolve_device,
     score_stream,
     score_stream_windows,
     split_conversations,
@@ -84,6 +87,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--fit-utterances", type=int, default=3000, help="utterances used to fit the codebook"
     )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), help="where to train (default: auto)"
+    )
+    parser.add_argument("--workers", type=int, help="train with Ray Train on N workers")
+    parser.add_argument("--address", help="Ray cluster for --workers (default: embedded local Ray)")
     add_config_arguments(
         parser,
         {
@@ -94,6 +102,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             "labels": "the emotion labels",
             "memory_loop": "MemoryLoopConfig (the memory-loop stage; absent: skipped)",
             "memory": "MemoryConfig of the memory loop",
+            "distributed": "DistributedConfig of --workers (Ray Train)",
         },
         "train.lr=3e-4 lora.r=16",
     )
@@ -113,7 +122,7 @@ class LoraSettings:
             raise ConfigError(f"invalid lora settings: {self}")
 
 
-SECTIONS = ("model", "tokenizer", "train", "lora", "labels", "memory_loop", "memory")
+SECTIONS = ("model", "tokenizer", "train", "lora", "labels", "memory_loop", "memory", "distributed")
 
 
 def load_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -125,6 +134,9 @@ def load_settings(args: argparse.Namespace) -> dict[str, Any]:
             "train.seed": args.seed,
             "train.max_minutes": args.max_minutes,
             "train.threads": args.threads,
+            "train.device": args.device,
+            "distributed.workers": args.workers,
+            "distributed.address": args.address,
             "model.model_id": args.model_id,
         },
         args.overrides,
@@ -148,7 +160,17 @@ def load_settings(args: argparse.Namespace) -> dict[str, Any]:
             else None
         ),
         "memory": build_dataclass(MemoryConfig, tree.get("memory"), "memory."),
+        # Ray Train (pipelines/train/distributed.py): only with --workers or --address.
+        "distributed": _distributed(tree, args),
     }
+
+
+def _distributed(tree: dict[str, Any], args: argparse.Namespace) -> Any:
+    from pipelines.train.distributed import DistributedConfig
+
+    if not (args.workers or args.address):
+        return None
+    return build_dataclass(DistributedConfig, tree.get("distributed"), "distributed.")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -182,6 +204,11 @@ def run(args: argparse.Namespace) -> int:
         model, lora = _continue(init, settings["model"]), None
     else:
         model, lora = setup_model(args, settings, tokenizer)
+    device = resolve_device(cfg.device)
+    model = place_for_training(
+        model, device, autocast_dtype(device, cfg.precision),
+        gradient_checkpointing=cfg.gradient_checkpointing,
+    )  # fmt: skip
     grouped = group_conversations(codes)
     check_labels(grouped, model.vocab.labels, args.corpus)
     streams = {
@@ -216,6 +243,10 @@ def run(args: argparse.Namespace) -> int:
         return run_memory_loop(
             args, settings, model, grouped, train_streams, val_streams, record, started
         )
+    if settings["distributed"] is not None:
+        from pipelines.train.distributed import train_distributed
+
+        return train_distributed(args, settings, model, lora, train_streams, val_streams, record)
     best: dict[str, Any] = {"score": -1.0}
 
     def on_eval(step: int, epoch: float) -> None:

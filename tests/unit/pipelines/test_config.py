@@ -96,6 +96,9 @@ def test_train_reads_sections_flags_and_overrides(tmp_path):
         threads=None,
         model_id="m1",
         overrides=["train.lr=3e-4", "lora.alpha=16"],
+        device=None,
+        workers=None,
+        address=None,
     )
     settings = load_settings(args)
     assert settings["train"].epochs == 2.0  # the flag beats the file
@@ -113,3 +116,40 @@ def test_add_config_arguments_lists_the_sections():
     add_config_arguments(parser, {"alpha": "first", "beta": "second"}, "alpha.x=1")
     text = " ".join(parser.format_help().split())
     assert "alpha: first; beta: second" in text and "alpha.x=1" in text
+
+
+def test_train_reads_the_distributed_section_only_with_workers(tmp_path):
+    from pipelines.train import load_settings
+
+    path = tmp_path / "t.yaml"
+    path.write_text("train: {device: cpu}\ndistributed: {cpus_per_worker: 0.5, strategy: fsdp}\n")
+    args = argparse.Namespace(
+        config=str(path), epochs=None, seed=None, max_minutes=None, threads=None, model_id=None,
+        overrides=["distributed.checkpoint_every=3"], device=None, workers=None, address=None,
+    )  # fmt: skip
+    assert load_settings(args)["distributed"] is None
+    args.workers = 2
+    dist = load_settings(args)["distributed"]
+    assert (dist.workers, dist.cpus_per_worker, dist.strategy) == (2, 0.5, "fsdp")
+    assert dist.checkpoint_every == 3
+    args.overrides = ["distributed.strategy=zero3"]
+    with pytest.raises(ConfigError, match="zero3"):
+        load_settings(args)
+
+
+@pytest.mark.parametrize("name", ["train_paper_llama.yaml", "train_smoke.yaml"])
+def test_shipped_train_configs_load(name):
+    from pathlib import Path
+
+    from pipelines.train import load_settings
+
+    path = Path(__file__).resolve().parents[3] / "pipelines" / "configs" / name
+    args = argparse.Namespace(
+        config=str(path), epochs=None, seed=None, max_minutes=None, threads=None, model_id=None,
+        overrides=[], device=None, workers=2, address=None,
+    )  # fmt: skip
+    settings = load_settings(args)
+    if name == "train_paper_llama.yaml":  # the paper's recipe
+        assert (settings["lora"].r, settings["lora"].alpha, settings["train"].lr) == (64, 64, 5e-5)
+        assert settings["train"].audio_weight == settings["train"].emotion_weight == 0.5
+    assert settings["distributed"].workers == 2
