@@ -72,7 +72,10 @@ def test_validation_and_labeling_build_the_same_input_ids(
         return emotion_probs(input_ids, attention_mask)
 
     monkeypatch.setattr(model, "emotion_probs", record)
-    labeler = ConversationLabeler(model, LabelingConfig(mode=mode, window_tokens=24))
+    # Validation reads a training window's over-long utterance by its last part that fits, the
+    # labeler's ``truncate`` rule (the product's default, ``chunks``, reads it in parts).
+    config = LabelingConfig(mode=mode, window_tokens=24, long_utterances="truncate")
+    labeler = ConversationLabeler(model, config)
     labeled = labeler.label_conversation(conv)
     by_labeling, fed[:] = list(fed), []
     dicts = [{"speaker": u.speaker, "codes": u.codes(), "emotion": None} for u in conv]
