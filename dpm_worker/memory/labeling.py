@@ -312,9 +312,9 @@ class ConversationLabeler:
         memory, cfg = self.memory, self.config.memory
         if memory is None:
             with torch.no_grad():
-                read = self.model.emotion_probs(step.input_ids)[0]
+                own = self.model.emotion_probs(step.input_ids)[0]
             return (
-                self._ema_read(step.speaker_slot, read) if self.config.mode == "prior-ema" else read
+                self._ema_read(step.speaker_slot, own) if self.config.mode == "prior-ema" else own
             )
         base: torch.Tensor | None = None
         read: torch.Tensor | None = None

@@ -32,7 +32,9 @@ from pipelines.bench.separability import STATISTICS, corpus_features, utterance_
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train", required=True, help="training corpus folder (local)")
     parser.add_argument("--test", required=True, help="held-out corpus folder (local)")
-    parser.add_argument("--group-by", default=None, help="also report per value of this column")
+    parser.add_argument(
+        "--group-by", default=None, help="comma-separated columns: also report per value of each"
+    )
     parser.add_argument(
         "--train-on",
         choices=("expressive", "all"),
@@ -87,7 +89,7 @@ def _scores(gold: np.ndarray, pred: np.ndarray, expressive: np.ndarray, labels) 
 def evaluate_baseline(
     train_dir: str,
     test_dir: str,
-    group_by: str | None = None,
+    group_by: tuple[str, ...] = (),
     train_on: str = "expressive",
 ) -> dict[str, Any]:
     """Fit the baseline on ``train_dir`` and score it on ``test_dir``; see the module docstring."""
@@ -96,10 +98,9 @@ def evaluate_baseline(
     from sklearn.preprocessing import StandardScaler
 
     train, test = read_manifest(train_dir), read_manifest(test_dir)
-    if group_by is not None and group_by not in test.column_names:
-        raise BadInputError(
-            f"--group-by {group_by!r} is not a column of the test manifest", test_dir
-        )
+    missing = [c for c in group_by if c not in test.column_names]
+    if missing:
+        raise BadInputError(f"--group-by {missing} not columns of the test manifest", test_dir)
     labels = tuple(sorted(set(train.column("emotion").to_pylist()) - {None}))
     x_train_raw = corpus_features(train_dir, train, utterance_statistics)
     x_test_raw = corpus_features(test_dir, test, utterance_statistics)
@@ -109,11 +110,7 @@ def evaluate_baseline(
     fit_rows &= np.asarray([y is not None for y in y_train])
     scored = np.asarray([y is not None for y in y_test])
     expressive = _expressive(test)[scored]
-    groups = (
-        np.asarray([str(v) for v in test.column(group_by).to_pylist()])[scored]
-        if group_by is not None
-        else None
-    )
+    groups = {c: np.asarray([str(v) for v in test.column(c).to_pylist()])[scored] for c in group_by}
     report: dict[str, Any] = {
         "features": list(STATISTICS),
         "train": {"corpus": train_dir, "utterances": int(fit_rows.sum()), "train_on": train_on},
@@ -132,12 +129,13 @@ def evaluate_baseline(
         pred = model.predict(x_test[scored])
         gold = y_test[scored]
         block = _scores(gold, pred, expressive, labels)
-        if groups is not None:
-            block["by_group"] = {
-                value: _scores(gold[groups == value], pred[groups == value],
-                               expressive[groups == value], labels)
-                for value in sorted(set(groups))
-            }  # fmt: skip
+        for column, of in groups.items():
+            block[f"by_{column}"] = {
+                value: _scores(
+                    gold[of == value], pred[of == value], expressive[of == value], labels
+                )
+                for value in sorted(set(of))
+            }
         report[name] = block
     return report
 
@@ -146,7 +144,8 @@ def run(args: argparse.Namespace) -> int:
     for folder in (args.train, args.test):
         if not Path(folder).is_dir():
             raise ConfigError(f"expected a local corpus folder, got {folder!r}")
-    report = evaluate_baseline(args.train, args.test, args.group_by, args.train_on)
+    columns = tuple(c.strip() for c in (args.group_by or "").split(",") if c.strip())
+    report = evaluate_baseline(args.train, args.test, columns, args.train_on)
     text = json.dumps(report, indent=2)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

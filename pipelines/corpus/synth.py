@@ -12,7 +12,9 @@ import json
 import os
 import sys
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import fields
+from typing import Any
 
 import pyarrow as pa
 
@@ -88,7 +90,7 @@ def _range(text: str) -> tuple[float, float]:
     return parts[0], parts[1]
 
 
-_RANDOMIZE_FLAGS = {
+_RANDOMIZE_FLAGS: dict[str, tuple[Callable[[str], Any], str]] = {
     "engines": (_names, f"engines to draw voices from, of {','.join(ENGINES)}"),
     "voice_families": (
         _names,
@@ -100,7 +102,7 @@ _RANDOMIZE_FLAGS = {
     "gain_spread_db": (float, "half-width of the per-speaker recording gain (dB)"),
     "level_jitter_db": (float, "standard deviation of per-utterance loudness variation (dB)"),
 }
-_CHANNEL_FLAGS = {
+_CHANNEL_FLAGS: dict[str, tuple[Callable[[str], Any], str]] = {
     "telephone_prob": (float, "probability that a speaker's side is a telephone line (8 kHz)"),
     "codecs": (_names, f"telephone codecs, of {','.join(CODECS)}"),
     "noise_prob": (float, "probability of additive noise"),

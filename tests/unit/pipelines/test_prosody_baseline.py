@@ -42,7 +42,7 @@ def test_baseline_trains_on_one_corpus_and_scores_another(tmp_path, capsys) -> N
     for block in (report["speaker_normalised"], report["raw"]):
         assert block["n"] == 42
         assert 0.0 <= block["expressive_accuracy"] <= 1.0
-        groups = block["by_group"]
+        groups = block["by_speaker"]
         assert len(groups) == 6 and sum(g["n"] for g in groups.values()) == 42
         hits = sum(g["wa"] * g["n"] for g in groups.values())
         assert hits == pytest.approx(block["wa"] * 42, abs=0.01)
