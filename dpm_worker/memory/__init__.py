@@ -8,11 +8,12 @@ from dpm_worker.memory.labeling import (
     fit_context,
     tail,
 )
-from dpm_worker.memory.lora import TemporaryLoraMemory
+from dpm_worker.memory.lora import MEMORY_DTYPE, TemporaryLoraMemory
 
 __all__ = [
     "ConversationLabeler",
     "LabelingConfig",
+    "MEMORY_DTYPE",
     "MODES",
     "MemoryConfig",
     "OPTIMIZERS",

@@ -23,6 +23,7 @@ import transformers
 
 from dpm_worker.errors import ConfigError, LabelError, ModelError
 from dpm_worker.model import folder as checkpoint
+from dpm_worker.model.device import pick_device
 from dpm_worker.model.vocab import StreamVocab
 from dpm_worker.speech import (
     BuiltinSpeechTokenizer,
@@ -117,14 +118,6 @@ def build_text_tokenizer(vocab: StreamVocab) -> transformers.PreTrainedTokenizer
     return transformers.PreTrainedTokenizerFast(
         tokenizer_object=core, pad_token="<pad>", bos_token="<s>", eos_token="</s>"
     )
-
-
-def pick_device(device: str | torch.device | None = None) -> tuple[torch.device, torch.dtype]:
-    """The run-time device and dtype: CUDA in bf16 when available, else CPU in float32."""
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
-    return device, (torch.bfloat16 if device.type == "cuda" else torch.float32)
 
 
 @dataclass
@@ -315,14 +308,19 @@ def load_model(
     *,
     device: str | torch.device | None = None,
     endpoint_url: str | None = None,
+    dtype: str | torch.dtype | None = None,
 ) -> EmotionModel:
     """Load a model folder: the packaged default (None), a local path, or an ``s3://`` URI.
 
     Remote folders are copied into ``~/.cache/dpm/models/`` and verified; every folder must
     match its manifest. Weights load from safetensors only, with ``trust_remote_code`` off.
 
+    ``dtype`` (see :func:`pick_device`) casts the backbone, e.g. ``"bfloat16"`` on a CPU to
+    check what a GPU run computes; None picks bf16 on CUDA and float32 elsewhere.
+
     Raises:
         ModelError: missing or mismatched files, or a vocabulary that does not fit the weights.
+        ConfigError: an unknown dtype name.
     """
     source = str(default_model_path()) if uri is None else uri
     folder = (
@@ -344,10 +342,10 @@ def load_model(
             f"speech tokenizer has {speech_tokenizer.vocab_size} codes, the vocabulary expects {vocab.n_audio}",
             source,
         )
-    torch_device, dtype = pick_device(device)
+    torch_device, torch_dtype = pick_device(device, dtype)
     try:
         model = transformers.AutoModelForCausalLM.from_pretrained(
-            str(folder), dtype=dtype, use_safetensors=True, trust_remote_code=False
+            str(folder), dtype=torch_dtype, use_safetensors=True, trust_remote_code=False
         )
         text_tokenizer = transformers.AutoTokenizer.from_pretrained(
             str(folder), trust_remote_code=False

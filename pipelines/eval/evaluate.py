@@ -29,6 +29,7 @@ import numpy as np
 
 from dpm_worker.errors import BadInputError, ConfigError
 from dpm_worker.memory import (
+    MEMORY_DTYPE,
     MODES,
     OPTIMIZERS,
     PRIOR_INPUTS,
@@ -38,6 +39,7 @@ from dpm_worker.memory import (
     MemoryConfig,
     UtteranceInput,
 )
+from dpm_worker.model import DTYPES
 from pipelines.eval.results import (
     COMPARISONS,
     ModeResult,
@@ -82,6 +84,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--position-bin", type=int, default=10, help="bin width (utterances)")
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (%(default)s)")
+    parser.add_argument(
+        "--dtype",
+        choices=tuple(DTYPES),
+        default=None,
+        help="backbone dtype (default: bfloat16 on CUDA, else float32); the memory stays float32",
+    )
     add_memory_arguments(parser)
 
 
@@ -210,6 +218,8 @@ def build_report(model, results: dict[str, ModeResult], args: argparse.Namespace
         "fingerprint": model.fingerprint,
         "corpus": args.corpus,
         "n_conversations": len(set(next(iter(results.values())).conversation_id)),
+        "dtype": _dtype_name(next(model.model.parameters()).dtype),
+        "memory_dtype": _dtype_name(MEMORY_DTYPE),
         "window_tokens": args.window_tokens,
         "memory": {k: v for k, v in vars(memory_config(args)).items()},
         "modes": {
@@ -245,7 +255,7 @@ def run(args: argparse.Namespace) -> int:
         for m in modes
     }
     torch.set_num_threads(args.threads)
-    model = load_model(args.model)
+    model = load_model(args.model, dtype=args.dtype)
     start = time.perf_counter()
     conversations = load_conversations(args.corpus, model, args.limit_conversations)
     n_utt = sum(len(c.inputs) for c in conversations)
@@ -275,6 +285,10 @@ def run(args: argparse.Namespace) -> int:
     for name, c in report["comparisons"].items():
         print(f"{name:18s} dUA={c['ua_diff']:+.3f} [{c['lo']:+.3f}, {c['hi']:+.3f}]")
     return 0
+
+
+def _dtype_name(dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def _json_default(value):

@@ -126,6 +126,14 @@ def test_eval_is_deterministic_and_limits_conversations(setup) -> None:
     assert first["modes"]["dpm"]["confusion"] == second["modes"]["dpm"]["confusion"]
 
 
+def test_eval_names_the_backbone_and_memory_dtypes(setup) -> None:
+    fp32 = run_eval(setup, "--mode", "dpm", "--limit-conversations", "1")
+    bf16 = run_eval(setup, "--mode", "dpm", "--limit-conversations", "1", "--dtype", "bfloat16")
+    assert (fp32["dtype"], fp32["memory_dtype"]) == ("float32", "float32")
+    assert (bf16["dtype"], bf16["memory_dtype"]) == ("bfloat16", "float32")
+    assert bf16["modes"]["dpm"]["n"] == 6
+
+
 def test_eval_rejects_bad_arguments(setup, tmp_path) -> None:
     args = ["eval", "--corpus", str(setup / "manifest.parquet"), "--json", str(tmp_path / "x")]
     assert cli.main([*args, "--mode", "dpm,psychic"]) == 2
