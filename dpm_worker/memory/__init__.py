@@ -1,4 +1,6 @@
+from dpm_worker.memory.batched import BatchedLoraLinear, BatchedLoraMemory, lora_delta
 from dpm_worker.memory.config import OPTIMIZERS, PRIOR_INPUTS, WRITE_TARGETS, MemoryConfig
+from dpm_worker.memory.engine import BatchedLabeler, label_batched
 from dpm_worker.memory.labeling import (
     MODES,
     ConversationLabeler,
@@ -9,8 +11,31 @@ from dpm_worker.memory.labeling import (
     tail,
 )
 from dpm_worker.memory.lora import MEMORY_DTYPE, TemporaryLoraMemory
+from dpm_worker.memory.step import (
+    AudioWrite,
+    Padded,
+    PriorWrite,
+    ReadOnly,
+    Step,
+    StepRow,
+    dpm_step,
+    strategy_for,
+)
 
 __all__ = [
+    "AudioWrite",
+    "BatchedLabeler",
+    "BatchedLoraLinear",
+    "BatchedLoraMemory",
+    "Padded",
+    "PriorWrite",
+    "ReadOnly",
+    "Step",
+    "StepRow",
+    "dpm_step",
+    "label_batched",
+    "lora_delta",
+    "strategy_for",
     "ConversationLabeler",
     "LabelingConfig",
     "MEMORY_DTYPE",
