@@ -38,6 +38,7 @@ from dpm_worker.memory import (
     LabelingConfig,
     MemoryConfig,
     UtteranceInput,
+    label_batched,
 )
 from dpm_worker.model import DTYPES
 from pipelines.eval.results import (
@@ -84,6 +85,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--position-bin", type=int, default=10, help="bin width (utterances)")
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (%(default)s)")
+    parser.add_argument(
+        "--slots",
+        type=int,
+        default=1,
+        help="conversations labeled at once by the batched engine (%(default)s: one at a time)",
+    )
     parser.add_argument(
         "--dtype",
         choices=tuple(DTYPES),
@@ -185,29 +192,46 @@ def load_conversations(corpus: str, model, limit: int | None = None) -> list[Con
     return out
 
 
-def label_corpus(model, conversations: list[Conversation], config: LabelingConfig) -> ModeResult:
-    """Label every conversation with one configuration."""
+def label_corpus(
+    model, conversations: list[Conversation], config: LabelingConfig, slots: int = 1
+) -> ModeResult:
+    """Label every conversation with one configuration, ``slots`` conversations at once.
+
+    ``slots`` 1 is the single-conversation reference path; more uses the batched engine, whose
+    rows equal it (``dpm_worker.memory.engine``).
+    """
+    if slots > 1:
+        start = time.perf_counter()
+        batched = label_batched(model, config, [c.inputs for c in conversations], slots)
+        return _collect(conversations, batched, time.perf_counter() - start)
     labeler = ConversationLabeler(model, config)
-    result = ModeResult()
+    rows, seconds = [], 0.0
     try:
         for conv in conversations:
             start = time.perf_counter()
-            preds = labeler.label_conversation(conv.inputs)
-            result.seconds += time.perf_counter() - start
-            for pos, (pred, gold, expr) in enumerate(
-                zip(preds, conv.gold, conv.expressive, strict=True)
-            ):
-                result.conversation_id.append(conv.conversation_id)
-                result.utterance_index.append(pred.utterance_index)
-                result.position.append(pos)
-                result.speaker.append(pred.speaker)
-                result.gold.append(gold)
-                result.pred.append(pred.label)
-                result.expressive.append(expr)
-                result.probs.append(pred.probs)
-                result.ms.append(pred.ms)
+            rows.append(labeler.label_conversation(conv.inputs))
+            seconds += time.perf_counter() - start
     finally:
         labeler.close()
+    return _collect(conversations, rows, seconds)
+
+
+def _collect(conversations: list[Conversation], rows: list, seconds: float) -> ModeResult:
+    result = ModeResult()
+    result.seconds = seconds
+    for conv, preds in zip(conversations, rows, strict=True):
+        for pos, (pred, gold, expr) in enumerate(
+            zip(preds, conv.gold, conv.expressive, strict=True)
+        ):
+            result.conversation_id.append(conv.conversation_id)
+            result.utterance_index.append(pred.utterance_index)
+            result.position.append(pos)
+            result.speaker.append(pred.speaker)
+            result.gold.append(gold)
+            result.pred.append(pred.label)
+            result.expressive.append(expr)
+            result.probs.append(pred.probs)
+            result.ms.append(pred.ms)
     return result
 
 
@@ -220,6 +244,7 @@ def build_report(model, results: dict[str, ModeResult], args: argparse.Namespace
         "n_conversations": len(set(next(iter(results.values())).conversation_id)),
         "dtype": _dtype_name(next(model.model.parameters()).dtype),
         "memory_dtype": _dtype_name(MEMORY_DTYPE),
+        "slots": args.slots,
         "window_tokens": args.window_tokens,
         "memory": {k: v for k, v in vars(memory_config(args)).items()},
         "modes": {
@@ -240,6 +265,8 @@ def run(args: argparse.Namespace) -> int:
     from dpm_worker.model import load_model
 
     modes = parse_modes(args.mode)
+    if args.slots < 1:
+        raise ConfigError(f"--slots must be >= 1, got {args.slots}")
     if args.threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {args.threads}")
     if args.limit_conversations is not None and args.limit_conversations < 1:
@@ -267,7 +294,7 @@ def run(args: argparse.Namespace) -> int:
     )
     results = {}
     for mode, config in configs.items():
-        results[mode] = label_corpus(model, conversations, config)
+        results[mode] = label_corpus(model, conversations, config, args.slots)
         log.info("eval: %s done in %.1f s", mode, results[mode].seconds)
     report = build_report(model, results, args)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
