@@ -1,4 +1,5 @@
 from dpm_worker.memory.batched import BatchedLoraLinear, BatchedLoraMemory, lora_delta
+from dpm_worker.memory.cache import HISTORY_CACHES, HistoryCache
 from dpm_worker.memory.config import OPTIMIZERS, PRIOR_INPUTS, WRITE_TARGETS, MemoryConfig
 from dpm_worker.memory.engine import BatchedLabeler, label_batched
 from dpm_worker.memory.labeling import (
@@ -23,6 +24,8 @@ from dpm_worker.memory.step import (
 )
 
 __all__ = [
+    "HISTORY_CACHES",
+    "HistoryCache",
     "AudioWrite",
     "BatchedLabeler",
     "BatchedLoraLinear",

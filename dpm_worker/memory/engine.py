@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 from dpm_worker.errors import ConfigError, LabelError
 from dpm_worker.memory.batched import IGNORE, BatchedLoraMemory
+from dpm_worker.memory.cache import HISTORY_CACHES, HistoryCache
 from dpm_worker.memory.labeling import (
     LabelingConfig,
     UtteranceInput,
@@ -42,6 +43,7 @@ class _Active:
     position: int = 0
     speakers: dict[str, int] = field(default_factory=dict)
     history: list[int] = field(default_factory=list)
+    pending: list[int] = field(default_factory=list)  # history tokens not yet in the cache
     predictions: list[UtterancePrediction] = field(default_factory=list)
 
 
@@ -55,9 +57,19 @@ class BatchedLabeler:
         slots: K, the most conversations labeled at once.
     """
 
-    def __init__(self, model: EmotionModel, config: LabelingConfig, slots: int) -> None:
+    def __init__(
+        self,
+        model: EmotionModel,
+        config: LabelingConfig,
+        slots: int,
+        history_cache: str = "recompute",
+    ) -> None:
         if slots < 1:
             raise ConfigError(f"slots must be >= 1, got {slots}")
+        if history_cache not in HISTORY_CACHES:
+            raise ConfigError(
+                f"history_cache must be one of {HISTORY_CACHES}, got {history_cache!r}"
+            )
         self.model, self.config, self.slots = model, config, slots
         self.vocab = model.vocab
         self.history_labels = config.history_labels or getattr(model, "history_labels", "none")
@@ -77,6 +89,18 @@ class BatchedLabeler:
         self.step = strategy_for(
             config.mode, model.model, self.vocab.emotion_ids, self.memory, config.memory
         )
+        self.keep = {"utterance": 0, "full": self.max_context}.get(
+            config.mode, config.window_tokens
+        )
+        # Reuse where the long pass runs with the memory off (dpm_worker.memory.cache).
+        memory_off_read = config.mode in ("window", "full") or (
+            config.mode == "dpm"
+            and config.memory.write_target == "prior"
+            and config.memory.prior_input == "speaker"
+        )
+        if history_cache == "reuse" and memory_off_read:
+            self.step.cache = HistoryCache(model.model, self.keep)
+        self.steps_run = 0  # batched steps so far (benchmarks: time per step)
 
     def close(self) -> None:
         """Put the backbone's layers back (only needed to reuse the model otherwise)."""
@@ -113,18 +137,23 @@ class BatchedLabeler:
     # -- internals ------------------------------------------------------------------------------
 
     def _start(self, slot: int, index: int, utterances: Sequence[UtteranceInput]) -> _Active:
+        if self.step.cache is not None:
+            self.step.cache.drop(slot)
         if self.memory is not None:
             for speaker in range(self.per_conversation):
                 self.memory.reset(slot * self.per_conversation + speaker, speaker)
         return _Active(index, utterances)
 
     def _finish(self, slot: int) -> None:
+        if self.step.cache is not None:
+            self.step.cache.drop(slot)
         if isinstance(self.step, PriorWrite):
             for speaker in range(self.vocab.n_speakers):
                 self.step.forget((slot, speaker))
 
     def _advance(self, active: dict[int, _Active]) -> None:
         start = time.perf_counter()
+        self.steps_run += 1
         rows, tokens = [], []
         for slot, conv in active.items():
             row, toks = self._row(slot, conv)
@@ -136,7 +165,7 @@ class BatchedLabeler:
             utt = conv.utterances[conv.position]
             best = int(np.argmax(p))
             label = self.vocab.labels[best]
-            self._remember(conv.history, toks, label)
+            self._remember(conv, toks, label)
             conv.predictions.append(
                 UtterancePrediction(
                     utterance_index=utt.utterance_index,
@@ -160,9 +189,7 @@ class BatchedLabeler:
             raise LabelError(f"utterance {utt.utterance_index}: {exc}") from exc
         if len(tokens) < 3:
             raise LabelError(f"utterance {utt.utterance_index} has no audio tokens")
-        mode = self.config.mode
-        keep = {"utterance": 0, "full": self.max_context}.get(mode, self.config.window_tokens)
-        ids, start = fit_context(tail(conv.history, keep), tokens, self.max_context)
+        ids, start = fit_context(tail(conv.history, self.keep), tokens, self.max_context)
         memory_speaker = speaker if self.config.memory.scope == "speaker" else 0
         return (
             StepRow(
@@ -171,6 +198,8 @@ class BatchedLabeler:
                 slot=slot * self.per_conversation + memory_speaker,
                 speaker=(slot, speaker),
                 labels=self._labels(ids, start) if self.memory is not None else None,
+                conversation=slot,
+                new_ids=[*conv.pending, *tokens],
             ),
             tokens,
         )
@@ -187,12 +216,14 @@ class BatchedLabeler:
             out.append(tok if on and pos >= 1 else IGNORE)
         return out
 
-    def _remember(self, history: list[int], tokens: list[int], label: str) -> None:
-        mode = self.config.mode
-        keep = {"utterance": 0, "full": self.max_context}.get(mode, self.config.window_tokens)
+    def _remember(self, conv: _Active, tokens: list[int], label: str) -> None:
+        """``ConversationLabeler.remember``; the step's read already cached ``tokens``."""
+        history, keep = conv.history, self.keep
         history.extend(tokens)
+        conv.pending = []
         if self.history_labels == "predicted":
             history.append(self.vocab.emotion_token(label))
+            conv.pending.append(history[-1])
         if len(history) > 2 * keep:
             del history[: len(history) - keep]
 
@@ -202,9 +233,10 @@ def label_batched(
     config: LabelingConfig,
     conversations: Sequence[Sequence[UtteranceInput]],
     slots: int,
+    history_cache: str = "recompute",
 ) -> list[list[UtterancePrediction]]:
     """Every conversation's rows, in input order (a convenience over ``BatchedLabeler``)."""
-    labeler = BatchedLabeler(model, config, slots)
+    labeler = BatchedLabeler(model, config, slots, history_cache)
     out: list[list[UtterancePrediction] | None] = [None] * len(conversations)
     try:
         for index, rows in labeler.label_conversations(conversations):

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from dpm_worker.memory.batched import IGNORE, BatchedLoraMemory
+from dpm_worker.memory.cache import HistoryCache
 from dpm_worker.memory.config import MemoryConfig
 
 
@@ -43,6 +44,8 @@ class StepRow:
         speaker: a key naming the speaker across steps (e.g. ``(conversation slot, speaker)``),
             for the ``prior`` memory's cache of the backbone's logits at a lone speaker token.
         labels: the write's targets, aligned with ``ids`` (``IGNORE`` where the loss is off).
+        conversation: the conversation's slot (its history cache, with ``reuse``).
+        new_ids: the tokens of ``ids`` not yet in the history cache (``reuse``).
     """
 
     ids: list[int]
@@ -50,6 +53,8 @@ class StepRow:
     slot: int = 0
     speaker: object = None
     labels: list[int] | None = None
+    conversation: int = 0
+    new_ids: list[int] | None = None
 
 
 @dataclass
@@ -95,6 +100,19 @@ class Step:
         self.config = config or MemoryConfig()
         self.emotion_ids = list(emotion_ids)
         self.device = next(lm.parameters()).device
+        # ``history_cache: reuse`` (set by the engine where the read runs with the memory off)
+        self.cache: HistoryCache | None = None
+
+    def backbone_read(self, rows: Sequence[StepRow]) -> torch.Tensor:
+        """``[N, n_labels]`` emotion logits at ``<audio_end>`` with the memory off, computing
+        only the new tokens after each conversation's cached history when reusing it."""
+        if self.cache is None:
+            return self.emotion_logits(rows, memory_on=False)
+        if self.memory is not None:
+            self.memory.use(None)
+        new = [r.new_ids if r.new_ids is not None else r.ids for r in rows]
+        logits = self.cache.last_logits([r.conversation for r in rows], new)
+        return logits[:, self.emotion_ids].float()
 
     def emotion_logits(self, rows: Sequence[StepRow], memory_on: bool) -> torch.Tensor:
         """``[N, n_labels]`` float32 emotion logits at each row's ``<audio_end>``."""
@@ -112,7 +130,7 @@ class ReadOnly(Step):
     """Modes ``utterance``, ``window``, ``full`` (and ``dpm`` with 0 steps): the backbone's read."""
 
     def __call__(self, rows: Sequence[StepRow]) -> torch.Tensor:
-        return torch.softmax(self.emotion_logits(rows, memory_on=True), dim=-1)
+        return torch.softmax(self.backbone_read(rows), dim=-1)
 
 
 class AudioWrite(Step):
@@ -202,7 +220,7 @@ class PriorWrite(Step):
         width = batch.input_ids.shape[1]
         if cfg.prior_input == "speaker":
             prefixes = [[r.ids[r.start_of_utt]] for r in rows]
-            own_logits = self.emotion_logits(rows, memory_on=False)
+            own_logits = self.backbone_read(rows)
             missing = [r for r in rows if r.speaker not in self.speaker_logits]
             if missing:
                 lone = [StepRow([r.ids[r.start_of_utt]], 0, r.slot) for r in missing]

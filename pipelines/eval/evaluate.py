@@ -29,6 +29,7 @@ import numpy as np
 
 from dpm_worker.errors import BadInputError, ConfigError
 from dpm_worker.memory import (
+    HISTORY_CACHES,
     MEMORY_DTYPE,
     MODES,
     OPTIMIZERS,
@@ -90,6 +91,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=1,
         help="conversations labeled at once by the batched engine (%(default)s: one at a time)",
+    )
+    parser.add_argument(
+        "--history-cache",
+        choices=HISTORY_CACHES,
+        default="recompute",
+        help="reuse each conversation's history keys and values (batched engine)",
     )
     parser.add_argument(
         "--dtype",
@@ -193,16 +200,21 @@ def load_conversations(corpus: str, model, limit: int | None = None) -> list[Con
 
 
 def label_corpus(
-    model, conversations: list[Conversation], config: LabelingConfig, slots: int = 1
+    model,
+    conversations: list[Conversation],
+    config: LabelingConfig,
+    slots: int = 1,
+    history_cache: str = "recompute",
 ) -> ModeResult:
     """Label every conversation with one configuration, ``slots`` conversations at once.
 
     ``slots`` 1 is the single-conversation reference path; more uses the batched engine, whose
     rows equal it (``dpm_worker.memory.engine``).
     """
-    if slots > 1:
+    if slots > 1 or history_cache != "recompute":
         start = time.perf_counter()
-        batched = label_batched(model, config, [c.inputs for c in conversations], slots)
+        inputs = [c.inputs for c in conversations]
+        batched = label_batched(model, config, inputs, slots, history_cache)
         return _collect(conversations, batched, time.perf_counter() - start)
     labeler = ConversationLabeler(model, config)
     rows, seconds = [], 0.0
@@ -245,6 +257,7 @@ def build_report(model, results: dict[str, ModeResult], args: argparse.Namespace
         "dtype": _dtype_name(next(model.model.parameters()).dtype),
         "memory_dtype": _dtype_name(MEMORY_DTYPE),
         "slots": args.slots,
+        "history_cache": args.history_cache,
         "window_tokens": args.window_tokens,
         "memory": {k: v for k, v in vars(memory_config(args)).items()},
         "modes": {
@@ -294,7 +307,7 @@ def run(args: argparse.Namespace) -> int:
     )
     results = {}
     for mode, config in configs.items():
-        results[mode] = label_corpus(model, conversations, config, args.slots)
+        results[mode] = label_corpus(model, conversations, config, args.slots, args.history_cache)
         log.info("eval: %s done in %.1f s", mode, results[mode].seconds)
     report = build_report(model, results, args)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -168,3 +168,32 @@ def test_reset_one_slot_while_others_go_on() -> None:
         BatchedLoraMemory(make_model().model, AUDIO, 0)
     with pytest.raises(ConfigError):
         BatchedLoraMemory(make_model().model, replace(AUDIO, target_modules=("nope",)), 2)
+
+
+@pytest.mark.parametrize("mode", ["window", "dpm"])
+def test_history_reuse_equals_recompute_while_the_window_holds_the_whole_history(
+    mode: str,
+) -> None:
+    """Reused keys and values are the recomputed ones until the window starts to slide."""
+    config = LabelingConfig(mode=mode, window_tokens=1000)  # dpm: the default prior memory
+    convs = conversations(4, seed=3)
+    model = EmotionModel.random(seed=0, max_context=1024)
+    recompute = label_batched(model, config, convs, 1)
+    reuse = label_batched(model, config, convs, 3, "reuse")
+    check_same(reuse, [np.stack([r.probs for r in c]) for c in recompute])
+
+
+def test_history_reuse_batched_equals_reuse_alone_with_a_sliding_window() -> None:
+    config = LabelingConfig(mode="dpm", window_tokens=40)
+    convs = conversations(5, seed=4)
+    one = label_batched(make_model(), config, convs, 1, "reuse")
+    three = label_batched(make_model(), config, convs, 3, "reuse")
+    check_same(three, [np.stack([r.probs for r in c]) for c in one])
+    recompute = label_batched(make_model(), config, convs, 3)
+    # a sliding window: reuse reads states, not tokens (dpm_worker.memory.cache), so it differs
+    assert any(
+        np.abs(np.stack([r.probs for r in a]) - np.stack([r.probs for r in b])).max() > 1e-4
+        for a, b in zip(one, recompute, strict=True)
+    )
+    with pytest.raises(ConfigError):
+        label_batched(make_model(), config, convs, 3, "sometimes")
