@@ -20,13 +20,19 @@ $(STAMP): pyproject.toml
 	# The CPU wheel of torch lies on local disk; installing it first keeps pip from
 	# resolving a multi-GB CUDA build for the range in pyproject.toml.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev]"
+	# The cosyvoice extra (CosyVoice2 S3Tokenizer) imports torchaudio. PyPI serves torchaudio only
+	# as a CUDA build; 2.11.1 is the newest and the only one that accepts torch 2.13. Its C++
+	# extension cannot load beside CPU torch, and torchaudio imports as pure Python without it
+	# (s3tokenizer uses only torchaudio's pure-Python parts), so its lib/*.so are removed.
+	$(BIN)/pip install -q -e ".[dev,cosyvoice]" "torchaudio==2.11.1"
+	$(BIN)/python -c "import importlib.util, pathlib; [p.unlink() for d in importlib.util.find_spec('torchaudio').submodule_search_locations for p in pathlib.Path(d, 'lib').glob('*.so')]"
 	@touch $(STAMP)
 
 demo: $(STAMP)
 	bash infra/demo.sh $(DEMO_DIR)
 
-test: $(STAMP)
+# lint first: CI (.ci/run) runs `make test`, so ruff and mypy gate every change.
+test: lint
 	$(BIN)/python -m pytest tests -q -p no:cacheprovider --timeout=900
 
 unit: $(STAMP)
@@ -35,6 +41,7 @@ unit: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check dpm_worker pipelines tests
 	$(BIN)/ruff format --check dpm_worker pipelines tests
+	$(BIN)/mypy dpm_worker pipelines
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR)

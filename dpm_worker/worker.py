@@ -22,16 +22,16 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 
-from dpm_worker.audio import Segment, conversation_segments
+from dpm_worker.audio import SAMPLE_RATE, conversation_segments
 from dpm_worker.corpus import UtteranceRow, conversation_problems
 from dpm_worker.errors import BadInputError, ConfigError
-from dpm_worker.memory import ConversationLabeler, LabelingConfig, UtteranceInput
-from dpm_worker.tables import ErrorRecord, LabeledUtterance, RunInfo, RunTables
+from dpm_worker.memory import ConversationLabeler, LabelingConfig
+from dpm_worker.speech import tokenize_utterances
+from dpm_worker.tables import ErrorRecord, RunInfo, RunTables
+from dpm_worker.utterance import LabeledUtterance, Utterance
 
-SAMPLE_RATE = 16000
 # Test-only fault hook: the worker process exits abruptly after tokenizing this many
 # utterances (counted over its lifetime), once per marker file, to prove that a conversation
 # whose actor died is relabeled from its first utterance and committed exactly once.
@@ -150,24 +150,12 @@ class ConversationWorker:
             self._schedule_prefetch(next_conversation)
             return self._fail(summary, rows, _input_errors(conversation_id, rows, exc))
         self._schedule_prefetch(next_conversation)
-        summary["audio_s"] = float(sum(len(s.samples) for s in segments) / SAMPLE_RATE)
+        n_samples = sum(len(s.samples) for s in segments if s.samples is not None)
+        summary["audio_s"] = float(n_samples / SAMPLE_RATE)
         try:
-            predictions = self._predict(segments, timings)
+            utterances = self._predict(segments, timings)
         except BadInputError as exc:
             return self._fail(summary, rows, _input_errors(conversation_id, rows, exc))
-        utterances = [
-            LabeledUtterance(
-                utterance_index=seg.utterance_index,
-                speaker=seg.speaker,
-                start_s=seg.start_s,
-                end_s=seg.end_s,
-                emotion=pred.label,
-                confidence=pred.confidence,
-                probs=tuple(float(p) for p in pred.probs),
-                gold_emotion=seg.emotion,
-            )
-            for seg, pred in zip(segments, predictions, strict=True)
-        ]
         t0 = time.perf_counter()
         summary["file"] = self.tables.write_emotions(
             conversation_id, utterances, dt.datetime.now(dt.UTC)
@@ -183,12 +171,12 @@ class ConversationWorker:
 
     # ------------------------------------------------------------------ steps
 
-    def _read(self, rows: Sequence[UtteranceRow]) -> list[Segment]:
+    def _read(self, rows: Sequence[UtteranceRow]) -> list[Utterance]:
         return conversation_segments(rows, endpoint_url=self.settings.endpoint_url)
 
     def _segments(
         self, conversation_id: str, rows: Sequence[UtteranceRow], timings: dict[str, float]
-    ) -> list[Segment]:
+    ) -> list[Utterance]:
         t0 = time.perf_counter()
         prefetched, self._prefetched = self._prefetched, None
         if prefetched is not None and prefetched[0] == conversation_id:
@@ -207,14 +195,14 @@ class ConversationWorker:
         conversation_id, rows = upcoming
         self._prefetched = (conversation_id, self._reader.submit(self._read, list(rows)))
 
-    def _predict(self, segments: list[Segment], timings: dict[str, float]) -> list[Any]:
+    def _predict(
+        self, segments: list[Utterance], timings: dict[str, float]
+    ) -> list[LabeledUtterance]:
         t0 = time.perf_counter()
         inputs = []
-        for seg in segments:
-            codes = np.asarray(self.model.speech_tokenizer.encode(seg.samples), dtype=np.int64)
-            # +2: the speaker token and <audio_end> around the audio tokens.
-            self.model.check_fits(len(codes) + 2, seg.audio_uri)
-            inputs.append(UtteranceInput(seg.utterance_index, seg.speaker, codes))
+        tokenizer = self.model.speech_tokenizer
+        for utt in tokenize_utterances(segments, tokenizer, self.model.check_fits):
+            inputs.append(utt)
             self._utterances_seen += 1
             self._maybe_fault()
         timings["tokenize_s"] = time.perf_counter() - t0

@@ -1,5 +1,5 @@
 from dpm_worker.audio.decode import (
-    TARGET_SR,
+    SAMPLE_RATE,
     AudioInfo,
     cut_segment,
     encode_audio,
@@ -8,13 +8,12 @@ from dpm_worker.audio.decode import (
     read_segment,
     write_audio,
 )
-from dpm_worker.audio.segments import Segment, conversation_segments
+from dpm_worker.audio.segments import conversation_segments
 from dpm_worker.audio.vad import detect_speech
 
 __all__ = [
     "AudioInfo",
-    "Segment",
-    "TARGET_SR",
+    "SAMPLE_RATE",
     "conversation_segments",
     "cut_segment",
     "detect_speech",

@@ -1,4 +1,4 @@
-"""Turn one conversation's manifest rows into audio segments (16 kHz mono float32).
+"""Turn one conversation's manifest rows into utterances with their audio (16 kHz mono float32).
 
 Rules, applied to the rows of one conversation in dialogue order:
 
@@ -16,7 +16,8 @@ Rules, applied to the rows of one conversation in dialogue order:
    channel ``c`` gets ``speaker="ch{c}"`` and ``channel=c``. A row that names a ``channel``
    is segmented on that channel only, with the row's speaker. Turns of all VAD rows are ordered
    by start time (recordings of one conversation share a time origin) and numbered
-   ``utterance_index`` 0..n-1; their emotion is None (a file-level label is not a turn's label).
+   ``utterance_index`` 0..n-1; their emotion and expressive flag are None (a file-level
+   label is not a turn's label).
    Rows with times and VAD rows cannot be mixed in one conversation.
 
 A recording whose segments are all silent, or in which VAD finds no speech, raises AudioError.
@@ -26,14 +27,13 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from dpm_worker.audio.decode import (
+    SAMPLE_RATE,
     SILENCE_PEAK,
-    TARGET_SR,
     Recording,
     cut_segment,
     read_recording,
@@ -41,28 +41,15 @@ from dpm_worker.audio.decode import (
 )
 from dpm_worker.audio.vad import detect_speech
 from dpm_worker.errors import AudioError, SegmentError
+from dpm_worker.utterance import Utterance
 
 if TYPE_CHECKING:
     from dpm_worker.corpus import UtteranceRow
 
 
-@dataclass(frozen=True)
-class Segment:
-    """One utterance's audio: ``samples`` is float32 mono at 16 kHz."""
-
-    utterance_index: int
-    speaker: str
-    start_s: float
-    end_s: float
-    channel: int | None
-    samples: np.ndarray
-    emotion: str | None
-    audio_uri: str
-
-
 def conversation_segments(
     rows: Sequence[UtteranceRow], *, endpoint_url: str | None = None, vad: bool | None = None
-) -> list[Segment]:
+) -> list[Utterance]:
     """Read the audio of one conversation's utterances (see the module docstring for rules).
 
     Args:
@@ -93,7 +80,7 @@ def conversation_segments(
     return _vad_rows(rows, endpoint_url)
 
 
-def _cut_rows(rows: Sequence[UtteranceRow], endpoint_url: str | None) -> list[Segment]:
+def _cut_rows(rows: Sequence[UtteranceRow], endpoint_url: str | None) -> list[Utterance]:
     uses = Counter(row.audio_uri for row in rows)
     recordings: dict[str, Recording] = {}
     segments = []
@@ -108,27 +95,31 @@ def _cut_rows(rows: Sequence[UtteranceRow], endpoint_url: str | None) -> list[Se
                 row.audio_uri, row.start_s, row.end_s, row.channel, endpoint_url=endpoint_url
             )
         start = row.start_s or 0.0
+        expressive = row.extra.get("expressive")
         segments.append(
-            Segment(
+            Utterance(
+                conversation_id=row.conversation_id,
                 utterance_index=row.utterance_index,
                 speaker=row.speaker,
                 start_s=start,
-                end_s=start + samples.shape[0] / TARGET_SR,
+                end_s=start + samples.shape[0] / SAMPLE_RATE,
+                emotion=row.emotion,
+                expressive=None if expressive is None else bool(expressive),
+                audio_uri=row.audio_uri,
                 channel=row.channel,
                 samples=samples,
-                emotion=row.emotion,
-                audio_uri=row.audio_uri,
             )
         )
     _check_audible(segments)
     return segments
 
 
-def _check_audible(segments: list[Segment]) -> None:
+def _check_audible(segments: list[Utterance]) -> None:
     """Fail a recording whose segments are all silent (read_recording checks whole files)."""
     peaks: dict[str, float] = {}
     for seg in segments:
-        peak = float(np.max(np.abs(seg.samples))) if seg.samples.size else 0.0
+        samples = seg.samples if seg.samples is not None else np.zeros(0, np.float32)
+        peak = float(np.max(np.abs(samples))) if samples.size else 0.0
         peaks[seg.audio_uri] = max(peaks.get(seg.audio_uri, 0.0), peak)
     for uri, peak in peaks.items():
         if peak < SILENCE_PEAK:
@@ -137,7 +128,7 @@ def _check_audible(segments: list[Segment]) -> None:
             )
 
 
-def _vad_rows(rows: Sequence[UtteranceRow], endpoint_url: str | None) -> list[Segment]:
+def _vad_rows(rows: Sequence[UtteranceRow], endpoint_url: str | None) -> list[Utterance]:
     turns: list[tuple[float, float, str, int | None, np.ndarray, str]] = []
     for row in rows:
         recording = read_recording(row.audio_uri, endpoint_url=endpoint_url)
@@ -152,13 +143,23 @@ def _vad_rows(rows: Sequence[UtteranceRow], endpoint_url: str | None) -> list[Se
             named = n_channels == 1 or row.channel is not None
             speaker = row.speaker if named and row.speaker else f"ch{c}"
             signal = recording.samples[c]
-            for start, end in detect_speech(signal, TARGET_SR):
-                piece = signal[round(start * TARGET_SR) : round(end * TARGET_SR)]
+            for start, end in detect_speech(signal, SAMPLE_RATE):
+                piece = signal[round(start * SAMPLE_RATE) : round(end * SAMPLE_RATE)]
                 turns.append((start, end, speaker, channel, piece, row.audio_uri))
         if not any(turn[5] == row.audio_uri for turn in turns):
             raise AudioError("VAD found no speech in the recording", row.audio_uri)
     turns.sort(key=lambda turn: (turn[0], turn[3] or 0))
+    conversation_id = rows[0].conversation_id
     return [
-        Segment(i, speaker, start, end, channel, np.ascontiguousarray(piece), None, uri)
+        Utterance(
+            conversation_id=conversation_id,
+            utterance_index=i,
+            speaker=speaker,
+            start_s=start,
+            end_s=end,
+            audio_uri=uri,
+            channel=channel,
+            samples=np.ascontiguousarray(piece),
+        )
         for i, (start, end, speaker, channel, piece, uri) in enumerate(turns)
     ]

@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 import soundfile as sf
 from tqdm import tqdm
 
+from dpm_worker.audio import SAMPLE_RATE
 from dpm_worker.corpus.schema import DEFAULT_LABELS, MANIFEST_SCHEMA
 from dpm_worker.corpus.synth_text import compose_sentence
 from dpm_worker.corpus.synth_voices import (
@@ -108,7 +109,7 @@ class SynthConfig:
     jitter: float = 1.0
     female_prob: float = 0.5
     noise_dbfs: float | None = -65.0
-    sample_rate: int = 16_000
+    sample_rate: int = SAMPLE_RATE
 
     def __post_init__(self) -> None:
         def check(ok: bool, name: str, rule: str) -> None:

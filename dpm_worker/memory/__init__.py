@@ -7,9 +7,6 @@ from dpm_worker.memory.labeling import (
     ConversationLabeler,
     LabelingConfig,
     PreparedUtterance,
-    UtteranceInput,
-    fit_context,
-    tail,
 )
 from dpm_worker.memory.lora import MEMORY_DTYPE, TemporaryLoraMemory
 from dpm_worker.memory.step import (
@@ -48,8 +45,5 @@ __all__ = [
     "PRIOR_INPUTS",
     "PreparedUtterance",
     "TemporaryLoraMemory",
-    "UtteranceInput",
     "WRITE_TARGETS",
-    "fit_context",
-    "tail",
 ]

@@ -36,7 +36,6 @@ from dpm_worker.errors import ConfigError
 from dpm_worker.memory.config import MemoryConfig
 from dpm_worker.memory.lora import MEMORY_DTYPE
 
-IGNORE = -100
 ADAM_EPS = 1e-8  # torch.optim.AdamW's default, which the reference uses
 
 

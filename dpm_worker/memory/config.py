@@ -15,7 +15,6 @@ WRITE_TARGETS = ("audio", "audio+emotion", "audio+prediction", "prior")
 SCOPES = ("conversation", "speaker")
 PRIOR_INPUTS = ("speaker", "history")
 OPTIMIZERS = ("adamw", "sgd")
-INITS = ("zeros",)
 
 
 @dataclass(frozen=True)
@@ -69,8 +68,8 @@ class MemoryConfig:
         confidence_gate: ``audio+prediction`` writes the emotion term only when the read's
             top probability reaches this (a confident prediction is less likely an error).
         scope: ``conversation`` (one adapter, the paper) or ``speaker`` (one per speaker).
-        init: ``zeros``: B = 0 and A seeded Kaiming-uniform, so a reset memory is the backbone.
-        seed: seeds the A matrices; the same seed gives the same rows.
+        seed: seeds the A matrices (B starts at 0, so a reset memory is the backbone); the
+            same seed gives the same rows.
     """
 
     rank: int = 8
@@ -97,7 +96,6 @@ class MemoryConfig:
     prior_weight: float = 1.0
     prior_input: str = "speaker"
     scope: str = "speaker"
-    init: str = "zeros"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -147,5 +145,3 @@ class MemoryConfig:
             )
         if self.scope not in SCOPES:
             raise ConfigError(f"memory.scope must be one of {SCOPES}, got {self.scope!r}")
-        if self.init not in INITS:
-            raise ConfigError(f"memory.init must be one of {INITS}, got {self.init!r}")

@@ -22,16 +22,12 @@ if TYPE_CHECKING:
     from dpm_worker.model import EmotionModel
 
 from dpm_worker.errors import ConfigError, LabelError
-from dpm_worker.memory.batched import IGNORE, BatchedLoraMemory
+from dpm_worker.memory.batched import BatchedLoraMemory
 from dpm_worker.memory.cache import HISTORY_CACHES, HistoryCache
-from dpm_worker.memory.labeling import (
-    LabelingConfig,
-    UtteranceInput,
-    UtterancePrediction,
-    fit_context,
-    tail,
-)
+from dpm_worker.memory.labeling import LabelingConfig
 from dpm_worker.memory.step import PriorWrite, StepRow, dpm_step, strategy_for
+from dpm_worker.model import IGNORE, fit_context, history_budget, tail
+from dpm_worker.utterance import LabeledUtterance, Utterance
 
 
 @dataclass
@@ -39,12 +35,12 @@ class _Active:
     """A conversation in a slot: its utterances, where it is, its history and its rows."""
 
     index: int
-    utterances: Sequence[UtteranceInput]
+    utterances: Sequence[Utterance]
     position: int = 0
     speakers: dict[str, int] = field(default_factory=dict)
     history: list[int] = field(default_factory=list)
     pending: list[int] = field(default_factory=list)  # history tokens not yet in the cache
-    predictions: list[UtterancePrediction] = field(default_factory=list)
+    predictions: list[LabeledUtterance] = field(default_factory=list)
 
 
 class BatchedLabeler:
@@ -89,9 +85,7 @@ class BatchedLabeler:
         self.step = strategy_for(
             config.mode, model.model, self.vocab.emotion_ids, self.memory, config.memory
         )
-        self.keep = {"utterance": 0, "full": self.max_context}.get(
-            config.mode, config.window_tokens
-        )
+        self.keep = history_budget(config.mode, config.window_tokens, self.max_context)
         # Reuse where the long pass runs with the memory off (dpm_worker.memory.cache).
         memory_off_read = config.mode in ("window", "full") or (
             config.mode == "dpm"
@@ -108,8 +102,8 @@ class BatchedLabeler:
             self.memory.close()
 
     def label_conversations(
-        self, conversations: Iterable[Sequence[UtteranceInput]]
-    ) -> Iterator[tuple[int, list[UtterancePrediction]]]:
+        self, conversations: Iterable[Sequence[Utterance]]
+    ) -> Iterator[tuple[int, list[LabeledUtterance]]]:
         """Label conversations (each in dialogue order), yielding ``(input index, rows)`` as
         each one ends; the order of the yields is the order in which conversations finish."""
         waiting = iter(enumerate(conversations))
@@ -136,7 +130,7 @@ class BatchedLabeler:
 
     # -- internals ------------------------------------------------------------------------------
 
-    def _start(self, slot: int, index: int, utterances: Sequence[UtteranceInput]) -> _Active:
+    def _start(self, slot: int, index: int, utterances: Sequence[Utterance]) -> _Active:
         if self.step.cache is not None:
             self.step.cache.drop(slot)
         if self.memory is not None:
@@ -167,10 +161,9 @@ class BatchedLabeler:
             label = self.vocab.labels[best]
             self._remember(conv, toks, label)
             conv.predictions.append(
-                UtterancePrediction(
-                    utterance_index=utt.utterance_index,
-                    speaker=utt.speaker,
-                    label=label,
+                LabeledUtterance(
+                    utterance=utt,
+                    emotion=label,
                     confidence=float(p[best]),
                     probs=p.astype(np.float32),
                     ms=ms,
@@ -184,7 +177,7 @@ class BatchedLabeler:
         utt = conv.utterances[conv.position]
         speaker = conv.speakers.setdefault(utt.speaker, len(conv.speakers))
         try:
-            tokens = self.vocab.utterance_tokens(utt.audio_ids, speaker)
+            tokens = self.vocab.utterance_tokens(utt.codes(), speaker)
         except ConfigError as exc:
             raise LabelError(f"utterance {utt.utterance_index}: {exc}") from exc
         if len(tokens) < 3:
@@ -231,13 +224,13 @@ class BatchedLabeler:
 def label_batched(
     model: EmotionModel,
     config: LabelingConfig,
-    conversations: Sequence[Sequence[UtteranceInput]],
+    conversations: Sequence[Sequence[Utterance]],
     slots: int,
     history_cache: str = "recompute",
-) -> list[list[UtterancePrediction]]:
+) -> list[list[LabeledUtterance]]:
     """Every conversation's rows, in input order (a convenience over ``BatchedLabeler``)."""
     labeler = BatchedLabeler(model, config, slots, history_cache)
-    out: list[list[UtterancePrediction] | None] = [None] * len(conversations)
+    out: list[list[LabeledUtterance] | None] = [None] * len(conversations)
     try:
         for index, rows in labeler.label_conversations(conversations):
             out[index] = rows

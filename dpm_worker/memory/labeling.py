@@ -17,33 +17,34 @@ dpm        ``history[-n_r:] + tokens_i``                    write, then read
 is the backbone's read of that input times the speaker's prior, which is read from the memory
 of the speaker's earlier turns before this utterance is written into it (``memory.py``).
 
-Truncation rule: an input longer than the model's ``max_context`` loses tokens from the left:
-first the oldest history tokens, then, if the utterance alone is too long, its first audio
-tokens; its speaker token is kept at the front and ``<audio_end>`` at the end, so the emotion is
-read exactly as for any other utterance. An utterance longer than ``n_r`` needs no truncation:
-``n_r`` bounds the history part only.
+The input is built, and an over-long one cut, by ``dpm_worker.model.fit_context`` (the
+truncation rule is there, shared with training); the utterances come and go as the records of
+``dpm_worker.utterance``, so each keeps its identity from the manifest to the table row.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-if TYPE_CHECKING:
-    from dpm_worker.model import EmotionModel
-
 from dpm_worker.errors import ConfigError, LabelError
 from dpm_worker.memory.config import MemoryConfig
 from dpm_worker.memory.lora import TemporaryLoraMemory
+from dpm_worker.model import (
+    HISTORY_FORMATS,
+    IGNORE,
+    EmotionModel,
+    fit_context,
+    history_budget,
+    tail,
+)
+from dpm_worker.utterance import LabeledUtterance, Utterance
 
 MODES = ("utterance", "window", "full", "dpm")
-HISTORY_LABELS = ("none", "predicted")
-IGNORE = -100
 
 
 @dataclass(frozen=True)
@@ -72,9 +73,9 @@ class LabelingConfig:
             raise ConfigError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.window_tokens < 0:
             raise ConfigError(f"window_tokens must be >= 0, got {self.window_tokens}")
-        if self.history_labels is not None and self.history_labels not in HISTORY_LABELS:
+        if self.history_labels is not None and self.history_labels not in HISTORY_FORMATS:
             raise ConfigError(
-                f"history_labels must be one of {HISTORY_LABELS}, got {self.history_labels!r}"
+                f"history_labels must be one of {HISTORY_FORMATS}, got {self.history_labels!r}"
             )
         if not isinstance(self.memory, MemoryConfig):
             raise ConfigError(f"memory must be a MemoryConfig, got {type(self.memory).__name__}")
@@ -86,44 +87,6 @@ class LabelingConfig:
 
 
 @dataclass(frozen=True)
-class UtteranceInput:
-    """One utterance of a conversation, already tokenized.
-
-    Args:
-        utterance_index: the utterance's index in its conversation (dialogue order).
-        speaker: the speaker's name.
-        audio_ids: int64 speech-tokenizer codes.
-    """
-
-    utterance_index: int
-    speaker: str
-    audio_ids: np.ndarray
-
-
-@dataclass(frozen=True)
-class UtterancePrediction:
-    """The emotion read for one utterance.
-
-    Args:
-        utterance_index: as in the input.
-        speaker: as in the input.
-        label: the most probable emotion.
-        confidence: its probability.
-        probs: probabilities in the order of ``model.vocab.labels`` (float32).
-        ms: wall time spent on this utterance (write + read).
-        context_tokens: tokens in the model input (history part + utterance).
-    """
-
-    utterance_index: int
-    speaker: str
-    label: str
-    confidence: float
-    probs: np.ndarray
-    ms: float
-    context_tokens: int = 0
-
-
-@dataclass(frozen=True)
 class PreparedUtterance:
     """One utterance ready for the model (see :meth:`ConversationLabeler.prepare`)."""
 
@@ -132,27 +95,6 @@ class PreparedUtterance:
     ids: list[int]
     start_of_utt: int
     input_ids: torch.Tensor  # [1, len(ids)]
-
-
-def tail(tokens: Sequence[int], n: int) -> list[int]:
-    """The last ``n`` tokens (none for ``n <= 0``; note ``seq[-0:]`` would be all of them)."""
-    return list(tokens[max(0, len(tokens) - n) :]) if n > 0 else []
-
-
-def fit_context(
-    history_part: list[int], tokens: list[int], max_context: int
-) -> tuple[list[int], int]:
-    """Apply the truncation rule (module docstring).
-
-    Returns:
-        The input ids and the position where the utterance's tokens start in them.
-    """
-    room = max_context - len(tokens)
-    if room >= 0:
-        kept = tail(history_part, room)
-        return kept + tokens, len(kept)
-    # The utterance alone is too long: keep <spk>, then its last tokens up to <audio_end>.
-    return [tokens[0], *tail(tokens[1:], max_context - 1)], 0
 
 
 class ConversationLabeler:
@@ -193,17 +135,17 @@ class ConversationLabeler:
         if self.memory is not None:
             self.memory.close()
 
-    def label_conversation(self, utterances: Sequence[UtteranceInput]) -> list[UtterancePrediction]:
-        """Label a conversation's utterances, given in dialogue order.
+    def label_conversation(self, utterances: Iterable[Utterance]) -> list[LabeledUtterance]:
+        """Label a conversation's tokenized utterances, given in dialogue order.
 
         The memory (``dpm``) is reset before the first utterance and discarded after the last,
-        so no conversation sees another's.
+        so no conversation sees another's. Each result carries its utterance, identity and all.
         """
         cfg = self.config
         torch.manual_seed(cfg.seed)
         slots: dict[str, int] = {}
         history: list[int] = []
-        predictions: list[UtterancePrediction] = []
+        predictions: list[LabeledUtterance] = []
         self._speaker_logits.clear()
         if self.memory is not None:
             self.memory.reset()
@@ -212,17 +154,17 @@ class ConversationLabeler:
                 start = time.perf_counter()
                 step = self.prepare(utt, slots, history)
                 read = self._read(step)
-                probs = read.float().cpu().numpy()
+                # The one tensor -> numpy conversion; the tables write this array as it is.
+                probs = read.float().cpu().numpy().astype(np.float32)
                 best = int(np.argmax(probs))
                 label = self.vocab.labels[best]
                 self.remember(history, step.tokens, label)
                 predictions.append(
-                    UtterancePrediction(
-                        utterance_index=utt.utterance_index,
-                        speaker=utt.speaker,
-                        label=label,
+                    LabeledUtterance(
+                        utterance=utt,
+                        emotion=label,
                         confidence=float(probs[best]),
-                        probs=probs.astype(np.float32),
+                        probs=probs,
                         ms=(time.perf_counter() - start) * 1000.0,
                         context_tokens=len(step.ids),
                     )
@@ -233,12 +175,13 @@ class ConversationLabeler:
         return predictions
 
     def prepare(
-        self, utt: UtteranceInput, slots: dict[str, int], history: list[int]
+        self, utt: Utterance, slots: dict[str, int], history: list[int]
     ) -> PreparedUtterance:
         """The model input for ``utt``: its speaker slot, its tokens, history + tokens."""
+        codes = utt.codes()
         speaker_slot = slots.setdefault(utt.speaker, len(slots))
         try:
-            tokens = self.vocab.utterance_tokens(utt.audio_ids, speaker_slot)
+            tokens = self.vocab.utterance_tokens(codes, speaker_slot)
         except ConfigError as exc:
             raise LabelError(f"utterance {utt.utterance_index}: {exc}") from exc
         if len(tokens) < 3:
@@ -253,7 +196,7 @@ class ConversationLabeler:
         History beyond what the mode reads is dropped, so memory stays constant per utterance.
         """
         cfg = self.config
-        keep = {"utterance": 0, "full": self.max_context}.get(cfg.mode, cfg.window_tokens)
+        keep = history_budget(cfg.mode, cfg.window_tokens, self.max_context)
         history.extend(tokens)
         if self.history_labels == "predicted":
             history.append(self.vocab.emotion_token(label))
@@ -335,12 +278,8 @@ class ConversationLabeler:
         return logits[:, self._emotion_ids].float()
 
     def _history_part(self, history: list[int]) -> list[int]:
-        mode = self.config.mode
-        if mode == "utterance":
-            return []
-        if mode == "full":
-            return tail(history, self.max_context)
-        return tail(history, self.config.window_tokens)
+        cfg = self.config
+        return tail(history, history_budget(cfg.mode, cfg.window_tokens, self.max_context))
 
     def write_labels(self, ids: list[int], start_of_utt: int) -> torch.Tensor:
         """Write targets: the utterance's audio tokens (+ the history's emotion tokens)."""

@@ -28,9 +28,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from dpm_worker.memory.batched import IGNORE, BatchedLoraMemory
+from dpm_worker.memory.batched import BatchedLoraMemory
 from dpm_worker.memory.cache import HistoryCache
 from dpm_worker.memory.config import MemoryConfig
+from dpm_worker.model import IGNORE
 
 
 @dataclass(frozen=True)

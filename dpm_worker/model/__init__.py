@@ -1,4 +1,5 @@
 from dpm_worker.model.backbone import (
+    HISTORY_FORMATS,
     MODEL_META,
     SCRATCH_TEXT_TOKENS,
     BackboneConfig,
@@ -10,10 +11,13 @@ from dpm_worker.model.backbone import (
     save_model,
 )
 from dpm_worker.model.device import DTYPES, pick_device
-from dpm_worker.model.folder import MANIFEST_NAME, write_manifest
+from dpm_worker.model.folder import MANIFEST_NAME, write_file_manifest
+from dpm_worker.model.stream import IGNORE, fit_context, history_budget, tail, utterance_start
 from dpm_worker.model.vocab import StreamVocab
 
 __all__ = [
+    "IGNORE",
+    "HISTORY_FORMATS",
     "BackboneConfig",
     "DTYPES",
     "EmotionModel",
@@ -24,8 +28,12 @@ __all__ = [
     "build_backbone",
     "default_model_path",
     "extend_base_model",
+    "fit_context",
+    "history_budget",
     "load_model",
     "pick_device",
     "save_model",
-    "write_manifest",
+    "tail",
+    "utterance_start",
+    "write_file_manifest",
 ]

@@ -15,11 +15,13 @@ from dpm_worker.speech.tokenizer import (
     fit_speech_tokenizer,
     load_speech_tokenizer,
 )
+from dpm_worker.speech.utterances import FRAME_TOKENS, tokenize_utterances
 
 __all__ = [
     "BuiltinSpeechTokenizer",
     "CosyVoiceTokenizer",
     "CosyVoiceTokenizerConfig",
+    "FRAME_TOKENS",
     "INSTALL_HINT",
     "SpeechTokenizer",
     "SpeechTokenizerConfig",
@@ -30,4 +32,5 @@ __all__ = [
     "fit_speech_tokenizer",
     "load_speech_tokenizer",
     "s3tokenizer_available",
+    "tokenize_utterances",
 ]

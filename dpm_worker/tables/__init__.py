@@ -14,7 +14,6 @@ from dpm_worker.tables.report import SECTIONS, gold_metrics, render_html
 from dpm_worker.tables.run_results import latest_committed_run, read_run, split_run_uri
 from dpm_worker.tables.schema import (
     ErrorRecord,
-    LabeledUtterance,
     RunInfo,
     decode_metadata,
     emotion_schema,
@@ -43,7 +42,6 @@ __all__ = [
     "FINGERPRINTS_NAME",
     "FingerprintKey",
     "KEY_RECORD",
-    "LabeledUtterance",
     "PreviousFingerprints",
     "RunInfo",
     "RunTables",

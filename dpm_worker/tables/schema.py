@@ -18,10 +18,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from dpm_worker.errors import ConfigError
 from dpm_worker.storage import redact
+from dpm_worker.utterance import LabeledUtterance
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 META_PREFIX = "dpm."
@@ -134,21 +136,9 @@ class RunInfo:
             "code_version": self.code_version,
             "run_config": json.dumps(self.config, sort_keys=True),
         }
-        return {f"{META_PREFIX}{k}".encode(): redact(v).encode() for k, v in values.items()}
-
-
-@dataclass(frozen=True)
-class LabeledUtterance:
-    """One row of the emotion table before the run-level columns are added."""
-
-    utterance_index: int
-    speaker: str
-    start_s: float | None
-    end_s: float | None
-    emotion: str
-    confidence: float
-    probs: tuple[float, ...]
-    gold_emotion: str | None = None
+        # Stored as given (see RunTables.write_record): the config holds no credentials, since
+        # URIs lose their userinfo before they get here.
+        return {f"{META_PREFIX}{k}".encode(): v.encode() for k, v in values.items()}
 
 
 @dataclass(frozen=True)
@@ -168,23 +158,31 @@ def build_emotion_table(
     utterances: Sequence[LabeledUtterance],
     labeled_at: dt.datetime,
 ) -> pa.Table:
-    """Assemble one conversation's emotion rows as a table with the run's schema."""
+    """Assemble one conversation's emotion rows as a table with the run's schema.
+
+    Each row's identity (index, speaker, times, gold emotion) is its utterance's own, as the
+    audio stage read it from the manifest; the probabilities go into Arrow as float32, once.
+    """
     schema = emotion_schema(run.labels)
-    for utt in utterances:
-        if len(utt.probs) != len(run.labels):
+    for labeled in utterances:
+        if np.shape(labeled.probs) != (len(run.labels),):
             raise ConfigError(
-                f"utterance {utt.utterance_index} of {conversation_id!r} has {len(utt.probs)} "
-                f"probabilities for {len(run.labels)} labels"
+                f"utterance {labeled.utterance.utterance_index} of {conversation_id!r} has "
+                f"probabilities of shape {np.shape(labeled.probs)} for {len(run.labels)} labels"
             )
     n = len(utterances)
+    rows = [labeled.utterance for labeled in utterances]
+    probs = np.zeros((n, len(run.labels)), dtype=np.float32)
+    for i, labeled in enumerate(utterances):
+        probs[i] = labeled.probs
     when = labeled_at.astimezone(dt.UTC)
     columns: dict[str, pa.Array] = {
         "run_id": pa.array([run.run_id] * n, pa.string()),
         "conversation_id": pa.array([conversation_id] * n, pa.string()),
-        "utterance_index": pa.array([u.utterance_index for u in utterances], pa.int32()),
-        "speaker": pa.array([u.speaker for u in utterances], pa.string()),
-        "start_s": pa.array([u.start_s for u in utterances], pa.float64()),
-        "end_s": pa.array([u.end_s for u in utterances], pa.float64()),
+        "utterance_index": pa.array([u.utterance_index for u in rows], pa.int32()),
+        "speaker": pa.array([u.speaker for u in rows], pa.string()),
+        "start_s": pa.array([u.start_s for u in rows], pa.float64()),
+        "end_s": pa.array([u.end_s for u in rows], pa.float64()),
         # A fixed dictionary (the label set) keeps every file's dictionary identical.
         "emotion": pa.DictionaryArray.from_arrays(
             pa.array([run.labels.index(u.emotion) for u in utterances], pa.int32()),
@@ -193,10 +191,8 @@ def build_emotion_table(
         "confidence": pa.array([u.confidence for u in utterances], pa.float32()),
     }
     for j, label in enumerate(run.labels):
-        columns[probability_column(label)] = pa.array(
-            [u.probs[j] for u in utterances], pa.float32()
-        )
-    columns["gold_emotion"] = pa.array([u.gold_emotion for u in utterances], pa.string())
+        columns[probability_column(label)] = pa.array(probs[:, j], pa.float32())
+    columns["gold_emotion"] = pa.array([u.emotion for u in rows], pa.string())
     columns["mode"] = pa.array([run.mode] * n, pa.string())
     columns["model_id"] = pa.array([run.model_id] * n, pa.string())
     columns["labeled_at"] = pa.array([when] * n, pa.timestamp("us", tz="UTC"))

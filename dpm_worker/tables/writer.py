@@ -36,12 +36,12 @@ from dpm_worker.storage import get_filesystem, is_remote, join_uri, list_names, 
 from dpm_worker.tables.schema import (
     ERRORS_SCHEMA,
     ErrorRecord,
-    LabeledUtterance,
     RunInfo,
     build_emotion_table,
     build_error_table,
     validate_run_id,
 )
+from dpm_worker.utterance import LabeledUtterance
 
 EMOTIONS, ERRORS = "emotions", "errors"
 RUNS_DIR = "_runs"
@@ -171,9 +171,15 @@ class RunTables:
         return keys
 
     def write_record(self, name: str, record: dict[str, Any]) -> None:
-        """Write a JSON run record (atomically, as the Parquet files)."""
+        """Write a JSON run record (atomically, as the Parquet files).
+
+        The record is stored as given, never redacted: a resumed run compares it with its own
+        arguments, and a credential value that happens to occur in a bucket name or run id
+        (MinIO's ``minioadmin``) would otherwise make the same arguments look different.
+        Redaction belongs to what is printed or logged.
+        """
         text = json.dumps(record, indent=2, sort_keys=True, default=str)
-        _write_bytes_atomic(redact(text).encode(), self.record_uri(name), self.endpoint_url)
+        _write_bytes_atomic(text.encode(), self.record_uri(name), self.endpoint_url)
 
     def read_record(self, name: str) -> dict[str, Any] | None:
         """Read a JSON run record, or None when it does not exist."""

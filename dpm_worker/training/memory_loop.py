@@ -33,18 +33,11 @@ from dpm_worker.memory import (
     MemoryConfig,
     PreparedUtterance,
     TemporaryLoraMemory,
-    UtteranceInput,
 )
-from dpm_worker.model import EmotionModel
-from dpm_worker.training.loop import (
-    AuxHeads,
-    ConversationStream,
-    TrainConfig,
-    compute_loss,
-    lr_at,
-    make_batch,
-    sample_starts,
-)
+from dpm_worker.model import IGNORE, EmotionModel
+from dpm_worker.training.batches import ConversationStream, make_batch, sample_starts
+from dpm_worker.training.loop import AuxHeads, TrainConfig, compute_loss, lr_at
+from dpm_worker.utterance import Utterance
 
 
 @dataclass(frozen=True)
@@ -99,8 +92,8 @@ class TrainingConversation:
     """One gold-labelled conversation: its utterances (in order) and gold label indices."""
 
     conversation_id: str
-    utterances: list[UtteranceInput]
-    labels: list[int]  # label index per utterance, -100 when unlabelled
+    utterances: list[Utterance]
+    labels: list[int]  # label index per utterance, IGNORE when unlabelled
 
 
 def training_conversation(
@@ -109,10 +102,10 @@ def training_conversation(
     """Rows of :func:`dpm_worker.training.token_cache.group_conversations` -> one training conversation."""
     index = {label: i for i, label in enumerate(labels)}
     utterances = [
-        UtteranceInput(int(r["utterance_index"]), str(r["speaker"]), np.asarray(r["codes"], dtype=np.int64))
+        Utterance(conversation_id, int(r["utterance_index"]), str(r["speaker"]), emotion=r["emotion"], audio_ids=np.asarray(r["codes"], dtype=np.int64))
         for r in rows
     ]  # fmt: skip
-    gold = [index.get(r["emotion"], -100) if r["emotion"] is not None else -100 for r in rows]
+    gold = [index.get(u.emotion, IGNORE) if u.emotion is not None else IGNORE for u in utterances]
     return TrainingConversation(conversation_id, utterances, gold)
 
 
@@ -371,7 +364,7 @@ class MemoryLoopTrainer:
                 ):
                     if g >= 0:
                         gold.append(labels[g])
-                        pred.append(p.label)
+                        pred.append(p.emotion)
             summary = summarize(gold, pred, labels)
             out[name] = {k: summary[k] for k in ("n", "wa", "ua", "wf1")}
         self.memory.reset()

@@ -21,10 +21,15 @@ import numpy as np
 from tqdm import tqdm
 
 from dpm_worker.audio import conversation_segments
-from dpm_worker.corpus import UtteranceRow, iter_conversations, manifest_fingerprint
-from dpm_worker.speech import SpeechTokenizer
+from dpm_worker.corpus import iter_conversations, manifest_fingerprint
+from dpm_worker.speech import SpeechTokenizer, tokenize_utterances
+from dpm_worker.storage import cache_root as dpm_cache_root
+from dpm_worker.utterance import Utterance
 
 log = logging.getLogger(__name__)
+
+# Part of the cache key; bump it when the rows written for the same manifest change.
+CACHE_FORMAT = 2
 
 FEATURES = datasets.Features(
     {
@@ -38,25 +43,21 @@ FEATURES = datasets.Features(
 )
 
 
-def default_cache_root() -> Path:
-    base = os.environ.get("DPM_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "dpm")
-    return Path(base)
-
-
 def iter_waveforms(
     manifest_uri: str,
     conversation_ids: set[str] | None = None,
     *,
     endpoint_url: str | None = None,
-) -> Iterator[tuple[UtteranceRow, np.ndarray]]:
-    """Every utterance's row and its float32 16 kHz mono samples, conversation by conversation."""
+) -> Iterator[Utterance]:
+    """Every utterance with its float32 16 kHz mono samples, conversation by conversation.
+
+    Each is the audio stage's own record: a VAD turn has its own index, speaker, times and
+    (no) emotion, not those of the recording's manifest row.
+    """
     for conv_id, rows in iter_conversations(manifest_uri, endpoint_url=endpoint_url):
         if conversation_ids is not None and conv_id not in conversation_ids:
             continue
-        segments = conversation_segments(rows, endpoint_url=endpoint_url)
-        by_index = {row.utterance_index: row for row in rows}
-        for seg in segments:
-            yield by_index.get(seg.utterance_index, rows[0]), seg.samples
+        yield from conversation_segments(rows, endpoint_url=endpoint_url)
 
 
 def conversation_ids(manifest_uri: str, *, endpoint_url: str | None = None) -> list[str]:
@@ -90,25 +91,27 @@ def tokenize_corpus(
         A dataset with columns conversation_id, utterance_index, speaker, emotion (nullable),
         expressive (nullable; the synthetic corpus's flag) and codes, in dialogue order.
     """
-    key = hashlib.sha256(
-        f"{manifest_fingerprint(manifest_uri, endpoint_url=endpoint_url)}:{tokenizer_fingerprint}".encode()
-    ).hexdigest()[:32]
-    folder = Path(cache_root or default_cache_root()) / "tokens" / key
+    manifest = manifest_fingerprint(manifest_uri, endpoint_url=endpoint_url)
+    # CACHE_FORMAT: caches written before VAD turns kept their own identity are not reused.
+    key = hashlib.sha256(f"{manifest}:{tokenizer_fingerprint}:{CACHE_FORMAT}".encode()).hexdigest()[
+        :32
+    ]
+    folder = Path(cache_root or dpm_cache_root()) / "tokens" / key
     if (folder / "dataset_info.json").is_file():
         log.info("speech codes cached at %s", folder)
         return datasets.load_from_disk(str(folder))
     rows = []
     bar = tqdm(desc="tokenize", unit="utt", disable=not progress)
-    for row, samples in iter_waveforms(manifest_uri, endpoint_url=endpoint_url):
-        expressive = row.extra.get("expressive")
+    waves = iter_waveforms(manifest_uri, endpoint_url=endpoint_url)
+    for utt in tokenize_utterances(waves, tokenizer):
         rows.append(
             {
-                "conversation_id": row.conversation_id,
-                "utterance_index": row.utterance_index,
-                "speaker": row.speaker,
-                "emotion": row.emotion,
-                "expressive": None if expressive is None else bool(expressive),
-                "codes": tokenizer.encode(samples).astype(np.int16).tolist(),
+                "conversation_id": utt.conversation_id,
+                "utterance_index": utt.utterance_index,
+                "speaker": utt.speaker,
+                "emotion": utt.emotion,
+                "expressive": utt.expressive,
+                "codes": utt.codes().astype(np.int16).tolist(),
             }
         )
         bar.update(1)

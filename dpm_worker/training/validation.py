@@ -17,19 +17,17 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from dpm_worker.errors import ConfigError
 from dpm_worker.metrics import summarize
-from dpm_worker.model import EmotionModel
-from dpm_worker.training.loop import IGNORE, ConversationStream
-
-
-def _utterance_starts(stream: ConversationStream) -> np.ndarray:
-    """Position of each utterance's ``<spk>`` token."""
-    starts = np.zeros_like(stream.ends)
-    if len(stream.ends) > 1:
-        # With emotion tokens in the stream, one follows each <audio_end>.
-        step = 2 if len(stream.tokens) > stream.ends[-1] + 1 else 1
-        starts[1:] = stream.ends[:-1] + step
-    return starts
+from dpm_worker.model import (
+    IGNORE,
+    EmotionModel,
+    fit_context,
+    history_budget,
+    tail,
+    utterance_start,
+)
+from dpm_worker.training.batches import ConversationStream
 
 
 @torch.no_grad()
@@ -43,19 +41,22 @@ def score_stream(
     """``[U, n_labels]`` probabilities per utterance in ``utterance``, ``window`` or ``full`` mode.
 
     With ``model.history_labels == "predicted"`` the history carries the model's own earlier
-    predictions (utterances are then scored one by one, in order).
+    predictions (utterances are then scored one by one, in order). Each input is built as the
+    labeling loop builds it (``dpm_worker.model.fit_context``), over-long utterances included.
     """
-    keep = {"utterance": 0, "window": window_tokens, "full": model.max_context}[mode]
-    starts = _utterance_starts(stream)
+    if mode not in ("utterance", "window", "full"):
+        raise ConfigError(f"mode must be utterance, window or full, got {mode!r}")
+    max_context = int(model.max_context)
+    keep = history_budget(mode, window_tokens, max_context)
     tokens = stream.tokens.copy()
     predicted = model.history_labels == "predicted" and mode != "utterance"
     inputs: list[np.ndarray] = []
     probs = np.zeros((len(stream.ends), len(model.vocab.labels)), dtype=np.float32)
-    for u, (start, end) in enumerate(zip(starts, stream.ends, strict=True)):
-        utt = tokens[start : end + 1]
-        room = max(0, min(keep, model.max_context - len(utt)))
-        history = tokens[max(0, start - room) : start] if room else tokens[:0]
-        piece = np.concatenate([history, utt])[-model.max_context :]
+    for u, end in enumerate(stream.ends):
+        start = utterance_start(tokens, stream.ends, u)
+        history = tail(tokens[max(0, start - keep) : start].tolist(), keep)
+        ids, _ = fit_context(history, tokens[start : end + 1].tolist(), max_context)
+        piece = np.asarray(ids, dtype=np.int64)
         if predicted:
             probs[u] = _probs(model, [piece])[0]
             tokens[end + 1] = model.vocab.emotion_offset + int(probs[u].argmax())

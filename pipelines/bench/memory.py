@@ -22,6 +22,7 @@ default model's short trained context.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tempfile
 import time
@@ -29,8 +30,9 @@ import time
 import numpy as np
 
 from dpm_worker.errors import ConfigError
-from dpm_worker.memory import MODES, ConversationLabeler, LabelingConfig, UtteranceInput
-from pipelines.eval import add_memory_arguments, memory_config
+from dpm_worker.memory import MODES, ConversationLabeler, LabelingConfig
+from dpm_worker.utterance import Utterance
+from pipelines.eval import add_labeling_arguments, load_labeling_config
 
 EDGE = 20  # utterances at each end of the conversation
 
@@ -39,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--utterances", type=int, default=200, help="conversation length")
     parser.add_argument("--model", default=None, help="model folder (default: packaged)")
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated modes")
-    parser.add_argument("--window-tokens", type=int, default=256, help="n_r (%(default)s)")
+    parser.add_argument("--window-tokens", type=int, help="n_r (default: labeling.window_tokens)")
     parser.add_argument("--tokens", choices=("synth", "random"), default="synth")
     parser.add_argument("--seed", type=int, default=2024, help="conversation seed")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (%(default)s)")
@@ -50,37 +52,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="context of full mode in tokens (%(default)s); the default model is trained on "
         "384, which 5 utterances fill; cost, not accuracy, is measured here",
     )
-    add_memory_arguments(parser)
+    add_labeling_arguments(parser)
 
 
-def synthetic_conversation(model, n: int, seed: int, kind: str) -> list[UtteranceInput]:
+def synthetic_conversation(model, n: int, seed: int, kind: str) -> list[Utterance]:
     """One long dyadic conversation, tokenized with the model's speech tokenizer."""
     if kind == "random":
         rng = np.random.default_rng(seed)
         # 1.5-5 s at 25 Hz, as the synthetic corpus
         return [
-            UtteranceInput(
-                i,
-                "ab"[i % 2],
-                rng.integers(0, model.vocab.n_audio, size=int(rng.integers(38, 125))),
+            Utterance(
+                conversation_id="bench",
+                utterance_index=i,
+                speaker="ab"[i % 2],
+                audio_ids=rng.integers(0, model.vocab.n_audio, size=int(rng.integers(38, 125))),
             )
             for i in range(n)
         ]
     from dpm_worker.audio import conversation_segments
     from dpm_worker.corpus import SynthConfig, generate_corpus, read_manifest, to_rows
+    from dpm_worker.speech import tokenize_utterances
 
     with tempfile.TemporaryDirectory(prefix="dpm_bench_") as folder:
         config = SynthConfig(conversations=1, seed=seed, min_utterances=n, max_utterances=n)
         generate_corpus(folder, config)
         rows = to_rows(read_manifest(folder))
         segments = conversation_segments(rows)
-    return [
-        UtteranceInput(s.utterance_index, s.speaker, model.speech_tokenizer.encode(s.samples))
-        for s in segments
-    ]
+    # No fit check: full mode runs past the trained context on purpose (--full-context).
+    return list(tokenize_utterances(segments, model.speech_tokenizer))
 
 
-def measure(model, conversation: list[UtteranceInput], config: LabelingConfig) -> dict:
+def measure(model, conversation: list[Utterance], config: LabelingConfig) -> dict:
     """Label the conversation once; time and RSS are sampled as each utterance finishes."""
     import psutil
 
@@ -136,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     if args.utterances < 2 * EDGE:
         raise ConfigError(f"--utterances must be >= {2 * EDGE}, got {args.utterances}")
     torch.set_num_threads(args.threads)
-    memory = memory_config(args)
+    labeling = load_labeling_config(args, {"labeling.window_tokens": args.window_tokens})
     model = load_model(args.model)
     trained_context = int(model.max_context)
     start = time.perf_counter()
@@ -144,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
     prepare_s = time.perf_counter() - start
     results = {}
     for mode in modes:
-        config = LabelingConfig(mode=mode, window_tokens=args.window_tokens, memory=memory)
+        config = dataclasses.replace(labeling, mode=mode)
         # Only full mode reads max_context beyond the window; RoPE runs past the trained length.
         model.max_context = args.full_context if mode == "full" else trained_context
         results[mode] = measure(model, conversation, config)
@@ -153,8 +155,8 @@ def run(args: argparse.Namespace) -> int:
         "modes": results,
         "utterances": len(conversation),
         "tokens": args.tokens,
-        "audio_tokens": int(sum(len(u.audio_ids) for u in conversation)),
-        "window_tokens": args.window_tokens,
+        "audio_tokens": int(sum(len(u.codes()) for u in conversation)),
+        "window_tokens": labeling.window_tokens,
         "max_context": trained_context,
         "full_context": args.full_context,
         "threads": args.threads,

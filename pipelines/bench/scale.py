@@ -24,12 +24,14 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dpm_worker.corpus import UtteranceRow
-from dpm_worker.tables import LabeledUtterance, RunTables
+from dpm_worker.tables import RunTables
+from dpm_worker.utterance import LabeledUtterance, Utterance
 from dpm_worker.worker import WorkerSettings
 
 log = logging.getLogger("dpm.bench")
@@ -52,17 +54,21 @@ class NullWorker:
         next_conversation: Any = None,
     ) -> dict[str, Any]:
         labels = self.settings.run.labels
-        uniform = tuple(1.0 / len(labels) for _ in labels)
+        uniform = np.full(len(labels), 1.0 / len(labels), dtype=np.float32)
         utterances = [
             LabeledUtterance(
-                r.utterance_index,
-                r.speaker,
-                r.start_s,
-                r.end_s,
-                labels[0],
-                uniform[0],
-                uniform,
-                r.emotion,
+                utterance=Utterance(
+                    conversation_id=r.conversation_id,
+                    utterance_index=r.utterance_index,
+                    speaker=r.speaker,
+                    start_s=r.start_s,
+                    end_s=r.end_s,
+                    emotion=r.emotion,
+                    audio_uri=r.audio_uri,
+                ),
+                emotion=labels[0],
+                confidence=float(uniform[0]),
+                probs=uniform,
             )
             for r in rows
         ]
@@ -88,7 +94,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", help="where manifests and tables go (default: a temp dir)")
 
 
-def write_manifest(path: str, conversations: int, utterances: int) -> None:
+def write_synthetic_manifest(path: str, conversations: int, utterances: int) -> None:
     """A manifest of many short conversations (the audio is never read by NullWorker)."""
     n = conversations * utterances
     conv = [f"call-{i // utterances:07d}" for i in range(n)]
@@ -136,7 +142,7 @@ def measure(workdir: str, conversations: int, args: argparse.Namespace, model: s
     from pipelines.label import load_config, prepare
 
     manifest = os.path.join(workdir, f"manifest-{conversations}.parquet")
-    write_manifest(manifest, conversations, args.utterances)
+    write_synthetic_manifest(manifest, conversations, args.utterances)
     config = load_config(
         None,
         {

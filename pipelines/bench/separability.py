@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import soundfile as sf
 
+from dpm_worker.audio import SAMPLE_RATE
 from dpm_worker.storage import join_uri
 
 FEATURES = (
@@ -27,7 +28,6 @@ FEATURES = (
     "centroid_hz",
     "tilt_db",
 )
-_SR = 16_000
 _FRAME, _HOP = 640, 160  # 40 ms frames, 10 ms hop
 
 
@@ -40,12 +40,12 @@ def prosody_features(x: np.ndarray) -> list[float]:
     speech = frames[active] - frames[active].mean(axis=1, keepdims=True)
     # autocorrelation pitch: strongest lag between 60 and 450 Hz, kept when clearly periodic
     autocorr = np.fft.irfft(np.abs(np.fft.rfft(speech, 2 * _FRAME)) ** 2)[:, :_FRAME]
-    lo, hi = _SR // 450, _SR // 60
+    lo, hi = SAMPLE_RATE // 450, SAMPLE_RATE // 60
     lag = lo + np.argmax(autocorr[:, lo:hi], axis=1)
     voiced = autocorr[np.arange(lag.size), lag] > 0.45 * autocorr[:, 0]
-    pitch = 12 * np.log2(_SR / lag[voiced]) if voiced.any() else np.zeros(1)
+    pitch = 12 * np.log2(SAMPLE_RATE / lag[voiced]) if voiced.any() else np.zeros(1)
     power = np.abs(np.fft.rfft(speech * np.hanning(_FRAME), axis=1)) ** 2
-    freqs = np.fft.rfftfreq(_FRAME, 1 / _SR)
+    freqs = np.fft.rfftfreq(_FRAME, 1 / SAMPLE_RATE)
     smooth = np.convolve(energy, np.ones(5) / 5, "same")
     peaks = (
         (smooth[1:-1] > smooth[:-2])
@@ -56,7 +56,7 @@ def prosody_features(x: np.ndarray) -> list[float]:
         float(np.median(pitch)),
         float(np.percentile(pitch, 90) - np.percentile(pitch, 10)),
         float(10 * np.log10(np.mean(10 ** (energy[active] / 10)))),
-        float(peaks.sum() / (x.size / _SR)),
+        float(peaks.sum() / (x.size / SAMPLE_RATE)),
         float(1.0 - active.mean()),
         float(np.mean((power * freqs).sum(1) / (power.sum(1) + 1e-12))),
         float(10 * np.log10(power[:, freqs > 2000].sum() / (power[:, freqs < 1000].sum() + 1e-12))),
@@ -75,7 +75,7 @@ def measure_separability(out_uri: str, table: pa.Table, folds: int = 5) -> dict[
         if row["audio_uri"] not in audio:
             path = join_uri(out_uri, row["audio_uri"])
             audio[row["audio_uri"]] = sf.read(path, dtype="float32")[0]
-        begin, end = round(row["start_s"] * _SR), round(row["end_s"] * _SR)
+        begin, end = round(row["start_s"] * SAMPLE_RATE), round(row["end_s"] * SAMPLE_RATE)
         feats.append(prosody_features(audio[row["audio_uri"]][begin:end, row["channel"]]))
     x = np.asarray(feats)
     y = np.array([r["emotion"] for r in rows])

@@ -53,15 +53,15 @@ def matmul_gflops(seconds: float = 1.0, n: int = 512) -> float:
 
 
 def token_corpus(conversations: int, utterances: int, tokens: int, n_audio: int) -> list:
-    from dpm_worker.memory import UtteranceInput
+    from dpm_worker.utterance import Utterance
 
     rng = np.random.default_rng(0)
     return [
         [
-            UtteranceInput(i, "ab"[i % 2], rng.integers(0, n_audio, size=tokens))
+            Utterance(f"c{c}", i, "ab"[i % 2], audio_ids=rng.integers(0, n_audio, size=tokens))
             for i in range(utterances)
         ]
-        for _ in range(conversations)
+        for c in range(conversations)
     ]
 
 

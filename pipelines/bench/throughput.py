@@ -56,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def in_process(corpus: str, model_uri: str | None, mode: str, threads: int) -> dict:
     from dpm_worker.memory import LabelingConfig
     from dpm_worker.model import load_model
-    from pipelines.eval import label_corpus, load_conversations
+    from pipelines.eval import label_conversations, load_conversations
 
     torch.set_num_threads(threads)
     start = time.monotonic()
@@ -64,7 +64,7 @@ def in_process(corpus: str, model_uri: str | None, mode: str, threads: int) -> d
     loaded = time.monotonic()
     conversations = load_conversations(corpus, model)
     tokenized = time.monotonic()
-    result = label_corpus(model, conversations, LabelingConfig(mode=mode))
+    result = label_conversations(model, conversations, LabelingConfig(mode=mode))
     done = time.monotonic()
     n = len(result.pred)
     return {

@@ -19,6 +19,7 @@ command line, reading and labeling; the scores, comparisons, predictions and plo
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import time
@@ -32,16 +33,13 @@ from dpm_worker.memory import (
     HISTORY_CACHES,
     MEMORY_DTYPE,
     MODES,
-    OPTIMIZERS,
-    PRIOR_INPUTS,
-    WRITE_TARGETS,
     ConversationLabeler,
     LabelingConfig,
-    MemoryConfig,
-    UtteranceInput,
     label_batched,
 )
-from dpm_worker.model import DTYPES
+from dpm_worker.model import DTYPES, HISTORY_FORMATS
+from dpm_worker.utterance import Utterance
+from pipelines.eval.config import add_labeling_arguments, load_labeling_config
 from pipelines.eval.results import (
     COMPARISONS,
     ModeResult,
@@ -56,30 +54,30 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Conversation:
-    """One conversation's tokens and gold labels, shared by every mode."""
+    """One conversation's tokenized utterances (gold labels included), shared by every mode."""
 
     conversation_id: str
-    inputs: list[UtteranceInput]
-    gold: list[str | None]
-    expressive: list[bool | None]
+    utterances: list[Utterance]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--corpus", required=True, help="manifest file or folder with gold labels")
     parser.add_argument(
-        "--mode", default="utterance,window,full,dpm", help="comma-separated modes (%(default)s)"
+        "--mode",
+        default="utterance,window,full,dpm",
+        help="comma-separated modes (%(default)s); each replaces labeling.mode of --config",
     )
     parser.add_argument(
         "--model", default=None, help="model folder or s3:// URI (default: packaged)"
     )
-    parser.add_argument("--window-tokens", type=int, default=256, help="n_r (%(default)s)")
+    parser.add_argument("--window-tokens", type=int, help="n_r (default: labeling.window_tokens)")
     parser.add_argument("--json", required=True, help="where to write the metrics JSON")
     parser.add_argument("--predictions", default=None, help="per-utterance Parquet output")
     parser.add_argument("--plots", default=None, help="folder for PNG plots")
     parser.add_argument("--limit-conversations", type=int, default=None, help="first K only")
     parser.add_argument(
         "--history-labels",
-        choices=("none", "predicted"),
+        choices=HISTORY_FORMATS,
         default=None,
         help="history format (default: the model's own)",
     )
@@ -104,62 +102,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="backbone dtype (default: bfloat16 on CUDA, else float32); the memory stays float32",
     )
-    add_memory_arguments(parser)
-
-
-def add_memory_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--memory-*`` flags; their defaults are MemoryConfig's."""
-    d = MemoryConfig()
-    group = parser.add_argument_group("DPM memory (dpm mode)")
-    group.add_argument("--memory-rank", type=int, default=d.rank)
-    group.add_argument("--memory-alpha", type=float, default=d.alpha)
-    group.add_argument("--memory-lr", type=float, default=d.lr)
-    group.add_argument("--memory-optimizer", choices=OPTIMIZERS, default=d.optimizer)
-    group.add_argument("--memory-steps", type=int, default=d.steps_per_utterance)
-    group.add_argument("--memory-weight-decay", type=float, default=d.weight_decay)
-    group.add_argument("--memory-warmup", type=int, default=d.warmup_steps)
-    group.add_argument("--memory-scope", choices=("conversation", "speaker"), default=d.scope)
-    group.add_argument(
-        "--memory-write-target",
-        choices=WRITE_TARGETS,
-        default=d.write_target,
-    )
-    group.add_argument("--memory-target-modules", default=",".join(d.target_modules))
-    group.add_argument("--memory-seed", type=int, default=d.seed)
-    group.add_argument("--memory-emotion-weight", type=float, default=d.emotion_weight)
-    group.add_argument("--memory-confidence-gate", type=float, default=d.confidence_gate)
-    group.add_argument("--memory-read-gate", type=float, default=d.read_gate)
-    group.add_argument(
-        "--memory-prior-input", choices=PRIOR_INPUTS, default=d.prior_input,
-        help="where write target prior keeps its prior",
-    )  # fmt: skip
-    group.add_argument(
-        "--memory-prior-weight",
-        type=float,
-        default=d.prior_weight,
-        help="beta of write target prior",
-    )
-
-
-def memory_config(args: argparse.Namespace) -> MemoryConfig:
-    return MemoryConfig(
-        rank=args.memory_rank,
-        alpha=args.memory_alpha,
-        lr=args.memory_lr,
-        optimizer=args.memory_optimizer,
-        steps_per_utterance=args.memory_steps,
-        weight_decay=args.memory_weight_decay,
-        warmup_steps=args.memory_warmup,
-        scope=args.memory_scope,
-        write_target=args.memory_write_target,
-        target_modules=tuple(m for m in args.memory_target_modules.split(",") if m),
-        seed=args.memory_seed,
-        emotion_weight=args.memory_emotion_weight,
-        confidence_gate=args.memory_confidence_gate,
-        read_gate=args.memory_read_gate,
-        prior_weight=args.memory_prior_weight,
-        prior_input=args.memory_prior_input,
-    )
+    add_labeling_arguments(parser)
 
 
 def parse_modes(text: str) -> list[str]:
@@ -174,6 +117,7 @@ def load_conversations(corpus: str, model, limit: int | None = None) -> list[Con
     """Read the manifest, cut each conversation's audio and tokenize it once."""
     from dpm_worker.audio import conversation_segments
     from dpm_worker.corpus import read_manifest, to_rows
+    from dpm_worker.speech import tokenize_utterances
 
     table = read_manifest(corpus, labels=model.vocab.labels)
     by_conv: dict[str, list] = {}
@@ -182,84 +126,76 @@ def load_conversations(corpus: str, model, limit: int | None = None) -> list[Con
     ids = list(by_conv)[: limit if limit is not None else None]
     out = []
     for cid in ids:
-        rows = by_conv[cid]
-        expressive = {r.utterance_index: r.extra.get("expressive") for r in rows}
-        segments = conversation_segments(rows)
-        inputs, gold, expr = [], [], []
-        for seg in segments:
-            codes = np.asarray(model.speech_tokenizer.encode(seg.samples), dtype=np.int64)
-            model.check_fits(len(codes) + 2, seg.audio_uri)
-            inputs.append(UtteranceInput(seg.utterance_index, seg.speaker, codes))
-            gold.append(seg.emotion)
-            value = expressive.get(seg.utterance_index)
-            expr.append(None if value is None else bool(value))
-        out.append(Conversation(cid, inputs, gold, expr))
-    if not any(g is not None for c in out for g in c.gold):
+        segments = conversation_segments(by_conv[cid])
+        utterances = tokenize_utterances(segments, model.speech_tokenizer, model.check_fits)
+        out.append(Conversation(cid, list(utterances)))
+    if not any(u.emotion is not None for c in out for u in c.utterances):
         raise BadInputError("the corpus has no gold emotion labels to evaluate against", corpus)
     return out
 
 
-def label_corpus(
+def label_conversations(
     model,
     conversations: list[Conversation],
     config: LabelingConfig,
     slots: int = 1,
     history_cache: str = "recompute",
 ) -> ModeResult:
-    """Label every conversation with one configuration, ``slots`` conversations at once.
+    """Label every conversation with one configuration and collect the per-utterance results.
 
-    ``slots`` 1 is the single-conversation reference path; more uses the batched engine, whose
-    rows equal it (``dpm_worker.memory.engine``).
+    ``slots`` 1 with ``recompute`` is the single-conversation reference path; otherwise the
+    batched engine labels ``slots`` conversations at once (``dpm_worker.memory.engine``).
     """
     if slots > 1 or history_cache != "recompute":
         start = time.perf_counter()
-        inputs = [c.inputs for c in conversations]
+        inputs = [c.utterances for c in conversations]
         batched = label_batched(model, config, inputs, slots, history_cache)
-        return _collect(conversations, batched, time.perf_counter() - start)
+        return _collect(batched, time.perf_counter() - start)
     labeler = ConversationLabeler(model, config)
     rows, seconds = [], 0.0
     try:
         for conv in conversations:
             start = time.perf_counter()
-            rows.append(labeler.label_conversation(conv.inputs))
+            rows.append(labeler.label_conversation(conv.utterances))
             seconds += time.perf_counter() - start
     finally:
         labeler.close()
-    return _collect(conversations, rows, seconds)
+    return _collect(rows, seconds)
 
 
-def _collect(conversations: list[Conversation], rows: list, seconds: float) -> ModeResult:
+def _collect(rows: list, seconds: float) -> ModeResult:
     result = ModeResult()
     result.seconds = seconds
-    for conv, preds in zip(conversations, rows, strict=True):
-        for pos, (pred, gold, expr) in enumerate(
-            zip(preds, conv.gold, conv.expressive, strict=True)
-        ):
-            result.conversation_id.append(conv.conversation_id)
-            result.utterance_index.append(pred.utterance_index)
+    for labeled in rows:
+        for pos, item in enumerate(labeled):
+            utt = item.utterance
+            result.conversation_id.append(utt.conversation_id)
+            result.utterance_index.append(utt.utterance_index)
             result.position.append(pos)
-            result.speaker.append(pred.speaker)
-            result.gold.append(gold)
-            result.pred.append(pred.label)
-            result.expressive.append(expr)
-            result.probs.append(pred.probs)
-            result.ms.append(pred.ms)
+            result.speaker.append(utt.speaker)
+            result.gold.append(utt.emotion)
+            result.pred.append(item.emotion)
+            result.expressive.append(utt.expressive)
+            result.probs.append(item.probs)
+            result.ms.append(item.ms)
     return result
 
 
-def build_report(model, results: dict[str, ModeResult], args: argparse.Namespace) -> dict:
+def build_report(
+    model, results: dict[str, ModeResult], args: argparse.Namespace, labeling: LabelingConfig
+) -> dict:
     labels = model.vocab.labels
     report = {
         "model": model.model_id,
         "fingerprint": model.fingerprint,
         "corpus": args.corpus,
         "n_conversations": len(set(next(iter(results.values())).conversation_id)),
+        "window_tokens": labeling.window_tokens,
         "dtype": _dtype_name(next(model.model.parameters()).dtype),
         "memory_dtype": _dtype_name(MEMORY_DTYPE),
         "slots": args.slots,
         "history_cache": args.history_cache,
-        "window_tokens": args.window_tokens,
-        "memory": {k: v for k, v in vars(memory_config(args)).items()},
+        "memory": dataclasses.asdict(labeling.memory),
         "modes": {
             m: score(r, labels, args.position_bin, args.bootstrap) for m, r in results.items()
         },
@@ -277,6 +213,13 @@ def run(args: argparse.Namespace) -> int:
 
     from dpm_worker.model import load_model
 
+    labeling = load_labeling_config(
+        args,
+        {
+            "labeling.window_tokens": args.window_tokens,
+            "labeling.history_labels": args.history_labels,
+        },
+    )
     modes = parse_modes(args.mode)
     if args.slots < 1:
         raise ConfigError(f"--slots must be >= 1, got {args.slots}")
@@ -284,21 +227,12 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--threads must be >= 1, got {args.threads}")
     if args.limit_conversations is not None and args.limit_conversations < 1:
         raise ConfigError(f"--limit-conversations must be >= 1, got {args.limit_conversations}")
-    memory = memory_config(args)
-    configs = {
-        m: LabelingConfig(
-            mode=m,
-            window_tokens=args.window_tokens,
-            history_labels=args.history_labels,
-            memory=memory,
-        )
-        for m in modes
-    }
+    configs = {m: dataclasses.replace(labeling, mode=m) for m in modes}
     torch.set_num_threads(args.threads)
     model = load_model(args.model, dtype=args.dtype)
     start = time.perf_counter()
     conversations = load_conversations(args.corpus, model, args.limit_conversations)
-    n_utt = sum(len(c.inputs) for c in conversations)
+    n_utt = sum(len(c.utterances) for c in conversations)
     log.info(
         "eval: %d conversations, %d utterances tokenized in %.1f s",
         len(conversations),
@@ -307,9 +241,11 @@ def run(args: argparse.Namespace) -> int:
     )
     results = {}
     for mode, config in configs.items():
-        results[mode] = label_corpus(model, conversations, config, args.slots, args.history_cache)
+        results[mode] = label_conversations(
+            model, conversations, config, args.slots, args.history_cache
+        )
         log.info("eval: %s done in %.1f s", mode, results[mode].seconds)
-    report = build_report(model, results, args)
+    report = build_report(model, results, args, labeling)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
     if args.predictions:

@@ -34,11 +34,11 @@ from dpm_worker.tables import (
     write_fingerprints,
 )
 from dpm_worker.worker import ConversationWorker
+from pipelines.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL
 from pipelines.label.actors import start_actors
 from pipelines.label.config import LabelJobConfig
 
 log = logging.getLogger("dpm.label")
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 
 
 def finish(code: int, message: str) -> int:
@@ -81,7 +81,8 @@ class LabelJob:
 
     def execute(self) -> int:
         """Start Ray and the actors, schedule, write ``_SUCCESS``; returns the exit code."""
-        from pipelines.label.scheduler import ConversationScheduler, Progress
+        from pipelines.label.bookkeeping import Progress
+        from pipelines.label.scheduler import ConversationScheduler
 
         progress = self.progress = Progress(total_rows=self.total_rows)
         started_at = dt.datetime.now(dt.UTC)

@@ -15,10 +15,10 @@ from dpm_worker.memory import (
     LabelingConfig,
     MemoryConfig,
     TemporaryLoraMemory,
-    UtteranceInput,
     label_batched,
 )
 from dpm_worker.model import EmotionModel
+from dpm_worker.utterance import Utterance
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -38,7 +38,7 @@ def make_model() -> EmotionModel:
     return EmotionModel.random(seed=0, max_context=256)
 
 
-def conversations(n: int, seed: int = 0) -> list[list[UtteranceInput]]:
+def conversations(n: int, seed: int = 0) -> list[list[Utterance]]:
     """Conversations of different lengths (3..10 utterances) and speakers (2 or 3)."""
     rng = np.random.default_rng(seed)
     out = []
@@ -47,11 +47,12 @@ def conversations(n: int, seed: int = 0) -> list[list[UtteranceInput]]:
         length = int(rng.integers(3, 11))
         out.append(
             [
-                UtteranceInput(
+                Utterance(
+                    f"c{c}",
                     i,
                     speakers[int(rng.integers(0, len(speakers)))],
-                    rng.integers(0, 32, size=int(rng.integers(5, 25))),
-                )  # fmt: skip
+                    audio_ids=rng.integers(0, 32, size=int(rng.integers(5, 25))),
+                )
                 for i in range(length)
             ]
         )

@@ -14,11 +14,9 @@ from dpm_worker.memory import (
     LabelingConfig,
     MemoryConfig,
     TemporaryLoraMemory,
-    UtteranceInput,
-    fit_context,
-    tail,
 )
 from dpm_worker.model import EmotionModel
+from dpm_worker.utterance import Utterance
 
 # The paper's variant (audio writes, then read) with a large lr so that one write visibly moves
 # a random model's outputs (the tests must fail if the memory did nothing).
@@ -34,11 +32,14 @@ def make_model(seed: int = 0, max_context: int = 512) -> EmotionModel:
     return EmotionModel.random(seed=seed, max_context=max_context)
 
 
-def conversation(seed: int, n: int = 8, lo: int = 10, hi: int = 30) -> list[UtteranceInput]:
+def utt(index: int, speaker: str, codes: np.ndarray) -> Utterance:
+    return Utterance("c", index, speaker, audio_ids=np.asarray(codes, dtype=np.int64))
+
+
+def conversation(seed: int, n: int = 8, lo: int = 10, hi: int = 30) -> list[Utterance]:
     rng = np.random.default_rng(seed)
     return [
-        UtteranceInput(i, "ab"[i % 2], rng.integers(0, 32, size=int(rng.integers(lo, hi))))
-        for i in range(n)
+        utt(i, "ab"[i % 2], rng.integers(0, 32, size=int(rng.integers(lo, hi)))) for i in range(n)
     ]
 
 
@@ -112,7 +113,7 @@ def test_same_seed_same_rows_and_memory_seed_matters() -> None:
     conv = conversation(4)
     first = ConversationLabeler(make_model(), LabelingConfig(memory=FAST)).label_conversation(conv)
     second = ConversationLabeler(make_model(), LabelingConfig(memory=FAST)).label_conversation(conv)
-    assert [r.label for r in first] == [r.label for r in second]
+    assert [r.emotion for r in first] == [r.emotion for r in second]
     assert np.array_equal(probs(first), probs(second))
     other = replace(FAST, seed=7)
     third = ConversationLabeler(make_model(), LabelingConfig(memory=other)).label_conversation(conv)
@@ -145,7 +146,7 @@ def test_dpm_leaves_other_modes_untouched() -> None:
 def test_speaker_scope_routes_memory_by_speaker() -> None:
     # speaker a talks three times, then b for the first time: b's own memory is still empty.
     rng = np.random.default_rng(7)
-    conv = [UtteranceInput(i, s, rng.integers(0, 32, size=20)) for i, s in enumerate("aaab")]
+    conv = [utt(i, s, rng.integers(0, 32, size=20)) for i, s in enumerate("aaab")]
     window = ConversationLabeler(make_model(), LabelingConfig(mode="window"))
     by_speaker = replace(FAST, scope="speaker")
     shared = ConversationLabeler(make_model(), LabelingConfig(memory=FAST))
@@ -161,29 +162,20 @@ def test_utterance_longer_than_window_and_context() -> None:
     model = make_model(max_context=64)
     rng = np.random.default_rng(8)
     conv = [
-        UtteranceInput(0, "a", rng.integers(0, 32, size=20)),
-        UtteranceInput(1, "b", rng.integers(0, 32, size=40)),  # longer than the window (16)
-        UtteranceInput(2, "a", rng.integers(0, 32, size=200)),  # longer than max_context
+        utt(0, "a", rng.integers(0, 32, size=20)),
+        utt(1, "b", rng.integers(0, 32, size=40)),  # longer than the window (16)
+        utt(2, "a", rng.integers(0, 32, size=200)),  # longer than max_context
     ]
     for mode in ("utterance", "window", "full", "dpm"):
         cfg = LabelingConfig(mode=mode, window_tokens=16, memory=FAST)
         rows = ConversationLabeler(model, cfg).label_conversation(conv)
-        assert [r.utterance_index for r in rows] == [0, 1, 2]
+        assert [r.utterance.utterance_index for r in rows] == [0, 1, 2]
         assert all(np.isclose(r.probs.sum(), 1.0, atol=1e-5) for r in rows)
         assert rows[2].context_tokens == 64
     rows = ConversationLabeler(
         model, LabelingConfig(mode="window", window_tokens=16)
     ).label_conversation(conv)
     assert rows[1].context_tokens == 16 + 42
-
-
-def test_fit_context_truncation_rule() -> None:
-    history = list(range(100, 110))
-    tokens = [1, 5, 6, 7, 9]  # <spk> audio audio audio <audio_end>
-    assert fit_context(history, tokens, 8) == ([107, 108, 109, *tokens], 3)
-    assert fit_context(history, tokens, 5) == (tokens, 0)
-    assert fit_context(history, tokens, 3) == ([1, 7, 9], 0)  # speaker kept, read at <audio_end>
-    assert tail([1, 2, 3], 0) == [] and tail([1, 2, 3], 2) == [2, 3] and tail([1, 2], 5) == [1, 2]
 
 
 @pytest.mark.parametrize("mode", ["window", "dpm"])
@@ -195,7 +187,7 @@ def test_cost_per_utterance_does_not_grow_with_position(mode: str) -> None:
         with_kwargs=True,
     )
     rng = np.random.default_rng(9)
-    conv = [UtteranceInput(i, "ab"[i % 2], rng.integers(0, 32, size=20)) for i in range(40)]
+    conv = [utt(i, "ab"[i % 2], rng.integers(0, 32, size=20)) for i in range(40)]
     labeler = ConversationLabeler(model, LabelingConfig(mode=mode, window_tokens=64, memory=FAST))
     try:
         rows = labeler.label_conversation(conv)
@@ -211,7 +203,7 @@ def test_cost_per_utterance_does_not_grow_with_position(mode: str) -> None:
 def test_full_mode_grows_until_max_context() -> None:
     model = make_model(max_context=200)
     rng = np.random.default_rng(10)
-    conv = [UtteranceInput(i, "ab"[i % 2], rng.integers(0, 32, size=20)) for i in range(20)]
+    conv = [utt(i, "ab"[i % 2], rng.integers(0, 32, size=20)) for i in range(20)]
     rows = ConversationLabeler(model, LabelingConfig(mode="full")).label_conversation(conv)
     sizes = [r.context_tokens for r in rows]
     assert sizes[:3] == [22, 44, 66] and sizes[-1] == 200
@@ -240,9 +232,9 @@ def test_bad_configs_and_inputs_raise_typed_errors() -> None:
         ).label_conversation(conversation(11, n=2))
     labeler = ConversationLabeler(make_model(), LabelingConfig(mode="window"))
     with pytest.raises(LabelError, match="utterance 3"):
-        labeler.label_conversation([UtteranceInput(3, "a", np.array([1, 99]))])
+        labeler.label_conversation([utt(3, "a", np.array([1, 99]))])
     with pytest.raises(LabelError, match="no audio"):
-        labeler.label_conversation([UtteranceInput(4, "a", np.array([], dtype=np.int64))])
+        labeler.label_conversation([utt(4, "a", np.array([], dtype=np.int64))])
 
 
 def test_audio_plus_emotion_writes_on_predicted_history() -> None:
@@ -339,13 +331,13 @@ def test_prior_memory_follows_the_speaker_reads(memory: MemoryConfig) -> None:
     conv = []
     for i in range(16):
         codes = same if i % 2 == 0 else rng.integers(0, 32, size=20)
-        conv.append(UtteranceInput(i, "ab"[i % 2], codes))
+        conv.append(utt(i, "ab"[i % 2], codes))
     window = probs(
         ConversationLabeler(make_model(), LabelingConfig(mode="window")).label_conversation(conv)
     )
     dpm = probs(
         ConversationLabeler(
-            make_model(), LabelingConfig(mode="dpm", memory=PRIOR)
+            make_model(), LabelingConfig(mode="dpm", memory=memory)
         ).label_conversation(conv)
     )
     top = int(np.argmax(window[14]))

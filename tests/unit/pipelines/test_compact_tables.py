@@ -1,3 +1,4 @@
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -6,13 +7,13 @@ from dpm_worker.tables import (
     EMOTIONS,
     ERRORS,
     ErrorRecord,
-    LabeledUtterance,
     RunInfo,
     RunTables,
     conversation_key,
     decode_metadata,
     read_run_table,
 )
+from dpm_worker.utterance import LabeledUtterance, Utterance
 from pipelines.label import JOURNAL, compact_run
 
 LABELS = ("neutral", "happy", "sad", "angry")
@@ -31,8 +32,10 @@ def make_run(tmp_path, run_id="r1", conversations=7):
         },
     )
     for c in range(conversations):
+        probs = np.array([0.2, 0.2, 0.4, 0.2], dtype=np.float32)
         utts = [
-            LabeledUtterance(i, "A", i, i + 1.0, "sad", 0.4, (0.2, 0.2, 0.4, 0.2)) for i in range(3)
+            LabeledUtterance(Utterance(f"conv{c}", i, "A", i, i + 1.0), "sad", 0.4, probs)
+            for i in range(3)
         ]
         tables.write_emotions(f"conv{c}", utts)
     tables.write_errors("bad", [ErrorRecord("bad", 0, "AudioError", "empty", "x")])

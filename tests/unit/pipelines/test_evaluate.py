@@ -70,8 +70,7 @@ def run_eval(root, *extra: str) -> dict:
             str(out),
             "--bootstrap",
             "200",
-            "--memory-lr",
-            "1e-2",
+            "labeling.memory.lr=1e-2",
             *extra,
         ]
     )
@@ -150,7 +149,7 @@ def test_eval_rejects_bad_arguments(setup, tmp_path) -> None:
     args = ["eval", "--corpus", str(setup / "manifest.parquet"), "--json", str(tmp_path / "x")]
     assert cli.main([*args, "--mode", "dpm,psychic"]) == 2
     assert cli.main([*args, "--slots", "0"]) == 2
-    assert cli.main([*args, "--model", str(setup / "model"), "--memory-lr", "-1"]) == 2
+    assert cli.main([*args, "--model", str(setup / "model"), "labeling.memory.lr=-1"]) == 2
     assert cli.main([*args, "--model", str(tmp_path / "missing")]) == 2
 
 

@@ -14,12 +14,12 @@ from PIL import Image
 from dpm_worker.tables import (
     SECTIONS,
     ErrorRecord,
-    LabeledUtterance,
     RunInfo,
     RunTables,
     read_run,
     split_run_uri,
 )
+from dpm_worker.utterance import LabeledUtterance, Utterance
 from pipelines.cli import main as cli_main
 
 LABELS = ("neutral", "happy", "sad", "angry")
@@ -47,14 +47,17 @@ def _utterances(n: int, rng: np.random.Generator, gold: bool) -> list[LabeledUtt
         gold_label = LABELS[pred] if i % 2 == 0 else LABELS[(pred + 1) % len(LABELS)]
         rows.append(
             LabeledUtterance(
-                utterance_index=i,
-                speaker="A" if i % 2 == 0 else "B",
-                start_s=2.0 * i,
-                end_s=2.0 * i + 1.5,
+                utterance=Utterance(
+                    conversation_id="c",
+                    utterance_index=i,
+                    speaker="A" if i % 2 == 0 else "B",
+                    start_s=2.0 * i,
+                    end_s=2.0 * i + 1.5,
+                    emotion=gold_label if gold else None,
+                ),
                 emotion=LABELS[pred],
                 confidence=float(probs[pred]),
-                probs=tuple(float(p) for p in probs),
-                gold_emotion=gold_label if gold else None,
+                probs=probs.astype(np.float32),
             )
         )
     return rows

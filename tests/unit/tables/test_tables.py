@@ -3,6 +3,7 @@ import json
 import os
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -12,7 +13,6 @@ from dpm_worker.tables import (
     EMOTIONS,
     ERRORS,
     ErrorRecord,
-    LabeledUtterance,
     RunInfo,
     RunTables,
     check_writable,
@@ -24,6 +24,7 @@ from dpm_worker.tables import (
     read_run_table,
     validate_run_id,
 )
+from dpm_worker.utterance import LabeledUtterance, Utterance
 
 LABELS = ("neutral", "happy", "sad", "angry")
 
@@ -44,14 +45,17 @@ def make_run(run_id="run-1", **config):
 def utterances(n=3):
     return [
         LabeledUtterance(
-            i,
-            "A" if i % 2 == 0 else "B",
-            i * 2.0,
-            i * 2.0 + 1.5,
+            Utterance(
+                "c",
+                i,
+                "A" if i % 2 == 0 else "B",
+                start_s=i * 2.0,
+                end_s=i * 2.0 + 1.5,
+                emotion=LABELS[(i + 1) % 4] if i else None,
+            ),
             LABELS[i % 4],
             0.7,
-            (0.7, 0.1, 0.1, 0.1),
-            LABELS[(i + 1) % 4] if i else None,
+            np.array([0.7, 0.1, 0.1, 0.1], dtype=np.float32),
         )
         for i in range(n)
     ]
@@ -180,9 +184,26 @@ def test_records_roundtrip(tmp_path):
     assert json.loads((tmp_path / "_runs" / "run-1" / "_SUCCESS").read_text())["utterances"] == 3
 
 
+def test_records_and_footers_keep_what_was_given_when_a_credential_is_a_substring(
+    tmp_path, monkeypatch
+):
+    # MinIO-style set-ups: the access key id is also part of the bucket name and the run id.
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "acme")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "acme-secret")
+    run = make_run("acme1", input="s3://acme/corpus/manifest.parquet")
+    tables = RunTables(str(tmp_path), run)
+    record = {"run_id": "acme1", "input": "s3://acme/corpus/manifest.parquet"}
+    tables.write_record("run.json", record)
+    assert tables.read_record("run.json") == record
+    tables.write_emotions("c", utterances(1))
+    meta = decode_metadata(pq.read_schema(tables.run_files(EMOTIONS)[0]).metadata)
+    assert meta["run_id"] == "acme1"
+    assert meta["run_config"]["input"] == "s3://acme/corpus/manifest.parquet"
+
+
 def test_probability_count_must_match_labels(tmp_path):
     tables = RunTables(str(tmp_path), make_run())
-    bad = [LabeledUtterance(0, "A", None, None, "sad", 0.5, (0.5, 0.5), None)]
+    bad = [LabeledUtterance(Utterance("c", 0, "A"), "sad", 0.5, np.array([0.5, 0.5]))]
     with pytest.raises(ConfigError, match="probabilities"):
         tables.write_emotions("c", bad)
 

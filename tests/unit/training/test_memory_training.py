@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dpm_worker.errors import ConfigError
-from dpm_worker.memory import MemoryConfig, UtteranceInput
+from dpm_worker.memory import MemoryConfig
 from dpm_worker.model import EmotionModel, load_model, save_model
 from dpm_worker.training import (
     MemoryLoopConfig,
@@ -20,6 +20,7 @@ from dpm_worker.training import (
     build_stream,
     training_conversation,
 )
+from dpm_worker.utterance import Utterance
 
 MEMORY = MemoryConfig(
     lr=1e-2, scope="speaker", write_target="audio", optimizer="adamw", steps_per_utterance=1
@@ -36,7 +37,7 @@ def toy_conversation(seed: int, n: int = 10) -> TrainingConversation:
     for i in range(n):
         label = int(rng.integers(4))
         codes = rng.integers(8 * label, 8 * label + 8, size=int(rng.integers(6, 12)))
-        utterances.append(UtteranceInput(i, "ab"[i % 2], codes))
+        utterances.append(Utterance(f"c{seed}", i, "ab"[i % 2], audio_ids=codes))
         labels.append(label)
     return TrainingConversation(f"c{seed}", utterances, labels)
 
@@ -158,7 +159,7 @@ def test_train_config_accepts_the_memory_loop_sections(tmp_path) -> None:
     config = tmp_path / "t.yaml"
     config.write_text("memory_loop: {epochs: 1, window_tokens: 128}\nmemory: {lr: 0.001}\n")
     args = argparse.Namespace(config=str(config), epochs=None, seed=None, max_minutes=None,
-                              threads=None, model_id=None)  # fmt: skip
+                              threads=None, model_id=None, overrides=[])  # fmt: skip
     settings = load_settings(args)
     assert settings["memory_loop"].window_tokens == 128
     assert settings["memory"].lr == 1e-3
