@@ -75,10 +75,10 @@ class HistoryCache:
         cache = DynamicCache()
         if width_past:
             layers = []
-            for layer in range(len(self._kv[next(s for s in slots if self.cached(s))])):
+            for index in range(len(self._kv[next(s for s in slots if self.cached(s))])):
                 keys, values = [], []
                 for r, slot in enumerate(slots):
-                    k, v = self._layer(slot, layer, width_past, past[r])
+                    k, v = self._layer(slot, index, width_past, past[r])
                     keys.append(k)
                     values.append(v)
                 layers.append((torch.cat(keys), torch.cat(values)))
@@ -93,10 +93,10 @@ class HistoryCache:
                 logits_to_keep=1,
             )
         for r, (slot, new) in enumerate(zip(slots, new_ids, strict=True)):
-            kept = []
-            for layer in cache.layers:
-                k = layer.keys[r : r + 1, :, -len(new) :]
-                v = layer.values[r : r + 1, :, -len(new) :]
+            kept: list[tuple[torch.Tensor, torch.Tensor]] = []
+            for cached in cache.layers:
+                k = cached.keys[r : r + 1, :, -len(new) :]  # type: ignore[union-attr,index]
+                v = cached.values[r : r + 1, :, -len(new) :]  # type: ignore[union-attr,index]
                 if past[r]:
                     old_k, old_v = self._kv[slot][len(kept)]
                     k, v = torch.cat([old_k, k], dim=2), torch.cat([old_v, v], dim=2)
