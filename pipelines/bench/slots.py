@@ -37,7 +37,10 @@ def add_slot_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--threads", type=int, default=2, help="torch threads (%(default)s)")
     group.add_argument("--window-tokens", type=int, default=256, help="n_r (%(default)s)")
     group.add_argument(
-        "--history-cache", choices=HISTORY_CACHES, default="reuse", help="slots' setting"
+        "--history-cache",
+        choices=HISTORY_CACHES,
+        default="recompute",
+        help="slots' setting (%(default)s: reuse cost 1.3 points of UA on held-out data)",
     )
 
 
