@@ -1,4 +1,7 @@
+from dpm_worker.memory.batched import BatchedLoraLinear, BatchedLoraMemory, lora_delta
+from dpm_worker.memory.cache import HISTORY_CACHES, HistoryCache
 from dpm_worker.memory.config import OPTIMIZERS, PRIOR_INPUTS, WRITE_TARGETS, MemoryConfig
+from dpm_worker.memory.engine import BatchedLabeler, label_batched
 from dpm_worker.memory.labeling import (
     LONG_UTTERANCES,
     MODES,
@@ -6,14 +9,40 @@ from dpm_worker.memory.labeling import (
     LabelingConfig,
     PreparedUtterance,
 )
-from dpm_worker.memory.lora import TemporaryLoraMemory
+from dpm_worker.memory.lora import MEMORY_DTYPE, TemporaryLoraMemory
 from dpm_worker.memory.resume import ConversationState, capture_state, restore_state
+from dpm_worker.memory.step import (
+    AudioWrite,
+    Padded,
+    PriorWrite,
+    ReadOnly,
+    Step,
+    StepRow,
+    dpm_step,
+    strategy_for,
+)
 
 __all__ = [
+    "HISTORY_CACHES",
+    "HistoryCache",
+    "AudioWrite",
+    "BatchedLabeler",
+    "BatchedLoraLinear",
+    "BatchedLoraMemory",
+    "Padded",
+    "PriorWrite",
+    "ReadOnly",
+    "Step",
+    "StepRow",
+    "dpm_step",
+    "label_batched",
+    "lora_delta",
+    "strategy_for",
     "ConversationLabeler",
     "LONG_UTTERANCES",
     "ConversationState",
     "LabelingConfig",
+    "MEMORY_DTYPE",
     "MODES",
     "MemoryConfig",
     "OPTIMIZERS",

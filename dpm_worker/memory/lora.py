@@ -9,6 +9,17 @@ Why ``B = 0`` at reset: a LoRA adds ``B @ A @ x`` to each target layer, so with 
 adapted model computes exactly the backbone's outputs (adding a zero tensor is exact in floating
 point). A fresh conversation therefore starts from the backbone itself, bit for bit.
 
+Precision: the adapters, their gradients and optimizer state are float32 whatever the backbone's
+dtype. peft's ``inject_adapter_in_model`` gives an adapter the dtype of the layer it wraps, so
+under a bf16 backbone (CUDA) the memory would be bf16: 8 bits of mantissa, so an update smaller
+than about 1/256 of a weight rounds away and a write at the paper's lr 5e-5 silently does
+nothing. The adapters are therefore cast to float32 after injection. peft's LoRA layer then casts
+its input to the adapter's dtype, computes ``B @ A @ x`` in float32, adds it to the bf16 base
+output and casts the sum back to the base dtype. This is chosen over autocast because it keeps
+the frozen backbone's own arithmetic untouched (bit for bit the backbone when the memory is off
+or reset, on every device), needs no autocast support for the device (CPU autocast to bf16 is
+slow), and is exactly what peft's own ``PeftModel`` does with ``autocast_adapter_dtype``.
+
 Scope ``speaker`` keeps one adapter per speaker slot of the conversation (peft multi-adapter,
 switched with ``set_adapter``); each is written and read only on its speaker's turns, because a
 single shared adapter was measured to copy one speaker's mood onto the other (issue 4).
@@ -32,6 +43,8 @@ from dpm_worker.memory.config import (
 from dpm_worker.model import IGNORE
 
 ADAPTER_PREFIX = "dpm_memory"
+# The temporary adapters' dtype (module docstring: "Precision").
+MEMORY_DTYPE = torch.float32
 # Adapter names are unique per memory object, so two memories on one backbone (e.g. a sweep
 # over configs) never overwrite each other's adapters.
 _MEMORY_IDS = itertools.count()
@@ -358,6 +371,10 @@ class TemporaryLoraMemory:
             for module in self._layers:
                 if name not in module.lora_A:
                     continue
+                # fp32 under a bf16 backbone (module docstring: "Precision"); in place, so the
+                # peft ModuleDicts keep these very modules.
+                module.lora_A[name].to(MEMORY_DTYPE)
+                module.lora_B[name].to(MEMORY_DTYPE)
                 a = module.lora_A[name].weight
                 b = module.lora_B[name].weight
                 # Seeded init, independent of the global RNG and of creation order.

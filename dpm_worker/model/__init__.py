@@ -10,6 +10,7 @@ from dpm_worker.model.backbone import (
     load_model,
     save_model,
 )
+from dpm_worker.model.device import DTYPES, pick_device
 from dpm_worker.model.folder import MANIFEST_NAME, write_file_manifest
 from dpm_worker.model.stream import IGNORE, fit_context, history_budget, tail, utterance_start
 from dpm_worker.model.vocab import StreamVocab
@@ -18,6 +19,7 @@ __all__ = [
     "IGNORE",
     "HISTORY_FORMATS",
     "BackboneConfig",
+    "DTYPES",
     "EmotionModel",
     "MANIFEST_NAME",
     "MODEL_META",
@@ -29,6 +31,7 @@ __all__ = [
     "fit_context",
     "history_budget",
     "load_model",
+    "pick_device",
     "save_model",
     "tail",
     "utterance_start",

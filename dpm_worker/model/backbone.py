@@ -309,7 +309,7 @@ def load_model(
     device: str | torch.device | None = None,
     endpoint_url: str | None = None,
     verify_weights: bool = False,
-    dtype: str | None = None,
+    dtype: str | torch.dtype | None = None,
 ) -> EmotionModel:
     """Load a model folder: the packaged default (None), a local path, or an ``s3://`` URI.
 
@@ -326,8 +326,12 @@ def load_model(
         dtype: the backbone's dtype (None: bf16 on CUDA, else float32); the DPM memory's
             adapters stay float32 whatever the backbone's dtype.
 
+    ``dtype`` (see :func:`pick_device`) casts the backbone, e.g. ``"bfloat16"`` on a CPU to
+    check what a GPU run computes; None picks bf16 on CUDA and float32 elsewhere.
+
     Raises:
         ModelError: missing or mismatched files, or a vocabulary that does not fit the weights.
+        ConfigError: an unknown dtype name.
     """
     source = str(default_model_path()) if uri is None else uri
     if is_remote(source):

@@ -1,4 +1,8 @@
-"""The run-time device and the backbone's dtype of a loaded model."""
+"""The device and dtype a backbone runs in.
+
+The backbone may run in bf16 (the default on CUDA, or asked for on any device); the temporary
+LoRA memory stays float32 whatever the backbone's dtype (``dpm_worker.memory.lora``).
+"""
 
 from __future__ import annotations
 
@@ -10,13 +14,14 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def pick_device(
-    device: str | torch.device | None = None, dtype: str | None = None
+    device: str | torch.device | None = None, dtype: str | torch.dtype | None = None
 ) -> tuple[torch.device, torch.dtype]:
     """The run-time device and the backbone's dtype.
 
     Args:
-        device: a torch device (None: CUDA when available, else CPU).
-        dtype: ``float32``, ``bfloat16`` or ``float16`` (None: bf16 on CUDA, else float32).
+        device: a torch device; None: CUDA when available, else CPU.
+        dtype: a name of ``DTYPES`` or a torch dtype; None: bf16 on CUDA, float32 elsewhere.
+            The temporary LoRA memory is float32 whatever this is (``dpm_worker.memory``).
 
     Raises:
         ConfigError: an unknown dtype name.
@@ -26,6 +31,8 @@ def pick_device(
     device = torch.device(device)
     if dtype is None:
         return device, (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    if dtype not in DTYPES:
-        raise ConfigError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-    return device, DTYPES[dtype]
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ConfigError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
+        dtype = DTYPES[dtype]
+    return device, dtype

@@ -8,6 +8,9 @@ Both sides label the same conversations with the same model and mode:
 - Ray: ``dpm label`` on an embedded local Ray (or ``--address``) with ``--actors`` actors,
   including Ray's start, the actors' model loading, and writing the Parquet tables.
 
+``--slots 1,8`` instead measures the batched engine per K in-process
+(:mod:`pipelines.bench.slots`).
+
 Reported: wall times, the ratio, and where the time goes (Ray start, actor start, the
 scheduling phase, and the actors' own per-stage seconds: read, tokenize, label, write).
 
@@ -29,6 +32,8 @@ import tempfile
 import time
 
 import torch
+
+from pipelines.bench.slots import add_slot_arguments, run_slots
 
 log = logging.getLogger("dpm.bench")
 
@@ -67,6 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--in-process-only", action="store_true", help="skip the Ray side (no cluster started)"
     )
+    add_slot_arguments(parser)
 
 
 def save_random_model(shape: str, folder: str) -> str:
@@ -177,6 +183,9 @@ def header(args: argparse.Namespace, corpus: str, local: dict) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.slots:  # the batched engine per K, in-process (pipelines.bench.slots)
+        print(json.dumps(run_slots(args), indent=2))
+        return 0
     args.workdir = args.workdir or tempfile.mkdtemp(prefix="dpm-bench-throughput-")
     corpus = args.corpus
     if corpus is None:

@@ -29,8 +29,15 @@ from pathlib import Path
 import numpy as np
 
 from dpm_worker.errors import BadInputError, ConfigError
-from dpm_worker.memory import MODES, ConversationLabeler, LabelingConfig
-from dpm_worker.model import HISTORY_FORMATS
+from dpm_worker.memory import (
+    HISTORY_CACHES,
+    MEMORY_DTYPE,
+    MODES,
+    ConversationLabeler,
+    LabelingConfig,
+    label_batched,
+)
+from dpm_worker.model import DTYPES, HISTORY_FORMATS
 from dpm_worker.utterance import Utterance
 from pipelines.eval.config import add_labeling_arguments, load_labeling_config
 from pipelines.eval.results import (
@@ -89,6 +96,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="comma-separated manifest columns (e.g. engine,voice_family,cue_mix): metrics per "
         "value of each",
+    )
+    parser.add_argument(
+        "--slots",
+        type=int,
+        default=1,
+        help="conversations labeled at once by the batched engine (%(default)s: one at a time)",
+    )
+    parser.add_argument(
+        "--history-cache",
+        choices=HISTORY_CACHES,
+        default="recompute",
+        help="reuse each conversation's history keys and values (batched engine)",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=tuple(DTYPES),
+        default=None,
+        help="backbone dtype (default: bfloat16 on CUDA, else float32); the memory stays float32",
     )
     add_labeling_arguments(parser)
 
@@ -150,30 +175,50 @@ def _group_values(row, columns: tuple[str, ...]) -> dict[str, str | None]:
 
 
 def label_conversations(
-    model, conversations: list[Conversation], config: LabelingConfig
+    model,
+    conversations: list[Conversation],
+    config: LabelingConfig,
+    slots: int = 1,
+    history_cache: str = "recompute",
 ) -> ModeResult:
-    """Label every conversation with one configuration and collect the per-utterance results."""
+    """Label every conversation with one configuration and collect the per-utterance results.
+
+    ``slots`` 1 with ``recompute`` is the single-conversation reference path; otherwise the
+    batched engine labels ``slots`` conversations at once (``dpm_worker.memory.engine``).
+    """
+    if slots > 1 or history_cache != "recompute":
+        start = time.perf_counter()
+        inputs = [c.utterances for c in conversations]
+        batched = label_batched(model, config, inputs, slots, history_cache)
+        return _collect(conversations, batched, time.perf_counter() - start)
     labeler = ConversationLabeler(model, config)
-    result = ModeResult()
+    rows, seconds = [], 0.0
     try:
         for conv in conversations:
             start = time.perf_counter()
-            labeled = labeler.label_conversation(conv.utterances)
-            result.seconds += time.perf_counter() - start
-            for pos, (item, group) in enumerate(zip(labeled, conv.groups, strict=True)):
-                utt = item.utterance
-                result.conversation_id.append(utt.conversation_id)
-                result.utterance_index.append(utt.utterance_index)
-                result.position.append(pos)
-                result.speaker.append(utt.speaker)
-                result.gold.append(utt.emotion)
-                result.pred.append(item.emotion)
-                result.expressive.append(utt.expressive)
-                result.probs.append(item.probs)
-                result.ms.append(item.ms)
-                result.group.append(group)
+            rows.append(labeler.label_conversation(conv.utterances))
+            seconds += time.perf_counter() - start
     finally:
         labeler.close()
+    return _collect(conversations, rows, seconds)
+
+
+def _collect(conversations: list[Conversation], rows: list, seconds: float) -> ModeResult:
+    result = ModeResult()
+    result.seconds = seconds
+    for conv, labeled in zip(conversations, rows, strict=True):
+        for pos, (item, group) in enumerate(zip(labeled, conv.groups, strict=True)):
+            utt = item.utterance
+            result.conversation_id.append(utt.conversation_id)
+            result.utterance_index.append(utt.utterance_index)
+            result.position.append(pos)
+            result.speaker.append(utt.speaker)
+            result.gold.append(utt.emotion)
+            result.pred.append(item.emotion)
+            result.expressive.append(utt.expressive)
+            result.probs.append(item.probs)
+            result.ms.append(item.ms)
+            result.group.append(group)
     return result
 
 
@@ -187,6 +232,10 @@ def build_report(
         "corpus": args.corpus,
         "n_conversations": len(set(next(iter(results.values())).conversation_id)),
         "window_tokens": labeling.window_tokens,
+        "dtype": _dtype_name(next(model.model.parameters()).dtype),
+        "memory_dtype": _dtype_name(MEMORY_DTYPE),
+        "slots": args.slots,
+        "history_cache": args.history_cache,
         "memory": dataclasses.asdict(labeling.memory),
         "modes": {
             m: score(r, labels, args.position_bin, args.bootstrap) for m, r in results.items()
@@ -218,13 +267,15 @@ def run(args: argparse.Namespace) -> int:
         },
     )
     modes = parse_modes(args.mode)
+    if args.slots < 1:
+        raise ConfigError(f"--slots must be >= 1, got {args.slots}")
     if args.threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {args.threads}")
     if args.limit_conversations is not None and args.limit_conversations < 1:
         raise ConfigError(f"--limit-conversations must be >= 1, got {args.limit_conversations}")
     configs = {m: dataclasses.replace(labeling, mode=m) for m in modes}
     torch.set_num_threads(args.threads)
-    model = load_model(args.model, verify_weights=args.verify_weights)
+    model = load_model(args.model, dtype=args.dtype, verify_weights=args.verify_weights)
     start = time.perf_counter()
     conversations = load_conversations(
         args.corpus, model, args.limit_conversations, group_columns(args)
@@ -238,7 +289,9 @@ def run(args: argparse.Namespace) -> int:
     )
     results = {}
     for mode, config in configs.items():
-        results[mode] = label_conversations(model, conversations, config)
+        results[mode] = label_conversations(
+            model, conversations, config, args.slots, args.history_cache
+        )
         log.info("eval: %s done in %.1f s", mode, results[mode].seconds)
     report = build_report(model, results, args, labeling)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -263,6 +316,10 @@ def run(args: argparse.Namespace) -> int:
             )
             print(f"{column}={value} ({group['n_conversations']} conv) {cells}")
     return 0
+
+
+def _dtype_name(dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def _json_default(value):

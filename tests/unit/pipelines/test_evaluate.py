@@ -144,9 +144,30 @@ def test_eval_reports_each_value_of_the_group_by_columns(setup) -> None:
     assert diff["ua_diff"] == pytest.approx(flite["window"]["ua"] - flite["utterance"]["ua"])
 
 
+def test_eval_names_the_backbone_and_memory_dtypes(setup) -> None:
+    fp32 = run_eval(setup, "--mode", "dpm", "--limit-conversations", "1")
+    bf16 = run_eval(setup, "--mode", "dpm", "--limit-conversations", "1", "--dtype", "bfloat16")
+    assert (fp32["dtype"], fp32["memory_dtype"]) == ("float32", "float32")
+    assert (bf16["dtype"], bf16["memory_dtype"]) == ("bfloat16", "float32")
+    assert bf16["modes"]["dpm"]["n"] == 6
+
+
+def test_eval_slots_label_as_one_at_a_time(setup) -> None:
+    one = setup / "one.parquet"
+    three = setup / "three.parquet"
+    run_eval(setup, "--mode", "window,dpm", "--predictions", str(one))
+    report = run_eval(setup, "--mode", "window,dpm", "--predictions", str(three), "--slots", "3")
+    assert report["slots"] == 3
+    a, b = (pq.read_table(p).to_pandas() for p in (one, three))
+    assert list(a["pred"]) == list(b["pred"]) and len(a) == 2 * 18
+    cols = [f"p_{x}" for x in DEFAULT_LABELS]
+    assert np.abs(a[cols].to_numpy() - b[cols].to_numpy()).max() <= 1e-5
+
+
 def test_eval_rejects_bad_arguments(setup, tmp_path) -> None:
     args = ["eval", "--corpus", str(setup / "manifest.parquet"), "--json", str(tmp_path / "x")]
     assert cli.main([*args, "--mode", "dpm,psychic"]) == 2
+    assert cli.main([*args, "--slots", "0"]) == 2
     assert cli.main([*args, "--model", str(setup / "model"), "labeling.memory.lr=-1"]) == 2
     assert cli.main([*args, "--model", str(tmp_path / "missing")]) == 2
     model = ["--model", str(setup / "model")]

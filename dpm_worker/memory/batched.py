@@ -1,0 +1,280 @@
+"""Many temporary LoRAs in one backbone: stacked adapters, each row of a batch naming its slot.
+
+The single-conversation memory (:class:`dpm_worker.memory.lora.TemporaryLoraMemory`) is peft's
+LoRA layer and stays the reference this module is tested against. peft's mixed-adapter batches
+(``adapter_names=``) are inference-only and loop over adapters, so a small layer of our own is
+used here: per target linear layer, ``A [S, r, in]`` and ``B [S, out, r]`` for S slots, and a
+batch's rows ``x [N, T, in]`` each use the adapter of their slot ``rows[n]``::
+
+    y[n] = base(x[n]) + scaling * x[n] @ A[rows[n]]^T @ B[rows[n]]^T
+
+computed by :func:`lora_delta` with two batched matmuls over the gathered per-row weights (the
+one function a fused kernel, e.g. a gathered BGMV, would replace). The configuration is still
+``peft.LoraConfig`` (target modules matched by peft's own rule, r, alpha, scaling ``alpha/r``).
+
+Writes train all rows' slots in one forward/backward with the loss summed over rows: each row's
+loss depends only on its own slot's adapter, so the gradient a slot receives is exactly what it
+would receive alone. The optimizer is per slot too: plain SGD needs no state; AdamW keeps its
+moments per slot and a step count per slot (bias correction and warm-up follow each slot's own
+age, because conversations start at different times); there is no global gradient-norm
+clipping, which would couple slots. Only the slots of a write's rows are updated.
+
+Precision as in the reference: adapters, gradients and optimizer state are float32; the LoRA
+term is computed in float32, added to the base output and cast back to the base dtype.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from dpm_worker.errors import ConfigError
+from dpm_worker.memory.config import MemoryConfig
+from dpm_worker.memory.lora import MEMORY_DTYPE
+
+ADAM_EPS = 1e-8  # torch.optim.AdamW's default, which the reference uses
+
+
+def lora_delta(
+    x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, rows: torch.Tensor, scaling: float
+) -> torch.Tensor:
+    """``scaling * x[n] @ a[rows[n]]^T @ b[rows[n]]^T`` for every row n, in ``a``'s dtype.
+
+    Args:
+        x: ``[N, T, in]`` the layer's input.
+        a: ``[S, r, in]`` stacked A matrices.
+        b: ``[S, out, r]`` stacked B matrices.
+        rows: ``[N]`` int64, the slot of each row.
+        scaling: LoRA's ``alpha / r``.
+    """
+    h = torch.bmm(x.to(a.dtype), a[rows].transpose(1, 2))
+    return torch.bmm(h, b[rows].transpose(1, 2)) * scaling
+
+
+class BatchedLoraLinear(nn.Module):
+    """A frozen ``nn.Linear`` plus S stacked LoRA adapters, one per slot.
+
+    Args:
+        base: the wrapped layer (left as it is).
+        n_slots: S.
+        rank: r.
+        scaling: ``alpha / r``.
+    """
+
+    def __init__(self, base: nn.Linear, n_slots: int, rank: int, scaling: float) -> None:
+        super().__init__()
+        self.base_layer = base
+        device = base.weight.device
+        self.lora_A = nn.Parameter(
+            torch.zeros(n_slots, rank, base.in_features, dtype=MEMORY_DTYPE, device=device)
+        )
+        self.lora_B = nn.Parameter(
+            torch.zeros(n_slots, base.out_features, rank, dtype=MEMORY_DTYPE, device=device)
+        )
+        self.scaling = scaling
+        # The slot of each row of the next forward passes; None: memory off (the backbone).
+        self.rows: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        result = self.base_layer(x)
+        if self.rows is None:
+            return result
+        delta = lora_delta(x, self.lora_A, self.lora_B, self.rows, self.scaling)
+        return (result + delta).to(result.dtype)
+
+
+class BatchedLoraMemory:
+    """S temporary LoRA adapters in one frozen causal LM, trained and read a batch row per slot.
+
+    Slots are numbered by the caller (e.g. conversation slot x speaker); ``reset(slot, key)``
+    gives slot ``slot`` the initial adapter of the reference memory's slot ``key`` (the same
+    seeded A, B = 0), so a conversation run here starts exactly where it would alone.
+
+    Args:
+        lm: the backbone (a transformers causal LM); its target linear layers are wrapped in
+            place and its own parameters frozen. Must not carry peft adapters.
+        config: the memory's hyperparameters (shared by all slots).
+        n_slots: S, the number of adapters.
+    """
+
+    def __init__(self, lm: nn.Module, config: MemoryConfig, n_slots: int) -> None:
+        from peft import LoraConfig
+        from peft.tuners.tuners_utils import check_target_module_exists
+
+        if n_slots < 1:
+            raise ConfigError(f"a batched memory needs n_slots >= 1, got {n_slots}")
+        self.lm, self.config, self.n_slots = lm, config, n_slots
+        lora = LoraConfig(
+            r=config.rank,
+            lora_alpha=config.alpha,  # type: ignore[arg-type]  # peft accepts float alphas
+            target_modules=list(config.target_modules),
+            lora_dropout=0.0,
+            bias="none",
+        )
+        for param in lm.parameters():
+            param.requires_grad_(False)
+        lm.train(False)
+        targets = [
+            (name, module)
+            for name, module in lm.named_modules()
+            if isinstance(module, nn.Linear) and check_target_module_exists(lora, name)
+        ]
+        if not targets:
+            raise ConfigError(
+                f"memory.target_modules {config.target_modules} matched no layer of the backbone"
+            )
+        self.layers: list[BatchedLoraLinear] = []
+        for name, module in targets:
+            parent_name, _, child = name.rpartition(".")
+            parent = lm.get_submodule(parent_name) if parent_name else lm
+            layer = BatchedLoraLinear(module, n_slots, config.rank, config.alpha / config.rank)
+            setattr(parent, child, layer)
+            self.layers.append(layer)
+        self._targets = targets
+        self.params: list[nn.Parameter] = [p for m in self.layers for p in (m.lora_A, m.lora_B)]
+        self.steps = [0] * n_slots
+        self._moments: list[tuple[torch.Tensor, torch.Tensor]] = (
+            [(torch.zeros_like(p), torch.zeros_like(p)) for p in self.params]
+            if config.optimizer == "adamw"
+            else []
+        )
+        self._init_cache: dict[int, list[torch.Tensor]] = {}
+        for slot in range(n_slots):
+            self.reset(slot)
+        self.use(None)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def reset(self, slot: int, key: int = 0) -> None:
+        """Slot ``slot`` back to its initial adapter (the reference's slot ``key``), state cleared.
+
+        Other slots are untouched, so one conversation can start while the others go on.
+        """
+        self._check(slot)
+        init = self._init_cache.get(key)
+        if init is None:
+            init = self._initial_a(key)
+            self._init_cache[key] = init
+        with torch.no_grad():
+            for layer, a in zip(self.layers, init, strict=True):
+                layer.lora_A[slot].copy_(a)
+                layer.lora_B[slot].zero_()
+            for m, v in self._moments:
+                m[slot].zero_()
+                v[slot].zero_()
+        self.steps[slot] = 0
+
+    def use(self, rows: Sequence[int] | None) -> None:
+        """The slots of the next passes' batch rows, in order; None switches the memory off."""
+        tensor = None
+        if rows is not None:
+            for slot in rows:
+                self._check(slot)
+            device = self.params[0].device
+            tensor = torch.tensor(list(rows), dtype=torch.long, device=device)
+        for layer in self.layers:
+            layer.rows = tensor
+
+    def close(self) -> None:
+        """Put the wrapped linear layers back (the backbone is then as loaded)."""
+        for (name, module), _layer in zip(self._targets, self.layers, strict=True):
+            parent_name, _, child = name.rpartition(".")
+            parent = self.lm.get_submodule(parent_name) if parent_name else self.lm
+            setattr(parent, child, module)
+        self.layers, self.params, self._moments = [], [], []
+
+    def slot_state(self, slot: int) -> list[torch.Tensor]:
+        """Copies of slot ``slot``'s A and B of every layer (in the reference's order)."""
+        return [t[slot].detach().clone() for t in self.params]
+
+    # -- optimizer ------------------------------------------------------------------------------
+
+    def step(self, rows: Sequence[int], loss: torch.Tensor) -> None:
+        """One optimizer step of the slots ``rows`` on ``loss`` (a sum of per-row losses).
+
+        Each slot's lr follows its own warm-up; slots not in ``rows`` do not move.
+        """
+        cfg = self.config
+        for p in self.params:
+            p.grad = None
+        loss.backward()
+        slots = torch.tensor(list(rows), dtype=torch.long, device=self.params[0].device)
+        lrs = [self._lr(self.steps[s]) for s in rows]
+        with torch.no_grad():
+            if cfg.optimizer == "sgd":
+                for p in self.params:
+                    self._sgd(p, slots, lrs)
+            else:
+                counts = [self.steps[s] + 1 for s in rows]
+                for p, (m, v) in zip(self.params, self._moments, strict=True):
+                    self._adamw(p, m, v, slots, lrs, counts)
+        for p in self.params:
+            p.grad = None
+        for s in rows:
+            self.steps[s] += 1
+
+    def _sgd(self, p: nn.Parameter, slots: torch.Tensor, lrs: list[float]) -> None:
+        # torch.optim.SGD without momentum: p -= lr * (g + wd * p)
+        grad = _grad(p)[slots]
+        weights = p[slots]
+        if self.config.weight_decay:
+            grad = grad.add(weights, alpha=self.config.weight_decay)
+        lr = _per_row(lrs, weights)
+        p[slots] = weights - lr * grad
+
+    def _adamw(
+        self,
+        p: nn.Parameter,
+        m: torch.Tensor,
+        v: torch.Tensor,
+        slots: torch.Tensor,
+        lrs: list[float],
+        counts: list[int],
+    ) -> None:
+        # torch.optim.AdamW, one bias correction per slot (its own step count)
+        b1, b2 = self.config.betas
+        grad = _grad(p)[slots]
+        weights = p[slots]
+        lr = _per_row(lrs, weights)
+        weights = weights * (1 - lr * self.config.weight_decay)
+        m_s = m[slots].lerp(grad, 1 - b1)
+        v_s = v[slots].mul(b2).addcmul(grad, grad, value=1 - b2)
+        c1 = _per_row([1 - b1**n for n in counts], weights)
+        c2 = _per_row([math.sqrt(1 - b2**n) for n in counts], weights)
+        denom = (v_s.sqrt() / c2).add(ADAM_EPS)
+        p[slots] = weights - (lr / c1) * m_s / denom
+        m[slots] = m_s
+        v[slots] = v_s
+
+    def _lr(self, step: int) -> float:
+        warm = self.config.warmup_steps
+        return self.config.lr * min(1.0, (step + 1) / (warm + 1)) if warm else self.config.lr
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _initial_a(self, key: int) -> list[torch.Tensor]:
+        """The reference's seeded A matrices of its slot ``key``, layer by layer (same draws)."""
+        generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + key)
+        out = []
+        for layer in self.layers:
+            shape = layer.lora_A.shape[1:]
+            bound = 1.0 / math.sqrt(shape[1])
+            out.append(torch.empty(shape).uniform_(-bound, bound, generator=generator))
+        return out
+
+    def _check(self, slot: int) -> None:
+        if not 0 <= slot < self.n_slots:
+            raise ConfigError(f"memory slot {slot} is outside 0..{self.n_slots - 1}")
+
+
+def _grad(p: nn.Parameter) -> torch.Tensor:
+    return p.grad if p.grad is not None else torch.zeros_like(p)
+
+
+def _per_row(values: list[float], like: torch.Tensor) -> Any:
+    """``values`` as a ``[N, 1, 1]`` tensor that broadcasts over ``[N, a, b]`` slot tensors."""
+    return torch.tensor(values, dtype=like.dtype, device=like.device).view(-1, 1, 1)

@@ -1,0 +1,289 @@
+"""The DPM step, batched: each active conversation's current utterance in, its emotions out.
+
+One call of :func:`dpm_step` handles one utterance of every active conversation (one batch row
+each). What a step does is owned by one small strategy object per write target:
+
+=================================  ====================================================
+strategy                           step
+=================================  ====================================================
+:class:`ReadOnly`                  modes without memory: the backbone's read
+:class:`AudioWrite`                ``audio`` / ``audio+emotion``: write, then read with the
+                                   updated memory; ``audio+prediction``: the read taken
+                                   before the write (its step 0), then the write
+:class:`PriorWrite`                ``prior``: the backbone's read (memory off) times the
+                                   speaker's prior, which the write then updates
+=================================  ====================================================
+
+Rows are left-padded to a common length with an attention mask and position ids that start at
+0 on each row's first real token, so every row's ``<audio_end>`` is the last column and each row
+computes what it would alone (up to float rounding). The memory is a
+:class:`~dpm_worker.memory.batched.BatchedLoraMemory`; a row names its memory slot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from dpm_worker.memory.batched import BatchedLoraMemory
+from dpm_worker.memory.cache import HistoryCache
+from dpm_worker.memory.config import MemoryConfig
+from dpm_worker.model import IGNORE
+
+
+@dataclass(frozen=True)
+class StepRow:
+    """One conversation's current utterance in a step.
+
+    Args:
+        ids: the model input (history part + ``<spk> audio... <audio_end>``).
+        start_of_utt: where the utterance's ``<spk>`` sits in ``ids``.
+        slot: the memory slot it writes to and reads from (ignored without memory).
+        speaker: a key naming the speaker across steps (e.g. ``(conversation slot, speaker)``),
+            for the ``prior`` memory's cache of the backbone's logits at a lone speaker token.
+        labels: the write's targets, aligned with ``ids`` (``IGNORE`` where the loss is off).
+        conversation: the conversation's slot (its history cache, with ``reuse``).
+        new_ids: the tokens of ``ids`` not yet in the history cache (``reuse``).
+    """
+
+    ids: list[int]
+    start_of_utt: int
+    slot: int = 0
+    speaker: object = None
+    labels: list[int] | None = None
+    conversation: int = 0
+    new_ids: list[int] | None = None
+
+
+@dataclass
+class Padded:
+    """Left-padded rows: ``input_ids``, ``attention_mask``, ``position_ids`` are ``[N, T]``."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+
+    @classmethod
+    def of(cls, seqs: Sequence[Sequence[int]], device: torch.device, pad: int = 0) -> Padded:
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for n, seq in enumerate(seqs):
+            ids[n, width - len(seq) :] = torch.tensor(list(seq), dtype=torch.long)
+            mask[n, width - len(seq) :] = 1
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        return cls(ids.to(device), mask.to(device), positions.to(device))
+
+    def logits(self, lm: nn.Module, keep: int) -> torch.Tensor:
+        """``[N, keep, V]`` logits of the last ``keep`` columns."""
+        return lm(
+            input_ids=self.input_ids,
+            attention_mask=self.attention_mask,
+            position_ids=self.position_ids,
+            logits_to_keep=keep,
+        ).logits
+
+
+class Step:
+    """What every strategy shares: the backbone, the memory, the emotion token ids."""
+
+    def __init__(
+        self,
+        lm: nn.Module,
+        emotion_ids: Sequence[int],
+        memory: BatchedLoraMemory | None = None,
+        config: MemoryConfig | None = None,
+    ) -> None:
+        self.lm, self.memory = lm, memory
+        self.config = config or MemoryConfig()
+        self.emotion_ids = list(emotion_ids)
+        self.device = next(lm.parameters()).device
+        # ``history_cache: reuse`` (set by the engine where the read runs with the memory off)
+        self.cache: HistoryCache | None = None
+
+    def backbone_read(self, rows: Sequence[StepRow]) -> torch.Tensor:
+        """``[N, n_labels]`` emotion logits at ``<audio_end>`` with the memory off, computing
+        only the new tokens after each conversation's cached history when reusing it."""
+        if self.cache is None:
+            return self.emotion_logits(rows, memory_on=False)
+        if self.memory is not None:
+            self.memory.use(None)
+        new = [r.new_ids if r.new_ids is not None else r.ids for r in rows]
+        logits = self.cache.last_logits([r.conversation for r in rows], new)
+        return logits[:, self.emotion_ids].float()
+
+    def emotion_logits(self, rows: Sequence[StepRow], memory_on: bool) -> torch.Tensor:
+        """``[N, n_labels]`` float32 emotion logits at each row's ``<audio_end>``."""
+        if self.memory is not None:
+            self.memory.use([r.slot for r in rows] if memory_on else None)
+        batch = Padded.of([r.ids for r in rows], self.device)
+        with torch.no_grad():
+            return batch.logits(self.lm, 1)[:, -1, self.emotion_ids].float()
+
+    def __call__(self, rows: Sequence[StepRow]) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class ReadOnly(Step):
+    """Modes ``utterance``, ``window``, ``full`` (and ``dpm`` with 0 steps): the backbone's read."""
+
+    def __call__(self, rows: Sequence[StepRow]) -> torch.Tensor:
+        return torch.softmax(self.backbone_read(rows), dim=-1)
+
+
+class AudioWrite(Step):
+    """``audio``, ``audio+emotion``, ``audio+prediction``: train on the utterance, read."""
+
+    def __call__(self, rows: Sequence[StepRow]) -> torch.Tensor:
+        cfg, memory = self.config, self.memory
+        assert memory is not None
+        base = None
+        if cfg.read_gate < 1.0:
+            base = torch.softmax(self.emotion_logits(rows, memory_on=False), dim=-1)
+        read = self.write(rows) if cfg.steps_per_utterance else None
+        if read is None:
+            read = torch.softmax(self.emotion_logits(rows, memory_on=True), dim=-1)
+        if base is not None:
+            confident = base.max(dim=-1).values >= cfg.read_gate
+            read = torch.where(confident[:, None], base, read)
+        return read
+
+    def write(self, rows: Sequence[StepRow]) -> torch.Tensor | None:
+        """``steps_per_utterance`` steps on every row's slot; ``audio+prediction``'s read."""
+        cfg, memory = self.config, self.memory
+        assert memory is not None
+        encode = cfg.write_target == "audio+prediction"
+        slots = [r.slot for r in rows]
+        batch = Padded.of([r.ids for r in rows], self.device)
+        width = batch.input_ids.shape[1]
+        labels = torch.full_like(batch.input_ids, IGNORE)
+        for n, row in enumerate(rows):
+            assert row.labels is not None
+            labels[n, width - len(row.ids) :] = torch.tensor(row.labels, dtype=torch.long)
+        labelled = (labels != IGNORE).any(dim=0).nonzero().flatten()
+        # Logits only from the first labelled column on (the lm_head over the history is the
+        # largest matmul a write would otherwise do).
+        first = int(labelled.min())
+        targets = labels[:, first:]
+        counts = (targets != IGNORE).sum(dim=1)
+        read: torch.Tensor | None = None
+        for _ in range(cfg.steps_per_utterance):
+            memory.use(slots)
+            logits = batch.logits(self.lm, width - first + 1)
+            ce = nn.functional.cross_entropy(
+                logits[:, :-1].float().flatten(0, 1),
+                targets.flatten(),
+                ignore_index=IGNORE,
+                reduction="none",
+            ).view(len(rows), -1)
+            loss = ce.sum(dim=1) / counts  # each row's mean, as when written alone
+            if encode:
+                emotion = logits[:, -1, self.emotion_ids].float()
+                if read is None:  # the memory before this write: the read of step 0
+                    read = torch.softmax(emotion.detach(), dim=-1)
+                confidence, label = read.max(dim=-1)
+                term = (
+                    cfg.emotion_weight
+                    * confidence
+                    * nn.functional.cross_entropy(emotion, label, reduction="none")
+                )
+                loss = loss + torch.where(confidence >= cfg.confidence_gate, term, 0.0)
+            memory.step(slots, loss.sum())
+        if encode and read is None:
+            read = torch.softmax(self.emotion_logits(rows, memory_on=True), dim=-1)
+        return read
+
+
+class PriorWrite(Step):
+    """``prior``: the backbone's read times the speaker's prior, then the prior learns the read.
+
+    The prior is the change the memory makes to the emotion logits at the utterance's speaker
+    token (alone, or after the history window: ``prior_input``). The backbone's logits at a
+    lone speaker token never change (frozen backbone, memory off), so they are kept per speaker.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self.speaker_logits: dict[object, torch.Tensor] = {}
+
+    def forget(self, speaker: object) -> None:
+        """Drop a speaker's cached logits (its conversation ended)."""
+        self.speaker_logits.pop(speaker, None)
+
+    def __call__(self, rows: Sequence[StepRow]) -> torch.Tensor:
+        cfg, memory = self.config, self.memory
+        assert memory is not None
+        memory.use(None)
+        batch = Padded.of([r.ids for r in rows], self.device)
+        width = batch.input_ids.shape[1]
+        if cfg.prior_input == "speaker":
+            prefixes = [[r.ids[r.start_of_utt]] for r in rows]
+            own_logits = self.backbone_read(rows)
+            missing = [r for r in rows if r.speaker not in self.speaker_logits]
+            if missing:
+                lone = [StepRow([r.ids[r.start_of_utt]], 0, r.slot) for r in missing]
+                for row, logits in zip(missing, self.emotion_logits(lone, False), strict=True):
+                    self.speaker_logits[row.speaker] = logits
+            at_spk = torch.stack([self.speaker_logits[r.speaker] for r in rows])
+        else:
+            prefixes = [r.ids[: r.start_of_utt + 1] for r in rows]
+            spk_col = [width - len(r.ids) + r.start_of_utt for r in rows]
+            first = min(spk_col)
+            with torch.no_grad():
+                logits = batch.logits(self.lm, width - first)[..., self.emotion_ids].float()
+            at = torch.tensor([c - first for c in spk_col], device=logits.device)
+            at_spk = logits[torch.arange(len(rows), device=logits.device), at]
+            own_logits = logits[:, -1]
+        own = torch.log_softmax(own_logits, dim=-1)
+        prior = self.write(rows, prefixes, at_spk, own.exp())
+        return torch.softmax(own + cfg.prior_weight * prior, dim=-1)
+
+    def write(
+        self,
+        rows: Sequence[StepRow],
+        prefixes: list[list[int]],
+        base: torch.Tensor,
+        target: torch.Tensor,
+    ) -> torch.Tensor:
+        """Train each row's prior toward ``target``; the priors before the write (log-probs)."""
+        memory = self.memory
+        assert memory is not None
+        slots = [r.slot for r in rows]
+        batch = Padded.of(prefixes, self.device)
+        prior: torch.Tensor | None = None
+        for _ in range(self.config.steps_per_utterance):
+            memory.use(slots)
+            delta = batch.logits(self.lm, 1)[:, -1, self.emotion_ids].float() - base
+            if prior is None:
+                prior = torch.log_softmax(delta.detach(), dim=-1)
+            loss = -(target * torch.log_softmax(delta, dim=-1)).sum()
+            memory.step(slots, loss)
+        if prior is None:  # zero steps: read without writing
+            memory.use(slots)
+            with torch.no_grad():
+                logits = batch.logits(self.lm, 1)[:, -1, self.emotion_ids].float()
+            prior = torch.log_softmax(logits - base, dim=-1)
+        return prior
+
+
+def strategy_for(
+    mode: str,
+    lm: nn.Module,
+    emotion_ids: Sequence[int],
+    memory: BatchedLoraMemory | None,
+    config: MemoryConfig,
+) -> Step:
+    """The step of ``mode`` with ``config.write_target`` (``ReadOnly`` without memory)."""
+    if mode != "dpm" or memory is None:
+        return ReadOnly(lm, emotion_ids)
+    if config.write_target == "prior":
+        return PriorWrite(lm, emotion_ids, memory, config)
+    return AudioWrite(lm, emotion_ids, memory, config)
+
+
+def dpm_step(step: Step, rows: Sequence[StepRow]) -> torch.Tensor:
+    """The emotion distributions (``[len(rows), n_labels]`` float32) of one utterance per row."""
+    return step(rows).detach()
