@@ -16,9 +16,13 @@ from dpm_worker.audio import conversation_segments
 from dpm_worker.corpus import UtteranceRow, read_rttm
 from dpm_worker.storage import get_filesystem
 from tests.integration.conftest import REPO, run_label, upload
-from tests.integration.test_label_job import JOB, read_table
+from tests.integration.test_label_job import read_table
 
 pytestmark = pytest.mark.integration
+
+# One small actor: the cluster has 2 CPUs shared with the test process (and, on a loaded
+# machine, model loading can take minutes).
+JOB = ["--actors", "1", "--cpus-per-actor", "0.5", "actor_start_timeout_s=400"]
 
 FIXTURES = REPO / "tests" / "fixtures" / "real_speech"
 MEETINGS = ("dev00", "tst00")
@@ -80,7 +84,7 @@ def _label(meetings, manifest, out, ray_address, model):
         "--address",
         ray_address,
         *JOB,
-        timeout=300,
+        timeout=900,
     )
 
 
