@@ -19,7 +19,10 @@ down) propagates to the caller, which decides whether to retry.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import hashlib
+import logging
 import os
 import time
 from collections.abc import Sequence
@@ -29,19 +32,23 @@ from typing import Any
 
 import torch
 
-from dpm_worker.audio import TARGET_SR, conversation_segments
+from dpm_worker.audio import SAMPLE_RATE, conversation_segments
 from dpm_worker.corpus import UtteranceRow, conversation_problems, read_rttm
-from dpm_worker.errors import BadInputError, ConfigError
-from dpm_worker.memory import ConversationLabeler, LabelingConfig
+from dpm_worker.errors import BadInputError, ConfigError, StorageError
+from dpm_worker.memory import ConversationLabeler, ConversationState, LabelingConfig
+from dpm_worker.preemption import PreemptionGuard
 from dpm_worker.speech import tokenize_utterances
-from dpm_worker.tables import ErrorRecord, RunInfo, RunTables
+from dpm_worker.tables import (
+    CheckpointKey,
+    CheckpointStore,
+    ErrorRecord,
+    RunInfo,
+    RunTables,
+    labeling_hash,
+)
 from dpm_worker.utterance import LabeledUtterance, Utterance
 
-# Test-only fault hook: the worker process exits abruptly after tokenizing this many
-# utterances (counted over its lifetime), once per marker file, to prove that a conversation
-# whose actor died is relabeled from its first utterance and committed exactly once.
-FAULT_ENV = "DPM_FAULT_KILL_AFTER_UTTERANCES"
-FAULT_MARKER_ENV = "DPM_FAULT_MARKER"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -54,10 +61,15 @@ class WorkerSettings:
         model_uri: the model folder (None: the packaged default model).
         labeling: the labeling mode and DPM hyperparameters.
         device: a torch device string (None: CUDA when available, else CPU).
+        dtype: the backbone's dtype name (None: bf16 on CUDA, else float32).
         torch_threads: intra-op threads for torch on CPU (Ray gives workers 1 otherwise).
         endpoint_url: an explicit S3 endpoint (else the environment's).
         max_segment_s: the longest VAD or RTTM segment (None: what the model reads whole;
             a larger value is capped at that).
+        checkpoint_every: write a conversation checkpoint after every this many utterances
+            (0: only when preempted); a retried conversation resumes from its newest one.
+        verify_weights: re-hash every model file in full at start (default: sizes, edge
+            hashes and the stored fingerprint, which costs milliseconds for any model size).
     """
 
     output_uri: str
@@ -65,11 +77,16 @@ class WorkerSettings:
     model_uri: str | None = None
     labeling: LabelingConfig = field(default_factory=LabelingConfig)
     device: str | None = None
+    dtype: str | None = None
     torch_threads: int = 1
     endpoint_url: str | None = None
     max_segment_s: float | None = None
+    checkpoint_every: int = 25
+    verify_weights: bool = False
 
     def __post_init__(self) -> None:
+        if self.checkpoint_every < 0:
+            raise ConfigError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
         if self.torch_threads < 1:
             raise ConfigError(f"torch_threads must be >= 1, got {self.torch_threads}")
         if self.max_segment_s is not None and not self.max_segment_s >= 1.0:
@@ -95,7 +112,11 @@ class ConversationWorker:
             from dpm_worker.model import load_model
 
             model = load_model(
-                settings.model_uri, device=settings.device, endpoint_url=settings.endpoint_url
+                settings.model_uri,
+                device=settings.device,
+                endpoint_url=settings.endpoint_url,
+                verify_weights=settings.verify_weights,
+                dtype=settings.dtype,
             )
         model.check_labels(settings.run.labels)
         self.settings = settings
@@ -108,8 +129,12 @@ class ConversationWorker:
         self.tables = RunTables(settings.output_uri, settings.run, settings.endpoint_url)
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dpm-prefetch")
         self._prefetched: tuple[str, Future] | None = None
-        self._utterances_seen = 0
-        self._fault_after = int(os.environ.get(FAULT_ENV, "0") or 0)
+        self.checkpoints = CheckpointStore(
+            settings.output_uri, settings.run.run_id, settings.endpoint_url
+        )
+        self._labeling_hash = labeling_hash(dataclasses.asdict(settings.labeling))
+        # SIGTERM (preemption) waits for the utterance in progress and a checkpoint.
+        self._guard = PreemptionGuard()
 
     def describe(self) -> dict[str, Any]:
         """Identity of the loaded model and process (also a cheap readiness probe)."""
@@ -178,10 +203,10 @@ class ConversationWorker:
             if row.utterance_index not in bad:
                 errors.extend(_input_errors(conversation_id, [row], error))
         n_samples = sum(len(s.samples) for s in segments if s.samples is not None)
-        summary["audio_s"] = float(n_samples / TARGET_SR)
+        summary["audio_s"] = float(n_samples / SAMPLE_RATE)
         summary["split_segments"] = sum(seg.pieces > 1 for seg in segments)
         try:
-            utterances = self._predict(segments, timings) if segments else []
+            utterances = self._predict(conversation_id, segments, summary) if segments else []
         except BadInputError as exc:
             return self._fail(summary, rows, _input_errors(conversation_id, rows, exc))
         if not utterances:
@@ -194,6 +219,7 @@ class ConversationWorker:
         summary["file"] = self.tables.write_emotions(
             conversation_id, utterances, dt.datetime.now(dt.UTC)
         )
+        self._drop_checkpoints(conversation_id)  # committed: nothing left to resume
         timings["write_s"] = time.perf_counter() - t0
         timings["total_s"] = time.perf_counter() - start
         summary.update(status="labeled", utterances=len(utterances), error_rows=len(errors))
@@ -246,40 +272,83 @@ class ConversationWorker:
         self._prefetched = (conversation_id, self._reader.submit(self._read, list(rows)))
 
     def _predict(
-        self, segments: list[Utterance], timings: dict[str, float]
+        self, conversation_id: str, segments: list[Utterance], summary: dict[str, Any]
     ) -> list[LabeledUtterance]:
+        timings = summary["timings"]
         t0 = time.perf_counter()
-        inputs = []
         tokenizer = self.model.speech_tokenizer
-        for utt in tokenize_utterances(segments, tokenizer):
-            inputs.append(utt)
-            self._utterances_seen += 1
-            self._maybe_fault()
+        # No fit check: an utterance longer than the context is read by the labeler's rule.
+        inputs = list(tokenize_utterances(segments, tokenizer))
         timings["tokenize_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        predictions = self.labeler.label_conversation(inputs)
+        key = CheckpointKey(self.model.fingerprint, self._labeling_hash, inputs_digest(inputs))
+        resume = self._load_checkpoint(conversation_id, key)
+        summary["resumed_from"] = resume.position if resume is not None else 0
+        every, total = self.settings.checkpoint_every, len(inputs)
+
+        def after_utterance(rows: list, slots: dict[str, int], history: list[int]) -> None:
+            done = len(rows)
+            if self._guard.requested or (every and done % every == 0 and done < total):
+                state = self.labeler.export_state(rows, slots, history)
+                self._save_checkpoint(conversation_id, key, state)
+            if self._guard.requested:
+                log.warning(
+                    "SIGTERM: conversation %r stops after utterance %d", conversation_id, done
+                )
+                self._guard.exit_now()
+
+        self._guard.busy = True
+        try:
+            predictions = self.labeler.label_conversation(inputs, resume, after_utterance)
+        finally:
+            self._guard.busy = False
         timings["label_s"] = time.perf_counter() - t0
         return predictions
+
+    def _load_checkpoint(
+        self, conversation_id: str, key: CheckpointKey
+    ) -> ConversationState | None:
+        try:
+            state = self.checkpoints.load(conversation_id, key)
+        except StorageError as exc:  # a checkpoint only saves time: label from the start
+            log.warning(
+                "checkpoints of %r unreadable, labeling from the start: %s", conversation_id, exc
+            )
+            return None
+        if state is not None:
+            log.info("conversation %r resumes after utterance %d", conversation_id, state.position)
+        return state
+
+    def _save_checkpoint(
+        self, conversation_id: str, key: CheckpointKey, state: ConversationState
+    ) -> None:
+        try:
+            self.checkpoints.save(conversation_id, key, state)
+        except StorageError as exc:
+            log.warning("checkpoint of %r not written: %s", conversation_id, exc)
+
+    def _drop_checkpoints(self, conversation_id: str) -> None:
+        try:
+            self.checkpoints.delete(conversation_id)
+        except StorageError as exc:  # litter only; the run's checkpoints go at its end
+            log.warning("checkpoints of %r not deleted: %s", conversation_id, exc)
 
     def _fail(
         self, summary: dict[str, Any], rows: Sequence[UtteranceRow], errors: list[ErrorRecord]
     ) -> dict[str, Any]:
         summary["file"] = self.tables.write_errors(summary["conversation_id"], errors)
+        self._drop_checkpoints(summary["conversation_id"])
         summary.update(status="failed", error_rows=len(errors), error=errors[0].message)
         return summary
 
-    def _maybe_fault(self) -> None:
-        if not self._fault_after or self._utterances_seen < self._fault_after:
-            return
-        marker = os.environ.get(FAULT_MARKER_ENV)
-        if not marker:
-            return
-        try:
-            # O_EXCL: exactly one process ever fires, so the restarted actor runs normally.
-            os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-        except FileExistsError:
-            return
-        os._exit(17)
+
+def inputs_digest(utterances: Sequence[Utterance]) -> str:
+    """A hash of a conversation's input as the labeler sees it (indices, speakers, codes)."""
+    digest = hashlib.sha256()
+    for utt in utterances:
+        digest.update(f"{utt.utterance_index}\x00{utt.speaker}\x00".encode())
+        digest.update(utt.codes().astype("<i8").tobytes())
+    return digest.hexdigest()[:32]
 
 
 RowFailure = tuple[UtteranceRow, BadInputError]

@@ -16,6 +16,7 @@ import logging
 import sys
 
 from dpm_worker.errors import BadInputError, ConfigError, DpmError
+from pipelines.exit_codes import EXIT_FAILED, EXIT_USAGE
 
 # subcommand -> (module, one-line help). Order is the order shown in --help.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -38,11 +39,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "report": ("pipelines.label.report", "render an HTML report of a labeling run"),
     "bench": (
         "pipelines.bench.command",
-        "benchmarks that print JSON (synth, memory, throughput, scale)",
+        "benchmarks that print JSON (synth, memory, throughput, scale, startup)",
     ),
 }
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 
 
 def build_parser() -> argparse.ArgumentParser:

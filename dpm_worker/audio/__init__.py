@@ -1,5 +1,5 @@
 from dpm_worker.audio.decode import (
-    TARGET_SR,
+    SAMPLE_RATE,
     AudioInfo,
     cut_segment,
     encode_audio,
@@ -13,7 +13,7 @@ from dpm_worker.audio.vad import detect_speech, split_at_quietest
 
 __all__ = [
     "AudioInfo",
-    "TARGET_SR",
+    "SAMPLE_RATE",
     "conversation_segments",
     "cut_segment",
     "detect_speech",

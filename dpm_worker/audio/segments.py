@@ -44,8 +44,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from dpm_worker.audio.decode import (
+    SAMPLE_RATE,
     SILENCE_PEAK,
-    TARGET_SR,
     Recording,
     cut_segment,
     read_recording,
@@ -150,7 +150,7 @@ def _cut_rows(
                 utterance_index=row.utterance_index,
                 speaker=row.speaker,
                 start_s=start,
-                end_s=start + samples.shape[0] / TARGET_SR,
+                end_s=start + samples.shape[0] / SAMPLE_RATE,
                 emotion=row.emotion,
                 expressive=None if expressive is None else bool(expressive),
                 audio_uri=row.audio_uri,
@@ -199,7 +199,7 @@ def _vad_rows(
             named = n_channels == 1 or row.channel is not None
             speaker = (row.speaker or UNKNOWN_SPEAKER) if named else f"ch{c}"
             signal = recording.samples[c]
-            for start, end in detect_speech(signal, TARGET_SR):
+            for start, end in detect_speech(signal, SAMPLE_RATE):
                 turns.append((start, end, speaker, channel, signal, row.audio_uri))
         if len(turns) == before:
             raise AudioError("VAD found no speech in the recording", row.audio_uri)
@@ -207,12 +207,12 @@ def _vad_rows(
     segments: list[Utterance] = []
     for start, end, speaker, channel, signal, uri in turns:
         spans = (
-            split_at_quietest(signal, TARGET_SR, start, end, max_segment_s)
+            split_at_quietest(signal, SAMPLE_RATE, start, end, max_segment_s)
             if max_segment_s is not None
             else [(start, end)]
         )
         for a, b in spans:
-            samples = np.ascontiguousarray(signal[round(a * TARGET_SR) : round(b * TARGET_SR)])
+            samples = np.ascontiguousarray(signal[round(a * SAMPLE_RATE) : round(b * SAMPLE_RATE)])
             segments.append(
                 Utterance(
                     conversation_id=rows[0].conversation_id,
@@ -238,7 +238,7 @@ def _diarized_turns(
         raise DiarizationError("no turns were read for this rttm_uri", rttm_uri)
     samples = recording.samples
     signal = samples[0] if samples.shape[0] == 1 else samples.mean(axis=0, dtype=np.float32)
-    duration = signal.shape[0] / TARGET_SR
+    duration = signal.shape[0] / SAMPLE_RATE
     turns: list[tuple[float, float, str, int | None, np.ndarray, str]] = []
     for turn in diarizations[rttm_uri]:
         if turn.start_s >= duration:

@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 import soxr
 
+from dpm_worker.audio.decode import SAMPLE_RATE
 from dpm_worker.errors import ConfigError
 
-VAD_SR = 16000
 # The quietest point is the lowest mean power over this window, on a 10 ms grid.
 _QUIET_WINDOW_S = 0.1
 _QUIET_HOP_S = 0.01
@@ -55,7 +55,7 @@ def _load_vad() -> tuple[Any, Callable[..., list[dict[str, int]]]]:
 
 def detect_speech(
     samples: np.ndarray,
-    sample_rate: int = VAD_SR,
+    sample_rate: int = SAMPLE_RATE,
     *,
     min_speech_s: float = 0.25,
     min_silence_s: float = 0.5,
@@ -89,8 +89,8 @@ def detect_speech(
             f"durations must be >= 0, got {min_speech_s=} {min_silence_s=} {speech_pad_s=}"
         )
     audio = np.asarray(samples, dtype=np.float32)
-    if sample_rate != VAD_SR:
-        audio = soxr.resample(audio, sample_rate, VAD_SR, quality="HQ").astype(np.float32)
+    if sample_rate != SAMPLE_RATE:
+        audio = soxr.resample(audio, sample_rate, SAMPLE_RATE, quality="HQ").astype(np.float32)
     if audio.size == 0:
         return []
 
@@ -104,12 +104,12 @@ def detect_speech(
             torch.from_numpy(audio),
             model,
             threshold=threshold,
-            sampling_rate=VAD_SR,
+            sampling_rate=SAMPLE_RATE,
             min_speech_duration_ms=int(min_speech_s * 1000),
             min_silence_duration_ms=int(min_silence_s * 1000),
             speech_pad_ms=int(speech_pad_s * 1000),
         )
-    return [(span["start"] / VAD_SR, span["end"] / VAD_SR) for span in spans]
+    return [(span["start"] / SAMPLE_RATE, span["end"] / SAMPLE_RATE) for span in spans]
 
 
 def split_at_quietest(

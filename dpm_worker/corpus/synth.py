@@ -30,6 +30,14 @@ import pyarrow.parquet as pq
 import soundfile as sf
 from tqdm import tqdm
 
+from dpm_worker.audio import SAMPLE_RATE
+from dpm_worker.corpus.engines import engine_versions
+from dpm_worker.corpus.moods import next_mood
+from dpm_worker.corpus.randomized import (
+    RANDOMIZED_SCHEMA,
+    RandomizeConfig,
+    generate_randomized_conversation,
+)
 from dpm_worker.corpus.schema import DEFAULT_LABELS, MANIFEST_SCHEMA
 from dpm_worker.corpus.synth_text import compose_sentence
 from dpm_worker.corpus.synth_voices import (
@@ -89,6 +97,8 @@ class SynthConfig:
         female_prob: probability that a speaker has a female voice.
         noise_dbfs: level of the white noise floor added to the recording (None: none).
         sample_rate: output sample rate.
+        randomize: render with several engines, per-conversation cues and varied channels
+            (:mod:`dpm_worker.corpus.randomized`); None: the espeak-ng generator below.
         long_turn_prob: probability that a turn is long, its duration drawn from
             ``[long_turn_min_s, long_turn_max_s]`` instead (0: no draw is made, so a corpus
             without long turns is byte-identical to one made before this option existed,
@@ -114,7 +124,8 @@ class SynthConfig:
     jitter: float = 1.0
     female_prob: float = 0.5
     noise_dbfs: float | None = -65.0
-    sample_rate: int = 16_000
+    sample_rate: int = SAMPLE_RATE
+    randomize: RandomizeConfig | None = None
     long_turn_prob: float = 0.0
     long_turn_min_s: float = 16.0
     long_turn_max_s: float = 30.0
@@ -160,17 +171,10 @@ class SynthConfig:
         return f"conv_{index:0{max(4, len(str(self.conversations - 1)))}d}"
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-
-def next_mood(rng: np.random.Generator, mood: str, partner_mood: str, config: SynthConfig) -> str:
-    """One step of a speaker's mood chain: stay, follow the partner, or jump elsewhere."""
-    if rng.random() < config.mood_stay:
-        return mood
-    if rng.random() < config.mood_pull:
-        return partner_mood
-    others = [label for label in DEFAULT_LABELS if label != mood]
-    return others[int(rng.integers(len(others)))]
+        values = asdict(self)
+        if self.randomize is None:  # keeps the espeak-ng generator's manifests byte-identical
+            del values["randomize"]
+        return json.dumps(values, sort_keys=True)
 
 
 def _speak(
@@ -218,6 +222,9 @@ def _compose_turn(rng: np.random.Generator, words: float) -> str:
 
 def generate_conversation(index: int, config: SynthConfig) -> tuple[bytes, list[dict[str, Any]]]:
     """Render conversation ``index``: its FLAC bytes and its manifest rows."""
+    if config.randomize is not None:
+        mixed, randomized_rows = generate_randomized_conversation(index, config)
+        return encode_flac(mixed, config.sample_rate), randomized_rows
     rng = np.random.default_rng([config.seed, index])
     conv_id = config.conversation_id(index)
     audio_uri = f"{AUDIO_DIR}/{conv_id}.flac"
@@ -296,12 +303,16 @@ def encode_flac(signal: np.ndarray, sample_rate: int) -> bytes:
 def rows_to_table(rows: list[dict[str, Any]], config: SynthConfig) -> pa.Table:
     """The manifest table; the generator config and espeak-ng version (nothing time-dependent)
     in its metadata."""
-    columns = {name: [row[name] for row in rows] for name in SYNTH_SCHEMA.names}
+    schema = SYNTH_SCHEMA if config.randomize is None else RANDOMIZED_SCHEMA
+    # Optional manifest columns a generator does not fill (rttm_uri) are null.
+    columns = {name: [row.get(name) for row in rows] for name in schema.names}
     metadata = {
         b"dpm.synth_config": config.to_json().encode(),
         b"dpm.synth_espeak": espeak_version().encode(),
     }
-    return pa.Table.from_pydict(columns, schema=SYNTH_SCHEMA.with_metadata(metadata))
+    if config.randomize is not None:
+        metadata[b"dpm.synth_engines"] = engine_versions().encode()
+    return pa.Table.from_pydict(columns, schema=schema.with_metadata(metadata))
 
 
 def _write_bytes(uri: str, data: bytes) -> None:

@@ -7,10 +7,12 @@ from dpm_worker.memory.labeling import (
     PreparedUtterance,
 )
 from dpm_worker.memory.lora import TemporaryLoraMemory
+from dpm_worker.memory.resume import ConversationState, capture_state, restore_state
 
 __all__ = [
     "ConversationLabeler",
     "LONG_UTTERANCES",
+    "ConversationState",
     "LabelingConfig",
     "MODES",
     "MemoryConfig",
@@ -19,4 +21,6 @@ __all__ = [
     "PreparedUtterance",
     "TemporaryLoraMemory",
     "WRITE_TARGETS",
+    "capture_state",
+    "restore_state",
 ]

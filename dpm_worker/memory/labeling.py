@@ -1,4 +1,5 @@
-"""Label one conversation in dialogue order: the four modes of DESIGN section 5, one code path.
+"""Label one conversation in dialogue order: the four modes of DESIGN section 5 and a closed-form
+baseline, one code path.
 
 Modes differ only in what goes into the model's input for utterance i, and whether a write to
 the temporary LoRA memory precedes the read:
@@ -10,12 +11,17 @@ utterance  ``tokens_i``                                     none
 window     ``history[-n_r:] + tokens_i``                    none
 full       ``history + tokens_i`` up to ``max_context``     none
 dpm        ``history[-n_r:] + tokens_i``                    write, then read
+prior-ema  ``history[-n_r:] + tokens_i``                    a running average
 =========  ===============================================  =======================
 
 ``tokens_i`` is ``<spk> audio... <audio_end>``; the emotion is always read at ``<audio_end>``
 (the last input position). In ``dpm`` mode with the default ``prior`` memory the emitted read
 is the backbone's read of that input times the speaker's prior, which is read from the memory
 of the speaker's earlier turns before this utterance is written into it (``memory.py``).
+``prior-ema`` is the closed form of that idea with no adapter (issue 11): the window read times
+the running average of the same speaker's earlier window reads, ``p ∝ r_i × m^beta`` and then
+``m ← (1 - a) m + a r_i`` (``ema_rate`` a, ``ema_weight`` beta), so every table shows what the
+parameter memory adds beyond it.
 
 The input is built by ``dpm_worker.model.fit_context`` (shared with training): an input longer
 than the model's ``max_context`` loses its oldest history tokens first. An utterance that alone
@@ -37,7 +43,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -46,13 +52,19 @@ import torch
 from dpm_worker.errors import ConfigError, LabelError
 from dpm_worker.memory.config import MemoryConfig
 from dpm_worker.memory.lora import TemporaryLoraMemory
-from dpm_worker.model import EmotionModel, fit_context, history_budget, tail
+from dpm_worker.memory.resume import ConversationState, capture_state, restore_state
+from dpm_worker.model import (
+    HISTORY_FORMATS,
+    IGNORE,
+    EmotionModel,
+    fit_context,
+    history_budget,
+    tail,
+)
 from dpm_worker.utterance import LabeledUtterance, Utterance
 
-MODES = ("utterance", "window", "full", "dpm")
-HISTORY_LABELS = ("none", "predicted")
+MODES = ("utterance", "window", "full", "dpm", "prior-ema")
 LONG_UTTERANCES = ("chunks", "truncate")
-IGNORE = -100
 
 
 @dataclass(frozen=True)
@@ -68,6 +80,8 @@ class LabelingConfig:
             format the model was trained with (``model.history_labels``).
         memory: the temporary LoRA's hyperparameters (``dpm`` mode only).
         seed: seeds torch's global RNG at the start of each conversation.
+        ema_rate: a, the weight of the newest read in ``prior-ema``'s running average.
+        ema_weight: beta, how much ``prior-ema``'s average weighs against the current read.
         long_utterances: how an utterance longer than the model's context is read,
             ``chunks`` or ``truncate`` (module docstring).
     """
@@ -77,6 +91,8 @@ class LabelingConfig:
     history_labels: str | None = None
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     seed: int = 0
+    ema_rate: float = 0.7
+    ema_weight: float = 1.0
     long_utterances: str = "chunks"
 
     def __post_init__(self) -> None:
@@ -88,10 +104,14 @@ class LabelingConfig:
             )
         if self.window_tokens < 0:
             raise ConfigError(f"window_tokens must be >= 0, got {self.window_tokens}")
-        if self.history_labels is not None and self.history_labels not in HISTORY_LABELS:
+        if self.history_labels is not None and self.history_labels not in HISTORY_FORMATS:
             raise ConfigError(
-                f"history_labels must be one of {HISTORY_LABELS}, got {self.history_labels!r}"
+                f"history_labels must be one of {HISTORY_FORMATS}, got {self.history_labels!r}"
             )
+        if not 0.0 < self.ema_rate <= 1.0:
+            raise ConfigError(f"ema_rate must be in (0, 1], got {self.ema_rate!r}")
+        if not 0.0 <= self.ema_weight <= 10.0:
+            raise ConfigError(f"ema_weight must be in [0, 10], got {self.ema_weight!r}")
         if not isinstance(self.memory, MemoryConfig):
             raise ConfigError(f"memory must be a MemoryConfig, got {type(self.memory).__name__}")
         if self.memory.write_target == "audio+emotion" and self.history_labels == "none":
@@ -144,28 +164,48 @@ class ConversationLabeler:
         # prior memory: the backbone's emotion logits at a lone speaker token, per speaker slot
         # (cleared per conversation; see _prior_read).
         self._speaker_logits: dict[int, torch.Tensor] = {}
+        # prior-ema: the running average of each speaker slot's window reads (per conversation)
+        self._ema: dict[int, torch.Tensor] = {}
 
     def close(self) -> None:
         """Remove the memory's adapters from the backbone (only needed to reuse it otherwise)."""
         if self.memory is not None:
             self.memory.close()
 
-    def label_conversation(self, utterances: Iterable[Utterance]) -> list[LabeledUtterance]:
+    def label_conversation(
+        self,
+        utterances: Iterable[Utterance],
+        resume: ConversationState | None = None,
+        after_utterance: Callable[[list[LabeledUtterance], dict[str, int], list[int]], None]
+        | None = None,
+    ) -> list[LabeledUtterance]:
         """Label a conversation's tokenized utterances, given in dialogue order.
 
         The memory (``dpm``) is reset before the first utterance and discarded after the last,
         so no conversation sees another's. Each result carries its utterance, identity and all.
+
+        Args:
+            utterances: the whole conversation, in dialogue order.
+            resume: a state exported from an earlier, interrupted labeling of the same
+                conversation with the same model and config: labeling continues at its
+                position, exactly as if it had never stopped.
+            after_utterance: called after each utterance with the rows so far, the speaker
+                slots and the history (the caller's chance to :meth:`export_state`).
         """
         cfg = self.config
+        utts = list(utterances)
         torch.manual_seed(cfg.seed)
         slots: dict[str, int] = {}
         history: list[int] = []
         predictions: list[LabeledUtterance] = []
         self._speaker_logits.clear()
+        self._ema.clear()
         if self.memory is not None:
             self.memory.reset()
+        if resume is not None:
+            predictions = self._restore(resume, utts, slots, history)
         try:
-            for utt in utterances:
+            for utt in utts[len(predictions) :]:
                 start = time.perf_counter()
                 codes = utt.codes()
                 parts = self.chunks(codes)
@@ -178,20 +218,10 @@ class ConversationLabeler:
                     # Each chunk enters the history (and memory) as a turn with its own read.
                     self.remember(history, step.tokens, self.vocab.labels[int(np.argmax(read))])
                     total += read * (len(part) / len(codes))
-                probs = total.astype(np.float32)
-                best = int(np.argmax(probs))
-                predictions.append(
-                    LabeledUtterance(
-                        utterance=utt,
-                        emotion=self.vocab.labels[best],
-                        confidence=float(probs[best]),
-                        probs=probs,
-                        ms=(time.perf_counter() - start) * 1000.0,
-                        context_tokens=len(step.ids),
-                        chunks=len(parts),
-                        truncated=len(step.tokens) > self.max_context,
-                    )
-                )
+                ms = (time.perf_counter() - start) * 1000.0
+                predictions.append(self._row(utt, total.astype(np.float32), ms, len(step.ids)))
+                if after_utterance is not None:
+                    after_utterance(predictions, slots, history)
         finally:
             if self.memory is not None:
                 self.memory.reset()
@@ -204,6 +234,42 @@ class ConversationLabeler:
         if self.config.long_utterances != "chunks" or len(audio_ids) <= room:
             return [audio_ids]
         return np.array_split(audio_ids, -(-len(audio_ids) // room))
+
+    def export_state(
+        self, predictions: Sequence[LabeledUtterance], slots: dict[str, int], history: list[int]
+    ) -> ConversationState:
+        """A copy of the labeling state (call from ``after_utterance``; see ConversationState)."""
+        probs = np.array([p.probs for p in predictions], dtype=np.float32)
+        rows = ([p.ms for p in predictions], [p.context_tokens for p in predictions])
+        probs = probs.reshape(len(predictions), len(self.vocab.labels))
+        return capture_state(self.memory, probs, *rows, slots, history)
+
+    def _restore(
+        self, state: ConversationState, utts: Sequence[Utterance], slots: dict, history: list
+    ) -> list[LabeledUtterance]:
+        """Load ``state`` into the memory, RNG, slots and history; returns its rows."""
+        restore_state(state, self.memory, len(utts), len(self.vocab.labels))
+        slots.update(state.speaker_slots)
+        history.extend(state.history)
+        rows = zip(utts, state.probs, state.ms, state.context_tokens, strict=False)
+        return [self._row(*row) for row in rows]
+
+    def _row(
+        self, utt: Utterance, probs: np.ndarray, ms: float, context_tokens: int
+    ) -> LabeledUtterance:
+        best = int(np.argmax(probs))
+        # How the utterance was read follows from its length (so a resumed row says it too).
+        parts = self.chunks(utt.codes())
+        return LabeledUtterance(
+            utterance=utt,
+            emotion=self.vocab.labels[best],
+            confidence=float(probs[best]),
+            probs=np.asarray(probs, dtype=np.float32),
+            ms=ms,
+            context_tokens=context_tokens,
+            chunks=len(parts),
+            truncated=len(parts[-1]) + 2 > self.max_context,
+        )
 
     def prepare(
         self, utt: Utterance, slots: dict[str, int], history: list[int]
@@ -246,7 +312,10 @@ class ConversationLabeler:
         memory, cfg = self.memory, self.config.memory
         if memory is None:
             with torch.no_grad():
-                return self.model.emotion_probs(step.input_ids)[0]
+                read = self.model.emotion_probs(step.input_ids)[0]
+            return (
+                self._ema_read(step.speaker_slot, read) if self.config.mode == "prior-ema" else read
+            )
         base: torch.Tensor | None = None
         read: torch.Tensor | None = None
         if cfg.write_target == "prior":
@@ -267,6 +336,19 @@ class ConversationLabeler:
         if cfg.read_gate < 1.0 and base is not None and float(base.max()) >= cfg.read_gate:
             return base
         return read
+
+    def _ema_read(self, speaker_slot: int, read: torch.Tensor) -> torch.Tensor:
+        """``prior-ema``: the read times the speaker's running average of earlier reads."""
+        average = self._ema.get(speaker_slot)
+        a = self.config.ema_rate
+        if average is None:
+            self._ema[speaker_slot] = read.clone()
+            return read
+        self._ema[speaker_slot] = (1.0 - a) * average + a * read
+        logits = torch.log(read.clamp_min(1e-12)) + self.config.ema_weight * torch.log(
+            average.clamp_min(1e-12)
+        )
+        return torch.softmax(logits, dim=-1)
 
     def _prior_read(
         self, step: PreparedUtterance, memory: TemporaryLoraMemory

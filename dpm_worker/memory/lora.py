@@ -29,6 +29,7 @@ from dpm_worker.errors import ConfigError
 from dpm_worker.memory.config import (
     MemoryConfig,
 )
+from dpm_worker.model import IGNORE
 
 ADAPTER_PREFIX = "dpm_memory"
 # Adapter names are unique per memory object, so two memories on one backbone (e.g. a sweep
@@ -130,6 +131,71 @@ class TemporaryLoraMemory:
         """Every adapter parameter (the only tensors a write may change)."""
         return [p for slot in self._slots.values() for p in slot.params]
 
+    # -- state (checkpoints) ---------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Every written slot's adapter values, optimizer state and step count, as plain tensors.
+
+        Slots never written since the last ``reset`` are left out (they equal their initial
+        values). Keys are ``slot.<k>.param.<i>``, ``slot.<k>.opt.<i>.<name>`` and
+        ``slot.<k>.steps``; the tensors are detached CPU copies, so the caller may store them
+        while labeling goes on. :meth:`load_state_dict` restores them into any memory built
+        with the same config on the same backbone shapes.
+        """
+        out: dict[str, torch.Tensor] = {}
+        for k, slot in sorted(self._slots.items()):
+            if slot.steps == 0 and not slot.optimizer.state:
+                continue
+            out[f"slot.{k}.steps"] = torch.tensor(slot.steps, dtype=torch.int64)
+            for i, param in enumerate(slot.params):
+                out[f"slot.{k}.param.{i}"] = param.detach().cpu().clone()
+                for name, value in slot.optimizer.state.get(param, {}).items():
+                    if value is None:
+                        continue
+                    if not isinstance(value, torch.Tensor):
+                        raise ConfigError(f"optimizer state {name!r} is not a tensor: {value!r}")
+                    out[f"slot.{k}.opt.{i}.{name}"] = value.detach().cpu().clone()
+        return out
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Make this memory exactly the one :meth:`state_dict` described (after a ``reset``).
+
+        Raises:
+            ConfigError: a tensor's key or shape does not fit this memory's adapters.
+        """
+        self.reset()
+        by_slot: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in state.items():
+            parts = key.split(".", 2)
+            if len(parts) != 3 or parts[0] != "slot" or not parts[1].isdigit():
+                raise ConfigError(f"memory state key {key!r} is not slot.<k>.<field>")
+            by_slot.setdefault(int(parts[1]), {})[parts[2]] = value
+        with torch.no_grad():
+            for k, fields in sorted(by_slot.items()):
+                if k not in self._slots:
+                    self._slots[k] = self._create_slot(k)
+                slot = self._slots[k]
+                for i, param in enumerate(slot.params):
+                    saved = fields.get(f"param.{i}")
+                    if saved is None or saved.shape != param.shape:
+                        raise ConfigError(
+                            f"memory state slot {k} param {i}: expected shape "
+                            f"{tuple(param.shape)}, got "
+                            f"{None if saved is None else tuple(saved.shape)}"
+                        )
+                    param.copy_(saved.to(device=param.device, dtype=param.dtype))
+                    prefix = f"opt.{i}."
+                    opt = {n[len(prefix) :]: v for n, v in fields.items() if n.startswith(prefix)}
+                    if opt:
+                        # AdamW keeps its scalar step on the CPU (not capturable); moments follow
+                        # their parameter's device.
+                        slot.optimizer.state[param] = {
+                            n: v.clone() if v.dim() == 0 else v.to(param.device).clone()
+                            for n, v in opt.items()
+                        }
+                slot.steps = int(fields["steps"]) if "steps" in fields else 0
+        self.enable(False)
+
     # -- write ----------------------------------------------------------------------------------
 
     def write(
@@ -163,7 +229,7 @@ class TemporaryLoraMemory:
         encode = cfg.write_target == "audio+prediction"
         if encode and not emotion_ids:
             raise ConfigError("write_target 'audio+prediction' needs the emotion token ids")
-        positions = torch.nonzero(labels[0] != -100).flatten()
+        positions = torch.nonzero(labels[0] != IGNORE).flatten()
         if positions.numel() == 0 or int(positions.min()) < 1:
             raise ConfigError("a memory write needs labels at positions >= 1")
         # Only logits from the first labelled position on are needed; skipping the rest saves

@@ -23,6 +23,7 @@ import transformers
 
 from dpm_worker.errors import ConfigError, LabelError, ModelError
 from dpm_worker.model import folder as checkpoint
+from dpm_worker.model.device import pick_device
 from dpm_worker.model.vocab import StreamVocab
 from dpm_worker.speech import (
     BuiltinSpeechTokenizer,
@@ -117,14 +118,6 @@ def build_text_tokenizer(vocab: StreamVocab) -> transformers.PreTrainedTokenizer
     return transformers.PreTrainedTokenizerFast(
         tokenizer_object=core, pad_token="<pad>", bos_token="<s>", eos_token="</s>"
     )
-
-
-def pick_device(device: str | torch.device | None = None) -> tuple[torch.device, torch.dtype]:
-    """The run-time device and dtype: CUDA in bf16 when available, else CPU in float32."""
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
-    return device, (torch.bfloat16 if device.type == "cuda" else torch.float32)
 
 
 @dataclass
@@ -315,22 +308,36 @@ def load_model(
     *,
     device: str | torch.device | None = None,
     endpoint_url: str | None = None,
+    verify_weights: bool = False,
+    dtype: str | None = None,
 ) -> EmotionModel:
     """Load a model folder: the packaged default (None), a local path, or an ``s3://`` URI.
 
-    Remote folders are copied into ``~/.cache/dpm/models/`` and verified; every folder must
-    match its manifest. Weights load from safetensors only, with ``trust_remote_code`` off.
+    Remote folders are copied once per node into ``~/.cache/dpm/models/`` (each downloaded
+    file hashed in full) and reused while the remote manifest is unchanged. Every folder must
+    match its manifest: sizes, edge hashes and the stored fingerprint by default, every byte
+    with ``verify_weights``. Weights load from safetensors only, with ``trust_remote_code`` off.
+
+    Args:
+        uri: the model folder (None: the packaged default).
+        device: a torch device (None: CUDA in bf16 when available, else CPU in fp32).
+        endpoint_url: an explicit S3 endpoint (else the environment's).
+        verify_weights: re-hash every file in full against the manifest (slow for big models).
+        dtype: the backbone's dtype (None: bf16 on CUDA, else float32); the DPM memory's
+            adapters stay float32 whatever the backbone's dtype.
 
     Raises:
         ModelError: missing or mismatched files, or a vocabulary that does not fit the weights.
     """
     source = str(default_model_path()) if uri is None else uri
-    folder = (
-        checkpoint.fetch_folder(source, endpoint_url=endpoint_url)
-        if is_remote(source)
-        else Path(source)
-    )
-    manifest = checkpoint.verify_folder(folder)
+    if is_remote(source):
+        folder, _ = checkpoint.fetch_folder(
+            source, endpoint_url=endpoint_url, full_hash=verify_weights
+        )
+        manifest = checkpoint.read_manifest(folder)  # fetch_folder verified the copy
+    else:
+        folder = Path(source)
+        manifest = checkpoint.verify_folder(folder, full_hash=verify_weights)
     try:
         meta = json.loads((folder / MODEL_META).read_text())
         vocab = StreamVocab.from_dict(meta["vocab"])
@@ -344,10 +351,10 @@ def load_model(
             f"speech tokenizer has {speech_tokenizer.vocab_size} codes, the vocabulary expects {vocab.n_audio}",
             source,
         )
-    torch_device, dtype = pick_device(device)
+    torch_device, torch_dtype = pick_device(device, dtype)
     try:
         model = transformers.AutoModelForCausalLM.from_pretrained(
-            str(folder), dtype=dtype, use_safetensors=True, trust_remote_code=False
+            str(folder), dtype=torch_dtype, use_safetensors=True, trust_remote_code=False
         )
         text_tokenizer = transformers.AutoTokenizer.from_pretrained(
             str(folder), trust_remote_code=False

@@ -1,3 +1,10 @@
+from dpm_worker.tables.checkpoints import (
+    CHECKPOINTS_DIR,
+    CheckpointKey,
+    CheckpointStore,
+    decode_checkpoint,
+    encode_checkpoint,
+)
 from dpm_worker.tables.fingerprints import (
     FINGERPRINTS_NAME,
     KEY_RECORD,
@@ -31,10 +38,14 @@ from dpm_worker.tables.writer import (
     conversation_key,
     read_run_table,
     row_counts,
+    write_bytes_atomic,
     write_parquet_atomic,
 )
 
 __all__ = [
+    "CHECKPOINTS_DIR",
+    "CheckpointKey",
+    "CheckpointStore",
     "COMPACT_MARK",
     "EMOTIONS",
     "ERRORS",
@@ -51,8 +62,10 @@ __all__ = [
     "conversation_file_name",
     "conversation_fingerprint",
     "conversation_key",
+    "decode_checkpoint",
     "decode_metadata",
     "emotion_schema",
+    "encode_checkpoint",
     "fingerprint_conversations",
     "gold_metrics",
     "labeling_hash",
@@ -66,6 +79,7 @@ __all__ = [
     "row_counts",
     "split_run_uri",
     "validate_run_id",
+    "write_bytes_atomic",
     "write_fingerprints",
     "write_parquet_atomic",
 ]

@@ -8,15 +8,19 @@ Layout under an output URI ``OUT``::
     OUT/_runs/<run_id>/_SUCCESS                                JSON counts; the run is committed
     OUT/_runs/<run_id>/compaction.json                         what ``dpm compact`` merged
     OUT/_runs/<run_id>/fingerprints.parquet                    see ``dpm_worker.tables.fingerprints``
+    OUT/_runs/<run_id>/checkpoints/<key>/                      see ``dpm_worker.tables.checkpoints``
 
 ``<key>`` is a hash of the conversation id, so an id like ``../../etc`` can never place a file
-outside the output prefix, and a retried conversation overwrites its own file instead of
-adding a second one. A file appears whole or not at all: locally it is written to a hidden
-temporary name and renamed; on S3 it is one PUT of the finished bytes. A conversation is
-committed once either of its two files exists; resuming a run skips committed conversations.
-A conversation labeled except for some utterances has both: its error rows in
-``<run_id>--<key>--partial.parquet``, written first, then its emotions file, which commits it
-(a partial errors file alone does not, so a crash between the two relabels the conversation).
+outside the output prefix, and a retried conversation never adds a second file. A file appears
+whole or not at all: locally it is written to a hidden temporary name of its own and then linked
+into place; on S3 it is one PUT of the finished bytes. A conversation's file is written
+exclusively (a hard link locally, ``If-None-Match: *`` on S3): the first complete write commits
+it and a late writer (a timed-out actor that was killed while still writing, or a retry)
+changes nothing. A conversation is committed once either of its two files exists; resuming a
+run skips committed conversations. A conversation labeled except for some utterances has both:
+its error rows in ``<run_id>--<key>--partial.parquet``, written first (and overwritten by a
+retry: it commits nothing), then its emotions file, which commits it (a partial errors file
+alone does not, so a crash between the two relabels the conversation).
 The schemas, ``RunInfo`` and the row builders are in ``dpm_worker.tables.schema``.
 """
 
@@ -64,24 +68,41 @@ def conversation_file_name(run_id: str, conversation_id: str) -> str:
     return f"{validate_run_id(run_id)}--{conversation_key(conversation_id)}.parquet"
 
 
-def write_parquet_atomic(table: pa.Table, uri: str, endpoint_url: str | None = None) -> None:
+def write_parquet_atomic(
+    table: pa.Table, uri: str, endpoint_url: str | None = None, exclusive: bool = False
+) -> bool:
     """Write ``table`` to ``uri`` so that the file appears whole or not at all.
 
-    Local paths: a hidden temporary file in the same folder, fsync, then ``os.replace``.
-    Object stores: the finished bytes in one PUT (an object is visible only once complete).
+    See :func:`write_bytes_atomic`; returns False when ``exclusive`` found the file there.
     """
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
-    _write_bytes_atomic(sink.getvalue().to_pybytes(), uri, endpoint_url)
+    return write_bytes_atomic(sink.getvalue().to_pybytes(), uri, endpoint_url, exclusive)
 
 
-def _write_bytes_atomic(data: bytes, uri: str, endpoint_url: str | None) -> None:
-    """The atomic write behind the Parquet files and the JSON run records."""
+def write_bytes_atomic(
+    data: bytes, uri: str, endpoint_url: str | None = None, exclusive: bool = False
+) -> bool:
+    """Write ``data`` to ``uri`` so that the object appears whole or not at all.
+
+    The write behind the Parquet files, the JSON run records and the checkpoints. Locally a
+    hidden temporary file of a unique name, fsync, then one atomic step (rename, or a hard
+    link when exclusive); on S3 one PUT (conditional, ``If-None-Match: *``, when exclusive).
+
+    Args:
+        data: the bytes.
+        uri: where they go.
+        endpoint_url: an explicit S3 endpoint (else the environment's).
+        exclusive: write only if nothing is there yet: the first complete write wins and a
+            late writer (a killed actor that is still writing) can never replace it.
+
+    Returns:
+        True when written; False when ``exclusive`` found the object already there.
+    """
     fs, path = get_filesystem(uri, endpoint_url)
     try:
         if is_remote(uri):
-            fs.pipe_file(path, data)
-            return
+            return _put(fs, path, data, exclusive and uri.startswith(("s3://", "s3a://")))
         folder, name = os.path.split(path)
         os.makedirs(folder, exist_ok=True)
         # Hidden and not ending in .parquet, so no reader's glob ever picks up a partial file.
@@ -91,12 +112,31 @@ def _write_bytes_atomic(data: bytes, uri: str, endpoint_url: str | None) -> None
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
-            os.replace(tmp, path)
+            if not exclusive:
+                os.replace(tmp, path)
+                return True
+            try:
+                os.link(tmp, path)  # atomic and fails if the name exists: no overwrite
+            except FileExistsError:
+                return False
+            return True
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
     except OSError as exc:
         raise StorageError(f"cannot write {redact(uri)}: {redact(str(exc))}") from exc
+
+
+def _put(fs: Any, path: str, data: bytes, conditional: bool) -> bool:
+    """One PUT; ``conditional``: only if the key does not exist (S3 conditional writes)."""
+    if not conditional:
+        fs.pipe_file(path, data)
+        return True
+    try:
+        fs.pipe_file(path, data, mode="create")
+    except FileExistsError:  # s3fs's translation of 412 PreconditionFailed (If-None-Match)
+        return False
+    return True
 
 
 class RunTables:
@@ -142,7 +182,7 @@ class RunTables:
             self.run, conversation_id, utterances, labeled_at or dt.datetime.now(dt.UTC)
         )
         uri = self.file_uri(EMOTIONS, conversation_id)
-        write_parquet_atomic(table, uri, self.endpoint_url)
+        write_parquet_atomic(table, uri, self.endpoint_url, exclusive=True)
         return uri
 
     def write_errors(
@@ -159,7 +199,9 @@ class RunTables:
         uri = self.file_uri(ERRORS, conversation_id)
         if partial:
             uri = uri[: -len(".parquet")] + PARTIAL_MARK + ".parquet"
-        write_parquet_atomic(build_error_table(self.run, errors), uri, self.endpoint_url)
+        write_parquet_atomic(
+            build_error_table(self.run, errors), uri, self.endpoint_url, exclusive=not partial
+        )
         return uri
 
     def run_files(self, kind: str) -> list[str]:
@@ -194,7 +236,7 @@ class RunTables:
         Redaction belongs to what is printed or logged.
         """
         text = json.dumps(record, indent=2, sort_keys=True, default=str)
-        _write_bytes_atomic(text.encode(), self.record_uri(name), self.endpoint_url)
+        write_bytes_atomic(text.encode(), self.record_uri(name), self.endpoint_url)
 
     def read_record(self, name: str) -> dict[str, Any] | None:
         """Read a JSON run record, or None when it does not exist."""

@@ -1,21 +1,22 @@
-from dpm_worker.training.loop import (
-    IGNORE,
+from dpm_worker.training.batches import (
     ConversationStream,
-    TrainConfig,
     build_stream,
-    compute_loss,
-    isolate_rows,
-    lr_at,
     make_batch,
-    sample_starts,
-    train,
 )
+from dpm_worker.training.loop import AuxHeads, TrainConfig, compute_loss, train
 from dpm_worker.training.memory_loop import (
     MemoryLoopConfig,
     MemoryLoopTrainer,
     TrainingConversation,
     training_conversation,
 )
+from dpm_worker.training.precision import (
+    autocast,
+    autocast_dtype,
+    place_for_training,
+    resolve_device,
+)
+from dpm_worker.training.schedule import lr_at
 from dpm_worker.training.token_cache import (
     conversation_ids,
     group_conversations,
@@ -24,14 +25,17 @@ from dpm_worker.training.token_cache import (
     tokenize_corpus,
 )
 from dpm_worker.training.validation import score_stream, score_stream_windows, summarize_scores
+from dpm_worker.training.windows import isolate_rows, sample_starts
 
 __all__ = [
+    "AuxHeads",
     "ConversationStream",
-    "IGNORE",
     "MemoryLoopConfig",
     "MemoryLoopTrainer",
     "TrainConfig",
     "TrainingConversation",
+    "autocast",
+    "autocast_dtype",
     "build_stream",
     "compute_loss",
     "conversation_ids",
@@ -39,6 +43,8 @@ __all__ = [
     "isolate_rows",
     "iter_waveforms",
     "lr_at",
+    "place_for_training",
+    "resolve_device",
     "make_batch",
     "sample_starts",
     "score_stream",

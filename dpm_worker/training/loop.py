@@ -19,16 +19,17 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from dpm_worker.errors import check_fields
-from dpm_worker.model import EmotionModel, StreamVocab, utterance_start
-
-IGNORE = -100
+from dpm_worker.model import HISTORY_FORMATS, IGNORE, EmotionModel
+from dpm_worker.training.batches import Batch, ConversationStream, make_batch
+from dpm_worker.training.precision import autocast, autocast_dtype
+from dpm_worker.training.schedule import lr_at
+from dpm_worker.training.windows import isolate_rows, sample_starts
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,12 @@ class TrainConfig:
         evals_per_epoch: validation (and checkpoint) passes per epoch.
         seed: seeds the split, the windows and the initialisation.
         threads: torch CPU threads.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
+        precision: ``auto`` (bf16 autocast on CUDA, fp32 on CPU), ``fp32`` or ``bf16``; what
+            trains keeps fp32 weights either way (see :mod:`dpm_worker.training.precision`).
+        gradient_checkpointing: recompute activations in backward (long windows, big bases).
+        grad_accum_steps: micro-batches of ``batch_size`` per optimizer step (the effective
+            batch is their product; an epoch counts effective batches).
     """
 
     window_tokens: int = 512
@@ -82,6 +89,10 @@ class TrainConfig:
     evals_per_epoch: int = 1
     seed: int = 0
     threads: int = 2
+    device: str = "auto"
+    precision: str = "auto"
+    gradient_checkpointing: bool = False
+    grad_accum_steps: int = 1
 
     def __post_init__(self) -> None:
         checks = {
@@ -95,129 +106,16 @@ class TrainConfig:
             "aux_previous": self.aux_previous >= 0,
             "aligned_fraction": 0 <= self.aligned_fraction <= 1,
             "isolated_fraction": 0 <= self.isolated_fraction <= 1,
-            "history_labels": self.history_labels in ("none", "predicted"),
+            "history_labels": self.history_labels in HISTORY_FORMATS,
             "label_noise": 0 <= self.label_noise <= 1,
             "val_fraction": 0 < self.val_fraction < 1,
             "evals_per_epoch": self.evals_per_epoch >= 1,
             "threads": self.threads >= 1,
+            "device": self.device.split(":")[0] in ("auto", "cpu", "cuda"),
+            "precision": self.precision in ("auto", "fp32", "bf16"),
+            "grad_accum_steps": self.grad_accum_steps >= 1,
         }
         check_fields("train", self, checks)
-
-
-@dataclass
-class ConversationStream:
-    """One conversation as a token stream with its labelled ``<audio_end>`` positions."""
-
-    conversation_id: str
-    tokens: np.ndarray  # [L] int64
-    ends: np.ndarray  # [U] position of each utterance's <audio_end>
-    labels: np.ndarray  # [U] label index, IGNORE when unlabelled
-    speakers: np.ndarray  # [U] speaker slot
-    expressive: np.ndarray  # [U] 1 expressive, 0 not, -1 unknown
-    previous: np.ndarray  # [U, aux] index of the same speaker's k-th previous utterance, -1 none
-
-
-def build_stream(
-    vocab: StreamVocab,
-    conversation_id: str,
-    utterances: Sequence[dict],
-    *,
-    history_labels: str = "none",
-    aux_previous: int = 2,
-) -> ConversationStream:
-    """Concatenate ``<spk> codes... <audio_end>`` (+ ``<emo>`` with ``predicted``) per utterance.
-
-    Args:
-        utterances: dicts with ``speaker``, ``codes``, ``emotion`` (or None) and optionally
-            ``expressive``, in dialogue order.
-    """
-    slots: dict[str, int] = {}
-    tokens: list[int] = []
-    ends, labels, speakers, expressive = [], [], [], []
-    last_turns: dict[int, list[int]] = {}
-    previous = np.full((len(utterances), aux_previous), -1, dtype=np.int64)
-    for u, utt in enumerate(utterances):
-        slot = slots.setdefault(utt["speaker"], len(slots))
-        tokens.extend(vocab.utterance_tokens(utt["codes"], slot))
-        ends.append(len(tokens) - 1)
-        label = IGNORE if utt.get("emotion") is None else vocab.label_index(utt["emotion"])
-        labels.append(label)
-        if history_labels == "predicted":
-            # Placeholder emotion token (the true label; noised per window at batch time).
-            tokens.append(vocab.emotion_offset + max(label, 0))
-        speakers.append(slot)
-        flag = utt.get("expressive")
-        expressive.append(-1 if flag is None else int(bool(flag)))
-        turns = last_turns.setdefault(slot, [])
-        for k in range(min(aux_previous, len(turns))):
-            previous[u, k] = turns[-1 - k]
-        turns.append(u)
-    return ConversationStream(
-        conversation_id,
-        np.asarray(tokens, dtype=np.int64),
-        np.asarray(ends, dtype=np.int64),
-        np.asarray(labels, dtype=np.int64),
-        np.asarray(speakers, dtype=np.int64),
-        np.asarray(expressive, dtype=np.int64),
-        previous,
-    )
-
-
-@dataclass
-class Batch:
-    input_ids: torch.Tensor  # [B, W]
-    attention_mask: torch.Tensor  # [B, W]
-    audio_targets: torch.Tensor  # [B, W] next token where it is audio, else IGNORE
-    emotion_targets: torch.Tensor  # [B, W] label index at <audio_end> positions, else IGNORE
-    aux_targets: torch.Tensor  # [K, B, W] labels of the same speaker's earlier turns
-
-
-def make_batch(
-    vocab: StreamVocab,
-    streams: Sequence[ConversationStream],
-    starts: Sequence[int],
-    window: int,
-    *,
-    history_labels: str = "none",
-    label_noise: float = 0.0,
-    rng: np.random.Generator | None = None,
-    lengths: Sequence[int] | None = None,
-) -> Batch:
-    """Cut ``streams[i][starts[i]:starts[i] + window]`` into one right-padded batch.
-
-    ``lengths`` (optional) caps row ``i`` at ``min(window, lengths[i])`` tokens (isolated
-    utterances, see :func:`isolate_rows`).
-    """
-    n_aux = streams[0].previous.shape[1] if streams else 0
-    ids = np.zeros((len(streams), window), dtype=np.int64)
-    mask = np.zeros_like(ids)
-    emo = np.full_like(ids, IGNORE)
-    aux = np.full((n_aux, len(streams), window), IGNORE, dtype=np.int64)
-    for b, (stream, start) in enumerate(zip(streams, starts, strict=True)):
-        size = window if lengths is None else min(window, int(lengths[b]))
-        piece = stream.tokens[start : start + size].copy()
-        if history_labels == "predicted" and label_noise > 0 and rng is not None:
-            is_emo = piece >= vocab.emotion_offset
-            noisy = is_emo & (rng.random(piece.shape) < label_noise)
-            piece[noisy] = vocab.emotion_offset + rng.integers(
-                len(vocab.labels), size=int(noisy.sum())
-            )
-        ids[b, : len(piece)] = piece
-        mask[b, : len(piece)] = 1
-        inside = (stream.ends >= start) & (stream.ends < start + len(piece))
-        for u in np.flatnonzero(inside):
-            pos = stream.ends[u] - start
-            emo[b, pos] = stream.labels[u]
-            for k in range(n_aux):
-                prev = stream.previous[u, k]
-                # Only earlier turns still inside the window: the model cannot know the rest.
-                if prev >= 0 and stream.ends[prev] >= start:
-                    aux[k, b, pos] = stream.labels[prev]
-    audio = np.full_like(ids, IGNORE)
-    nxt = ids[:, 1:]
-    is_audio = (nxt >= vocab.audio_offset) & (nxt < vocab.speaker_offset) & (mask[:, 1:] == 1)
-    audio[:, :-1] = np.where(is_audio, nxt, IGNORE)
-    return Batch(*(torch.from_numpy(a) for a in (ids, mask, audio, emo, aux)))
 
 
 class AuxHeads(torch.nn.Module):
@@ -237,9 +135,21 @@ class AuxHeads(torch.nn.Module):
 
 
 def compute_loss(
-    model: EmotionModel, batch: Batch, config: TrainConfig, aux_heads: AuxHeads | None
+    model: EmotionModel,
+    batch: Batch,
+    config: TrainConfig,
+    aux_heads: AuxHeads | None,
+    scales: dict[str, float] | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The training loss of one batch and its parts (for logging)."""
+    """The training loss of one batch and its parts (for logging).
+
+    Args:
+        scales: a factor per part (``L_a``, ``L_e``, ``L_aux``) applied to the returned loss
+            only, not to the logged parts. Data-parallel workers use it to weight their slice's
+            means by the slice's share of the global batch's targets, so the averaged gradient
+            is the one of the whole batch's means.
+    """
+    scale = scales or {}
     lm = model.model
     out = lm(
         input_ids=batch.input_ids.to(model.device),
@@ -258,101 +168,14 @@ def compute_loss(
         if keep.any()
         else logits.sum() * 0
     )
-    loss = config.audio_weight * loss_a + config.emotion_weight * loss_e
+    loss = config.audio_weight * loss_a * scale.get("L_a", 1.0)
+    loss = loss + config.emotion_weight * loss_e * scale.get("L_e", 1.0)
     parts = {"L_a": loss_a.item(), "L_e": loss_e.item()}
     if aux_heads is not None:
         loss_aux = aux_heads(out.hidden_states[-1].float(), batch.aux_targets.to(model.device))
-        loss = loss + config.aux_weight * loss_aux
+        loss = loss + config.aux_weight * loss_aux * scale.get("L_aux", 1.0)
         parts["L_aux"] = loss_aux.item()
     return loss, parts
-
-
-def sample_starts(
-    streams: Sequence[ConversationStream],
-    window: int,
-    n: int,
-    rng: np.random.Generator,
-    aligned_fraction: float = 0.0,
-) -> tuple[list[ConversationStream], list[int]]:
-    """``n`` random windows: a conversation drawn in proportion to its length, then a start.
-
-    A start is uniform over token positions, or, with probability ``aligned_fraction``, the
-    first token of a random utterance: the window's first utterance is then read with no
-    history at all, exactly as ``utterance`` mode reads every utterance, and the later ones
-    with a history that starts on an utterance boundary. Without aligned starts, a model
-    almost never sees a context-free utterance in training.
-    """
-    lengths = np.array([len(s.tokens) for s in streams], dtype=np.float64)
-    picks = rng.choice(len(streams), size=n, p=lengths / lengths.sum())
-    starts = []
-    for i in picks:
-        stream = streams[i]
-        if rng.random() < aligned_fraction:
-            starts.append(
-                utterance_start(stream.tokens, stream.ends, int(rng.integers(len(stream.ends))))
-            )
-        else:
-            starts.append(int(rng.integers(0, max(1, len(stream.tokens) - window + 1))))
-    return [streams[i] for i in picks], starts
-
-
-def isolate_rows(
-    streams: Sequence[ConversationStream],
-    starts: Sequence[int],
-    fraction: float,
-    rng: np.random.Generator,
-) -> tuple[list[int], list[int] | None]:
-    """Turn a share ``fraction`` of the batch rows into one utterance alone.
-
-    Such a row starts on a random utterance of its stream and stops at that utterance's
-    ``<audio_end>``: the model reads it with no history and no later speech, exactly as
-    ``utterance`` mode does. Why: aligned windows give only their first utterance a
-    context-free read, so an utterance-mode read is a small share of the emotion loss.
-
-    Returns:
-        The new starts and per-row lengths (a huge number for untouched rows; ``None`` when
-        ``fraction`` is 0, which draws nothing from ``rng`` so old runs replay unchanged).
-    """
-    if fraction <= 0:
-        return list(starts), None
-    new_starts, lengths = list(starts), [2**62] * len(starts)
-    for b, stream in enumerate(streams):
-        if rng.random() < fraction:
-            u = int(rng.integers(len(stream.ends)))
-            first = utterance_start(stream.tokens, stream.ends, u)
-            new_starts[b] = first
-            lengths[b] = int(stream.ends[u]) - first + 1
-    return new_starts, lengths
-
-
-class LrSchedule(Protocol):
-    """What :func:`lr_at` reads from a config (TrainConfig, MemoryLoopConfig)."""
-
-    @property
-    def lr(self) -> float: ...
-    @property
-    def warmup_steps(self) -> int: ...
-    @property
-    def min_lr_ratio(self) -> float: ...
-    @property
-    def max_minutes(self) -> float: ...
-
-
-def lr_at(step: int, total: int, config: LrSchedule, minutes: float = 0.0) -> float:
-    """Linear warm-up, then cosine decay to ``lr * min_lr_ratio``.
-
-    Progress is the larger of steps done and budget used (``minutes / max_minutes``), so a run
-    cut short by its wall-time budget on a busy machine still ends with a decayed rate.
-    """
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, total - config.warmup_steps)
-    if config.max_minutes:
-        progress = max(progress, minutes / config.max_minutes)
-    progress = min(1.0, progress)
-    return config.lr * (
-        config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-    )
 
 
 def train(
@@ -364,6 +187,10 @@ def train(
     progress: bool = True,
 ) -> list[dict]:
     """Train ``model.model`` in place on random windows of ``train_streams``.
+
+    The model is trained where it is (``model.device``; see
+    :func:`dpm_worker.training.precision.place_for_training`), under bf16 autocast when
+    ``config.precision`` says so for that device.
 
     Args:
         model: the model to train (its trainable parameters are whatever requires grad).
@@ -381,7 +208,9 @@ def train(
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
     tokens_total = sum(len(s.tokens) for s in train_streams)
-    steps_per_epoch = max(1, math.ceil(tokens_total / (config.window_tokens * config.batch_size)))
+    per_step = config.window_tokens * config.batch_size * config.grad_accum_steps
+    steps_per_epoch = max(1, math.ceil(tokens_total / per_step))
+    cast = autocast_dtype(model.device, config.precision)
     total = max(1, int(config.epochs * steps_per_epoch))
     eval_every = max(1, steps_per_epoch // config.evals_per_epoch)
     hidden = int(model.model.get_input_embeddings().weight.size(1))  # type: ignore[operator]
@@ -401,18 +230,24 @@ def train(
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, total, config, (time.monotonic() - started) / 60)
-        streams, starts = sample_starts(
-            train_streams, config.window_tokens, config.batch_size, rng, config.aligned_fraction
-        )
-        starts, lengths = isolate_rows(streams, starts, config.isolated_fraction, rng)
-        batch = make_batch(
-            model.vocab, streams, starts, config.window_tokens,
-            history_labels=config.history_labels, label_noise=config.label_noise, rng=rng,
-            lengths=lengths,
-        )  # fmt: skip
-        loss, parts = compute_loss(model, batch, config, aux)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        parts: dict[str, float] = {}
+        for _micro in range(config.grad_accum_steps):
+            streams, starts = sample_starts(
+                train_streams, config.window_tokens, config.batch_size, rng,
+                config.aligned_fraction,
+            )  # fmt: skip
+            starts, lengths = isolate_rows(streams, starts, config.isolated_fraction, rng)
+            batch = make_batch(
+                model.vocab, streams, starts, config.window_tokens,
+                history_labels=config.history_labels, label_noise=config.label_noise, rng=rng,
+                lengths=lengths,
+            )  # fmt: skip
+            with autocast(model.device, cast):
+                loss, micro_parts = compute_loss(model, batch, config, aux)
+            (loss / config.grad_accum_steps).backward()
+            for name, value in micro_parts.items():
+                parts[name] = parts.get(name, 0.0) + value / config.grad_accum_steps
         torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
         optimizer.step()
         for name, value in parts.items():

@@ -10,6 +10,11 @@ Both sides label the same conversations with the same model and mode:
 
 Reported: wall times, the ratio, and where the time goes (Ray start, actor start, the
 scheduling phase, and the actors' own per-stage seconds: read, tokenize, label, write).
+
+``--device``/``--dtype`` choose where and in which precision the backbone runs on both sides
+(``--device cuda --dtype bfloat16`` on a GPU; a bf16 backbone also runs on CPU). With
+``--random-model LAYERSxWIDTH`` a random Llama of that shape is saved into the work folder and
+benchmarked instead of ``--model`` (e.g. ``24x2048``, a realistic 1B-class shape).
 """
 
 from __future__ import annotations
@@ -45,16 +50,57 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "per worker; more threads than free cores slow small models down several-fold)",
     )
     parser.add_argument("--workdir", help="where the corpus and tables go (default: temp dir)")
+    parser.add_argument("--device", help="torch device, e.g. cuda or cpu (default: CUDA if any)")
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16", "float16"),
+        help="backbone dtype (default: bfloat16 on CUDA, else float32)",
+    )
+    parser.add_argument(
+        "--random-model",
+        metavar="LAYERSxWIDTH",
+        help="benchmark a random Llama of this shape (saved into the work folder)",
+    )
+    parser.add_argument(
+        "--gpus-per-actor", type=float, default=1.0, help="GPUs per actor on a GPU machine"
+    )
+    parser.add_argument(
+        "--in-process-only", action="store_true", help="skip the Ray side (no cluster started)"
+    )
 
 
-def in_process(corpus: str, model_uri: str | None, mode: str, threads: int) -> dict:
+def save_random_model(shape: str, folder: str) -> str:
+    """Save a random Llama of ``LAYERSxWIDTH`` (heads of width 64 or less) into ``folder``."""
+    from dpm_worker.errors import ConfigError
+    from dpm_worker.model import EmotionModel, save_model
+
+    try:
+        layers, width = (int(x) for x in shape.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"--random-model must look like 24x2048, got {shape!r}") from None
+    heads = max(1, width // 128) if width >= 512 else max(1, width // 16)
+    model = EmotionModel.random(hidden=width, layers=layers, heads=heads, max_context=2048)
+    # Saved in bf16: half the bytes to write and read; loading casts to the asked dtype.
+    model.model.to(torch.bfloat16)  # type: ignore[arg-type]  # transformers' typed .to
+    save_model(model, folder)
+    return folder
+
+
+def in_process(
+    corpus: str,
+    model_uri: str | None,
+    mode: str,
+    threads: int,
+    device: str | None = None,
+    dtype: str | None = None,
+) -> dict:
     from dpm_worker.memory import LabelingConfig
     from dpm_worker.model import load_model
     from pipelines.eval import label_conversations, load_conversations
 
     torch.set_num_threads(threads)
     start = time.monotonic()
-    model = load_model(model_uri)
+    model = load_model(model_uri, device=device, dtype=dtype)
     loaded = time.monotonic()
     conversations = load_conversations(corpus, model)
     tokenized = time.monotonic()
@@ -69,6 +115,8 @@ def in_process(corpus: str, model_uri: str | None, mode: str, threads: int) -> d
         "utterances": n,
         "utterances_per_s": round(n / (done - start), 2),
         "torch_threads": torch.get_num_threads(),
+        "device": str(model.device),
+        "dtype": str(next(model.model.parameters()).dtype).removeprefix("torch."),
     }
 
 
@@ -85,6 +133,9 @@ def on_ray(corpus: str, model_uri: str | None, mode: str, args: argparse.Namespa
             "address": args.address,
             "actors": args.actors,
             "cpus_per_actor": args.cpus_per_actor,
+            "gpus_per_actor": args.gpus_per_actor,
+            "device": args.device,
+            "dtype": args.dtype,
         },
         ["progress_interval_s=15"],
     )
@@ -113,6 +164,18 @@ def on_ray(corpus: str, model_uri: str | None, mode: str, args: argparse.Namespa
     }
 
 
+def header(args: argparse.Namespace, corpus: str, local: dict) -> dict:
+    return {
+        "benchmark": "throughput",
+        "corpus": corpus,
+        "mode": args.mode,
+        "model": args.random_model or args.model or "default",
+        "device": local["device"],
+        "dtype": local["dtype"],
+        "cpus": os.cpu_count(),
+    }
+
+
 def run(args: argparse.Namespace) -> int:
     args.workdir = args.workdir or tempfile.mkdtemp(prefix="dpm-bench-throughput-")
     corpus = args.corpus
@@ -129,14 +192,17 @@ def run(args: argparse.Namespace) -> int:
                 max_utterances=args.max_utterances,
             ),
         )
+    model_uri = args.model
+    if args.random_model:
+        model_uri = save_random_model(args.random_model, os.path.join(args.workdir, "model"))
     threads = args.in_process_threads or max(1, int(args.cpus_per_actor))
-    local = in_process(corpus, args.model, args.mode, threads)
-    ray_side = on_ray(corpus, args.model, args.mode, args)
+    local = in_process(corpus, model_uri, args.mode, threads, args.device, args.dtype)
+    if args.in_process_only:
+        print(json.dumps({**header(args, corpus, local), "in_process": local}, indent=2))
+        return 0
+    ray_side = on_ray(corpus, model_uri, args.mode, args)
     report = {
-        "benchmark": "throughput",
-        "corpus": corpus,
-        "mode": args.mode,
-        "cpus": os.cpu_count(),
+        **header(args, corpus, local),
         "in_process": local,
         "ray": ray_side,
         "ratio_wall_ray_over_in_process": round(ray_side["wall_s"] / local["wall_s"], 3),

@@ -15,7 +15,7 @@ from typing import Any
 from dpm_worker.errors import DpmError, StorageError
 from dpm_worker.storage import redact
 from dpm_worker.tables import RunInfo
-from dpm_worker.worker import FAULT_ENV, FAULT_MARKER_ENV, WorkerSettings
+from dpm_worker.worker import WorkerSettings
 from pipelines.label.config import LabelJobConfig
 
 log = logging.getLogger("dpm.label")
@@ -28,8 +28,6 @@ FORWARDED_ENV = (
     "AWS_REGION",
     "AWS_DEFAULT_REGION",
     "DPM_CACHE_DIR",
-    FAULT_ENV,
-    FAULT_MARKER_ENV,
 )
 
 
@@ -85,8 +83,11 @@ def start_actors(config: LabelJobConfig, run: RunInfo, worker_class: type) -> li
         model_uri=config.model,
         labeling=config.labeling,
         device=config.device,
+        dtype=config.dtype,
         torch_threads=config.threads,
         max_segment_s=config.max_segment_s,
+        checkpoint_every=config.checkpoint_every_utterances,
+        verify_weights=config.verify_weights,
     )
     log.info(
         "starting %d actor(s) with %s (cluster: %.0f CPU, %.0f GPU)",

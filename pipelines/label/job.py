@@ -25,6 +25,7 @@ from dpm_worker.tables import (
     ERRORS,
     KEY_RECORD,
     SUCCESS_NAME,
+    CheckpointStore,
     FingerprintKey,
     PreviousFingerprints,
     RunInfo,
@@ -34,11 +35,11 @@ from dpm_worker.tables import (
     write_fingerprints,
 )
 from dpm_worker.worker import ConversationWorker
+from pipelines.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL
 from pipelines.label.actors import start_actors
 from pipelines.label.config import LabelJobConfig
 
 log = logging.getLogger("dpm.label")
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 
 
 def finish(code: int, message: str) -> int:
@@ -81,7 +82,8 @@ class LabelJob:
 
     def execute(self) -> int:
         """Start Ray and the actors, schedule, write ``_SUCCESS``; returns the exit code."""
-        from pipelines.label.scheduler import ConversationScheduler, Progress
+        from pipelines.label.bookkeeping import Progress
+        from pipelines.label.scheduler import ConversationScheduler
 
         progress = self.progress = Progress(total_rows=self.total_rows)
         started_at = dt.datetime.now(dt.UTC)
@@ -152,6 +154,8 @@ class LabelJob:
                 f"{head}, {len(lost)} NOT labeled ({names}; last error: "
                 f"{lost[-1][1]}); re-run with --run-id {self.run.run_id} to finish",
             )
+        # Every conversation is committed: checkpoints left by killed writers are litter now.
+        CheckpointStore(self.config.output, self.run.run_id, self.tables.endpoint_url).clear()
         counts = self._success_record(progress, started_at)
         code = EXIT_PARTIAL if counts["errors"]["conversations"] else EXIT_OK
         return finish(

@@ -68,3 +68,44 @@ def test_default_model_from_package_and_s3_scores_identically(s3_bucket, cache):
     remote = load_model(f"s3://{s3_bucket}/default", device="cpu")
     assert remote.fingerprint == packaged.fingerprint
     torch.testing.assert_close(probe(remote), probe(packaged), rtol=0, atol=0)
+
+
+LOADER = """
+import json, sys
+from dpm_worker.model import load_model
+from dpm_worker.model.folder import fetch_folder
+local, downloaded = fetch_folder(sys.argv[1])
+model = load_model(sys.argv[1])  # the copy is complete: nothing more is downloaded
+print(json.dumps({"local": str(local), "downloaded": downloaded, "fp": model.fingerprint}))
+"""
+
+
+def test_concurrent_loaders_on_a_node_download_once_and_reuse_the_copy(s3_bucket, cache):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    uri = f"s3://{s3_bucket}/models/shared"
+    save_model(EmotionModel.random(seed=6), uri)
+    env = {**os.environ, "DPM_CACHE_DIR": str(cache), "PYTHONPATH": str(repo)}
+    loaders = [
+        subprocess.Popen(
+            [sys.executable, "-c", LOADER, uri], env=env, stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    results = [json.loads(p.communicate(timeout=300)[0]) for p in loaders]
+    assert all(p.returncode == 0 for p in loaders)
+    names = sorted(get_filesystem(uri)[0].ls(get_filesystem(uri)[1], detail=False))
+    files = sorted(n.rsplit("/", 1)[-1] for n in names if not n.endswith("dpm_manifest.json"))
+    downloaded = sorted(results[0]["downloaded"] + results[1]["downloaded"])
+    assert downloaded == files  # every file exactly once, by whichever loader got the lock
+    assert results[0]["local"] == results[1]["local"]
+    assert results[0]["fp"] == results[1]["fp"]
+    again = subprocess.run(
+        [sys.executable, "-c", LOADER, uri], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert json.loads(again.stdout)["downloaded"] == []

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from dpm_worker.audio import TARGET_SR, conversation_segments, detect_speech, split_at_quietest
+from dpm_worker.audio import SAMPLE_RATE, conversation_segments, detect_speech, split_at_quietest
 from dpm_worker.corpus import UtteranceRow, read_rttm
 from dpm_worker.errors import DiarizationError
 
@@ -28,13 +28,13 @@ def _mask(spans, n_frames: int) -> np.ndarray:
 def meeting(request):
     """(name, samples, reference turns) of one excerpt."""
     samples, sr = sf.read(FIXTURES / f"{request.param}.flac", dtype="float32")
-    assert sr == TARGET_SR and samples.ndim == 1
+    assert sr == SAMPLE_RATE and samples.ndim == 1
     return request.param, samples, read_rttm(str(FIXTURES / f"{request.param}.rttm"))
 
 
 def test_vad_covers_reference_speech(meeting):
     name, samples, turns = meeting
-    n = round(samples.size / TARGET_SR / FRAME_S) + 1
+    n = round(samples.size / SAMPLE_RATE / FRAME_S) + 1
     reference = _mask([(t.start_s, t.end_s) for t in turns], n)
     found = _mask(detect_speech(samples), n)
     coverage = (found & reference).sum() / reference.sum()
@@ -49,7 +49,7 @@ def test_unsegmented_meeting_gives_segments_that_fit(meeting):
     whole = conversation_segments([row])
     cut = conversation_segments([row], max_segment_s=4.0)
     assert max(s.end_s - s.start_s for s in whole) > 4.0  # something had to be cut
-    assert all(s.samples.size <= 4.0 * TARGET_SR for s in cut)
+    assert all(s.samples.size <= 4.0 * SAMPLE_RATE for s in cut)
     assert all(s.speaker == "unknown" and s.channel is None for s in cut)
     assert [s.utterance_index for s in cut] == list(range(len(cut)))
     # Cutting drops nothing: the pieces tile exactly the regions VAD found.
@@ -58,7 +58,7 @@ def test_unsegmented_meeting_gives_segments_that_fit(meeting):
     )
     assert sum(s.pieces > 1 for s in cut) > 0
     for seg in cut:
-        expected = samples[round(seg.start_s * TARGET_SR) : round(seg.end_s * TARGET_SR)]
+        expected = samples[round(seg.start_s * SAMPLE_RATE) : round(seg.end_s * SAMPLE_RATE)]
         np.testing.assert_array_equal(seg.samples, expected)
 
 
@@ -90,24 +90,24 @@ def test_rttm_of_another_recording_fails(tmp_path):
 
 def test_split_at_quietest_cuts_in_the_pause():
     rng = np.random.default_rng(0)
-    loud = (0.3 * rng.standard_normal(TARGET_SR * 20)).astype(np.float32)
-    loud[round(7.0 * TARGET_SR) : round(7.3 * TARGET_SR)] *= 0.01  # the one pause, at 7.0-7.3 s
-    pieces = split_at_quietest(loud, TARGET_SR, 0.0, 20.0, 15.0)
+    loud = (0.3 * rng.standard_normal(SAMPLE_RATE * 20)).astype(np.float32)
+    loud[round(7.0 * SAMPLE_RATE) : round(7.3 * SAMPLE_RATE)] *= 0.01  # the one pause, at 7.0-7.3 s
+    pieces = split_at_quietest(loud, SAMPLE_RATE, 0.0, 20.0, 15.0)
     assert len(pieces) == 2
     assert 7.0 <= pieces[0][1] <= 7.3
     assert pieces[0][0] == 0.0 and pieces[-1][1] == 20.0
     # A cut that would leave more pieces than needed is not taken: with 10 s pieces the pause
     # at 7 s cannot be used (the rest, 13 s, would need two more).
-    pieces = split_at_quietest(loud, TARGET_SR, 0.0, 20.0, 10.0)
+    pieces = split_at_quietest(loud, SAMPLE_RATE, 0.0, 20.0, 10.0)
     assert len(pieces) == 2 and pieces[0][1] == pytest.approx(10.0)
-    assert split_at_quietest(loud, TARGET_SR, 2.0, 9.0, 10.0) == [(2.0, 9.0)]
+    assert split_at_quietest(loud, SAMPLE_RATE, 2.0, 9.0, 10.0) == [(2.0, 9.0)]
 
 
 def test_split_at_quietest_gives_fewest_pieces_within_the_limit():
     rng = np.random.default_rng(1)
-    signal = (0.3 * rng.standard_normal(TARGET_SR * 61)).astype(np.float32)
+    signal = (0.3 * rng.standard_normal(SAMPLE_RATE * 61)).astype(np.float32)
     for max_s in (4.0, 7.5, 15.28):
-        pieces = split_at_quietest(signal, TARGET_SR, 0.5, 60.5, max_s)
+        pieces = split_at_quietest(signal, SAMPLE_RATE, 0.5, 60.5, max_s)
         assert len(pieces) == int(np.ceil(60.0 / max_s))
         assert all(b - a <= max_s + 1e-9 for a, b in pieces)
         assert all(a1 == b0 for (_, b0), (a1, _) in zip(pieces, pieces[1:], strict=False))

@@ -384,3 +384,31 @@ def test_prior_weight_zero_is_the_backbone_read() -> None:
         ).label_conversation(conv)
     )
     np.testing.assert_allclose(dpm, window, atol=1e-5)
+
+
+def test_prior_ema_multiplies_the_window_read_by_the_speakers_running_average() -> None:
+    conv = conversation(11, n=9)
+    model = make_model()
+    window = probs(
+        ConversationLabeler(model, LabelingConfig(mode="window")).label_conversation(conv)
+    )
+    config = LabelingConfig(mode="prior-ema", ema_rate=0.4, ema_weight=0.8)
+    ema = ConversationLabeler(model, config)
+    got = probs(ema.label_conversation(conv))
+    average: dict[str, np.ndarray] = {}
+    for i, u in enumerate(conv):  # the closed form, on the window mode's saved reads
+        read = window[i].astype(np.float64)
+        if u.speaker not in average:
+            expected, average[u.speaker] = read, read
+        else:
+            expected = read * average[u.speaker] ** 0.8
+            expected /= expected.sum()
+            average[u.speaker] = 0.6 * average[u.speaker] + 0.4 * read
+        np.testing.assert_allclose(got[i], expected, atol=1e-5)
+    assert not np.allclose(got, window, atol=1e-3)
+    # no state leaks across conversations; beta 0 is the window read
+    np.testing.assert_array_equal(probs(ema.label_conversation(conv)), got)
+    flat = ConversationLabeler(model, replace(config, ema_weight=0.0))
+    np.testing.assert_allclose(probs(flat.label_conversation(conv)), window, atol=1e-6)
+    with pytest.raises(ConfigError, match="ema_rate"):
+        LabelingConfig(mode="prior-ema", ema_rate=0.0)

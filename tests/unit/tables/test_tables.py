@@ -152,12 +152,32 @@ def test_duckdb_and_pandas_read_the_hive_table(tmp_path):
     assert sorted(frame["conversation_id"].unique()) == ["c1", "c2"]
 
 
-def test_retry_overwrites_instead_of_duplicating(tmp_path):
+def test_retry_never_duplicates_nor_replaces_the_committed_file(tmp_path):
     tables = RunTables(str(tmp_path), make_run())
-    tables.write_emotions("c1", utterances(3))
-    tables.write_emotions("c1", utterances(3))
+    uri = tables.write_emotions("c1", utterances(3), dt.datetime(2026, 11, 30, 12))
+    with open(uri, "rb") as fh:
+        committed = fh.read()
+    # A late writer (a killed actor still writing) with other rows changes nothing.
+    assert tables.write_emotions("c1", utterances(2), dt.datetime(2026, 11, 30, 11)) == uri
+    with open(uri, "rb") as fh:
+        assert fh.read() == committed
     assert read_run_table(str(tmp_path), EMOTIONS).num_rows == 3
     assert tables.committed_keys() == {conversation_key("c1")}
+    assert not [n for n in os.listdir(os.path.dirname(uri)) if n.endswith(".tmp")]
+
+
+def test_racing_exclusive_writers_one_wins_whole(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dpm_worker.tables import write_bytes_atomic
+
+    uri = str(tmp_path / "race.bin")
+    payloads = [bytes([i]) * (1 << 20) for i in range(8)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        won = list(pool.map(lambda p: write_bytes_atomic(p, uri, exclusive=True), payloads))
+    assert sum(won) == 1
+    with open(uri, "rb") as fh:
+        assert fh.read() == payloads[won.index(True)]
 
 
 def test_committed_keys_cover_both_tables_and_only_this_run(tmp_path):

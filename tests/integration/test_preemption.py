@@ -1,0 +1,68 @@
+"""Preemption on a real Ray actor: SIGTERM mid-conversation writes a checkpoint, the retry
+resumes from it. The signal is sent to the actor's process, found by the actor's id through
+Ray's state API (never by process name)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from dpm_worker.tables import CheckpointStore
+from tests.unit.test_worker_resume import EVERY, TARGETS, long_conversation, settings
+
+pytestmark = pytest.mark.integration
+
+
+class RandomModelWorker:
+    """The library's worker on the tiny random model (no model folder to load)."""
+
+    def __init__(self, worker_settings) -> None:
+        import torch
+
+        from dpm_worker.model import EmotionModel
+        from dpm_worker.worker import ConversationWorker
+
+        torch.set_num_threads(1)
+        self.worker = ConversationWorker(worker_settings, EmotionModel.random(seed=0))
+
+    def guarded(self) -> bool:
+        return self.worker._guard.installed
+
+    def label(self, conversation_id, rows):
+        return self.worker.label(conversation_id, rows)
+
+
+def test_sigterm_to_actor_checkpoints_and_retry_resumes(ray_address, tmp_path) -> None:
+    import ray
+    from ray.exceptions import RayActorError
+    from ray.util.state import get_actor
+
+    rows = long_conversation(tmp_path)
+    worker_settings = settings(tmp_path / "out", "run", TARGETS["prior"])
+    actor = (
+        ray.remote(RandomModelWorker)
+        .options(num_cpus=0.5, max_restarts=1, max_task_retries=0)
+        .remote(worker_settings)
+    )
+    assert ray.get(actor.guarded.remote(), timeout=120)  # the actor's __init__ ran on main
+    task = actor.label.remote("call", rows)
+    store = CheckpointStore(str(tmp_path / "out"), "run")
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not os.path.exists(store.folder_uri("call")):
+        time.sleep(0.05)
+    time.sleep(1.0)
+    pid = get_actor(actor._actor_id.hex(), address=ray_address).pid
+    os.kill(pid, signal.SIGTERM)  # as Kubernetes / a spot reclaim would
+    with pytest.raises(RayActorError):
+        ray.get(task, timeout=120)
+    names = os.listdir(store.folder_uri("call"))
+    assert len(names) == 1
+    position = int(names[0][:8])
+    assert position > EVERY and position % EVERY != 0  # written at the signal
+    summary = ray.get(actor.label.remote("call", rows), timeout=600)  # the restarted actor
+    assert summary["status"] == "labeled" and summary["resumed_from"] == position
+    assert summary["pid"] != pid
+    ray.kill(actor)

@@ -1,0 +1,180 @@
+"""A long conversation whose worker dies mid-way resumes from its newest checkpoint.
+
+The death is simulated in the test, not in the library: the test wraps the worker's labeler so
+that the process "dies" (SystemExit, as Ray's SIGTERM handler raises) right after utterance
+120; a fresh worker with a fresh model then labels the same conversation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dpm_worker.audio import write_audio
+from dpm_worker.corpus import DEFAULT_LABELS, UtteranceRow
+from dpm_worker.memory import LabelingConfig, MemoryConfig
+from dpm_worker.model import EmotionModel
+from dpm_worker.tables import EMOTIONS, CheckpointStore, RunInfo, read_run_table
+from dpm_worker.worker import ConversationWorker, WorkerSettings
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+REPO = Path(__file__).resolve().parents[2]
+N_UTTERANCES, KILL_AFTER, EVERY = 204, 120, 25
+TARGETS = {
+    "prior": MemoryConfig(steps_per_utterance=1),
+    "audio": MemoryConfig(write_target="audio", optimizer="adamw", lr=1e-3, steps_per_utterance=1),
+}
+
+
+def settings(out: Path, run_id: str, memory: MemoryConfig) -> WorkerSettings:
+    run = RunInfo(run_id, "2026-11-30", DEFAULT_LABELS, "dpm", "dpm-random-0", "random-0", "t")
+    labeling = LabelingConfig(mode="dpm", window_tokens=32, memory=memory)
+    return WorkerSettings(str(out), run, labeling=labeling, checkpoint_every=EVERY)
+
+
+def long_conversation(folder: Path, n: int = N_UTTERANCES) -> list[UtteranceRow]:
+    rng = np.random.default_rng(0)
+    seconds = n * 0.3
+    t = np.arange(int(seconds * 16000)) / 16000
+    pitch = 150 + 60 * np.sin(2 * np.pi * t / 7.0)  # prosody that moves along the call
+    samples = 0.2 * np.sin(2 * np.pi * pitch * t) * (0.5 + 0.5 * rng.random(t.size))
+    uri = str(folder / "call.wav")
+    write_audio(uri, samples.astype(np.float32), 16000)
+    return [UtteranceRow("call", i, "AB"[i % 2], uri, i * 0.3, i * 0.3 + 0.25) for i in range(n)]
+
+
+def table(out: Path) -> pd.DataFrame:
+    frame = read_run_table(str(out), EMOTIONS).to_pandas()
+    return frame.sort_values("utterance_index").reset_index(drop=True)
+
+
+def probabilities(frame: pd.DataFrame) -> np.ndarray:
+    return frame[[f"p_{label}" for label in DEFAULT_LABELS]].to_numpy()
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_killed_after_120_resumes_from_100_and_equals_uninterrupted(tmp_path, target) -> None:
+    rows = long_conversation(tmp_path)
+    memory = TARGETS[target]
+    clean_out = tmp_path / "clean"
+    clean = ConversationWorker(settings(clean_out, "clean", memory), EmotionModel.random(seed=0))
+    assert clean.label("call", rows)["status"] == "labeled"
+
+    out = tmp_path / "out"
+    first = ConversationWorker(settings(out, "run", memory), EmotionModel.random(seed=0))
+    original = first.labeler.label_conversation
+
+    def dies_after_120(inputs, resume=None, after_utterance=None):
+        def after(rows_so_far, slots, history):
+            after_utterance(rows_so_far, slots, history)
+            if len(rows_so_far) == KILL_AFTER:
+                raise SystemExit(1)  # the process ends here; nothing after it runs
+
+        return original(inputs, resume, after)
+
+    first.labeler.label_conversation = dies_after_120  # type: ignore[method-assign]
+    with pytest.raises(SystemExit):
+        first.label("call", rows)
+    store = CheckpointStore(str(out), "run")
+    names = os.listdir(store.folder_uri("call"))
+    assert [n[:8] for n in names] == ["00000100"]  # every 25; the older ones dropped
+    assert not (out / EMOTIONS).exists()
+
+    retry = ConversationWorker(settings(out, "run", memory), EmotionModel.random(seed=0))
+    summary = retry.label("call", rows)
+    assert summary["status"] == "labeled" and summary["resumed_from"] == 100
+    recomputed = KILL_AFTER - summary["resumed_from"]
+    print(json.dumps({"target": target, "resumed_from": 100, "recomputed": recomputed}))
+    assert not os.path.exists(store.folder_uri("call"))  # deleted once committed
+    got, want = table(out), table(clean_out)
+    assert len(got) == N_UTTERANCES and list(got["utterance_index"]) == list(range(N_UTTERANCES))
+    assert list(got["emotion"]) == list(want["emotion"])
+    np.testing.assert_allclose(probabilities(got), probabilities(want), rtol=0, atol=1e-6)
+    assert np.ptp(probabilities(want)[:, 0]) > 1e-4  # the reads move: a real comparison
+
+
+SIGTERM_WORKER = """
+import sys, torch
+from dpm_worker.model import EmotionModel
+from dpm_worker.worker import ConversationWorker
+from tests.unit.test_worker_resume import long_conversation, settings, TARGETS
+from pathlib import Path
+torch.set_num_threads(1)
+folder = Path(sys.argv[1])
+worker = ConversationWorker(
+    settings(folder / "out", "run", TARGETS["prior"]), EmotionModel.random(seed=0)
+)
+print("ready", flush=True)
+worker.label("call", long_conversation(folder))
+print("finished", flush=True)
+"""
+
+
+def test_sigterm_mid_conversation_checkpoints_before_exit_and_retry_resumes(tmp_path) -> None:
+    rows = long_conversation(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SIGTERM_WORKER, str(tmp_path)],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    store = CheckpointStore(str(tmp_path / "out"), "run")
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not os.path.exists(store.folder_uri("call")):
+        time.sleep(0.05)  # the first periodic checkpoint (25): labeling is under way
+    time.sleep(1.0)  # somewhere between two periodic checkpoints
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == -signal.SIGTERM  # it exited as SIGTERM asks
+    assert "finished" not in proc.stdout.read()
+    names = os.listdir(store.folder_uri("call"))
+    assert len(names) == 1
+    position = int(names[0][:8])
+    assert position > EVERY and position % EVERY != 0  # written at the signal, not periodic
+
+    retry = ConversationWorker(
+        settings(tmp_path / "out", "run", TARGETS["prior"]), EmotionModel.random(seed=0)
+    )
+    summary = retry.label("call", rows)
+    assert summary["resumed_from"] == position
+    clean = ConversationWorker(
+        settings(tmp_path / "clean", "clean", TARGETS["prior"]), EmotionModel.random(seed=0)
+    )
+    clean.label("call", rows)
+    got, want = table(tmp_path / "out"), table(tmp_path / "clean")
+    np.testing.assert_allclose(probabilities(got), probabilities(want), rtol=0, atol=1e-6)
+
+
+def test_checkpoint_of_another_labeling_config_is_not_resumed(tmp_path, caplog) -> None:
+    rows = long_conversation(tmp_path, n=60)
+    out = tmp_path / "out"
+    first = ConversationWorker(settings(out, "run", TARGETS["prior"]), EmotionModel.random(seed=0))
+    original = first.labeler.label_conversation
+
+    def dies_after_30(inputs, resume=None, after_utterance=None):
+        def after(rows_so_far, slots, history):
+            after_utterance(rows_so_far, slots, history)
+            if len(rows_so_far) == 30:
+                raise SystemExit(1)
+
+        return original(inputs, resume, after)
+
+    first.labeler.label_conversation = dies_after_30  # type: ignore[method-assign]
+    with pytest.raises(SystemExit):
+        first.label("call", rows)
+    other = MemoryConfig(steps_per_utterance=1, lr=0.1)  # same run id, another config
+    retry = ConversationWorker(settings(out, "run", other), EmotionModel.random(seed=0))
+    with caplog.at_level("WARNING", logger="dpm_worker.tables.checkpoints"):
+        summary = retry.label("call", rows)
+    assert summary["resumed_from"] == 0 and "labeling_hash" in caplog.text
