@@ -219,7 +219,15 @@ def test_bad_input_lands_in_errors_table(tmp_path, tiny_corpus, s3_bucket, ray_a
         "conv_0002",
         "../../escape/evil",
         "vad_stereo",
+        "bad_reversed",  # its reversed row is in the errors table, the others are labeled
     }
+    reversed_errors = errors[errors["conversation_id"] == "bad_reversed"]
+    bad_rows = [
+        r["utterance_index"]
+        for r in rows
+        if r["conversation_id"] == "bad_reversed" and r["start_s"] > r["end_s"]
+    ]
+    assert list(reversed_errors["utterance_index"]) == bad_rows
     # Every input utterance lands in exactly one table (the VAD row becomes its turns).
     segmented = [r for r in rows if r["conversation_id"] != "vad_stereo"]
     labeled = emotions[emotions["conversation_id"] != "vad_stereo"]

@@ -16,16 +16,21 @@ from dpm_worker.audio import conversation_segments
 from dpm_worker.corpus import UtteranceRow, read_rttm
 from dpm_worker.storage import get_filesystem
 from tests.integration.conftest import REPO, run_label, upload
-from tests.integration.test_label_job import JOB, read_table
+from tests.integration.test_label_job import read_table
 
 pytestmark = pytest.mark.integration
 
+# One small actor: the cluster has 2 CPUs shared with the test process (and, on a loaded
+# machine, model loading can take minutes).
+JOB = ["--actors", "1", "--cpus-per-actor", "0.5", "actor_start_timeout_s=400"]
+
 FIXTURES = REPO / "tests" / "fixtures" / "real_speech"
 MEETINGS = ("dev00", "tst00")
-# The model below reads 256 tokens: 254 audio tokens at 25 Hz = 10.16 s, so dev00's 11.87 s
-# reference turn and tst00's 18 s VAD region must be cut to be read whole.
+# The model below reads 256 tokens; the worker cuts segments to 253 audio tokens at 25 Hz
+# (<spk>, <audio_end> and one token of margin) = 10.12 s, so dev00's 11.87 s and tst00's
+# 10.15 s reference turns and tst00's 18 s VAD region are cut to be read whole.
 CONTEXT = 256
-MAX_SEGMENT_S = (CONTEXT - 2) / 25.0
+MAX_SEGMENT_S = (CONTEXT - 3) / 25.0
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +85,7 @@ def _label(meetings, manifest, out, ray_address, model):
         "--address",
         ray_address,
         *JOB,
-        timeout=300,
+        timeout=900,
     )
 
 
