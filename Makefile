@@ -12,9 +12,11 @@ DEMO_DIR ?= demo_output
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
-	@command -v espeak-ng >/dev/null && command -v sox >/dev/null || { \
-	  echo "installing system packages espeak-ng sox libsndfile1"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng sox libsndfile1 >/dev/null; }
+	@command -v espeak-ng >/dev/null && command -v sox >/dev/null && command -v flite >/dev/null \
+	  && command -v festival >/dev/null && test -d /usr/share/festival/voices/us/cmu_us_slt_arctic_hts || { \
+	  echo "installing system packages espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts sox libsndfile1"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng flite festival \
+	    festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts sox libsndfile1 >/dev/null; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# The CPU wheel of torch lies on local disk; installing it first keeps pip from
@@ -31,7 +33,8 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	bash infra/demo.sh $(DEMO_DIR)
 
-test: $(STAMP)
+# lint first: CI (.ci/run) runs `make test`, so ruff and mypy gate every change.
+test: lint
 	$(BIN)/python -m pytest tests -q -p no:cacheprovider --timeout=900
 
 unit: $(STAMP)
@@ -40,6 +43,7 @@ unit: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check dpm_worker pipelines tests
 	$(BIN)/ruff format --check dpm_worker pipelines tests
+	$(BIN)/mypy dpm_worker pipelines
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR)

@@ -50,6 +50,10 @@ class SegmentError(BadInputError):
     """A segment's times are negative, reversed or outside its recording."""
 
 
+class DiarizationError(BadInputError):
+    """A diarization (RTTM file) is missing, unreadable, malformed or names another recording."""
+
+
 class ManifestError(BadInputError):
     """A manifest is missing columns or has an invalid row.
 

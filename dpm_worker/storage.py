@@ -12,11 +12,21 @@ import json
 import os
 import posixpath
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import fsspec
 
 from dpm_worker.errors import StorageError
+
+
+def cache_root() -> Path:
+    """The local cache of copied models, speech weights and speech codes.
+
+    Returns:
+        ``$DPM_CACHE_DIR`` when set, else ``~/.cache/dpm`` (callers add their subfolder).
+    """
+    return Path(os.environ.get("DPM_CACHE_DIR") or Path.home() / ".cache" / "dpm")
 
 
 def is_remote(uri: str) -> bool:

@@ -36,6 +36,8 @@ class Utterance:
         channel: the recording's channel it was read from (None: mono or mixed down).
         samples: float32 mono samples at 16 kHz (None once tokenized: the codes replace them).
         audio_ids: int64 speech-tokenizer codes (None until tokenized).
+        pieces: how many utterances the VAD region or diarized turn it comes from was cut
+            into to fit the model (1: it was read whole).
     """
 
     conversation_id: str
@@ -49,6 +51,7 @@ class Utterance:
     channel: int | None = None
     samples: np.ndarray | None = None
     audio_ids: np.ndarray | None = None
+    pieces: int = 1
 
     def codes(self) -> np.ndarray:
         """The speech codes.
@@ -73,7 +76,11 @@ class LabeledUtterance:
         confidence: its probability.
         probs: float32 probabilities in the order of the model's labels.
         ms: wall time spent labeling it (write + read).
-        context_tokens: tokens in the model input (history part + utterance).
+        context_tokens: tokens in the model input (history part + utterance; the last
+            chunk's when it was read in chunks).
+        chunks: model reads the utterance took: more than 1 when it was longer than the
+            model's context and read in chunks (``LabelingConfig.long_utterances``).
+        truncated: only its last audio tokens that fit the context were read.
     """
 
     utterance: Utterance
@@ -82,3 +89,5 @@ class LabeledUtterance:
     probs: np.ndarray
     ms: float = 0.0
     context_tokens: int = 0
+    chunks: int = 1
+    truncated: bool = False

@@ -6,10 +6,15 @@ conversation's Parquet file itself and returns a small summary; audio never leav
 While a conversation is being labeled, the next one's audio (named by the caller) is read in a
 background thread, so storage latency hides behind compute.
 
-Input problems (bad rows, unreadable or silent recordings, utterances the model cannot hold)
-become error rows for every manifest row of the conversation: the conversation is one unit,
-since its utterances are labeled in context. Anything else (a bug, storage down) propagates
-to the caller, which decides whether to retry.
+Input problems become error rows. One utterance's own problem (a bad row of a segmented
+manifest, times outside its recording, its own clip undecodable) fails that utterance only: it
+goes to the errors table and the rest of the conversation is labeled without it. A problem
+that makes the rest meaningless fails every row of the conversation: a recording the others
+share that cannot be decoded, a bad RTTM, duplicate utterance indices, a bad row of a
+recording to segment. Utterances longer than the model's context are never an error:
+VAD regions and RTTM turns are cut to fit (``max_segment_s``), the user's segments are read
+by ``LabelingConfig.long_utterances``; the summary counts both. Anything else (a bug, storage
+down) propagates to the caller, which decides whether to retry.
 """
 
 from __future__ import annotations
@@ -27,8 +32,8 @@ from typing import Any
 
 import torch
 
-from dpm_worker.audio import TARGET_SR, conversation_segments
-from dpm_worker.corpus import UtteranceRow, conversation_problems
+from dpm_worker.audio import SAMPLE_RATE, conversation_segments
+from dpm_worker.corpus import UtteranceRow, conversation_problems, read_rttm
 from dpm_worker.errors import BadInputError, ConfigError, StorageError
 from dpm_worker.memory import ConversationLabeler, ConversationState, LabelingConfig
 from dpm_worker.preemption import PreemptionGuard
@@ -60,6 +65,8 @@ class WorkerSettings:
         endpoint_url: an explicit S3 endpoint (else the environment's).
         checkpoint_every: write a conversation checkpoint after every this many utterances
             (0: only when preempted); a retried conversation resumes from its newest one.
+        max_segment_s: the longest VAD or RTTM segment (None: what the model reads whole;
+            a larger value is capped at that).
     """
 
     output_uri: str
@@ -70,12 +77,15 @@ class WorkerSettings:
     torch_threads: int = 1
     endpoint_url: str | None = None
     checkpoint_every: int = 25
+    max_segment_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.checkpoint_every < 0:
             raise ConfigError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
         if self.torch_threads < 1:
             raise ConfigError(f"torch_threads must be >= 1, got {self.torch_threads}")
+        if self.max_segment_s is not None and not self.max_segment_s >= 1.0:
+            raise ConfigError(f"max_segment_s must be >= 1 s, got {self.max_segment_s}")
         if self.labeling.mode != self.run.mode:
             raise ConfigError(
                 f"labeling mode {self.labeling.mode!r} differs from the run's {self.run.mode!r}"
@@ -103,6 +113,10 @@ class ConversationWorker:
         self.settings = settings
         self.model = model
         self.labeler = ConversationLabeler(model, settings.labeling)
+        # What the model reads whole: its context minus <spk> and <audio_end>, one token of
+        # margin for tokenizers that round up.
+        fits = (model.max_context - 3) / model.speech_tokenizer.rate_hz
+        self.max_segment_s = min(fits, settings.max_segment_s or fits)
         self.tables = RunTables(settings.output_uri, settings.run, settings.endpoint_url)
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dpm-prefetch")
         self._prefetched: tuple[str, Future] | None = None
@@ -139,9 +153,11 @@ class ConversationWorker:
                 audio is read in the background while this one is labeled.
 
         Returns:
-            A summary: ``conversation_id``, ``status`` (``labeled`` or ``failed``), ``rows``
-            (manifest rows), ``utterances`` and ``error_rows`` written, ``audio_s``,
-            ``error`` (first message or None) and per-stage ``timings`` in seconds.
+            A summary: ``conversation_id``, ``status`` (``labeled``, also when some
+            utterances failed, or ``failed``), ``rows`` (manifest rows), ``utterances`` and
+            ``error_rows`` written, ``audio_s``, ``split_segments`` (segments cut from longer
+            VAD regions or RTTM turns), ``chunked`` and ``truncated`` (utterances longer than
+            the context), ``error`` (first message or None) and per-stage ``timings`` (s).
         """
         timings: dict[str, float] = {}
         start = time.perf_counter()
@@ -152,34 +168,54 @@ class ConversationWorker:
             "utterances": 0,
             "error_rows": 0,
             "audio_s": 0.0,
+            "split_segments": 0,
+            "chunked": 0,
+            "truncated": 0,
             "error": None,
             "timings": timings,
             "pid": os.getpid(),
         }
         problems = conversation_problems(rows)
-        if problems:
+        rejected = _rejected_rows(rows, problems)
+        if rejected is None:
             self._schedule_prefetch(next_conversation)
             return self._fail(summary, rows, _problem_errors(conversation_id, rows, problems))
+        errors = _problem_errors(conversation_id, rejected, problems) if rejected else []
         try:
-            segments = self._segments(conversation_id, rows, timings)
+            segments, failed = self._segments(conversation_id, rows, timings)
         except BadInputError as exc:
             self._schedule_prefetch(next_conversation)
             return self._fail(summary, rows, _input_errors(conversation_id, rows, exc))
         self._schedule_prefetch(next_conversation)
+        # Rows already rejected by the checks are reported once (the read may fail them too).
+        bad = {row.utterance_index for row in rejected}
+        segments = [seg for seg in segments if seg.utterance_index not in bad]
+        for row, error in failed:
+            if row.utterance_index not in bad:
+                errors.extend(_input_errors(conversation_id, [row], error))
         n_samples = sum(len(s.samples) for s in segments if s.samples is not None)
-        summary["audio_s"] = float(n_samples / TARGET_SR)
+        summary["audio_s"] = float(n_samples / SAMPLE_RATE)
+        summary["split_segments"] = sum(seg.pieces > 1 for seg in segments)
         try:
-            utterances = self._predict(conversation_id, segments, summary)
+            utterances = self._predict(conversation_id, segments, summary) if segments else []
         except BadInputError as exc:
             return self._fail(summary, rows, _input_errors(conversation_id, rows, exc))
+        if not utterances:
+            return self._fail(summary, rows, errors)
+        summary["chunked"] = sum(u.chunks > 1 for u in utterances)
+        summary["truncated"] = sum(u.truncated for u in utterances)
         t0 = time.perf_counter()
+        if errors:  # first: the emotions file commits the conversation
+            self.tables.write_errors(conversation_id, _sorted(errors), partial=True)
         summary["file"] = self.tables.write_emotions(
             conversation_id, utterances, dt.datetime.now(dt.UTC)
         )
         self._drop_checkpoints(conversation_id)  # committed: nothing left to resume
         timings["write_s"] = time.perf_counter() - t0
         timings["total_s"] = time.perf_counter() - start
-        summary.update(status="labeled", utterances=len(utterances))
+        summary.update(status="labeled", utterances=len(utterances), error_rows=len(errors))
+        if errors:
+            summary["error"] = errors[0].message
         return summary
 
     def close(self) -> None:
@@ -188,23 +224,37 @@ class ConversationWorker:
 
     # ------------------------------------------------------------------ steps
 
-    def _read(self, rows: Sequence[UtteranceRow]) -> list[Utterance]:
-        return conversation_segments(rows, endpoint_url=self.settings.endpoint_url)
+    def _read(self, rows: Sequence[UtteranceRow]) -> tuple[list[Utterance], list[RowFailure]]:
+        endpoint = self.settings.endpoint_url
+        diarizations = {
+            row.rttm_uri: read_rttm(row.rttm_uri, row.audio_uri, endpoint_url=endpoint)
+            for row in rows
+            if row.rttm_uri and row.start_s is None and row.end_s is None
+        }
+        failed: list[RowFailure] = []
+        segments = conversation_segments(
+            rows,
+            endpoint_url=endpoint,
+            max_segment_s=self.max_segment_s,
+            diarizations=diarizations,
+            on_row_error=lambda row, exc: failed.append((row, exc)),
+        )
+        return segments, failed
 
     def _segments(
         self, conversation_id: str, rows: Sequence[UtteranceRow], timings: dict[str, float]
-    ) -> list[Utterance]:
+    ) -> tuple[list[Utterance], list[RowFailure]]:
         t0 = time.perf_counter()
         prefetched, self._prefetched = self._prefetched, None
         if prefetched is not None and prefetched[0] == conversation_id:
-            segments = prefetched[1].result()  # re-raises the read's AudioError, if any
+            result = prefetched[1].result()  # re-raises the read's AudioError, if any
             timings["prefetch_wait_s"] = time.perf_counter() - t0
         else:
             if prefetched is not None:
                 prefetched[1].cancel()
-            segments = self._read(rows)
+            result = self._read(rows)
             timings["read_s"] = time.perf_counter() - t0
-        return segments
+        return result
 
     def _schedule_prefetch(self, upcoming: tuple[str, Sequence[UtteranceRow]] | None) -> None:
         if upcoming is None:
@@ -218,7 +268,7 @@ class ConversationWorker:
         timings = summary["timings"]
         t0 = time.perf_counter()
         tokenizer = self.model.speech_tokenizer
-        inputs = list(tokenize_utterances(segments, tokenizer, self.model.check_fits))
+        inputs = list(tokenize_utterances(segments, tokenizer))
         timings["tokenize_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         key = CheckpointKey(self.model.fingerprint, self._labeling_hash, inputs_digest(inputs))
@@ -289,6 +339,34 @@ def inputs_digest(utterances: Sequence[Utterance]) -> str:
         digest.update(f"{utt.utterance_index}\x00{utt.speaker}\x00".encode())
         digest.update(utt.codes().astype("<i8").tobytes())
     return digest.hexdigest()[:32]
+
+
+RowFailure = tuple[UtteranceRow, BadInputError]
+
+
+def _rejected_rows(
+    rows: Sequence[UtteranceRow], problems: list[tuple[int | None, str]]
+) -> list[UtteranceRow] | None:
+    """The rows whose own problems fail only them, or None when the conversation must fail.
+
+    Only a segmented conversation (every row has times) loses single rows, and only rows
+    named by a unique utterance index; a duplicate index, a problem without an index or a bad
+    row of a recording to segment makes the rest ambiguous.
+    """
+    if not problems:
+        return []
+    indices = [row.utterance_index for row in rows]
+    named = {index for index, _ in problems}
+    untimed = any(row.start_s is None and row.end_s is None for row in rows)
+    if untimed or None in named:
+        return None
+    if any(indices.count(i) != 1 for i in named if i is not None):
+        return None
+    return [row for row in rows if row.utterance_index in named]
+
+
+def _sorted(errors: list[ErrorRecord]) -> list[ErrorRecord]:
+    return sorted(errors, key=lambda e: (e.utterance_index is None, e.utterance_index or 0))
 
 
 def _problem_errors(

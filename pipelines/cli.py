@@ -16,6 +16,7 @@ import logging
 import sys
 
 from dpm_worker.errors import BadInputError, ConfigError, DpmError
+from pipelines.exit_codes import EXIT_FAILED, EXIT_USAGE
 
 # subcommand -> (module, one-line help). Order is the order shown in --help.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -41,8 +42,6 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "benchmarks that print JSON (synth, memory, throughput, scale)",
     ),
 }
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 
 
 def build_parser() -> argparse.ArgumentParser:

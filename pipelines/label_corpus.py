@@ -28,7 +28,9 @@ import sys
 from collections.abc import Sequence
 
 from dpm_worker.errors import BadInputError, ConfigError, StorageError
-from pipelines.label import EXIT_USAGE, finish, load_config, prepare
+from pipelines.config import add_config_arguments
+from pipelines.exit_codes import EXIT_USAGE
+from pipelines.label import finish, load_config, prepare
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,12 +54,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--actors", type=int, help="labeling actors (default: per GPU/CPU)")
     parser.add_argument("--gpus-per-actor", type=float, help="GPUs per actor (GPU clusters)")
     parser.add_argument("--cpus-per-actor", type=float, help="CPUs per actor (may be < 1)")
-    parser.add_argument("--config", help="YAML file with any of the job's settings")
-    parser.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="KEY=VALUE",
-        help="dotted overrides, e.g. labeling.memory.lr=5e-4 in_flight_per_actor=3",
+    add_config_arguments(
+        parser,
+        {
+            "the job's fields": "input, output, actors, in_flight_per_actor, max_attempts, ...",
+            "labeling": "mode, window_tokens, history_labels, seed",
+            "labeling.memory": "the DPM memory: lr, optimizer, rank, write_target, ...",
+        },
+        "labeling.memory.lr=5e-4 in_flight_per_actor=3",
     )
 
 

@@ -1,5 +1,5 @@
 from dpm_worker.audio.decode import (
-    TARGET_SR,
+    SAMPLE_RATE,
     AudioInfo,
     cut_segment,
     encode_audio,
@@ -9,11 +9,11 @@ from dpm_worker.audio.decode import (
     write_audio,
 )
 from dpm_worker.audio.segments import conversation_segments
-from dpm_worker.audio.vad import detect_speech
+from dpm_worker.audio.vad import detect_speech, split_at_quietest
 
 __all__ = [
     "AudioInfo",
-    "TARGET_SR",
+    "SAMPLE_RATE",
     "conversation_segments",
     "cut_segment",
     "detect_speech",
@@ -21,5 +21,6 @@ __all__ = [
     "probe_audio",
     "read_recording",
     "read_segment",
+    "split_at_quietest",
     "write_audio",
 ]

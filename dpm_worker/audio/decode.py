@@ -1,7 +1,7 @@
 """Recording I/O: decode (libsndfile via soundfile), resample (soxr), split channels, cut segments.
 
 Every reader takes a local path or an ``s3://`` URI (through ``storage.get_filesystem``) and
-returns float32 samples at ``TARGET_SR``. A segment read seeks to its first frame and decodes
+returns float32 samples at ``SAMPLE_RATE``. A segment read seeks to its first frame and decodes
 only the frames it needs, so a remote read fetches a few blocks instead of the whole object.
 Every failure that is the recording's fault raises ``AudioError`` or ``SegmentError`` naming
 the URI and what is wrong, so the caller can turn it into an error row.
@@ -25,7 +25,8 @@ import soxr
 from dpm_worker.errors import AudioError, ConfigError, SegmentError, StorageError
 from dpm_worker.storage import get_filesystem, is_remote
 
-TARGET_SR = 16000
+# The one sample rate of the pipeline: decoding, VAD, speech codes and the synthetic corpus.
+SAMPLE_RATE = 16000
 # A segment may end this far past the recording's end (rounding in annotations); it is clamped.
 END_TOLERANCE_S = 0.05
 # Peak amplitude below which a recording counts as silent (about -80 dBFS).
@@ -67,7 +68,7 @@ class Recording:
 
     samples: np.ndarray
     uri: str
-    sample_rate: int = TARGET_SR
+    sample_rate: int = SAMPLE_RATE
 
     @property
     def duration_s(self) -> float:
@@ -133,7 +134,7 @@ def read_segment(
         # Decode from a frame that maps exactly onto a 16 kHz sample (a multiple of
         # sr/gcd), padded, so cutting after resampling lands on the same samples as
         # cut_segment on the whole recording.
-        step = sr // math.gcd(sr, TARGET_SR)
+        step = sr // math.gcd(sr, SAMPLE_RATE)
         lo = max(0, round((start - _RESAMPLE_PAD_S) * sr)) // step * step
         hi = min(snd.frames, round((end + _RESAMPLE_PAD_S) * sr))
         snd.seek(lo)
@@ -141,7 +142,7 @@ def read_segment(
     _check_finite(frames, uri)
     mono = _select_channel(frames.T, channel)
     resampled = _resample(mono[:, None], sr)[:, 0]
-    offset = lo * TARGET_SR // sr
+    offset = lo * SAMPLE_RATE // sr
     return _fit_length(resampled[first - offset : last - offset], last - first)
 
 
@@ -311,20 +312,20 @@ def _select_channel(samples: np.ndarray, channel: int | None) -> np.ndarray:
 
 
 def _resample(frames: np.ndarray, sample_rate: int) -> np.ndarray:
-    """``[n, channels]`` at ``sample_rate`` -> ``[m, channels]`` float32 at TARGET_SR."""
-    if sample_rate == TARGET_SR or frames.shape[0] == 0:
+    """``[n, channels]`` at ``sample_rate`` -> ``[m, channels]`` float32 at SAMPLE_RATE."""
+    if sample_rate == SAMPLE_RATE or frames.shape[0] == 0:
         return frames.astype(np.float32, copy=False)
-    return soxr.resample(frames, sample_rate, TARGET_SR, quality="HQ").astype(
+    return soxr.resample(frames, sample_rate, SAMPLE_RATE, quality="HQ").astype(
         np.float32, copy=False
     )
 
 
 def _target_span(start: float, end: float, uri: str) -> tuple[int, int]:
-    """Sample indices of a segment at TARGET_SR; a segment shorter than one sample is an error."""
-    first, last = round(start * TARGET_SR), round(end * TARGET_SR)
+    """Sample indices of a segment at SAMPLE_RATE; a segment shorter than one sample is an error."""
+    first, last = round(start * SAMPLE_RATE), round(end * SAMPLE_RATE)
     if last <= first:
         raise SegmentError(
-            f"segment {start}-{end} s is shorter than one sample at {TARGET_SR} Hz", uri
+            f"segment {start}-{end} s is shorter than one sample at {SAMPLE_RATE} Hz", uri
         )
     return first, last
 

@@ -10,8 +10,10 @@ Rules, applied to the rows of one conversation in dialogue order:
    ``vad=True``) the file holds the whole unsegmented conversation and is segmented by VAD;
    otherwise (several rows, e.g. MELD's one clip per utterance, or ``vad=False``) the whole
    file is one utterance, as in rule 1.
-3. VAD turns: a mono recording gives turns of ``row.speaker`` (``"ch0"`` when it is empty),
-   with ``channel=None``. A multi-channel recording is one speaker per channel (as in call
+3. VAD turns: a mono recording gives turns of ``row.speaker`` (``"unknown"`` when it is empty),
+   with ``channel=None``; a manifest that knows no speaker says ``unknown``, and the table
+   then says so too (one voice as far as the memory is concerned: conversation scope).
+   A multi-channel recording is one speaker per channel (as in call
    recordings and the synthetic corpus): VAD runs on each channel separately and a turn on
    channel ``c`` gets ``speaker="ch{c}"`` and ``channel=c``. A row that names a ``channel``
    is segmented on that channel only, with the row's speaker. Turns of all VAD rows are ordered
@@ -19,6 +21,16 @@ Rules, applied to the rows of one conversation in dialogue order:
    ``utterance_index`` 0..n-1; their emotion and expressive flag are None (a file-level
    label is not a turn's label).
    Rows with times and VAD rows cannot be mixed in one conversation.
+4. Diarized turns: a row without times whose ``rttm_uri`` names a diarization (its turns given
+   in ``diarizations``) is segmented by it, whatever the row count: each RTTM turn is one
+   utterance of the RTTM's speaker on the recording's channel mix. Overlapping turns each keep
+   their whole span, so the overlapped audio is in both (a mono mix cannot be separated, and
+   trimming would make a backchannel inside another's turn vanish). A turn past the end of
+   the recording is a DiarizationError; one that runs over the end is cut at the end.
+5. Fitting the model: a VAD region or diarized turn longer than ``max_segment_s`` is cut at
+   its quietest points into the fewest pieces that fit (:func:`split_at_quietest`); each piece
+   is its own utterance with its own times, and ``pieces`` says into how many its region was cut.
+   Segments from rows with times (the user's segmentation) are never cut here.
 
 A recording whose segments are all silent, or in which VAD finds no speech, raises AudioError.
 """
@@ -26,29 +38,38 @@ A recording whose segments are all silent, or in which VAD finds no speech, rais
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from dpm_worker.audio.decode import (
+    SAMPLE_RATE,
     SILENCE_PEAK,
-    TARGET_SR,
     Recording,
     cut_segment,
     read_recording,
     read_segment,
 )
-from dpm_worker.audio.vad import detect_speech
-from dpm_worker.errors import AudioError, SegmentError
+from dpm_worker.audio.vad import detect_speech, split_at_quietest
+from dpm_worker.errors import AudioError, BadInputError, DiarizationError, SegmentError
 from dpm_worker.utterance import Utterance
 
 if TYPE_CHECKING:
-    from dpm_worker.corpus import UtteranceRow
+    from dpm_worker.corpus import SpeakerTurn, UtteranceRow
+
+# As dpm_worker.corpus.UNKNOWN_SPEAKER (not imported: corpus imports audio).
+UNKNOWN_SPEAKER = "unknown"
 
 
 def conversation_segments(
-    rows: Sequence[UtteranceRow], *, endpoint_url: str | None = None, vad: bool | None = None
+    rows: Sequence[UtteranceRow],
+    *,
+    endpoint_url: str | None = None,
+    vad: bool | None = None,
+    max_segment_s: float | None = None,
+    diarizations: Mapping[str, Sequence[SpeakerTurn]] | None = None,
+    on_row_error: Callable[[UtteranceRow, BadInputError], None] | None = None,
 ) -> list[Utterance]:
     """Read the audio of one conversation's utterances (see the module docstring for rules).
 
@@ -57,10 +78,20 @@ def conversation_segments(
         endpoint_url: explicit S3 endpoint.
         vad: force VAD segmentation of rows without times (True), forbid it (False), or
             decide from the row count (None: only a single-row conversation is segmented).
+        max_segment_s: the longest VAD or diarized segment; longer ones are cut at their
+            quietest points (None: never cut).
+        diarizations: the turns of each row's ``rttm_uri`` (``dpm_worker.corpus.read_rttm``).
+        on_row_error: when given, a row with times that fails on its own (its times lie
+            outside the recording, or its own clip, used by no other row, is undecodable or
+            silent) is passed here with its error and left out; the other rows are read. A
+            recording shared by several rows that cannot be decoded still raises: the rest of
+            the conversation would be meaningless without it.
 
     Raises:
         AudioError: a recording is unreadable, non-finite, all silent, or has no speech.
         SegmentError: bad times or channel, or timed and VAD rows mixed.
+        DiarizationError: a row's ``rttm_uri`` has no turns given, or a turn lies past the
+            end of its recording.
     """
     if not rows:
         return []
@@ -68,32 +99,49 @@ def conversation_segments(
     if len(conversations) > 1:
         raise SegmentError(f"rows of several conversations given: {sorted(conversations)}")
     untimed = [row for row in rows if row.start_s is None and row.end_s is None]
+    diarized = any(row.rttm_uri for row in untimed)
     use_vad = vad if vad is not None else len(rows) == 1
-    if not (use_vad and untimed):
-        return _cut_rows(rows, endpoint_url)
+    if not ((use_vad or diarized) and untimed):
+        return _cut_rows(rows, endpoint_url, on_row_error)
     if len(untimed) != len(rows):
         raise SegmentError(
             f"conversation {rows[0].conversation_id!r} mixes rows with times and rows to "
             "segment by VAD",
             untimed[0].audio_uri,
         )
-    return _vad_rows(rows, endpoint_url)
+    if max_segment_s is not None and not max_segment_s > 0:
+        raise SegmentError(f"max_segment_s must be > 0, got {max_segment_s}")
+    return _vad_rows(rows, endpoint_url, max_segment_s, diarizations or {})
 
 
-def _cut_rows(rows: Sequence[UtteranceRow], endpoint_url: str | None) -> list[Utterance]:
+def _cut_rows(
+    rows: Sequence[UtteranceRow],
+    endpoint_url: str | None,
+    on_row_error: Callable[[UtteranceRow, BadInputError], None] | None,
+) -> list[Utterance]:
     uses = Counter(row.audio_uri for row in rows)
     recordings: dict[str, Recording] = {}
-    segments = []
+    segments: list[Utterance] = []
     for row in rows:
-        if uses[row.audio_uri] > 1:
-            if row.audio_uri not in recordings:
-                recordings[row.audio_uri] = read_recording(row.audio_uri, endpoint_url=endpoint_url)
-            recording = recordings[row.audio_uri]
-            samples = cut_segment(recording, row.start_s, row.end_s, row.channel)
-        else:
-            samples = read_segment(
-                row.audio_uri, row.start_s, row.end_s, row.channel, endpoint_url=endpoint_url
-            )
+        shared = uses[row.audio_uri] > 1
+        if shared and row.audio_uri not in recordings:
+            # Outside the row's try: a shared recording that cannot be decoded fails them all.
+            recordings[row.audio_uri] = read_recording(row.audio_uri, endpoint_url=endpoint_url)
+        try:
+            if shared:
+                samples = cut_segment(
+                    recordings[row.audio_uri], row.start_s, row.end_s, row.channel
+                )
+            else:
+                samples = read_segment(
+                    row.audio_uri, row.start_s, row.end_s, row.channel, endpoint_url=endpoint_url
+                )
+                _check_audible(samples, row.audio_uri)
+        except BadInputError as exc:
+            if on_row_error is None:
+                raise
+            on_row_error(row, exc)
+            continue
         start = row.start_s or 0.0
         expressive = row.extra.get("expressive")
         segments.append(
@@ -102,7 +150,7 @@ def _cut_rows(rows: Sequence[UtteranceRow], endpoint_url: str | None) -> list[Ut
                 utterance_index=row.utterance_index,
                 speaker=row.speaker,
                 start_s=start,
-                end_s=start + samples.shape[0] / TARGET_SR,
+                end_s=start + samples.shape[0] / SAMPLE_RATE,
                 emotion=row.emotion,
                 expressive=None if expressive is None else bool(expressive),
                 audio_uri=row.audio_uri,
@@ -110,56 +158,95 @@ def _cut_rows(rows: Sequence[UtteranceRow], endpoint_url: str | None) -> list[Ut
                 samples=samples,
             )
         )
-    _check_audible(segments)
+    for uri in recordings:
+        parts = [
+            seg.samples for seg in segments if seg.audio_uri == uri and seg.samples is not None
+        ]
+        if parts:  # (rows that all failed are reported already)
+            _check_audible(np.concatenate(parts), uri)
     return segments
 
 
-def _check_audible(segments: list[Utterance]) -> None:
+def _check_audible(samples: np.ndarray, uri: str) -> None:
     """Fail a recording whose segments are all silent (read_recording checks whole files)."""
-    peaks: dict[str, float] = {}
-    for seg in segments:
-        samples = seg.samples if seg.samples is not None else np.zeros(0, np.float32)
-        peak = float(np.max(np.abs(samples))) if samples.size else 0.0
-        peaks[seg.audio_uri] = max(peaks.get(seg.audio_uri, 0.0), peak)
-    for uri, peak in peaks.items():
-        if peak < SILENCE_PEAK:
-            raise AudioError(
-                f"all segments are silence (peak {peak:.2e} < {SILENCE_PEAK:.0e})", uri
-            )
+    peak = float(np.max(np.abs(samples))) if samples.size else 0.0
+    if peak < SILENCE_PEAK:
+        raise AudioError(f"all segments are silence (peak {peak:.2e} < {SILENCE_PEAK:.0e})", uri)
 
 
-def _vad_rows(rows: Sequence[UtteranceRow], endpoint_url: str | None) -> list[Utterance]:
+def _vad_rows(
+    rows: Sequence[UtteranceRow],
+    endpoint_url: str | None,
+    max_segment_s: float | None,
+    diarizations: Mapping[str, Sequence[SpeakerTurn]],
+) -> list[Utterance]:
+    # (start, end, speaker, channel, signal the times refer to, uri)
     turns: list[tuple[float, float, str, int | None, np.ndarray, str]] = []
     for row in rows:
         recording = read_recording(row.audio_uri, endpoint_url=endpoint_url)
+        if row.rttm_uri:
+            turns.extend(_diarized_turns(row, recording, diarizations))
+            continue
         n_channels = recording.samples.shape[0]
         if row.channel is not None and not 0 <= row.channel < n_channels:
             raise SegmentError(
                 f"channel {row.channel} out of range for a {n_channels}-channel recording",
                 row.audio_uri,
             )
+        before = len(turns)
         for c in range(n_channels) if row.channel is None else [row.channel]:
             channel = c if n_channels > 1 else None
             named = n_channels == 1 or row.channel is not None
-            speaker = row.speaker if named and row.speaker else f"ch{c}"
+            speaker = (row.speaker or UNKNOWN_SPEAKER) if named else f"ch{c}"
             signal = recording.samples[c]
-            for start, end in detect_speech(signal, TARGET_SR):
-                piece = signal[round(start * TARGET_SR) : round(end * TARGET_SR)]
-                turns.append((start, end, speaker, channel, piece, row.audio_uri))
-        if not any(turn[5] == row.audio_uri for turn in turns):
+            for start, end in detect_speech(signal, SAMPLE_RATE):
+                turns.append((start, end, speaker, channel, signal, row.audio_uri))
+        if len(turns) == before:
             raise AudioError("VAD found no speech in the recording", row.audio_uri)
-    turns.sort(key=lambda turn: (turn[0], turn[3] or 0))
-    conversation_id = rows[0].conversation_id
-    return [
-        Utterance(
-            conversation_id=conversation_id,
-            utterance_index=i,
-            speaker=speaker,
-            start_s=start,
-            end_s=end,
-            audio_uri=uri,
-            channel=channel,
-            samples=np.ascontiguousarray(piece),
+    turns.sort(key=lambda turn: (turn[0], turn[3] or 0, turn[1]))
+    segments: list[Utterance] = []
+    for start, end, speaker, channel, signal, uri in turns:
+        spans = (
+            split_at_quietest(signal, SAMPLE_RATE, start, end, max_segment_s)
+            if max_segment_s is not None
+            else [(start, end)]
         )
-        for i, (start, end, speaker, channel, piece, uri) in enumerate(turns)
-    ]
+        for a, b in spans:
+            samples = np.ascontiguousarray(signal[round(a * SAMPLE_RATE) : round(b * SAMPLE_RATE)])
+            segments.append(
+                Utterance(
+                    conversation_id=rows[0].conversation_id,
+                    utterance_index=len(segments),
+                    speaker=speaker,
+                    start_s=a,
+                    end_s=b,
+                    audio_uri=uri,
+                    channel=channel,
+                    samples=samples,
+                    pieces=len(spans),
+                )
+            )
+    return segments
+
+
+def _diarized_turns(
+    row: UtteranceRow, recording: Recording, diarizations: Mapping[str, Sequence[SpeakerTurn]]
+) -> list[tuple[float, float, str, int | None, np.ndarray, str]]:
+    """The row's RTTM turns on the recording's channel mix (module docstring, rule 4)."""
+    rttm_uri = row.rttm_uri or ""
+    if rttm_uri not in diarizations:
+        raise DiarizationError("no turns were read for this rttm_uri", rttm_uri)
+    samples = recording.samples
+    signal = samples[0] if samples.shape[0] == 1 else samples.mean(axis=0, dtype=np.float32)
+    duration = signal.shape[0] / SAMPLE_RATE
+    turns: list[tuple[float, float, str, int | None, np.ndarray, str]] = []
+    for turn in diarizations[rttm_uri]:
+        if turn.start_s >= duration:
+            raise DiarizationError(
+                f"turn of {turn.speaker!r} at {turn.start_s:.3f} s starts past the end of "
+                f"{row.audio_uri} ({duration:.3f} s): is it the RTTM of another recording?",
+                rttm_uri,
+            )
+        end = min(turn.end_s, duration)
+        turns.append((turn.start_s, end, turn.speaker, None, signal, row.audio_uri))
+    return turns

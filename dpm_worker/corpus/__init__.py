@@ -1,3 +1,14 @@
+from dpm_worker.corpus.channel import CODECS, ChannelConfig, Line, apply_line, draw_line
+from dpm_worker.corpus.cues import CUE_MIXES, CUES, CueProfile, draw_cue_profile
+from dpm_worker.corpus.engines import (
+    ENGINES,
+    VOICE_FAMILIES,
+    VOICES,
+    EngineVoice,
+    SynthRequest,
+    select_voices,
+    synthesize_requests,
+)
 from dpm_worker.corpus.iemocap import read_iemocap
 from dpm_worker.corpus.layouts import IEMOCAP_4CLASS, MELD_4CLASS, load_mapping
 from dpm_worker.corpus.manifest import iter_conversations, read_manifest, resolve_audio, to_rows
@@ -16,8 +27,16 @@ from dpm_worker.corpus.manifest_files import (
     write_manifest,
 )
 from dpm_worker.corpus.meld import read_meld
-from dpm_worker.corpus.schema import DEFAULT_LABELS, MANIFEST_SCHEMA, UtteranceRow
-from dpm_worker.corpus.synth import SynthConfig, generate_corpus, next_mood
+from dpm_worker.corpus.moods import next_mood
+from dpm_worker.corpus.randomized import RANDOMIZED_SCHEMA, RandomizeConfig
+from dpm_worker.corpus.rttm import SpeakerTurn, parse_rttm, read_rttm
+from dpm_worker.corpus.schema import (
+    DEFAULT_LABELS,
+    MANIFEST_SCHEMA,
+    UNKNOWN_SPEAKER,
+    UtteranceRow,
+)
+from dpm_worker.corpus.synth import SynthConfig, generate_corpus
 from dpm_worker.corpus.synth_voices import (
     EMOTION_SHIFTS,
     pitch_parameter,
@@ -27,13 +46,33 @@ from dpm_worker.corpus.synth_voices import (
 )
 
 __all__ = [
+    "CODECS",
+    "CUES",
+    "CUE_MIXES",
+    "ENGINES",
+    "RANDOMIZED_SCHEMA",
+    "VOICES",
+    "VOICE_FAMILIES",
+    "ChannelConfig",
+    "CueProfile",
+    "EngineVoice",
+    "Line",
+    "RandomizeConfig",
+    "SynthRequest",
+    "apply_line",
+    "draw_cue_profile",
+    "draw_line",
+    "select_voices",
+    "synthesize_requests",
     "DEFAULT_LABELS",
     "EMOTION_SHIFTS",
     "IEMOCAP_4CLASS",
     "MANIFEST_SCHEMA",
     "MELD_4CLASS",
     "ManifestSource",
+    "SpeakerTurn",
     "SynthConfig",
+    "UNKNOWN_SPEAKER",
     "UnknownLabelError",
     "UtteranceRow",
     "cast_manifest",
@@ -45,10 +84,12 @@ __all__ = [
     "load_mapping",
     "manifest_fingerprint",
     "next_mood",
+    "parse_rttm",
     "pitch_parameter",
     "read_iemocap",
     "read_manifest",
     "read_meld",
+    "read_rttm",
     "render_prosody",
     "resolve_audio",
     "row_problems",

@@ -33,18 +33,23 @@ from dpm_worker.storage import resolve_relative
 
 
 def resolve_audio(table: pa.Table, base_dir: str) -> pa.Table:
-    """``audio_uri`` made absolute against the manifest's folder ``base_dir`` (nulls kept)."""
-    position = table.schema.get_field_index("audio_uri")
-    # Many rows share one recording: resolve each distinct value once.
-    cache: dict[str, str] = {}
-    resolved = [
-        None
-        if uri is None
-        else cache.get(uri) or cache.setdefault(uri, resolve_relative(uri, base_dir))
-        for uri in table.column(position).to_pylist()
-    ]
-    field = table.schema.field(position)
-    return table.set_column(position, field, pa.array(resolved, pa.string()))
+    """``audio_uri`` and ``rttm_uri`` made absolute against the manifest's folder ``base_dir``
+    (nulls kept)."""
+    for name in ("audio_uri", "rttm_uri"):
+        position = table.schema.get_field_index(name)
+        if position < 0:
+            continue
+        # Many rows share one recording: resolve each distinct value once.
+        cache: dict[str, str] = {}
+        resolved = [
+            None
+            if uri is None
+            else cache.get(uri) or cache.setdefault(uri, resolve_relative(uri, base_dir))
+            for uri in table.column(position).to_pylist()
+        ]
+        field = table.schema.field(position)
+        table = table.set_column(position, field, pa.array(resolved, pa.string()))
+    return table
 
 
 def read_manifest(

@@ -186,6 +186,14 @@ def row_problems(
     reversed_ = _mask(pc.less_equal(end, start))
     reversed_text = "end_s {} is not after start_s {} (reversed or empty segment)"
     checks.append(("end_s", reversed_, reversed_text, ("end_s", "start_s")))
+    rttm = table["rttm_uri"]
+    rttm_timed = _mask(pc.and_(pc.is_valid(rttm), pc.or_(pc.is_valid(start), pc.is_valid(end))))
+    rttm_text = (
+        "rttm_uri {!r} is given on a row with times (a diarization segments a whole recording)"
+    )
+    checks.append(("rttm_uri", rttm_timed, rttm_text, ("rttm_uri",)))
+    rttm_empty = _mask(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(rttm)), 0))
+    checks.append(("rttm_uri", rttm_empty, "rttm_uri is empty", ()))
     channel = _mask(pc.less(table["channel"], 0))
     checks.append(("channel", channel, "channel {} is negative", ("channel",)))
     if labels is not None:
@@ -295,6 +303,14 @@ def _python_problems(rows: Sequence[UtteranceRow], labels: Sequence[str] | None)
             add("start_s", f"end_s {end} is given without start_s")
         if start is not None and end is not None and end <= start:
             add("end_s", f"end_s {end} is not after start_s {start} (reversed or empty segment)")
+        if row.rttm_uri is not None and (start is not None or end is not None):
+            add(
+                "rttm_uri",
+                f"rttm_uri {row.rttm_uri!r} is given on a row with times (a diarization "
+                "segments a whole recording)",
+            )
+        if isinstance(row.rttm_uri, str) and not row.rttm_uri.strip():
+            add("rttm_uri", "rttm_uri is empty")
         if row.channel is not None and row.channel < 0:
             add("channel", f"channel {row.channel} is negative")
         if allowed is not None and row.emotion is not None and row.emotion not in allowed:

@@ -20,6 +20,8 @@ MANIFEST_SCHEMA = pa.schema(
         pa.field("channel", pa.int16()),
         pa.field("text", pa.string()),
         pa.field("emotion", pa.string()),
+        # A diarization (RTTM) of the row's recording: its turns become the utterances.
+        pa.field("rttm_uri", pa.string()),
     ]
 )
 
@@ -31,7 +33,8 @@ OPTIONAL_COLUMNS: tuple[str, ...] = tuple(
 @dataclass(frozen=True)
 class UtteranceRow:
     """One validated manifest row; ``audio_uri`` is already absolute (resolved against the
-    manifest's folder). ``start_s``/``end_s`` are None for a recording without segmentation."""
+    manifest's folder). ``start_s``/``end_s`` are None for a recording without segmentation;
+    such a row may name its recording's diarization in ``rttm_uri`` (absolute too)."""
 
     conversation_id: str
     utterance_index: int
@@ -42,8 +45,13 @@ class UtteranceRow:
     channel: int | None = None
     text: str | None = None
     emotion: str | None = None
+    rttm_uri: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+
+# The speaker of turns found by VAD in a mono recording whose row names nobody: one unknown
+# voice (or several), never a guessed name. The memory of such a conversation is one memory.
+UNKNOWN_SPEAKER = "unknown"
 
 # The default model's emotion classes: IEMOCAP's 4-class protocol (CORPORA.md).
 DEFAULT_LABELS: tuple[str, ...] = ("neutral", "happy", "sad", "angry")

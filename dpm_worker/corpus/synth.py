@@ -30,6 +30,14 @@ import pyarrow.parquet as pq
 import soundfile as sf
 from tqdm import tqdm
 
+from dpm_worker.audio import SAMPLE_RATE
+from dpm_worker.corpus.engines import engine_versions
+from dpm_worker.corpus.moods import next_mood
+from dpm_worker.corpus.randomized import (
+    RANDOMIZED_SCHEMA,
+    RandomizeConfig,
+    generate_randomized_conversation,
+)
 from dpm_worker.corpus.schema import DEFAULT_LABELS, MANIFEST_SCHEMA
 from dpm_worker.corpus.synth_text import compose_sentence
 from dpm_worker.corpus.synth_voices import (
@@ -89,6 +97,14 @@ class SynthConfig:
         female_prob: probability that a speaker has a female voice.
         noise_dbfs: level of the white noise floor added to the recording (None: none).
         sample_rate: output sample rate.
+        randomize: render with several engines, per-conversation cues and varied channels
+            (:mod:`dpm_worker.corpus.randomized`); None: the espeak-ng generator below.
+        long_turn_prob: probability that a turn is long, its duration drawn from
+            ``[long_turn_min_s, long_turn_max_s]`` instead (0: no draw is made, so a corpus
+            without long turns is byte-identical to one made before this option existed,
+            apart from the config recorded in its manifest).
+        long_turn_min_s: shortest long turn (the default model reads at most 15.3 s whole).
+        long_turn_max_s: longest long turn.
     """
 
     conversations: int
@@ -108,7 +124,11 @@ class SynthConfig:
     jitter: float = 1.0
     female_prob: float = 0.5
     noise_dbfs: float | None = -65.0
-    sample_rate: int = 16_000
+    sample_rate: int = SAMPLE_RATE
+    randomize: RandomizeConfig | None = None
+    long_turn_prob: float = 0.0
+    long_turn_min_s: float = 16.0
+    long_turn_max_s: float = 30.0
 
     def __post_init__(self) -> None:
         def check(ok: bool, name: str, rule: str) -> None:
@@ -119,7 +139,8 @@ class SynthConfig:
         check(self.seed >= 0, "seed", ">= 0")
         check(self.min_utterances >= 1, "min_utterances", ">= 1")
         check(self.max_utterances >= self.min_utterances, "max_utterances", ">= min_utterances")
-        for name in ("expressive_prob", "mood_stay", "mood_pull", "switch_prob", "female_prob"):
+        probabilities = ("expressive_prob", "mood_stay", "mood_pull", "switch_prob", "female_prob")
+        for name in (*probabilities, "long_turn_prob"):
             value = getattr(self, name)
             check(math.isfinite(value) and 0.0 <= value <= 1.0, name, "in [0, 1]")
         check(0.0 <= self.min_gap_s, "min_gap_s", ">= 0")
@@ -139,35 +160,42 @@ class SynthConfig:
             "in [-140, -30]",
         )
         check(8_000 <= self.sample_rate <= 48_000, "sample_rate", "in [8000, 48000]")
+        check(self.long_turn_min_s >= self.max_duration_s, "long_turn_min_s", ">= max_duration_s")
+        check(
+            self.long_turn_max_s >= self.long_turn_min_s + 0.5,
+            "long_turn_max_s",
+            ">= long_turn_min_s + 0.5",
+        )
 
     def conversation_id(self, index: int) -> str:
         return f"conv_{index:0{max(4, len(str(self.conversations - 1)))}d}"
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-
-def next_mood(rng: np.random.Generator, mood: str, partner_mood: str, config: SynthConfig) -> str:
-    """One step of a speaker's mood chain: stay, follow the partner, or jump elsewhere."""
-    if rng.random() < config.mood_stay:
-        return mood
-    if rng.random() < config.mood_pull:
-        return partner_mood
-    others = [label for label in DEFAULT_LABELS if label != mood]
-    return others[int(rng.integers(len(others)))]
+        values = asdict(self)
+        if self.randomize is None:  # keeps the espeak-ng generator's manifests byte-identical
+            del values["randomize"]
+        return json.dumps(values, sort_keys=True)
 
 
 def _speak(
-    rng: np.random.Generator, speaker: Speaker, prosody: Prosody, config: SynthConfig
+    rng: np.random.Generator,
+    speaker: Speaker,
+    prosody: Prosody,
+    config: SynthConfig,
+    long: bool = False,
 ) -> tuple[np.ndarray, str]:
     """An utterance of a drawn target duration: retry with a shorter/longer sentence until the
-    rendered audio fits ``[min_duration_s, max_duration_s]``; pad or cut as a last resort."""
-    lo, hi, sr = config.min_duration_s, config.max_duration_s, config.sample_rate
+    rendered audio fits ``[min_duration_s, max_duration_s]`` (the long-turn bounds when
+    ``long``); pad or cut as a last resort."""
+    lo, hi = config.min_duration_s, config.max_duration_s
+    if long:
+        lo, hi = config.long_turn_min_s, config.long_turn_max_s
+    sr = config.sample_rate
     target_s = rng.uniform(lo + 0.2 * (hi - lo), hi - 0.2 * (hi - lo))
     # espeak-ng speaks about 1.25 x its nominal words per minute with these short words.
     words = target_s * prosody.rate_wpm / 60.0 * 1.25
     for _ in range(5):
-        text = compose_sentence(rng, words)
+        text = _compose_turn(rng, words) if long else compose_sentence(rng, words)
         audio = synthesize(text, speaker.voice, prosody, sr)
         duration = audio.size / sr
         if lo <= duration <= hi:
@@ -182,8 +210,21 @@ def _speak(
     return audio, text
 
 
+def _compose_turn(rng: np.random.Generator, words: float) -> str:
+    """Sentences of about 8 words each until ``words`` words (one sentence is at most ~10)."""
+    sentences: list[str] = []
+    count = 0
+    while count < words - 4:
+        sentences.append(compose_sentence(rng, min(8.0, words - count)))
+        count += len(sentences[-1].split())
+    return " ".join(sentences) or compose_sentence(rng, words)
+
+
 def generate_conversation(index: int, config: SynthConfig) -> tuple[bytes, list[dict[str, Any]]]:
     """Render conversation ``index``: its FLAC bytes and its manifest rows."""
+    if config.randomize is not None:
+        mixed, randomized_rows = generate_randomized_conversation(index, config)
+        return encode_flac(mixed, config.sample_rate), randomized_rows
     rng = np.random.default_rng([config.seed, index])
     conv_id = config.conversation_id(index)
     audio_uri = f"{AUDIO_DIR}/{conv_id}.flac"
@@ -212,7 +253,9 @@ def generate_conversation(index: int, config: SynthConfig) -> tuple[bytes, list[
         expressive = bool(rng.random() < config.expressive_prob)
         intensity = float(rng.uniform(0.8, 1.2)) * config.emotion_strength if expressive else 0.0
         prosody = render_prosody(speaker, moods[current], intensity, rng, config.jitter)
-        audio, text = _speak(rng, speaker, prosody, config)
+        # No draw at all when long turns are off, so such corpora keep their bytes.
+        long = config.long_turn_prob > 0 and bool(rng.random() < config.long_turn_prob)
+        audio, text = _speak(rng, speaker, prosody, config, long)
         pieces.append((current, cursor, audio))
         rows.append(
             {
@@ -225,6 +268,7 @@ def generate_conversation(index: int, config: SynthConfig) -> tuple[bytes, list[
                 "channel": speaker.channel,
                 "text": text,
                 "emotion": moods[current],
+                "rttm_uri": None,
                 "expressive": expressive,
                 "intensity": intensity,
                 "voice": speaker.voice,
@@ -259,12 +303,15 @@ def encode_flac(signal: np.ndarray, sample_rate: int) -> bytes:
 def rows_to_table(rows: list[dict[str, Any]], config: SynthConfig) -> pa.Table:
     """The manifest table; the generator config and espeak-ng version (nothing time-dependent)
     in its metadata."""
-    columns = {name: [row[name] for row in rows] for name in SYNTH_SCHEMA.names}
+    schema = SYNTH_SCHEMA if config.randomize is None else RANDOMIZED_SCHEMA
+    columns = {name: [row[name] for row in rows] for name in schema.names}
     metadata = {
         b"dpm.synth_config": config.to_json().encode(),
         b"dpm.synth_espeak": espeak_version().encode(),
     }
-    return pa.Table.from_pydict(columns, schema=SYNTH_SCHEMA.with_metadata(metadata))
+    if config.randomize is not None:
+        metadata[b"dpm.synth_engines"] = engine_versions().encode()
+    return pa.Table.from_pydict(columns, schema=schema.with_metadata(metadata))
 
 
 def _write_bytes(uri: str, data: bytes) -> None:

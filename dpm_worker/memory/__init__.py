@@ -1,5 +1,6 @@
 from dpm_worker.memory.config import OPTIMIZERS, PRIOR_INPUTS, WRITE_TARGETS, MemoryConfig
 from dpm_worker.memory.labeling import (
+    LONG_UTTERANCES,
     MODES,
     ConversationLabeler,
     LabelingConfig,
@@ -11,6 +12,7 @@ from dpm_worker.memory.resume import ConversationState, capture_state, restore_s
 __all__ = [
     "ConversationLabeler",
     "ConversationState",
+    "LONG_UTTERANCES",
     "LabelingConfig",
     "MODES",
     "MemoryConfig",

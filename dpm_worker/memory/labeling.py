@@ -1,4 +1,5 @@
-"""Label one conversation in dialogue order: the four modes of DESIGN section 5, one code path.
+"""Label one conversation in dialogue order: the four modes of DESIGN section 5 and a closed-form
+baseline, one code path.
 
 Modes differ only in what goes into the model's input for utterance i, and whether a write to
 the temporary LoRA memory precedes the read:
@@ -10,20 +11,37 @@ utterance  ``tokens_i``                                     none
 window     ``history[-n_r:] + tokens_i``                    none
 full       ``history + tokens_i`` up to ``max_context``     none
 dpm        ``history[-n_r:] + tokens_i``                    write, then read
+prior-ema  ``history[-n_r:] + tokens_i``                    a running average
 =========  ===============================================  =======================
 
 ``tokens_i`` is ``<spk> audio... <audio_end>``; the emotion is always read at ``<audio_end>``
 (the last input position). In ``dpm`` mode with the default ``prior`` memory the emitted read
 is the backbone's read of that input times the speaker's prior, which is read from the memory
 of the speaker's earlier turns before this utterance is written into it (``memory.py``).
+``prior-ema`` is the closed form of that idea with no adapter (issue 11): the window read times
+the running average of the same speaker's earlier window reads, ``p ∝ r_i × m^beta`` and then
+``m ← (1 - a) m + a r_i`` (``ema_rate`` a, ``ema_weight`` beta), so every table shows what the
+parameter memory adds beyond it.
 
-The input is built, and an over-long one cut, by ``dpm_worker.model.fit_context`` (the
-truncation rule is there, shared with training); the utterances come and go as the records of
-``dpm_worker.utterance``, so each keeps its identity from the manifest to the table row.
+The input is built by ``dpm_worker.model.fit_context`` (shared with training): an input longer
+than the model's ``max_context`` loses its oldest history tokens first. An utterance that alone
+is longer than the context is read by ``LabelingConfig.long_utterances``:
+
+- ``chunks`` (default): its audio is cut into the fewest equal chunks that fit; each chunk is
+  read in turn as a turn of the same speaker (history and memory carry across them, so the
+  memory has written the first chunks when the last is read) and the utterance's distribution
+  is the chunks' mean weighted by their length. Its row says how many chunks it took.
+- ``truncate``: ``fit_context``'s rule, only its last audio tokens that fit are read (its
+  speaker token kept at the front, ``<audio_end>`` at the end); its row says it was truncated.
+
+Chosen by measurement on a synthetic corpus with long turns (docs/dpm.md, "Long turns"). The
+utterances come and go as the records of ``dpm_worker.utterance``, so each keeps its identity
+from the manifest to the table row.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -35,12 +53,18 @@ from dpm_worker.errors import ConfigError, LabelError
 from dpm_worker.memory.config import MemoryConfig
 from dpm_worker.memory.lora import TemporaryLoraMemory
 from dpm_worker.memory.resume import ConversationState, capture_state, restore_state
-from dpm_worker.model import EmotionModel, fit_context, history_budget, tail
+from dpm_worker.model import (
+    HISTORY_FORMATS,
+    IGNORE,
+    EmotionModel,
+    fit_context,
+    history_budget,
+    tail,
+)
 from dpm_worker.utterance import LabeledUtterance, Utterance
 
-MODES = ("utterance", "window", "full", "dpm")
-HISTORY_LABELS = ("none", "predicted")
-IGNORE = -100
+MODES = ("utterance", "window", "full", "dpm", "prior-ema")
+LONG_UTTERANCES = ("chunks", "truncate")
 
 
 @dataclass(frozen=True)
@@ -56,6 +80,10 @@ class LabelingConfig:
             format the model was trained with (``model.history_labels``).
         memory: the temporary LoRA's hyperparameters (``dpm`` mode only).
         seed: seeds torch's global RNG at the start of each conversation.
+        ema_rate: a, the weight of the newest read in ``prior-ema``'s running average.
+        ema_weight: beta, how much ``prior-ema``'s average weighs against the current read.
+        long_utterances: how an utterance longer than the model's context is read,
+            ``chunks`` or ``truncate`` (module docstring).
     """
 
     mode: str = "dpm"
@@ -63,16 +91,27 @@ class LabelingConfig:
     history_labels: str | None = None
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     seed: int = 0
+    ema_rate: float = 0.7
+    ema_weight: float = 1.0
+    long_utterances: str = "chunks"
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ConfigError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.long_utterances not in LONG_UTTERANCES:
+            raise ConfigError(
+                f"long_utterances must be one of {LONG_UTTERANCES}, got {self.long_utterances!r}"
+            )
         if self.window_tokens < 0:
             raise ConfigError(f"window_tokens must be >= 0, got {self.window_tokens}")
-        if self.history_labels is not None and self.history_labels not in HISTORY_LABELS:
+        if self.history_labels is not None and self.history_labels not in HISTORY_FORMATS:
             raise ConfigError(
-                f"history_labels must be one of {HISTORY_LABELS}, got {self.history_labels!r}"
+                f"history_labels must be one of {HISTORY_FORMATS}, got {self.history_labels!r}"
             )
+        if not 0.0 < self.ema_rate <= 1.0:
+            raise ConfigError(f"ema_rate must be in (0, 1], got {self.ema_rate!r}")
+        if not 0.0 <= self.ema_weight <= 10.0:
+            raise ConfigError(f"ema_weight must be in [0, 10], got {self.ema_weight!r}")
         if not isinstance(self.memory, MemoryConfig):
             raise ConfigError(f"memory must be a MemoryConfig, got {type(self.memory).__name__}")
         if self.memory.write_target == "audio+emotion" and self.history_labels == "none":
@@ -125,6 +164,8 @@ class ConversationLabeler:
         # prior memory: the backbone's emotion logits at a lone speaker token, per speaker slot
         # (cleared per conversation; see _prior_read).
         self._speaker_logits: dict[int, torch.Tensor] = {}
+        # prior-ema: the running average of each speaker slot's window reads (per conversation)
+        self._ema: dict[int, torch.Tensor] = {}
 
     def close(self) -> None:
         """Remove the memory's adapters from the backbone (only needed to reuse it otherwise)."""
@@ -158,6 +199,7 @@ class ConversationLabeler:
         history: list[int] = []
         predictions: list[LabeledUtterance] = []
         self._speaker_logits.clear()
+        self._ema.clear()
         if self.memory is not None:
             self.memory.reset()
         if resume is not None:
@@ -165,13 +207,19 @@ class ConversationLabeler:
         try:
             for utt in utts[len(predictions) :]:
                 start = time.perf_counter()
-                step = self.prepare(utt, slots, history)
-                read = self._read(step)
-                # The one tensor -> numpy conversion; the tables write this array as it is.
-                probs = read.float().cpu().numpy().astype(np.float32)
+                codes = utt.codes()
+                parts = self.chunks(codes)
+                total = np.zeros(len(self._emotion_ids), dtype=np.float64)
+                for part in parts:
+                    chunk = utt if len(parts) == 1 else dataclasses.replace(utt, audio_ids=part)
+                    step = self.prepare(chunk, slots, history)
+                    # The one tensor -> numpy conversion; the tables write these numbers.
+                    read = self._read(step).float().cpu().numpy()
+                    # Each chunk enters the history (and memory) as a turn with its own read.
+                    self.remember(history, step.tokens, self.vocab.labels[int(np.argmax(read))])
+                    total += read * (len(part) / len(codes))
                 ms = (time.perf_counter() - start) * 1000.0
-                predictions.append(self._row(utt, probs, ms, len(step.ids)))
-                self.remember(history, step.tokens, predictions[-1].emotion)
+                predictions.append(self._row(utt, total.astype(np.float32), ms, len(step.ids)))
                 if after_utterance is not None:
                     after_utterance(predictions, slots, history)
         finally:
@@ -186,13 +234,23 @@ class ConversationLabeler:
         probs = np.array([p.probs for p in predictions], dtype=np.float32)
         rows = ([p.ms for p in predictions], [p.context_tokens for p in predictions])
         probs = probs.reshape(len(predictions), len(self.vocab.labels))
-        return capture_state(self.memory, probs, *rows, slots, history)
+        state = capture_state(self.memory, probs, *rows, slots, history)
+        state.tensors.update({f"ema.{k}": v.detach().cpu().clone() for k, v in self._ema.items()})
+        return state
 
     def _restore(
         self, state: ConversationState, utts: Sequence[Utterance], slots: dict, history: list
     ) -> list[LabeledUtterance]:
         """Load ``state`` into the memory, RNG, slots and history; returns its rows."""
-        restore_state(state, self.memory, len(utts), len(self.vocab.labels))
+        ema = {k: v for k, v in state.tensors.items() if k.startswith("ema.")}
+        tensors = {k: v for k, v in state.tensors.items() if k not in ema}
+        restore_state(
+            dataclasses.replace(state, tensors=tensors),
+            self.memory,
+            len(utts),
+            len(self.vocab.labels),
+        )
+        self._ema.update({int(k[4:]): v.clone() for k, v in ema.items()})
         slots.update(state.speaker_slots)
         history.extend(state.history)
         rows = zip(utts, state.probs, state.ms, state.context_tokens, strict=False)
@@ -202,6 +260,7 @@ class ConversationLabeler:
         self, utt: Utterance, probs: np.ndarray, ms: float, context_tokens: int
     ) -> LabeledUtterance:
         best = int(np.argmax(probs))
+        parts = self.chunks(utt.codes())
         return LabeledUtterance(
             utterance=utt,
             emotion=self.vocab.labels[best],
@@ -209,7 +268,17 @@ class ConversationLabeler:
             probs=np.asarray(probs, dtype=np.float32),
             ms=ms,
             context_tokens=context_tokens,
+            chunks=len(parts),
+            truncated=len(parts[-1]) + 2 > self.max_context,
         )
+
+    def chunks(self, audio_ids: np.ndarray) -> list[np.ndarray]:
+        """The parts an utterance is read in: itself, or under ``chunks`` the fewest equal
+        chunks whose tokens (with ``<spk>`` and ``<audio_end>``) fit the context."""
+        room = self.max_context - 2
+        if self.config.long_utterances != "chunks" or len(audio_ids) <= room:
+            return [audio_ids]
+        return np.array_split(audio_ids, -(-len(audio_ids) // room))
 
     def prepare(
         self, utt: Utterance, slots: dict[str, int], history: list[int]
@@ -252,7 +321,10 @@ class ConversationLabeler:
         memory, cfg = self.memory, self.config.memory
         if memory is None:
             with torch.no_grad():
-                return self.model.emotion_probs(step.input_ids)[0]
+                read = self.model.emotion_probs(step.input_ids)[0]
+            return (
+                self._ema_read(step.speaker_slot, read) if self.config.mode == "prior-ema" else read
+            )
         base: torch.Tensor | None = None
         read: torch.Tensor | None = None
         if cfg.write_target == "prior":
@@ -273,6 +345,19 @@ class ConversationLabeler:
         if cfg.read_gate < 1.0 and base is not None and float(base.max()) >= cfg.read_gate:
             return base
         return read
+
+    def _ema_read(self, speaker_slot: int, read: torch.Tensor) -> torch.Tensor:
+        """``prior-ema``: the read times the speaker's running average of earlier reads."""
+        average = self._ema.get(speaker_slot)
+        a = self.config.ema_rate
+        if average is None:
+            self._ema[speaker_slot] = read.clone()
+            return read
+        self._ema[speaker_slot] = (1.0 - a) * average + a * read
+        logits = torch.log(read.clamp_min(1e-12)) + self.config.ema_weight * torch.log(
+            average.clamp_min(1e-12)
+        )
+        return torch.softmax(logits, dim=-1)
 
     def _prior_read(
         self, step: PreparedUtterance, memory: TemporaryLoraMemory

@@ -29,6 +29,7 @@ from dpm_worker.errors import ConfigError
 from dpm_worker.memory.config import (
     MemoryConfig,
 )
+from dpm_worker.model import IGNORE
 
 ADAPTER_PREFIX = "dpm_memory"
 # Adapter names are unique per memory object, so two memories on one backbone (e.g. a sweep
@@ -228,7 +229,7 @@ class TemporaryLoraMemory:
         encode = cfg.write_target == "audio+prediction"
         if encode and not emotion_ids:
             raise ConfigError("write_target 'audio+prediction' needs the emotion token ids")
-        positions = torch.nonzero(labels[0] != -100).flatten()
+        positions = torch.nonzero(labels[0] != IGNORE).flatten()
         if positions.numel() == 0 or int(positions.min()) < 1:
             raise ConfigError("a memory write needs labels at positions >= 1")
         # Only logits from the first labelled position on are needed; skipping the rest saves

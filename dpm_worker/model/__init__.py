@@ -1,4 +1,5 @@
 from dpm_worker.model.backbone import (
+    HISTORY_FORMATS,
     MODEL_META,
     SCRATCH_TEXT_TOKENS,
     BackboneConfig,
@@ -9,11 +10,13 @@ from dpm_worker.model.backbone import (
     load_model,
     save_model,
 )
-from dpm_worker.model.folder import MANIFEST_NAME, write_manifest
-from dpm_worker.model.stream import fit_context, history_budget, tail, utterance_start
+from dpm_worker.model.folder import MANIFEST_NAME, write_file_manifest
+from dpm_worker.model.stream import IGNORE, fit_context, history_budget, tail, utterance_start
 from dpm_worker.model.vocab import StreamVocab
 
 __all__ = [
+    "IGNORE",
+    "HISTORY_FORMATS",
     "BackboneConfig",
     "EmotionModel",
     "MANIFEST_NAME",
@@ -29,5 +32,5 @@ __all__ = [
     "save_model",
     "tail",
     "utterance_start",
-    "write_manifest",
+    "write_file_manifest",
 ]

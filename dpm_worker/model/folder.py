@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 
 from dpm_worker.errors import ModelError, StorageError
-from dpm_worker.storage import get_filesystem, is_remote, join_uri, redact
+from dpm_worker.storage import cache_root, get_filesystem, is_remote, join_uri, redact
 
 MANIFEST_NAME = "dpm_manifest.json"
 WEIGHT_SUFFIX = ".safetensors"
@@ -32,7 +32,7 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_manifest(folder: Path) -> dict:
+def write_file_manifest(folder: Path) -> dict:
     """Hash every file of ``folder`` (except the manifest) into ``dpm_manifest.json``."""
     files = {
         path.name: {"size": path.stat().st_size, "sha256": sha256_file(path)}
@@ -94,7 +94,7 @@ def commit_folder(staged: Path, uri: str, *, endpoint_url: str | None = None) ->
     (an existing model there is replaced only after the new one is complete). On S3 a stale
     manifest is deleted first, then the files are uploaded, then the manifest.
     """
-    write_manifest(staged)
+    write_file_manifest(staged)
     # mkdtemp and some writers create owner-only files; a published model is world-readable.
     staged.chmod(0o755)
     for path in staged.iterdir():
@@ -136,12 +136,6 @@ def staging_folder(uri: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
 
 
-def cache_dir() -> Path:
-    """Where remote models are copied: ``$DPM_CACHE_DIR`` or ``~/.cache/dpm``, then ``models/``."""
-    base = os.environ.get("DPM_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "dpm")
-    return Path(base) / "models"
-
-
 def fetch_folder(uri: str, *, endpoint_url: str | None = None) -> Path:
     """Copy a remote model folder into the local cache (only changed files) and verify it.
 
@@ -150,7 +144,7 @@ def fetch_folder(uri: str, *, endpoint_url: str | None = None) -> Path:
         StorageError: the remote location cannot be read.
     """
     fs, root = get_filesystem(uri, endpoint_url)
-    local = cache_dir() / hashlib.sha256(uri.rstrip("/").encode()).hexdigest()[:24]
+    local = cache_root() / "models" / hashlib.sha256(uri.rstrip("/").encode()).hexdigest()[:24]
     local.mkdir(parents=True, exist_ok=True)
     try:
         manifest_bytes = fs.cat_file(f"{root}/{MANIFEST_NAME}")

@@ -19,6 +19,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+# Label value where a loss is off (torch's cross_entropy ignore_index): training targets and
+# the memory's write labels.
+IGNORE = -100
+
 
 def tail(tokens: Sequence[int], n: int) -> list[int]:
     """The last ``n`` tokens (none for ``n <= 0``; note ``seq[-0:]`` would be all of them)."""

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from dpm_worker.errors import AudioError, ConfigError, ModelError, StorageError
-from dpm_worker.storage import get_filesystem, is_remote, redact, resolve_relative
+from dpm_worker.storage import cache_root, get_filesystem, is_remote, redact, resolve_relative
 
 INSTALL_HINT = "pip install 'dpm-emotion[cosyvoice]'"
 TOKENIZER_CONFIG = "speech_tokenizer.json"
@@ -51,7 +51,6 @@ class ModelSpec:
 SUPPORTED_MODELS = {
     "speech_tokenizer_v2_25hz": ModelSpec(n_mels=128, rate_hz=25.0, vocab_size=3**8)
 }
-SAMPLE_RATE = 16000
 HOP_SAMPLES = 160
 MIN_STFT_SAMPLES = 201
 # AudioEncoderV2 precomputes its rotary tables for 64-dimensional heads.
@@ -119,12 +118,6 @@ def _import_s3tokenizer() -> Any:
     return s3tokenizer
 
 
-def cache_root() -> Path:
-    """Where remote weights are copied: ``$DPM_CACHE_DIR`` or ``~/.cache/dpm``, then ``speech/``."""
-    base = os.environ.get("DPM_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "dpm")
-    return Path(base) / "speech"
-
-
 def fetch_weights(
     uri: str | Path, *, cache_dir: str | Path | None = None, endpoint_url: str | None = None
 ) -> Path:
@@ -152,7 +145,7 @@ def fetch_weights(
     except OSError as exc:
         raise StorageError(f"cannot read {uri}: {redact(str(exc))}") from exc
     source = {"uri": uri, "size": info.get("size"), "etag": info.get("ETag")}
-    folder = Path(cache_dir) if cache_dir is not None else cache_root()
+    folder = Path(cache_dir) if cache_dir is not None else cache_root() / "speech"
     folder = folder / hashlib.sha256(uri.encode()).hexdigest()[:24]
     local = folder / Path(remote).name
     stamp = folder / f".{local.name}.source.json"

@@ -21,6 +21,8 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from dpm_worker.audio import SAMPLE_RATE
+
 # Pitch search range of the autocorrelation estimate; covers adult and child voices.
 F0_MIN_HZ, F0_MAX_HZ = 60.0, 450.0
 # A block counts as voiced when its normalised autocorrelation peak exceeds this and it is not
@@ -65,7 +67,7 @@ def mel_filterbank(n_fft: int, n_mels: int, sample_rate: int) -> torch.Tensor:
 
 
 def compute_block_features(
-    wave: torch.Tensor, *, sample_rate: int = 16000, rate_hz: float = 25.0, n_mels: int = 40
+    wave: torch.Tensor, *, sample_rate: int = SAMPLE_RATE, rate_hz: float = 25.0, n_mels: int = 40
 ) -> BlockFeatures:
     """Compute spectral shape, log-energy and pitch per block of ``sample_rate / rate_hz``.
 

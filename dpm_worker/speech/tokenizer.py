@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from dpm_worker.audio import SAMPLE_RATE
 from dpm_worker.errors import ConfigError, ModelError
 from dpm_worker.speech.features import compute_block_features
 
@@ -68,7 +69,7 @@ class SpeechTokenizerConfig:
     n_energy: int = 8
     n_pitch: int = 16
     n_mels: int = 40
-    sample_rate: int = 16000
+    sample_rate: int = SAMPLE_RATE
     rate_hz: float = 25.0
 
     def __post_init__(self) -> None:

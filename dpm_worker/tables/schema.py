@@ -79,6 +79,10 @@ def emotion_schema(labels: Sequence[str]) -> pa.Schema:
             pa.field("confidence", pa.float32(), nullable=False),
             *[pa.field(name, pa.float32(), nullable=False) for name in prob_columns],
             pa.field("gold_emotion", pa.string()),
+            # An utterance longer than the model's context: read in this many chunks, or
+            # truncated to its last part (LabelingConfig.long_utterances); 1 / false otherwise.
+            pa.field("chunks", pa.int16(), nullable=False),
+            pa.field("truncated", pa.bool_(), nullable=False),
             pa.field("mode", pa.string(), nullable=False),
             pa.field("model_id", pa.string(), nullable=False),
             pa.field("labeled_at", pa.timestamp("us", tz="UTC"), nullable=False),
@@ -193,6 +197,8 @@ def build_emotion_table(
     for j, label in enumerate(run.labels):
         columns[probability_column(label)] = pa.array(probs[:, j], pa.float32())
     columns["gold_emotion"] = pa.array([u.emotion for u in rows], pa.string())
+    columns["chunks"] = pa.array([u.chunks for u in utterances], pa.int16())
+    columns["truncated"] = pa.array([u.truncated for u in utterances], pa.bool_())
     columns["mode"] = pa.array([run.mode] * n, pa.string())
     columns["model_id"] = pa.array([run.model_id] * n, pa.string())
     columns["labeled_at"] = pa.array([when] * n, pa.timestamp("us", tz="UTC"))

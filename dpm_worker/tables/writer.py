@@ -17,6 +17,9 @@ bytes. A conversation's file is written exclusively (a hard link locally, ``If-N
 on S3): the first complete write commits it and a late writer (a timed-out actor that was
 killed while still writing, or a retry) changes nothing. A conversation is committed once
 either of its two files exists; resuming a run skips committed conversations.
+A conversation labeled except for some utterances has both: its error rows in
+``<run_id>--<key>--partial.parquet``, written first, then its emotions file, which commits it
+(a partial errors file alone does not, so a crash between the two relabels the conversation).
 The schemas, ``RunInfo`` and the row builders are in ``dpm_worker.tables.schema``.
 """
 
@@ -50,6 +53,7 @@ EMOTIONS, ERRORS = "emotions", "errors"
 RUNS_DIR = "_runs"
 SUCCESS_NAME = "_SUCCESS"
 COMPACT_MARK = "--compact-"  # in the names of files merged by ``dpm compact``
+PARTIAL_MARK = "--partial"  # the errors file of a conversation that also has emotion rows
 _KEY_CHARS = 32  # 128 bits of sha256: collisions are not a practical concern.
 
 
@@ -180,9 +184,20 @@ class RunTables:
         write_parquet_atomic(table, uri, self.endpoint_url, exclusive=True)
         return uri
 
-    def write_errors(self, conversation_id: str, errors: Sequence[ErrorRecord]) -> str:
-        """Commit one failed conversation's error rows; returns the file's URI."""
+    def write_errors(
+        self, conversation_id: str, errors: Sequence[ErrorRecord], *, partial: bool = False
+    ) -> str:
+        """Write one conversation's error rows; returns the file's URI.
+
+        Args:
+            conversation_id: the conversation.
+            errors: its error rows.
+            partial: the conversation's other utterances are labeled: the file does not
+                commit the conversation (its emotions file, written after it, does).
+        """
         uri = self.file_uri(ERRORS, conversation_id)
+        if partial:
+            uri = uri[: -len(".parquet")] + PARTIAL_MARK + ".parquet"
         write_parquet_atomic(
             build_error_table(self.run, errors), uri, self.endpoint_url, exclusive=True
         )

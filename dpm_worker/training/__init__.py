@@ -1,15 +1,11 @@
-from dpm_worker.training.loop import (
-    IGNORE,
+from dpm_worker.training.batches import (
     ConversationStream,
-    TrainConfig,
     build_stream,
-    compute_loss,
     isolate_rows,
-    lr_at,
     make_batch,
     sample_starts,
-    train,
 )
+from dpm_worker.training.loop import TrainConfig, compute_loss, lr_at, train
 from dpm_worker.training.memory_loop import (
     MemoryLoopConfig,
     MemoryLoopTrainer,
@@ -27,7 +23,6 @@ from dpm_worker.training.validation import score_stream, score_stream_windows, s
 
 __all__ = [
     "ConversationStream",
-    "IGNORE",
     "MemoryLoopConfig",
     "MemoryLoopTrainer",
     "TrainConfig",

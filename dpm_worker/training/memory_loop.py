@@ -34,16 +34,9 @@ from dpm_worker.memory import (
     PreparedUtterance,
     TemporaryLoraMemory,
 )
-from dpm_worker.model import EmotionModel
-from dpm_worker.training.loop import (
-    AuxHeads,
-    ConversationStream,
-    TrainConfig,
-    compute_loss,
-    lr_at,
-    make_batch,
-    sample_starts,
-)
+from dpm_worker.model import IGNORE, EmotionModel
+from dpm_worker.training.batches import ConversationStream, make_batch, sample_starts
+from dpm_worker.training.loop import AuxHeads, TrainConfig, compute_loss, lr_at
 from dpm_worker.utterance import Utterance
 
 
@@ -100,7 +93,7 @@ class TrainingConversation:
 
     conversation_id: str
     utterances: list[Utterance]
-    labels: list[int]  # label index per utterance, -100 when unlabelled
+    labels: list[int]  # label index per utterance, IGNORE when unlabelled
 
 
 def training_conversation(
@@ -112,7 +105,7 @@ def training_conversation(
         Utterance(conversation_id, int(r["utterance_index"]), str(r["speaker"]), emotion=r["emotion"], audio_ids=np.asarray(r["codes"], dtype=np.int64))
         for r in rows
     ]  # fmt: skip
-    gold = [index.get(u.emotion, -100) if u.emotion is not None else -100 for u in utterances]
+    gold = [index.get(u.emotion, IGNORE) if u.emotion is not None else IGNORE for u in utterances]
     return TrainingConversation(conversation_id, utterances, gold)
 
 

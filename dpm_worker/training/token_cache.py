@@ -23,6 +23,7 @@ from tqdm import tqdm
 from dpm_worker.audio import conversation_segments
 from dpm_worker.corpus import iter_conversations, manifest_fingerprint
 from dpm_worker.speech import SpeechTokenizer, tokenize_utterances
+from dpm_worker.storage import cache_root as dpm_cache_root
 from dpm_worker.utterance import Utterance
 
 log = logging.getLogger(__name__)
@@ -40,11 +41,6 @@ FEATURES = datasets.Features(
         "codes": datasets.Sequence(datasets.Value("int16")),
     }
 )
-
-
-def default_cache_root() -> Path:
-    base = os.environ.get("DPM_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "dpm")
-    return Path(base)
 
 
 def iter_waveforms(
@@ -100,7 +96,7 @@ def tokenize_corpus(
     key = hashlib.sha256(f"{manifest}:{tokenizer_fingerprint}:{CACHE_FORMAT}".encode()).hexdigest()[
         :32
     ]
-    folder = Path(cache_root or default_cache_root()) / "tokens" / key
+    folder = Path(cache_root or dpm_cache_root()) / "tokens" / key
     if (folder / "dataset_info.json").is_file():
         log.info("speech codes cached at %s", folder)
         return datasets.load_from_disk(str(folder))

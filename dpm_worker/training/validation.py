@@ -19,8 +19,15 @@ import torch
 
 from dpm_worker.errors import ConfigError
 from dpm_worker.metrics import summarize
-from dpm_worker.model import EmotionModel, fit_context, history_budget, tail, utterance_start
-from dpm_worker.training.loop import IGNORE, ConversationStream
+from dpm_worker.model import (
+    IGNORE,
+    EmotionModel,
+    fit_context,
+    history_budget,
+    tail,
+    utterance_start,
+)
+from dpm_worker.training.batches import ConversationStream
 
 
 @torch.no_grad()

@@ -22,6 +22,7 @@ default model's short trained context.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tempfile
 import time
@@ -31,7 +32,7 @@ import numpy as np
 from dpm_worker.errors import ConfigError
 from dpm_worker.memory import MODES, ConversationLabeler, LabelingConfig
 from dpm_worker.utterance import Utterance
-from pipelines.eval import add_memory_arguments, memory_config
+from pipelines.eval import add_labeling_arguments, load_labeling_config
 
 EDGE = 20  # utterances at each end of the conversation
 
@@ -39,8 +40,10 @@ EDGE = 20  # utterances at each end of the conversation
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--utterances", type=int, default=200, help="conversation length")
     parser.add_argument("--model", default=None, help="model folder (default: packaged)")
-    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated modes")
-    parser.add_argument("--window-tokens", type=int, default=256, help="n_r (%(default)s)")
+    parser.add_argument(
+        "--modes", default="utterance,window,full,dpm", help="comma-separated modes (%(default)s)"
+    )
+    parser.add_argument("--window-tokens", type=int, help="n_r (default: labeling.window_tokens)")
     parser.add_argument("--tokens", choices=("synth", "random"), default="synth")
     parser.add_argument("--seed", type=int, default=2024, help="conversation seed")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (%(default)s)")
@@ -51,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="context of full mode in tokens (%(default)s); the default model is trained on "
         "384, which 5 utterances fill; cost, not accuracy, is measured here",
     )
-    add_memory_arguments(parser)
+    add_labeling_arguments(parser)
 
 
 def synthetic_conversation(model, n: int, seed: int, kind: str) -> list[Utterance]:
@@ -137,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     if args.utterances < 2 * EDGE:
         raise ConfigError(f"--utterances must be >= {2 * EDGE}, got {args.utterances}")
     torch.set_num_threads(args.threads)
-    memory = memory_config(args)
+    labeling = load_labeling_config(args, {"labeling.window_tokens": args.window_tokens})
     model = load_model(args.model)
     trained_context = int(model.max_context)
     start = time.perf_counter()
@@ -145,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
     prepare_s = time.perf_counter() - start
     results = {}
     for mode in modes:
-        config = LabelingConfig(mode=mode, window_tokens=args.window_tokens, memory=memory)
+        config = dataclasses.replace(labeling, mode=mode)
         # Only full mode reads max_context beyond the window; RoPE runs past the trained length.
         model.max_context = args.full_context if mode == "full" else trained_context
         results[mode] = measure(model, conversation, config)
@@ -155,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
         "utterances": len(conversation),
         "tokens": args.tokens,
         "audio_tokens": int(sum(len(u.codes()) for u in conversation)),
-        "window_tokens": args.window_tokens,
+        "window_tokens": labeling.window_tokens,
         "max_context": trained_context,
         "full_context": args.full_context,
         "threads": args.threads,

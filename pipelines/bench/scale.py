@@ -94,7 +94,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", help="where manifests and tables go (default: a temp dir)")
 
 
-def write_manifest(path: str, conversations: int, utterances: int) -> None:
+def write_synthetic_manifest(path: str, conversations: int, utterances: int) -> None:
     """A manifest of many short conversations (the audio is never read by NullWorker)."""
     n = conversations * utterances
     conv = [f"call-{i // utterances:07d}" for i in range(n)]
@@ -142,7 +142,7 @@ def measure(workdir: str, conversations: int, args: argparse.Namespace, model: s
     from pipelines.label import load_config, prepare
 
     manifest = os.path.join(workdir, f"manifest-{conversations}.parquet")
-    write_manifest(manifest, conversations, args.utterances)
+    write_synthetic_manifest(manifest, conversations, args.utterances)
     config = load_config(
         None,
         {

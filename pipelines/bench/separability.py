@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import soundfile as sf
 
+from dpm_worker.audio import SAMPLE_RATE
 from dpm_worker.storage import join_uri
 
 FEATURES = (
@@ -27,12 +28,12 @@ FEATURES = (
     "centroid_hz",
     "tilt_db",
 )
-_SR = 16_000
 _FRAME, _HOP = 640, 160  # 40 ms frames, 10 ms hop
 
 
-def prosody_features(x: np.ndarray) -> list[float]:
-    """The FEATURES of one mono 16 kHz utterance."""
+def _analyse(x: np.ndarray) -> dict[str, np.ndarray]:
+    """Frame energies (dB), which frames carry speech, the pitch (semitones) of the voiced
+    ones, and the spectra of the speech frames, of one mono 16 kHz utterance."""
     n = 1 + (x.size - _FRAME) // _HOP
     frames = np.lib.stride_tricks.sliding_window_view(x, _FRAME)[::_HOP][:n]
     energy = 10 * np.log10(np.mean(frames**2, axis=1) + 1e-10)
@@ -40,27 +41,74 @@ def prosody_features(x: np.ndarray) -> list[float]:
     speech = frames[active] - frames[active].mean(axis=1, keepdims=True)
     # autocorrelation pitch: strongest lag between 60 and 450 Hz, kept when clearly periodic
     autocorr = np.fft.irfft(np.abs(np.fft.rfft(speech, 2 * _FRAME)) ** 2)[:, :_FRAME]
-    lo, hi = _SR // 450, _SR // 60
+    lo, hi = SAMPLE_RATE // 450, SAMPLE_RATE // 60
     lag = lo + np.argmax(autocorr[:, lo:hi], axis=1)
     voiced = autocorr[np.arange(lag.size), lag] > 0.45 * autocorr[:, 0]
-    pitch = 12 * np.log2(_SR / lag[voiced]) if voiced.any() else np.zeros(1)
-    power = np.abs(np.fft.rfft(speech * np.hanning(_FRAME), axis=1)) ** 2
-    freqs = np.fft.rfftfreq(_FRAME, 1 / _SR)
+    pitch = 12 * np.log2(SAMPLE_RATE / lag[voiced]) if voiced.any() else np.zeros(1)
     smooth = np.convolve(energy, np.ones(5) / 5, "same")
     peaks = (
         (smooth[1:-1] > smooth[:-2])
         & (smooth[1:-1] >= smooth[2:])
         & (smooth[1:-1] > energy.max() - 25)
     )
+    return {
+        "energy": energy,
+        "active": active,
+        "speech": speech,
+        "voiced": voiced,
+        "pitch": pitch,
+        "peaks": peaks,
+    }
+
+
+def prosody_features(x: np.ndarray) -> list[float]:
+    """The FEATURES of one mono 16 kHz utterance."""
+    a = _analyse(x)
+    energy, active, pitch, speech = a["energy"], a["active"], a["pitch"], a["speech"]
+    power = np.abs(np.fft.rfft(speech * np.hanning(_FRAME), axis=1)) ** 2
+    freqs = np.fft.rfftfreq(_FRAME, 1 / SAMPLE_RATE)
     return [
         float(np.median(pitch)),
         float(np.percentile(pitch, 90) - np.percentile(pitch, 10)),
         float(10 * np.log10(np.mean(10 ** (energy[active] / 10)))),
-        float(peaks.sum() / (x.size / _SR)),
+        float(a["peaks"].sum() / (x.size / SAMPLE_RATE)),
         float(1.0 - active.mean()),
         float(np.mean((power * freqs).sum(1) / (power.sum(1) + 1e-12))),
         float(10 * np.log10(power[:, freqs > 2000].sum() / (power[:, freqs < 1000].sum() + 1e-12))),
     ]
+
+
+# The five universal statistics of issue 11's logistic baseline (no pitch range, no tilt).
+STATISTICS = ("pitch_st", "level_db", "level_spread_db", "voiced_fraction", "peak_rate")
+
+
+def utterance_statistics(x: np.ndarray) -> list[float]:
+    """The STATISTICS of one mono 16 kHz utterance: median pitch, mean loudness and its spread
+    over the speech frames, the voiced fraction of those frames, and a syllable-rate proxy."""
+    a = _analyse(x)
+    energy, active = a["energy"], a["active"]
+    return [
+        float(np.median(a["pitch"])),
+        float(10 * np.log10(np.mean(10 ** (energy[active] / 10)))),
+        float(np.std(energy[active])),
+        float(a["voiced"].mean()) if a["voiced"].size else 0.0,
+        float(a["peaks"].sum() / (x.size / SAMPLE_RATE)),
+    ]
+
+
+def corpus_features(out_uri: str, table: pa.Table, features=prosody_features) -> np.ndarray:
+    """``features`` of every utterance of a (local) corpus, in manifest order."""
+    audio: dict[str, np.ndarray] = {}
+    rows = []
+    for row in table.select(["audio_uri", "start_s", "end_s", "channel"]).to_pylist():
+        if row["audio_uri"] not in audio:
+            audio.clear()  # manifests are grouped by conversation: one file in memory
+            audio[row["audio_uri"]] = sf.read(join_uri(out_uri, row["audio_uri"]), dtype="float32")[
+                0
+            ]
+        begin, end = round(row["start_s"] * SAMPLE_RATE), round(row["end_s"] * SAMPLE_RATE)
+        rows.append(features(audio[row["audio_uri"]][begin:end, row["channel"]]))
+    return np.asarray(rows, dtype=np.float64)
 
 
 def measure_separability(out_uri: str, table: pa.Table, folds: int = 5) -> dict[str, Any]:
@@ -69,15 +117,7 @@ def measure_separability(out_uri: str, table: pa.Table, folds: int = 5) -> dict[
     from sklearn.model_selection import GroupKFold, cross_val_predict
 
     rows = table.to_pylist()
-    audio: dict[str, np.ndarray] = {}
-    feats = []
-    for row in rows:
-        if row["audio_uri"] not in audio:
-            path = join_uri(out_uri, row["audio_uri"])
-            audio[row["audio_uri"]] = sf.read(path, dtype="float32")[0]
-        begin, end = round(row["start_s"] * _SR), round(row["end_s"] * _SR)
-        feats.append(prosody_features(audio[row["audio_uri"]][begin:end, row["channel"]]))
-    x = np.asarray(feats)
+    x = corpus_features(out_uri, table)
     y = np.array([r["emotion"] for r in rows])
     groups = np.array([r["conversation_id"] for r in rows])
     speakers = np.array([r["speaker"] for r in rows])

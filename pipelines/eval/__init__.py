@@ -1,13 +1,9 @@
-from pipelines.eval.evaluate import (
-    add_memory_arguments,
-    label_conversations,
-    load_conversations,
-    memory_config,
-)
+from pipelines.eval.config import add_labeling_arguments, load_labeling_config
+from pipelines.eval.evaluate import label_conversations, load_conversations
 
 __all__ = [
-    "add_memory_arguments",
+    "add_labeling_arguments",
     "label_conversations",
     "load_conversations",
-    "memory_config",
+    "load_labeling_config",
 ]

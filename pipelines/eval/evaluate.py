@@ -19,6 +19,7 @@ command line, reading and labeling; the scores, comparisons, predictions and plo
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import time
@@ -28,21 +29,16 @@ from pathlib import Path
 import numpy as np
 
 from dpm_worker.errors import BadInputError, ConfigError
-from dpm_worker.memory import (
-    MODES,
-    OPTIMIZERS,
-    PRIOR_INPUTS,
-    WRITE_TARGETS,
-    ConversationLabeler,
-    LabelingConfig,
-    MemoryConfig,
-)
+from dpm_worker.memory import MODES, ConversationLabeler, LabelingConfig
+from dpm_worker.model import HISTORY_FORMATS
 from dpm_worker.utterance import Utterance
+from pipelines.eval.config import add_labeling_arguments, load_labeling_config
 from pipelines.eval.results import (
     COMPARISONS,
     ModeResult,
     compare,
     score,
+    score_groups,
     write_plots,
     write_predictions,
 )
@@ -56,86 +52,46 @@ class Conversation:
 
     conversation_id: str
     utterances: list[Utterance]
+    groups: list[dict[str, str | None]]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--corpus", required=True, help="manifest file or folder with gold labels")
     parser.add_argument(
-        "--mode", default="utterance,window,full,dpm", help="comma-separated modes (%(default)s)"
+        "--mode",
+        default="utterance,window,full,dpm",
+        help="comma-separated modes (%(default)s); each replaces labeling.mode of --config",
     )
     parser.add_argument(
         "--model", default=None, help="model folder or s3:// URI (default: packaged)"
     )
-    parser.add_argument("--window-tokens", type=int, default=256, help="n_r (%(default)s)")
+    parser.add_argument("--window-tokens", type=int, help="n_r (default: labeling.window_tokens)")
     parser.add_argument("--json", required=True, help="where to write the metrics JSON")
     parser.add_argument("--predictions", default=None, help="per-utterance Parquet output")
     parser.add_argument("--plots", default=None, help="folder for PNG plots")
     parser.add_argument("--limit-conversations", type=int, default=None, help="first K only")
     parser.add_argument(
         "--history-labels",
-        choices=("none", "predicted"),
+        choices=HISTORY_FORMATS,
         default=None,
         help="history format (default: the model's own)",
     )
     parser.add_argument("--position-bin", type=int, default=10, help="bin width (utterances)")
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (%(default)s)")
-    add_memory_arguments(parser)
-
-
-def add_memory_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--memory-*`` flags; their defaults are MemoryConfig's."""
-    d = MemoryConfig()
-    group = parser.add_argument_group("DPM memory (dpm mode)")
-    group.add_argument("--memory-rank", type=int, default=d.rank)
-    group.add_argument("--memory-alpha", type=float, default=d.alpha)
-    group.add_argument("--memory-lr", type=float, default=d.lr)
-    group.add_argument("--memory-optimizer", choices=OPTIMIZERS, default=d.optimizer)
-    group.add_argument("--memory-steps", type=int, default=d.steps_per_utterance)
-    group.add_argument("--memory-weight-decay", type=float, default=d.weight_decay)
-    group.add_argument("--memory-warmup", type=int, default=d.warmup_steps)
-    group.add_argument("--memory-scope", choices=("conversation", "speaker"), default=d.scope)
-    group.add_argument(
-        "--memory-write-target",
-        choices=WRITE_TARGETS,
-        default=d.write_target,
+    parser.add_argument(
+        "--group-by",
+        default=None,
+        help="comma-separated manifest columns (e.g. engine,voice_family,cue_mix): metrics per "
+        "value of each",
     )
-    group.add_argument("--memory-target-modules", default=",".join(d.target_modules))
-    group.add_argument("--memory-seed", type=int, default=d.seed)
-    group.add_argument("--memory-emotion-weight", type=float, default=d.emotion_weight)
-    group.add_argument("--memory-confidence-gate", type=float, default=d.confidence_gate)
-    group.add_argument("--memory-read-gate", type=float, default=d.read_gate)
-    group.add_argument(
-        "--memory-prior-input", choices=PRIOR_INPUTS, default=d.prior_input,
-        help="where write target prior keeps its prior",
-    )  # fmt: skip
-    group.add_argument(
-        "--memory-prior-weight",
-        type=float,
-        default=d.prior_weight,
-        help="beta of write target prior",
-    )
+    add_labeling_arguments(parser)
 
 
-def memory_config(args: argparse.Namespace) -> MemoryConfig:
-    return MemoryConfig(
-        rank=args.memory_rank,
-        alpha=args.memory_alpha,
-        lr=args.memory_lr,
-        optimizer=args.memory_optimizer,
-        steps_per_utterance=args.memory_steps,
-        weight_decay=args.memory_weight_decay,
-        warmup_steps=args.memory_warmup,
-        scope=args.memory_scope,
-        write_target=args.memory_write_target,
-        target_modules=tuple(m for m in args.memory_target_modules.split(",") if m),
-        seed=args.memory_seed,
-        emotion_weight=args.memory_emotion_weight,
-        confidence_gate=args.memory_confidence_gate,
-        read_gate=args.memory_read_gate,
-        prior_weight=args.memory_prior_weight,
-        prior_input=args.memory_prior_input,
-    )
+def group_columns(args: argparse.Namespace) -> tuple[str, ...]:
+    """The ``--group-by`` columns (none when the flag is absent)."""
+    text = args.group_by or ""
+    return tuple(dict.fromkeys(c.strip() for c in text.split(",") if c.strip()))
 
 
 def parse_modes(text: str) -> list[str]:
@@ -146,24 +102,45 @@ def parse_modes(text: str) -> list[str]:
     return list(dict.fromkeys(modes))
 
 
-def load_conversations(corpus: str, model, limit: int | None = None) -> list[Conversation]:
-    """Read the manifest, cut each conversation's audio and tokenize it once."""
+def load_conversations(
+    corpus: str, model, limit: int | None = None, group_by: tuple[str, ...] = ()
+) -> list[Conversation]:
+    """Read the manifest, cut each conversation's audio and tokenize it once; keep each
+    utterance's values of the ``group_by`` columns."""
     from dpm_worker.audio import conversation_segments
     from dpm_worker.corpus import read_manifest, to_rows
     from dpm_worker.speech import tokenize_utterances
 
     table = read_manifest(corpus, labels=model.vocab.labels)
+    missing = [c for c in group_by if c not in table.column_names]
+    if missing:
+        raise BadInputError(
+            f"--group-by {missing} not columns of the manifest; it has {table.column_names}",
+            corpus,
+        )
     by_conv: dict[str, list] = {}
     for row in to_rows(table):
         by_conv.setdefault(row.conversation_id, []).append(row)
     ids = list(by_conv)[: limit if limit is not None else None]
     out = []
     for cid in ids:
-        segments = conversation_segments(by_conv[cid])
-        utterances = tokenize_utterances(segments, model.speech_tokenizer, model.check_fits)
-        out.append(Conversation(cid, list(utterances)))
+        rows = by_conv[cid]
+        values = {r.utterance_index: _group_values(r, group_by) for r in rows}
+        segments = conversation_segments(rows)
+        # An utterance longer than the context is read by LabelingConfig.long_utterances.
+        utterances = list(tokenize_utterances(segments, model.speech_tokenizer))
+        groups = [values.get(u.utterance_index, {}) for u in utterances]
+        out.append(Conversation(cid, utterances, groups))
     if not any(u.emotion is not None for c in out for u in c.utterances):
         raise BadInputError("the corpus has no gold emotion labels to evaluate against", corpus)
+    return out
+
+
+def _group_values(row, columns: tuple[str, ...]) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for column in columns:
+        value = getattr(row, column) if hasattr(row, column) else row.extra.get(column)
+        out[column] = None if value is None else str(value)
     return out
 
 
@@ -178,7 +155,7 @@ def label_conversations(
             start = time.perf_counter()
             labeled = labeler.label_conversation(conv.utterances)
             result.seconds += time.perf_counter() - start
-            for pos, item in enumerate(labeled):
+            for pos, (item, group) in enumerate(zip(labeled, conv.groups, strict=True)):
                 utt = item.utterance
                 result.conversation_id.append(utt.conversation_id)
                 result.utterance_index.append(utt.utterance_index)
@@ -189,20 +166,23 @@ def label_conversations(
                 result.expressive.append(utt.expressive)
                 result.probs.append(item.probs)
                 result.ms.append(item.ms)
+                result.group.append(group)
     finally:
         labeler.close()
     return result
 
 
-def build_report(model, results: dict[str, ModeResult], args: argparse.Namespace) -> dict:
+def build_report(
+    model, results: dict[str, ModeResult], args: argparse.Namespace, labeling: LabelingConfig
+) -> dict:
     labels = model.vocab.labels
     report = {
         "model": model.model_id,
         "fingerprint": model.fingerprint,
         "corpus": args.corpus,
         "n_conversations": len(set(next(iter(results.values())).conversation_id)),
-        "window_tokens": args.window_tokens,
-        "memory": {k: v for k, v in vars(memory_config(args)).items()},
+        "window_tokens": labeling.window_tokens,
+        "memory": dataclasses.asdict(labeling.memory),
         "modes": {
             m: score(r, labels, args.position_bin, args.bootstrap) for m, r in results.items()
         },
@@ -212,6 +192,11 @@ def build_report(model, results: dict[str, ModeResult], args: argparse.Namespace
             if a in results and b in results
         },
     }
+    columns = group_columns(args)
+    if columns:
+        report["groups"] = {
+            c: score_groups(results, c, labels, args.position_bin, args.bootstrap) for c in columns
+        }
     return report
 
 
@@ -220,25 +205,25 @@ def run(args: argparse.Namespace) -> int:
 
     from dpm_worker.model import load_model
 
+    labeling = load_labeling_config(
+        args,
+        {
+            "labeling.window_tokens": args.window_tokens,
+            "labeling.history_labels": args.history_labels,
+        },
+    )
     modes = parse_modes(args.mode)
     if args.threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {args.threads}")
     if args.limit_conversations is not None and args.limit_conversations < 1:
         raise ConfigError(f"--limit-conversations must be >= 1, got {args.limit_conversations}")
-    memory = memory_config(args)
-    configs = {
-        m: LabelingConfig(
-            mode=m,
-            window_tokens=args.window_tokens,
-            history_labels=args.history_labels,
-            memory=memory,
-        )
-        for m in modes
-    }
+    configs = {m: dataclasses.replace(labeling, mode=m) for m in modes}
     torch.set_num_threads(args.threads)
     model = load_model(args.model)
     start = time.perf_counter()
-    conversations = load_conversations(args.corpus, model, args.limit_conversations)
+    conversations = load_conversations(
+        args.corpus, model, args.limit_conversations, group_columns(args)
+    )
     n_utt = sum(len(c.utterances) for c in conversations)
     log.info(
         "eval: %d conversations, %d utterances tokenized in %.1f s",
@@ -250,7 +235,7 @@ def run(args: argparse.Namespace) -> int:
     for mode, config in configs.items():
         results[mode] = label_conversations(model, conversations, config)
         log.info("eval: %s done in %.1f s", mode, results[mode].seconds)
-    report = build_report(model, results, args)
+    report = build_report(model, results, args, labeling)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
     if args.predictions:
@@ -265,6 +250,13 @@ def run(args: argparse.Namespace) -> int:
         )
     for name, c in report["comparisons"].items():
         print(f"{name:18s} dUA={c['ua_diff']:+.3f} [{c['lo']:+.3f}, {c['hi']:+.3f}]")
+    for column, values in report.get("groups", {}).items():
+        for value, group in values.items():
+            cells = " ".join(
+                f"{m}: UA={b['ua']:.3f} expr={b['expressive_accuracy']}"
+                for m, b in group["modes"].items()
+            )
+            print(f"{column}={value} ({group['n_conversations']} conv) {cells}")
     return 0
 
 

@@ -30,6 +30,8 @@ COMPARISONS = (
     ("dpm", "utterance"),
     ("window", "utterance"),
     ("full", "window"),
+    ("prior-ema", "window"),
+    ("dpm", "prior-ema"),
 )
 
 
@@ -46,7 +48,22 @@ class ModeResult:
     expressive: list[bool | None] = field(default_factory=list)
     probs: list[np.ndarray] = field(default_factory=list)
     ms: list[float] = field(default_factory=list)
+    group: list[dict[str, str | None]] = field(default_factory=list)
     seconds: float = 0.0
+
+    def subset(self, keep: list[int]) -> ModeResult:
+        """The outcomes of the utterances at ``keep`` (timing scaled to their share)."""
+        share = len(keep) / max(1, len(self.pred))
+        return ModeResult(
+            **{
+                name: [getattr(self, name)[i] for i in keep]
+                for name in (
+                    "conversation_id", "utterance_index", "position", "speaker", "gold",
+                    "pred", "expressive", "probs", "ms", "group",
+                )
+            },
+            seconds=self.seconds * share,
+        )  # fmt: skip
 
 
 def _scored(result: ModeResult, subset: str = "all") -> np.ndarray:
@@ -107,6 +124,35 @@ def compare(a: ModeResult, b: ModeResult, labels: tuple[str, ...], n_boot: int) 
             out[f"{prefix}{metric}_diff"] = d["value"]
             out[f"{prefix}{metric}_diff_ci"] = [d["lo"], d["hi"]]
     out["lo"], out["hi"] = out["ua_diff_ci"]
+    return out
+
+
+def score_groups(
+    results: dict[str, ModeResult],
+    column: str,
+    labels: tuple[str, ...],
+    bin_width: int,
+    n_boot: int,
+) -> dict[str, dict]:
+    """Per value of a ``--group-by`` column: each mode's block and the mode comparisons,
+    computed on that value's utterances alone (intervals resample its conversations)."""
+    first = next(iter(results.values()))
+    of = [str(g[column]) for g in first.group]
+    values = sorted(set(of))
+    out: dict[str, dict] = {}
+    for value in values:
+        keep = [i for i, g in enumerate(of) if g == value]
+        sub = {mode: r.subset(keep) for mode, r in results.items()}
+        block: dict = {
+            "n_conversations": len(set(sub[next(iter(sub))].conversation_id)),
+            "modes": {m: score(r, labels, bin_width, n_boot) for m, r in sub.items()},
+        }
+        block["comparisons"] = {
+            f"{a}-{b}": compare(sub[a], sub[b], labels, n_boot)
+            for a, b in COMPARISONS
+            if a in sub and b in sub and _scored(sub[a]).size
+        }
+        out[value] = block
     return out
 
 

@@ -1,18 +1,16 @@
 from pipelines.label.actors import connect
+from pipelines.label.bookkeeping import Progress
 from pipelines.label.compact import JOURNAL, compact_run
 from pipelines.label.config import (
     LabelJobConfig,
     load_config,
-    parse_override,
     public_config,
     strip_userinfo,
 )
-from pipelines.label.job import EXIT_USAGE, LabelJob, finish
+from pipelines.label.job import LabelJob, finish
 from pipelines.label.plan import prepare
-from pipelines.label.scheduler import Progress
 
 __all__ = [
-    "EXIT_USAGE",
     "JOURNAL",
     "LabelJob",
     "LabelJobConfig",
@@ -21,7 +19,6 @@ __all__ = [
     "connect",
     "finish",
     "load_config",
-    "parse_override",
     "prepare",
     "public_config",
     "strip_userinfo",

@@ -85,6 +85,7 @@ def start_actors(config: LabelJobConfig, run: RunInfo, worker_class: type) -> li
         device=config.device,
         torch_threads=config.threads,
         checkpoint_every=config.checkpoint_every_utterances,
+        max_segment_s=config.max_segment_s,
     )
     log.info(
         "starting %d actor(s) with %s (cluster: %.0f CPU, %.0f GPU)",

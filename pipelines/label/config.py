@@ -1,4 +1,4 @@
-"""Configuration of the labeling job: a frozen dataclass tree loaded from YAML + CLI overrides.
+"""Configuration of the labeling job: a frozen dataclass tree loaded by ``pipelines.config``.
 
 Precedence, lowest first: dataclass defaults, ``--config FILE.yaml``, the named flags
 (``--mode``, ``--actors``, ...), then dotted overrides (``labeling.memory.lr=5e-4``).
@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import types
-import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
 from dpm_worker.errors import ConfigError
 from dpm_worker.memory import LabelingConfig
 from dpm_worker.tables import validate_run_id
+from pipelines.config import build_dataclass, merge_tree
 
 
 @dataclass(frozen=True)
@@ -50,6 +47,8 @@ class LabelJobConfig:
             resumes there (0: only on SIGTERM). Default 25, measured with the default model on
             CPU: one checkpoint ~0.64 MB and 70-110 ms against ~300 ms per utterance (about 1%
             of labeling time); a death costs at most 24 utterances (docs/dpm.md).
+        max_segment_s: the longest segment cut from a recording by VAD or its RTTM (None:
+            what the model reads whole, 15.2 s for the default model; larger is capped).
         labeling: the labeling mode and DPM hyperparameters.
     """
 
@@ -71,6 +70,7 @@ class LabelJobConfig:
     conversation_timeout_s: float = 3600.0
     device: str | None = None
     checkpoint_every_utterances: int = 25
+    max_segment_s: float | None = None
     labeling: LabelingConfig = field(default_factory=LabelingConfig)
 
     def __post_init__(self) -> None:
@@ -98,6 +98,10 @@ class LabelJobConfig:
             )
         if self.max_attempts < 1:
             raise ConfigError(f"max_attempts must be >= 1, got {self.max_attempts}")
+        if self.max_segment_s is not None and not (
+            math.isfinite(self.max_segment_s) and self.max_segment_s >= 1.0
+        ):
+            raise ConfigError(f"max_segment_s must be >= 1 s, got {self.max_segment_s!r}")
         for name in ("progress_interval_s", "actor_start_timeout_s", "conversation_timeout_s"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
@@ -109,117 +113,11 @@ class LabelJobConfig:
         return self.torch_threads or max(1, math.ceil(self.cpus_per_actor))
 
 
-def build_dataclass(cls: type, data: Mapping[str, Any], where: str = "") -> Any:
-    """Build a (nested) frozen dataclass from a mapping, rejecting unknown keys.
-
-    Nested dataclass fields are built from nested mappings; lists become tuples where the
-    field is a tuple. Values are validated by the dataclasses' own ``__post_init__``.
-    """
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{where or cls.__name__} must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise ConfigError(
-            f"unknown config key(s) {', '.join(where + k for k in unknown)}; "
-            f"known: {', '.join(sorted(known))}"
-        )
-    kwargs = {}
-    for name, value in data.items():
-        kwargs[name] = _coerce(hints[name], value, f"{where}{name}")
-    try:
-        return cls(**kwargs)
-    except TypeError as exc:
-        raise ConfigError(f"invalid {where or cls.__name__}: {exc}") from exc
-
-
-def _coerce(hint: Any, value: Any, where: str) -> Any:
-    options = typing.get_args(hint) if _is_union(hint) else (hint,)
-    if value is None:
-        if type(None) in options:
-            return None
-        raise ConfigError(f"{where} must not be null")
-    for option in options:
-        if (
-            isinstance(option, type)
-            and dataclasses.is_dataclass(option)
-            and isinstance(value, Mapping)
-        ):
-            return build_dataclass(option, value, where + ".")
-        if typing.get_origin(option) is tuple and isinstance(value, list | tuple):
-            return tuple(value)
-        if option is float and isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if option in (int, str, bool) and type(value) is option:
-            return value
-    if any(
-        isinstance(o, type) and dataclasses.is_dataclass(o) and isinstance(value, o)
-        for o in options
-    ):
-        return value
-    raise ConfigError(f"{where} has the wrong type: {value!r} is not {hint}")
-
-
-def _is_union(hint: Any) -> bool:
-    return typing.get_origin(hint) in (typing.Union, types.UnionType)
-
-
-def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    """Set ``tree['a']['b']['c'] = value`` for ``dotted='a.b.c'`` (creating levels)."""
-    parts = dotted.split(".")
-    if not all(parts):
-        raise ConfigError(f"bad override key {dotted!r}")
-    node = tree
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"override {dotted!r}: {part!r} is not a section")
-        node = child
-    node[parts[-1]] = value
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """``key.path=value`` with the value parsed as YAML (``1e-3``, ``[0.9, 0.99]``, ``null``)."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"override must look like section.key=value, got {text!r}")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"override {text!r}: value is not valid YAML: {exc}") from exc
-    # YAML 1.1 reads "1e-3" as a string; numbers written that way are meant as floats.
-    if isinstance(value, str):
-        try:
-            value = float(value) if any(c in value for c in "eE.") else value
-        except ValueError:
-            pass
-    return key.strip(), value
-
-
 def load_config(
     path: str | None, flags: Mapping[str, Any], overrides: Sequence[str]
 ) -> LabelJobConfig:
     """Merge the YAML file, the named flags (None = not given) and dotted overrides."""
-    tree: dict[str, Any] = {}
-    if path:
-        try:
-            with open(path, encoding="utf-8") as fh:
-                loaded = yaml.safe_load(fh) or {}
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
-        if not isinstance(loaded, dict):
-            raise ConfigError(
-                f"config file {path} must hold a mapping, got {type(loaded).__name__}"
-            )
-        tree = loaded
-    for dotted, value in flags.items():
-        if value is not None:
-            set_dotted(tree, dotted, value)
-    for text in overrides:
-        set_dotted(tree, *parse_override(text))
+    tree = merge_tree(path, flags, overrides)
     for required in ("input", "output"):
         if not tree.get(required):
             raise ConfigError(f"--{required} is required (or '{required}:' in the config file)")

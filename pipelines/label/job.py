@@ -35,11 +35,11 @@ from dpm_worker.tables import (
     write_fingerprints,
 )
 from dpm_worker.worker import ConversationWorker
+from pipelines.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL
 from pipelines.label.actors import start_actors
 from pipelines.label.config import LabelJobConfig
 
 log = logging.getLogger("dpm.label")
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 
 
 def finish(code: int, message: str) -> int:
@@ -82,7 +82,8 @@ class LabelJob:
 
     def execute(self) -> int:
         """Start Ray and the actors, schedule, write ``_SUCCESS``; returns the exit code."""
-        from pipelines.label.scheduler import ConversationScheduler, Progress
+        from pipelines.label.bookkeeping import Progress
+        from pipelines.label.scheduler import ConversationScheduler
 
         progress = self.progress = Progress(total_rows=self.total_rows)
         started_at = dt.datetime.now(dt.UTC)
@@ -129,9 +130,16 @@ class LabelJob:
         where = self.tables.table_uri(EMOTIONS)
         head = (
             f"run {self.run.run_id}: {progress.labeled} conversations labeled "
-            f"({progress.utterances} utterances), {progress.failed} in the errors table "
-            f"({progress.error_rows} rows), {progress.skipped} already committed"
+            f"({progress.utterances} utterances; {progress.partial} of them with failed "
+            f"utterances), {progress.failed} in the errors table, {progress.error_rows} error "
+            f"rows, {progress.skipped} already committed"
         )
+        if progress.split_segments or progress.chunked or progress.truncated:
+            head += (
+                f"; fitted to the model: {progress.split_segments} segments cut from longer "
+                f"regions or turns, {progress.chunked} utterances read in chunks, "
+                f"{progress.truncated} truncated"
+            )
         if self.previous is not None:
             head += (
                 f", {progress.unchanged} unchanged since the last committed run "
@@ -206,6 +214,9 @@ class LabelJob:
                 "utterances": progress.utterances,
                 "error_rows": progress.error_rows,
                 "audio_hours": round(progress.audio_s / 3600, 6),
+                "split_segments": progress.split_segments,
+                "chunked_utterances": progress.chunked,
+                "truncated_utterances": progress.truncated,
                 "elapsed_s": round(elapsed, 3),
                 "audio_hours_per_hour": round(progress.audio_s / elapsed, 3),
                 "utterances_per_s": round(progress.utterances / elapsed, 3),

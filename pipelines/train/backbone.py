@@ -7,9 +7,10 @@ vocabulary and trained with LoRA r=64 on all linear layers), train on random win
 conversation streams, validate per epoch (WA/UA in utterance and window reads), and keep the
 best checkpoint at ``--out`` (a local folder or ``s3://`` prefix, committed manifest-last).
 
-Config: ``--config train.yaml`` with sections ``model`` (BackboneConfig), ``tokenizer``
-(SpeechTokenizerConfig), ``train`` (TrainConfig), ``lora`` (r, alpha, dropout) and top-level
-``labels``; command-line flags override the YAML.
+Config (``pipelines.config``): ``--config train.yaml`` with sections ``model`` (BackboneConfig),
+``tokenizer`` (SpeechTokenizerConfig), ``train`` (TrainConfig), ``lora`` (r, alpha, dropout),
+``memory_loop``, ``memory`` and top-level ``labels``; the named flags override the YAML and
+``KEY=VALUE`` overrides (``train.lr=3e-4``) override both.
 """
 
 from __future__ import annotations
@@ -21,11 +22,9 @@ import logging
 import shlex
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from dpm_worker.corpus import DEFAULT_LABELS
 from dpm_worker.errors import ConfigError, LabelError
@@ -55,6 +54,7 @@ from dpm_worker.training import (
     tokenize_corpus,
     train,
 )
+from pipelines.config import add_config_arguments, build_dataclass, check_sections, merge_tree
 
 log = logging.getLogger("dpm.train")
 TRAINING_RECORD = "training.json"
@@ -65,7 +65,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--corpus", required=True, help="gold-labelled manifest (file or folder; local or s3://)"
     )
     parser.add_argument("--out", required=True, help="output model folder (local or s3://)")
-    parser.add_argument("--config", help="train.yaml with model/tokenizer/train/lora sections")
     parser.add_argument("--epochs", type=float, help="passes over the training tokens")
     parser.add_argument("--seed", type=int, help="seeds split, tokenizer fit, init and windows")
     parser.add_argument("--max-minutes", type=float, help="wall-time budget of the training loop")
@@ -85,6 +84,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--fit-utterances", type=int, default=3000, help="utterances used to fit the codebook"
     )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_config_arguments(
+        parser,
+        {
+            "model": "BackboneConfig",
+            "tokenizer": "SpeechTokenizerConfig",
+            "train": "TrainConfig (epochs, lr, window_tokens, ...)",
+            "lora": "r, alpha, dropout, merge",
+            "labels": "the emotion labels",
+            "memory_loop": "MemoryLoopConfig (the memory-loop stage; absent: skipped)",
+            "memory": "MemoryConfig of the memory loop",
+        },
+        "train.lr=3e-4 lora.r=16",
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,51 +113,41 @@ class LoraSettings:
             raise ConfigError(f"invalid lora settings: {self}")
 
 
-def _section(data: dict, name: str, cls: type) -> Any:
-    values = data.get(name) or {}
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(values) - known
-    if unknown:
-        raise ConfigError(f"unknown keys in config section {name!r}: {sorted(unknown)}")
-    return cls(**values)
+SECTIONS = ("model", "tokenizer", "train", "lora", "labels", "memory_loop", "memory")
 
 
 def load_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """YAML + flags -> validated configs (before any data is touched)."""
-    data: dict = {}
-    if args.config:
-        try:
-            data = yaml.safe_load(Path(args.config).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"cannot read config {args.config}: {exc}") from exc
-    unknown = set(data) - {"model", "tokenizer", "train", "lora", "labels", "memory_loop", "memory"}
-    if unknown:
-        raise ConfigError(f"unknown config sections {sorted(unknown)} in {args.config}")
-    overrides = {
-        "epochs": args.epochs,
-        "seed": args.seed,
-        "max_minutes": args.max_minutes,
-        "threads": args.threads,
-    }
-    train_values = dict(data.get("train") or {})
-    train_values.update({k: v for k, v in overrides.items() if v is not None})
-    train_cfg = _section({"train": train_values}, "train", TrainConfig)
-    model_values = dict(data.get("model") or {})
+    """``--config`` YAML, the named flags, then ``KEY=VALUE`` overrides -> validated configs."""
+    tree = merge_tree(
+        args.config,
+        {
+            "train.epochs": args.epochs,
+            "train.seed": args.seed,
+            "train.max_minutes": args.max_minutes,
+            "train.threads": args.threads,
+            "model.model_id": args.model_id,
+        },
+        args.overrides,
+    )
+    check_sections(tree, SECTIONS)
+    train_cfg = build_dataclass(TrainConfig, tree.get("train"), "train.")
+    # The model's context and history format are the training windows' (one source of truth).
+    model_values = dict(tree.get("model") or {})
     model_values["max_context"] = train_cfg.window_tokens
     model_values["history_labels"] = train_cfg.history_labels
-    if args.model_id:
-        model_values["model_id"] = args.model_id
     return {
-        "model": _section({"model": model_values}, "model", BackboneConfig),
-        "tokenizer": _section(data, "tokenizer", SpeechTokenizerConfig),
+        "model": build_dataclass(BackboneConfig, model_values, "model."),
+        "tokenizer": build_dataclass(SpeechTokenizerConfig, tree.get("tokenizer"), "tokenizer."),
         "train": train_cfg,
-        "lora": _section(data, "lora", LoraSettings),
-        "labels": tuple(data.get("labels") or DEFAULT_LABELS),
+        "lora": build_dataclass(LoraSettings, tree.get("lora"), "lora."),
+        "labels": tuple(tree.get("labels") or DEFAULT_LABELS),
         # Stage "memory loop" (pipelines/train/memory_loop.py): present only when configured.
         "memory_loop": (
-            _section(data, "memory_loop", MemoryLoopConfig) if "memory_loop" in data else None
+            build_dataclass(MemoryLoopConfig, tree.get("memory_loop"), "memory_loop.")
+            if "memory_loop" in tree
+            else None
         ),
-        "memory": _section(data, "memory", MemoryConfig),
+        "memory": build_dataclass(MemoryConfig, tree.get("memory"), "memory."),
     }
 
 

@@ -109,12 +109,37 @@ def test_bad_rows_reject_their_conversation(tmp_path, model):
     assert any("utterance_index" in e["message"] for e in errors)
 
 
-def test_reversed_times_reject_the_conversation(tmp_path, model):
-    uri = recording(tmp_path / "c.wav")
-    rows = rows_for("rev", uri, n=2)
-    rows[1] = UtteranceRow("rev", 1, "B", uri, 3.0, 2.0)
-    summary = make_worker(tmp_path, model).label("rev", rows)
-    assert summary["status"] == "failed" and summary["error_rows"] == 2
+def test_a_bad_row_fails_alone_and_the_rest_is_labeled(tmp_path, model):
+    uri = recording(tmp_path / "c.wav", seconds=30.0)
+    rows = rows_for("mix", uri, n=21)
+    rows[4] = UtteranceRow("mix", 4, "A", uri, 3.0, 2.0)  # reversed: a manifest problem
+    rows[13] = UtteranceRow("mix", 13, "B", uri, 41.0, 42.5)  # past the end of the recording
+    summary = make_worker(tmp_path, model).label("mix", rows)
+    assert (summary["status"], summary["utterances"], summary["error_rows"]) == ("labeled", 19, 2)
+    emotions = read_run_table(str(tmp_path / "out"), EMOTIONS).to_pylist()
+    errors = read_run_table(str(tmp_path / "out"), ERRORS).to_pylist()
+    assert [r["utterance_index"] for r in emotions] == [i for i in range(21) if i not in (4, 13)]
+    assert [(e["utterance_index"], e["error_type"]) for e in errors] == [
+        (4, "ManifestError"),
+        (13, "SegmentError"),
+    ]
+    # Every row of a conversation whose recording cannot be decoded fails (shared recording).
+    broken = tmp_path / "broken.flac"
+    broken.write_bytes(b"fLaC" + bytes(500))
+    failed = make_worker(tmp_path, model).label("broken", rows_for("broken", str(broken)))
+    assert failed["status"] == "failed" and failed["error_rows"] == 3
+
+
+def test_long_user_segments_are_chunked_and_vad_regions_cut(tmp_path):
+    model = EmotionModel.random(seed=0, max_context=64)  # 61 tokens = 2.44 s read whole
+    uri = recording(tmp_path / "long.wav", seconds=8.0)
+    timed = [UtteranceRow("t", 0, "A", uri, 0.0, 6.0), UtteranceRow("t", 1, "B", uri, 6.0, 7.0)]
+    worker = make_worker(tmp_path, model)
+    summary = worker.label("t", timed)
+    assert (summary["status"], summary["chunked"], summary["split_segments"]) == ("labeled", 1, 0)
+    rows = read_run_table(str(tmp_path / "out"), EMOTIONS).to_pylist()
+    assert [(r["chunks"], r["truncated"]) for r in rows] == [(3, False), (1, False)]
+    assert worker.max_segment_s == pytest.approx(61 / 25)
 
 
 def test_prefetch_reads_next_conversation_in_background(tmp_path, model):

@@ -10,7 +10,7 @@ import soundfile as sf
 import soxr
 
 from dpm_worker.audio import (
-    TARGET_SR,
+    SAMPLE_RATE,
     AudioInfo,
     cut_segment,
     encode_audio,
@@ -55,16 +55,16 @@ def test_read_recording_resamples_with_soxr(tmp_path, fmt, ext, tol):
     path = tmp_path / f"a.{ext}"
     sf.write(path, native, 22050, format=fmt)
     rec = read_recording(str(path))
-    assert rec.sample_rate == TARGET_SR and rec.samples.dtype == np.float32
-    assert rec.samples.shape == (2, 2 * TARGET_SR)
+    assert rec.sample_rate == SAMPLE_RATE and rec.samples.dtype == np.float32
+    assert rec.samples.shape == (2, 2 * SAMPLE_RATE)
     assert rec.duration_s == pytest.approx(2.0)
-    expected = soxr.resample(sf.read(path, dtype="float32")[0], 22050, TARGET_SR, quality="HQ").T
+    expected = soxr.resample(sf.read(path, dtype="float32")[0], 22050, SAMPLE_RATE, quality="HQ").T
     assert np.abs(rec.samples - expected).max() < tol
     # The tone keeps its pitch after resampling: its spectrum peaks at 440 Hz.
     spectrum = np.abs(np.fft.rfft(rec.samples[0]))
-    assert np.fft.rfftfreq(rec.samples.shape[1], 1 / TARGET_SR)[spectrum.argmax()] == pytest.approx(
-        440, abs=1
-    )
+    assert np.fft.rfftfreq(rec.samples.shape[1], 1 / SAMPLE_RATE)[
+        spectrum.argmax()
+    ] == pytest.approx(440, abs=1)
 
 
 @pytest.mark.parametrize("fmt,sr", [("WAV", 22050), ("FLAC", 44100), ("OGG", 48000), ("WAV", 8000)])
@@ -77,7 +77,7 @@ def test_read_segment_matches_cut_of_whole_recording(tmp_path, fmt, sr):
     for start, end, channel in [(0.5, 1.25, 0), (1.0, 2.0, 1), (0.0, 0.3, None), (2.5, None, 1)]:
         ranged = read_segment(uri, start, end, channel)
         cut = cut_segment(rec, start, end, channel)
-        n = round(((end or 3.0) - start) * TARGET_SR)
+        n = round(((end or 3.0) - start) * SAMPLE_RATE)
         assert ranged.shape == cut.shape == (n,)
         assert ranged.dtype == np.float32
         # Same samples up to the resampler's edge effects far from the cut.
@@ -93,29 +93,29 @@ def test_channel_none_is_mean_and_channels_differ(stereo_wav):
 
 def test_segment_end_within_tolerance_is_clamped(stereo_wav):
     seg = read_segment(stereo_wav, 2.9, 3.04, 0)
-    assert seg.shape == (round(0.1 * TARGET_SR),)
+    assert seg.shape == (round(0.1 * SAMPLE_RATE),)
 
 
 def test_native_16k_is_not_resampled(tmp_path):
-    x = _stereo(TARGET_SR, 1.0)[:, 0]
+    x = _stereo(SAMPLE_RATE, 1.0)[:, 0]
     path = tmp_path / "mono.wav"
-    sf.write(path, x, TARGET_SR, subtype="FLOAT")
+    sf.write(path, x, SAMPLE_RATE, subtype="FLOAT")
     np.testing.assert_array_equal(read_segment(str(path), 0.25, 0.5), x[4000:8000])
 
 
 def test_encode_and_write_round_trip(tmp_path):
-    x = _stereo(TARGET_SR, 0.5).T
-    flac = encode_audio(x, TARGET_SR, "FLAC")
-    assert flac[:4] == b"fLaC" and flac == encode_audio(x, TARGET_SR, "FLAC")  # deterministic
+    x = _stereo(SAMPLE_RATE, 0.5).T
+    flac = encode_audio(x, SAMPLE_RATE, "FLAC")
+    assert flac[:4] == b"fLaC" and flac == encode_audio(x, SAMPLE_RATE, "FLAC")  # deterministic
     uri = str(tmp_path / "sub" / "out.flac")
-    write_audio(uri, x, TARGET_SR)
+    write_audio(uri, x, SAMPLE_RATE)
     back = read_recording(uri).samples
     assert np.abs(back - x).max() < 1e-4  # 16-bit quantization
     mono_uri = str(tmp_path / "mono.wav")
-    write_audio(mono_uri, x[0] * 3, TARGET_SR)  # out of range: clipped, not wrapped
+    write_audio(mono_uri, x[0] * 3, SAMPLE_RATE)  # out of range: clipped, not wrapped
     assert read_recording(mono_uri).samples.max() == pytest.approx(1.0, abs=1e-4)
     with pytest.raises(ConfigError, match="extension"):
-        write_audio(str(tmp_path / "out.xyz"), x, TARGET_SR)
+        write_audio(str(tmp_path / "out.xyz"), x, SAMPLE_RATE)
 
 
 # --- bad input: each case raises a typed error naming the URI and the problem ---------------
@@ -123,7 +123,7 @@ def test_encode_and_write_round_trip(tmp_path):
 
 def _wav_bytes(tmp_path) -> bytes:
     path = tmp_path / "good.wav"
-    sf.write(path, _stereo(TARGET_SR, 0.5)[:, 0], TARGET_SR)
+    sf.write(path, _stereo(SAMPLE_RATE, 0.5)[:, 0], SAMPLE_RATE)
     return path.read_bytes()
 
 
@@ -165,7 +165,7 @@ def test_truncated_header(tmp_path):
 
 def test_truncated_flac(tmp_path):
     path = tmp_path / "a.flac"
-    sf.write(path, _stereo(TARGET_SR, 0.5), TARGET_SR)
+    sf.write(path, _stereo(SAMPLE_RATE, 0.5), SAMPLE_RATE)
     uri = _bad_file(tmp_path, "trunc.flac", path.read_bytes()[:30])
     with pytest.raises(AudioError, match="corrupt or truncated FLAC header"):
         read_recording(uri)
@@ -195,7 +195,7 @@ def test_unsupported_container_says_how_to_extract(tmp_path):
 
 def test_all_silence_recording(tmp_path):
     path = tmp_path / "silence.flac"
-    sf.write(path, np.zeros((TARGET_SR, 2), np.float32), TARGET_SR)
+    sf.write(path, np.zeros((SAMPLE_RATE, 2), np.float32), SAMPLE_RATE)
     with pytest.raises(AudioError, match="all silence") as info:
         read_recording(str(path))
     assert str(path) in str(info.value)
@@ -203,10 +203,10 @@ def test_all_silence_recording(tmp_path):
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
 def test_non_finite_samples(tmp_path, bad):
-    x = _stereo(TARGET_SR, 0.5)
+    x = _stereo(SAMPLE_RATE, 0.5)
     x[1234, 1] = bad
     path = tmp_path / "nan.wav"
-    sf.write(path, x, TARGET_SR, subtype="FLOAT")
+    sf.write(path, x, SAMPLE_RATE, subtype="FLOAT")
     for read in (lambda: read_recording(str(path)), lambda: read_segment(str(path), 0.0, 0.2, 0)):
         with pytest.raises(AudioError, match="1 NaN/inf samples") as info:
             read()

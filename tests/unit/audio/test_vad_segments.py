@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from dpm_worker.audio import TARGET_SR, conversation_segments, detect_speech, read_segment
+from dpm_worker.audio import SAMPLE_RATE, conversation_segments, detect_speech, read_segment
 from dpm_worker.corpus import UtteranceRow
 from dpm_worker.errors import AudioError, SegmentError
 
@@ -73,7 +73,7 @@ def test_detect_speech_finds_each_utterance(speech):
 
 
 def test_detect_speech_ignores_tones_noise_and_silence():
-    t = np.arange(3 * TARGET_SR) / TARGET_SR
+    t = np.arange(3 * SAMPLE_RATE) / SAMPLE_RATE
     assert detect_speech((0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)) == []
     noise = 0.05 * np.random.default_rng(0).standard_normal(t.size)
     assert detect_speech(noise.astype(np.float32)) == []
@@ -100,7 +100,9 @@ def test_unsegmented_stereo_recording_becomes_turns_per_channel(conversation):
     for seg, (start, end, _) in zip(segments, truth, strict=True):
         assert _overlap((seg.start_s, seg.end_s), (start, end)) > 0.8 * (end - start)
         assert seg.samples.dtype == np.float32
-        assert seg.samples.shape == (round(seg.end_s * TARGET_SR) - round(seg.start_s * TARGET_SR),)
+        assert seg.samples.shape == (
+            round(seg.end_s * SAMPLE_RATE) - round(seg.start_s * SAMPLE_RATE),
+        )
         assert seg.emotion is None and seg.audio_uri == uri
     # A turn's samples are its channel's audio, not the mix.
     np.testing.assert_allclose(
@@ -124,7 +126,7 @@ def test_unsegmented_mono_recording_keeps_row_speaker(tmp_path, speech):
         (1, "alice", None),
     ]
     unnamed = conversation_segments([_row(str(path), speaker="")])
-    assert {s.speaker for s in unnamed} == {"ch0"}
+    assert {s.speaker for s in unnamed} == {"unknown"}
 
 
 def test_timed_rows_are_cut_and_keep_their_fields(conversation):
@@ -141,7 +143,7 @@ def test_timed_rows_are_cut_and_keep_their_fields(conversation):
         (2, "spk0", "happy"),
     ]
     assert shared[1].start_s == truth[1][0]
-    assert shared[1].end_s == pytest.approx(truth[1][1], abs=1 / TARGET_SR)
+    assert shared[1].end_s == pytest.approx(truth[1][1], abs=1 / SAMPLE_RATE)
     np.testing.assert_allclose(shared[1].samples, single[0].samples, atol=1e-5)
 
 
@@ -157,16 +159,16 @@ def test_clip_per_utterance_rows_are_whole_files(tmp_path, speech):
         (1, "s1", 0.0),
     ]
     for seg, utterance in zip(segments, speech, strict=True):
-        assert seg.end_s == pytest.approx(len(utterance) / ESPEAK_SR, abs=1 / TARGET_SR)
+        assert seg.end_s == pytest.approx(len(utterance) / ESPEAK_SR, abs=1 / SAMPLE_RATE)
     # Forcing VAD treats each file as an unsegmented recording instead.
     forced = conversation_segments(rows, vad=True)
     assert len(forced) >= 2 and all(s.emotion is None for s in forced)
 
 
 def test_vad_finds_no_speech(tmp_path):
-    t = np.arange(2 * TARGET_SR) / TARGET_SR
+    t = np.arange(2 * SAMPLE_RATE) / SAMPLE_RATE
     path = tmp_path / "hum.wav"
-    sf.write(path, 0.3 * np.sin(2 * np.pi * 120 * t), TARGET_SR)
+    sf.write(path, 0.3 * np.sin(2 * np.pi * 120 * t), SAMPLE_RATE)
     with pytest.raises(AudioError, match="VAD found no speech") as info:
         conversation_segments([_row(str(path))])
     assert str(path) in str(info.value)
@@ -174,7 +176,7 @@ def test_vad_finds_no_speech(tmp_path):
 
 def test_all_silent_recording(tmp_path):
     path = tmp_path / "silent.wav"
-    sf.write(path, np.zeros((TARGET_SR, 2), np.float32), TARGET_SR)
+    sf.write(path, np.zeros((SAMPLE_RATE, 2), np.float32), SAMPLE_RATE)
     uri = str(path)
     cases = [
         [_row(uri)],  # VAD path
@@ -203,3 +205,28 @@ def test_bad_rows(conversation):
     with pytest.raises(SegmentError, match="several conversations"):
         conversation_segments([_row(uri, 0, start_s=0.0, end_s=1.0), other])
     assert conversation_segments([]) == []
+
+
+def test_a_row_that_fails_alone_is_reported_and_the_rest_read(conversation, tmp_path):
+    uri, _ = conversation
+    corrupt = tmp_path / "clip.flac"
+    corrupt.write_bytes(b"fLaC" + bytes(range(256)) * 4)
+    rows = [
+        _row(uri, 0, "a", start_s=0.5, end_s=2.0, channel=0),
+        _row(uri, 1, "b", start_s=11.0, end_s=12.0, channel=1),  # past the end (10 s)
+        _row(str(corrupt), 2, "a", start_s=0.0, end_s=1.0),  # its own clip, undecodable
+        _row(uri, 3, "b", start_s=3.5, end_s=5.0, channel=1),
+    ]
+    failed = []
+    segments = conversation_segments(rows, on_row_error=lambda row, exc: failed.append((row, exc)))
+    assert [s.utterance_index for s in segments] == [0, 3]
+    assert [(row.utterance_index, type(exc).__name__) for row, exc in failed] == [
+        (1, "SegmentError"),
+        (2, "AudioError"),
+    ]
+    with pytest.raises(SegmentError, match="outside the recording"):
+        conversation_segments(rows)  # without the callback the conversation fails, as before
+    # A recording shared by several rows that cannot be decoded fails them all.
+    shared = [_row(str(corrupt), i, "a", start_s=i, end_s=i + 0.5) for i in range(2)]
+    with pytest.raises(AudioError):
+        conversation_segments(shared, on_row_error=lambda row, exc: None)

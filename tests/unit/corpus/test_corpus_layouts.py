@@ -84,6 +84,7 @@ def test_iemocap_rows_match_annotation_lines(iemocap_root):
         "channel": None,
         "text": "Excuse me.",
         "emotion": "neutral",
+        "rttm_uri": None,
         "utterance_id": "Ses01F_impro01_F000",
         "session": 1,
         "corpus_label": "neu",

@@ -372,6 +372,7 @@ def test_conversation_problems_match_vectorized_row_problems():
                 "end_s": [1.0, 2.0, None, 3.0, -0.5, float("inf"), 6.0],
                 "channel": pa.array([0, -1, 0, 1, 0, 1, None], pa.int16()),
                 "emotion": ["happy", "joy", None, "sad", "{odd}", "angry", "neutral"],
+                "rttm_uri": ["a.rttm", None, " ", None, None, None, None],
             }
         ),
         "m.parquet",
@@ -384,7 +385,7 @@ def test_conversation_problems_match_vectorized_row_problems():
         (rows[p.row].utterance_index, f"column {p.column!r}: {p.message}") for p in vectorized
     ]
     assert conversation_problems(rows, LABELS + ["{x}"]) == expected
-    assert len(expected) >= 12
+    assert len(expected) >= 14
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
@@ -432,3 +433,26 @@ def test_jsonl_mixed_types_name_the_row(tmp_path):
 
 def test_count_manifest_rows_parquet(tmp_path):
     assert count_manifest_rows(_write(tmp_path, "parquet", _rows())) == 4
+
+
+def test_rttm_uri_on_a_row_with_times_is_rejected(tmp_path):
+    _raises(
+        tmp_path,
+        _rows(rttm_uri=[None, "c1.rttm", None, None]),
+        "rttm_uri 'c1.rttm' is given on a row with times",
+        row=1,
+        column="rttm_uri",
+    )
+
+
+def test_rttm_uri_resolves_against_the_manifest_folder(tmp_path):
+    columns = {
+        "conversation_id": ["m1"],
+        "utterance_index": [0],
+        "speaker": ["unknown"],
+        "audio_uri": ["audio/m1.flac"],
+        "rttm_uri": ["rttm/m1.rttm"],
+    }
+    table = read_manifest(_write(tmp_path, "csv", columns))
+    assert table["rttm_uri"].to_pylist() == [str(tmp_path / "rttm" / "m1.rttm")]
+    assert table["audio_uri"].to_pylist() == [str(tmp_path / "audio" / "m1.flac")]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -206,6 +207,9 @@ def test_pitch_parameter_is_monotonic_and_clamped() -> None:
         {"min_gap_s": 1.0, "max_gap_s": 0.5},
         {"min_duration_s": 3.0, "max_duration_s": 3.2},
         {"noise_dbfs": 0.0},
+        {"long_turn_prob": 1.2},
+        {"long_turn_min_s": 4.0},
+        {"long_turn_min_s": 20.0, "long_turn_max_s": 20.2},
     ],
 )
 def test_bad_config_names_the_value(kwargs: dict) -> None:
@@ -236,3 +240,16 @@ def test_acoustic_features_see_the_rendered_emotions() -> None:
     for feature in ("level_db", "tilt_db", "centroid_hz"):
         assert measured["angry"][feature] > measured["neutral"][feature] > measured["sad"][feature]
     assert measured["sad"]["pause_fraction"] > measured["neutral"]["pause_fraction"]
+
+
+def test_long_turns_are_drawn_with_their_probability_and_length(tmp_path: Path) -> None:
+    config = SynthConfig(
+        conversations=1, seed=2, min_utterances=12, max_utterances=12, long_turn_prob=0.5
+    )
+    table = generate_corpus(str(tmp_path / "long"), config)
+    durations = np.asarray(table["end_s"]) - np.asarray(table["start_s"])
+    long = durations[durations > config.max_duration_s]
+    assert 2 <= long.size <= 10
+    assert np.all((long >= config.long_turn_min_s) & (long <= config.long_turn_max_s))
+    plain = generate_corpus(str(tmp_path / "plain"), replace(config, long_turn_prob=0.0))
+    assert max(np.asarray(plain["end_s"]) - np.asarray(plain["start_s"])) <= 5.0

@@ -171,11 +171,38 @@ def test_utterance_longer_than_window_and_context() -> None:
         rows = ConversationLabeler(model, cfg).label_conversation(conv)
         assert [r.utterance.utterance_index for r in rows] == [0, 1, 2]
         assert all(np.isclose(r.probs.sum(), 1.0, atol=1e-5) for r in rows)
-        assert rows[2].context_tokens == 64
+        assert rows[2].context_tokens <= 64
+        assert (rows[2].chunks, rows[2].truncated) == (4, False)  # 202 tokens in 4 chunks of 62
+        assert [(r.chunks, r.truncated) for r in rows[:2]] == [(1, False), (1, False)]
+        truncate = replace(cfg, long_utterances="truncate")
+        rows = ConversationLabeler(model, truncate).label_conversation(conv)
+        assert (rows[2].chunks, rows[2].truncated, rows[2].context_tokens) == (1, True, 64)
     rows = ConversationLabeler(
         model, LabelingConfig(mode="window", window_tokens=16)
     ).label_conversation(conv)
     assert rows[1].context_tokens == 16 + 42
+
+
+def test_chunks_are_read_in_turn_and_averaged_by_length() -> None:
+    """A 100-token utterance in a 52-token context is two 50-token chunks, each read as a turn
+    of its speaker: the result is their mean, and the next utterance sees them in its history."""
+    model = make_model(max_context=52)
+    rng = np.random.default_rng(3)
+    long_codes = rng.integers(0, 32, size=100)
+    after = utt(1, "b", rng.integers(0, 32, size=10))
+    for mode in ("window", "dpm"):
+        cfg = LabelingConfig(mode=mode, window_tokens=30, memory=FAST)
+        rows = ConversationLabeler(model, cfg).label_conversation([utt(0, "a", long_codes), after])
+        parts = ConversationLabeler(model, cfg).label_conversation(
+            [
+                utt(0, "a", long_codes[:50]),
+                utt(0, "a", long_codes[50:]),
+                after,
+            ]
+        )
+        np.testing.assert_allclose(rows[0].probs, (parts[0].probs + parts[1].probs) / 2, atol=1e-6)
+        np.testing.assert_allclose(rows[1].probs, parts[2].probs, atol=1e-6)
+        assert rows[0].chunks == 2
 
 
 @pytest.mark.parametrize("mode", ["window", "dpm"])
@@ -357,3 +384,31 @@ def test_prior_weight_zero_is_the_backbone_read() -> None:
         ).label_conversation(conv)
     )
     np.testing.assert_allclose(dpm, window, atol=1e-5)
+
+
+def test_prior_ema_multiplies_the_window_read_by_the_speakers_running_average() -> None:
+    conv = conversation(11, n=9)
+    model = make_model()
+    window = probs(
+        ConversationLabeler(model, LabelingConfig(mode="window")).label_conversation(conv)
+    )
+    config = LabelingConfig(mode="prior-ema", ema_rate=0.4, ema_weight=0.8)
+    ema = ConversationLabeler(model, config)
+    got = probs(ema.label_conversation(conv))
+    average: dict[str, np.ndarray] = {}
+    for i, u in enumerate(conv):  # the closed form, on the window mode's saved reads
+        read = window[i].astype(np.float64)
+        if u.speaker not in average:
+            expected, average[u.speaker] = read, read
+        else:
+            expected = read * average[u.speaker] ** 0.8
+            expected /= expected.sum()
+            average[u.speaker] = 0.6 * average[u.speaker] + 0.4 * read
+        np.testing.assert_allclose(got[i], expected, atol=1e-5)
+    assert not np.allclose(got, window, atol=1e-3)
+    # no state leaks across conversations; beta 0 is the window read
+    np.testing.assert_array_equal(probs(ema.label_conversation(conv)), got)
+    flat = ConversationLabeler(model, replace(config, ema_weight=0.0))
+    np.testing.assert_allclose(probs(flat.label_conversation(conv)), window, atol=1e-6)
+    with pytest.raises(ConfigError, match="ema_rate"):
+        LabelingConfig(mode="prior-ema", ema_rate=0.0)

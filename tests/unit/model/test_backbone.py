@@ -97,9 +97,9 @@ def test_vocab_mismatch_is_detected(tmp_path, tiny):
     meta = json.loads((folder / "dpm_model.json").read_text())
     meta["vocab"]["labels"] = ["neutral", "happy", "sad", "angry", "fear"]
     (folder / "dpm_model.json").write_text(json.dumps(meta))
-    from dpm_worker.model import write_manifest
+    from dpm_worker.model import write_file_manifest
 
-    write_manifest(folder)
+    write_file_manifest(folder)
     with pytest.raises(ModelError, match="does not match"):
         load_model(str(folder))
 

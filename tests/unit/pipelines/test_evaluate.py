@@ -45,6 +45,7 @@ def setup(tmp_path_factory):
                     "channel": i % 2,
                     "emotion": DEFAULT_LABELS[int(rng.integers(0, 4))],
                     "expressive": bool(i % 3 == 0),
+                    "engine": "flite" if c == 2 else f"e{i % 2}",
                 }
             )
         sf.write(root / "audio" / f"conv_{c}.wav", wave, 16000)
@@ -70,8 +71,7 @@ def run_eval(root, *extra: str) -> dict:
             str(out),
             "--bootstrap",
             "200",
-            "--memory-lr",
-            "1e-2",
+            "labeling.memory.lr=1e-2",
             *extra,
         ]
     )
@@ -126,11 +126,31 @@ def test_eval_is_deterministic_and_limits_conversations(setup) -> None:
     assert first["modes"]["dpm"]["confusion"] == second["modes"]["dpm"]["confusion"]
 
 
+def test_eval_reports_each_value_of_the_group_by_columns(setup) -> None:
+    report = run_eval(setup, "--mode", "utterance,window", "--group-by", "engine,speaker")
+    assert set(report["groups"]) == {"engine", "speaker"}
+    assert set(report["groups"]["speaker"]) == {"s0", "s1"}
+    groups = report["groups"]["engine"]
+    assert set(groups) == {"e0", "e1", "flite"}
+    assert [groups[g]["n_conversations"] for g in ("e0", "e1", "flite")] == [2, 2, 1]
+    for mode in ("utterance", "window"):
+        whole = report["modes"][mode]
+        parts = [groups[g]["modes"][mode] for g in groups]
+        assert [p["n"] for p in parts] == [6, 6, 6]
+        assert sum(p["wa"] * p["n"] for p in parts) == pytest.approx(whole["wa"] * whole["n"])
+        assert np.sum([p["confusion"] for p in parts], axis=0).tolist() == whole["confusion"]
+    diff = groups["flite"]["comparisons"]["window-utterance"]
+    flite = groups["flite"]["modes"]
+    assert diff["ua_diff"] == pytest.approx(flite["window"]["ua"] - flite["utterance"]["ua"])
+
+
 def test_eval_rejects_bad_arguments(setup, tmp_path) -> None:
     args = ["eval", "--corpus", str(setup / "manifest.parquet"), "--json", str(tmp_path / "x")]
     assert cli.main([*args, "--mode", "dpm,psychic"]) == 2
-    assert cli.main([*args, "--model", str(setup / "model"), "--memory-lr", "-1"]) == 2
+    assert cli.main([*args, "--model", str(setup / "model"), "labeling.memory.lr=-1"]) == 2
     assert cli.main([*args, "--model", str(tmp_path / "missing")]) == 2
+    model = ["--model", str(setup / "model")]
+    assert cli.main([*args, *model, "--mode", "utterance", "--group-by", "no_such"]) == 2
 
 
 def test_bench_memory_reports_both_ends_per_mode(setup, capsys) -> None:

@@ -1,7 +1,8 @@
 import pytest
 
 from dpm_worker.errors import ConfigError
-from pipelines.label import load_config, parse_override, public_config, strip_userinfo
+from pipelines.config import parse_override
+from pipelines.label import load_config, public_config, strip_userinfo
 
 
 def test_yaml_then_flags_then_overrides(tmp_path):

@@ -77,6 +77,8 @@ def test_schema_has_contract_columns_and_types():
         "p_sad",
         "p_angry",
         "gold_emotion",
+        "chunks",
+        "truncated",
         "mode",
         "model_id",
         "labeled_at",
@@ -186,6 +188,17 @@ def test_committed_keys_cover_both_tables_and_only_this_run(tmp_path):
     other.write_emotions("elsewhere", utterances(1))
     assert tables.committed_keys() == {conversation_key("ok"), conversation_key("bad")}
     assert tables.count_rows(EMOTIONS) == 2 and tables.count_rows(ERRORS) == 1
+
+
+def test_partial_errors_commit_only_with_their_emotions(tmp_path):
+    tables = RunTables(str(tmp_path), make_run())
+    error = ErrorRecord("mixed", 3, "SegmentError", "outside the recording", "x.flac")
+    tables.write_errors("mixed", [error], partial=True)
+    assert tables.committed_keys() == set()  # a crash here relabels the conversation
+    tables.write_emotions("mixed", utterances(2))
+    assert tables.committed_keys() == {conversation_key("mixed")}
+    assert tables.count_rows(EMOTIONS) == 2 and tables.count_rows(ERRORS) == 1
+    assert len(tables.run_files(ERRORS)) == 1
 
 
 def test_error_messages_are_redacted(tmp_path, monkeypatch):

@@ -159,7 +159,7 @@ def test_train_config_accepts_the_memory_loop_sections(tmp_path) -> None:
     config = tmp_path / "t.yaml"
     config.write_text("memory_loop: {epochs: 1, window_tokens: 128}\nmemory: {lr: 0.001}\n")
     args = argparse.Namespace(config=str(config), epochs=None, seed=None, max_minutes=None,
-                              threads=None, model_id=None)  # fmt: skip
+                              threads=None, model_id=None, overrides=[])  # fmt: skip
     settings = load_settings(args)
     assert settings["memory_loop"].window_tokens == 128
     assert settings["memory"].lr == 1e-3

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from dpm_worker.errors import ConfigError
-from dpm_worker.model import StreamVocab
-from dpm_worker.training import IGNORE, TrainConfig, build_stream, isolate_rows, make_batch
+from dpm_worker.model import IGNORE, StreamVocab
+from dpm_worker.training import TrainConfig, build_stream, isolate_rows, make_batch
 
 VOCAB = StreamVocab(text_size=3, n_audio=32)
 
