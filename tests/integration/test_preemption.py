@@ -37,8 +37,8 @@ class RandomModelWorker:
 
 def test_sigterm_to_actor_checkpoints_and_retry_resumes(ray_address, tmp_path) -> None:
     import ray
+    from ray._private.state import actors as gcs_actors  # the GCS table: no dashboard needed
     from ray.exceptions import RayActorError
-    from ray.util.state import get_actor
 
     rows = long_conversation(tmp_path)
     worker_settings = settings(tmp_path / "out", "run", TARGETS["prior"])
@@ -54,7 +54,7 @@ def test_sigterm_to_actor_checkpoints_and_retry_resumes(ray_address, tmp_path) -
     while time.monotonic() < deadline and not os.path.exists(store.folder_uri("call")):
         time.sleep(0.05)
     time.sleep(1.0)
-    pid = get_actor(actor._actor_id.hex(), address=ray_address).pid
+    pid = gcs_actors(actor_id=actor._actor_id.hex())["Pid"]
     os.kill(pid, signal.SIGTERM)  # as Kubernetes / a spot reclaim would
     with pytest.raises(RayActorError):
         ray.get(task, timeout=120)
