@@ -242,13 +242,23 @@ class ConversationLabeler:
         probs = np.array([p.probs for p in predictions], dtype=np.float32)
         rows = ([p.ms for p in predictions], [p.context_tokens for p in predictions])
         probs = probs.reshape(len(predictions), len(self.vocab.labels))
-        return capture_state(self.memory, probs, *rows, slots, history)
+        state = capture_state(self.memory, probs, *rows, slots, history)
+        state.tensors.update({f"ema.{k}": v.detach().cpu().clone() for k, v in self._ema.items()})
+        return state
 
     def _restore(
         self, state: ConversationState, utts: Sequence[Utterance], slots: dict, history: list
     ) -> list[LabeledUtterance]:
         """Load ``state`` into the memory, RNG, slots and history; returns its rows."""
-        restore_state(state, self.memory, len(utts), len(self.vocab.labels))
+        ema = {k: v for k, v in state.tensors.items() if k.startswith("ema.")}
+        tensors = {k: v for k, v in state.tensors.items() if k not in ema}
+        restore_state(
+            dataclasses.replace(state, tensors=tensors),
+            self.memory,
+            len(utts),
+            len(self.vocab.labels),
+        )
+        self._ema.update({int(k[4:]): v.clone() for k, v in ema.items()})
         slots.update(state.speaker_slots)
         history.extend(state.history)
         rows = zip(utts, state.probs, state.ms, state.context_tokens, strict=False)

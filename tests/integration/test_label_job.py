@@ -318,19 +318,20 @@ def test_driver_then_actor_killed_resume_equals_clean_run(
 
 def kill_worker_actor_after_a_commit(fs, path, before, driver, ray_address) -> bool:
     """Once the resumed run commits a file, SIGKILL its live actor, found by id (state API)."""
-    from ray.util.state import list_actors
+    from ray._private.state import actors as gcs_actors  # the GCS table: no dashboard needed
 
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and driver.poll() is None:
         fs.invalidate_cache()
         if set(fs.glob(f"{path}/emotions/*/*.parquet")) - before:
-            alive = list_actors(
-                address=ray_address,  # other Ray clusters may run on this machine
-                filters=[("class_name", "=", "ConversationWorker"), ("state", "=", "ALIVE")],
-                detail=True,
-            )
-            for actor in alive:
-                os.kill(actor.pid, signal.SIGKILL)  # the process of that actor id, nothing else
+            table = gcs_actors(actor_state_name="ALIVE")  # this session's cluster (ray.init)
+            alive = [
+                info["Pid"]
+                for info in table.values()
+                if "ConversationWorker" in str(info.get("ActorClassName", ""))
+            ]
+            for pid in alive:
+                os.kill(pid, signal.SIGKILL)  # the process of that actor id, nothing else
             if alive:
                 return True
         time.sleep(0.02)
