@@ -34,6 +34,7 @@ import torch
 
 from dpm_worker.audio import SAMPLE_RATE, conversation_segments
 from dpm_worker.corpus import UtteranceRow, conversation_problems, read_rttm
+from dpm_worker.error_rows import input_error_rows, problem_error_rows, rejected_rows, sort_errors
 from dpm_worker.errors import BadInputError, ConfigError, StorageError
 from dpm_worker.memory import ConversationLabeler, ConversationState, LabelingConfig
 from dpm_worker.preemption import PreemptionGuard
@@ -185,37 +186,37 @@ class ConversationWorker:
             "pid": os.getpid(),
         }
         problems = conversation_problems(rows)
-        rejected = _rejected_rows(rows, problems)
+        rejected = rejected_rows(rows, problems)
         if rejected is None:
             self._schedule_prefetch(next_conversation)
-            return self._fail(summary, rows, _problem_errors(conversation_id, rows, problems))
-        errors = _problem_errors(conversation_id, rejected, problems) if rejected else []
+            return self._fail(summary, rows, problem_error_rows(conversation_id, rows, problems))
+        errors = problem_error_rows(conversation_id, rejected, problems) if rejected else []
         try:
             segments, failed = self._segments(conversation_id, rows, timings)
         except BadInputError as exc:
             self._schedule_prefetch(next_conversation)
-            return self._fail(summary, rows, _input_errors(conversation_id, rows, exc))
+            return self._fail(summary, rows, input_error_rows(conversation_id, rows, exc))
         self._schedule_prefetch(next_conversation)
         # Rows already rejected by the checks are reported once (the read may fail them too).
         bad = {row.utterance_index for row in rejected}
         segments = [seg for seg in segments if seg.utterance_index not in bad]
         for row, error in failed:
             if row.utterance_index not in bad:
-                errors.extend(_input_errors(conversation_id, [row], error))
+                errors.extend(input_error_rows(conversation_id, [row], error))
         n_samples = sum(len(s.samples) for s in segments if s.samples is not None)
         summary["audio_s"] = float(n_samples / SAMPLE_RATE)
         summary["split_segments"] = sum(seg.pieces > 1 for seg in segments)
         try:
             utterances = self._predict(conversation_id, segments, summary) if segments else []
         except BadInputError as exc:
-            return self._fail(summary, rows, _input_errors(conversation_id, rows, exc))
+            return self._fail(summary, rows, input_error_rows(conversation_id, rows, exc))
         if not utterances:
             return self._fail(summary, rows, errors)
         summary["chunked"] = sum(u.chunks > 1 for u in utterances)
         summary["truncated"] = sum(u.truncated for u in utterances)
         t0 = time.perf_counter()
         if errors:  # first: the emotions file commits the conversation
-            self.tables.write_errors(conversation_id, _sorted(errors), partial=True)
+            self.tables.write_errors(conversation_id, sort_errors(errors), partial=True)
         summary["file"] = self.tables.write_emotions(
             conversation_id, utterances, dt.datetime.now(dt.UTC)
         )
@@ -352,64 +353,3 @@ def inputs_digest(utterances: Sequence[Utterance]) -> str:
 
 
 RowFailure = tuple[UtteranceRow, BadInputError]
-
-
-def _rejected_rows(
-    rows: Sequence[UtteranceRow], problems: list[tuple[int | None, str]]
-) -> list[UtteranceRow] | None:
-    """The rows whose own problems fail only them, or None when the conversation must fail.
-
-    Only a segmented conversation (every row has times) loses single rows, and only rows
-    named by a unique utterance index; a duplicate index, a problem without an index or a bad
-    row of a recording to segment makes the rest ambiguous.
-    """
-    if not problems:
-        return []
-    indices = [row.utterance_index for row in rows]
-    named = {index for index, _ in problems}
-    untimed = any(row.start_s is None and row.end_s is None for row in rows)
-    if untimed or None in named:
-        return None
-    if any(indices.count(i) != 1 for i in named if i is not None):
-        return None
-    return [row for row in rows if row.utterance_index in named]
-
-
-def _sorted(errors: list[ErrorRecord]) -> list[ErrorRecord]:
-    return sorted(errors, key=lambda e: (e.utterance_index is None, e.utterance_index or 0))
-
-
-def _problem_errors(
-    conversation_id: str, rows: Sequence[UtteranceRow], problems: list[tuple[int | None, str]]
-) -> list[ErrorRecord]:
-    """One error row per manifest row: its own problems, or why its conversation was rejected."""
-    by_index: dict[int | None, list[str]] = {}
-    for index, message in problems:
-        by_index.setdefault(index, []).append(message)
-    overall = f"conversation rejected: {problems[0][1]}"
-    return [
-        ErrorRecord(
-            conversation_id=conversation_id,
-            utterance_index=row.utterance_index,
-            error_type="ManifestError",
-            message="; ".join(by_index.get(row.utterance_index, [])) or overall,
-            input_uri=row.audio_uri,
-        )
-        for row in rows
-    ]
-
-
-def _input_errors(
-    conversation_id: str, rows: Sequence[UtteranceRow], exc: BadInputError
-) -> list[ErrorRecord]:
-    """One error row per manifest row of a conversation that failed on its input."""
-    return [
-        ErrorRecord(
-            conversation_id=conversation_id,
-            utterance_index=row.utterance_index,
-            error_type=type(exc).__name__,
-            message=str(exc),
-            input_uri=exc.uri or row.audio_uri,
-        )
-        for row in rows
-    ]

@@ -1,14 +1,16 @@
 from dpm_worker.memory.batched import BatchedLoraLinear, BatchedLoraMemory, lora_delta
 from dpm_worker.memory.cache import HISTORY_CACHES, HistoryCache
-from dpm_worker.memory.config import OPTIMIZERS, PRIOR_INPUTS, WRITE_TARGETS, MemoryConfig
-from dpm_worker.memory.engine import BatchedLabeler, label_batched
-from dpm_worker.memory.labeling import (
+from dpm_worker.memory.config import (
     LONG_UTTERANCES,
     MODES,
-    ConversationLabeler,
+    OPTIMIZERS,
+    PRIOR_INPUTS,
+    WRITE_TARGETS,
     LabelingConfig,
-    PreparedUtterance,
+    MemoryConfig,
 )
+from dpm_worker.memory.engine import BatchedLabeler, label_batched
+from dpm_worker.memory.labeling import ConversationLabeler, PreparedUtterance
 from dpm_worker.memory.lora import MEMORY_DTYPE, TemporaryLoraMemory
 from dpm_worker.memory.resume import ConversationState, capture_state, restore_state
 from dpm_worker.memory.step import (

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 from dpm_worker.errors import ConfigError, LabelError
 from dpm_worker.memory.batched import BatchedLoraMemory
 from dpm_worker.memory.cache import HISTORY_CACHES, HistoryCache
-from dpm_worker.memory.labeling import LabelingConfig
+from dpm_worker.memory.config import LabelingConfig
 from dpm_worker.memory.step import PriorWrite, StepRow, dpm_step, strategy_for
 from dpm_worker.model import IGNORE, fit_context, history_budget, tail
 from dpm_worker.utterance import LabeledUtterance, Utterance

@@ -44,17 +44,16 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from dpm_worker.errors import ConfigError, LabelError
-from dpm_worker.memory.config import MemoryConfig
+from dpm_worker.memory.config import LabelingConfig
 from dpm_worker.memory.lora import TemporaryLoraMemory
 from dpm_worker.memory.resume import ConversationState, capture_state, restore_state
 from dpm_worker.model import (
-    HISTORY_FORMATS,
     IGNORE,
     EmotionModel,
     fit_context,
@@ -62,63 +61,6 @@ from dpm_worker.model import (
     tail,
 )
 from dpm_worker.utterance import LabeledUtterance, Utterance
-
-MODES = ("utterance", "window", "full", "dpm", "prior-ema")
-LONG_UTTERANCES = ("chunks", "truncate")
-
-
-@dataclass(frozen=True)
-class LabelingConfig:
-    """How a conversation is labeled.
-
-    Args:
-        mode: ``utterance``, ``window``, ``full`` or ``dpm`` (the product's default).
-        window_tokens: n_r, the history tokens in context in ``window`` and ``dpm`` modes
-            (the paper: 1024 on IEMOCAP, 256 on MELD).
-        history_labels: ``none`` keeps emotion tokens out of the history; ``predicted`` appends
-            each predicted emotion token after its ``<audio_end>``; None (default) uses the
-            format the model was trained with (``model.history_labels``).
-        memory: the temporary LoRA's hyperparameters (``dpm`` mode only).
-        seed: seeds torch's global RNG at the start of each conversation.
-        ema_rate: a, the weight of the newest read in ``prior-ema``'s running average.
-        ema_weight: beta, how much ``prior-ema``'s average weighs against the current read.
-        long_utterances: how an utterance longer than the model's context is read,
-            ``chunks`` or ``truncate`` (module docstring).
-    """
-
-    mode: str = "dpm"
-    window_tokens: int = 256
-    history_labels: str | None = None
-    memory: MemoryConfig = field(default_factory=MemoryConfig)
-    seed: int = 0
-    ema_rate: float = 0.7
-    ema_weight: float = 1.0
-    long_utterances: str = "chunks"
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ConfigError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if self.long_utterances not in LONG_UTTERANCES:
-            raise ConfigError(
-                f"long_utterances must be one of {LONG_UTTERANCES}, got {self.long_utterances!r}"
-            )
-        if self.window_tokens < 0:
-            raise ConfigError(f"window_tokens must be >= 0, got {self.window_tokens}")
-        if self.history_labels is not None and self.history_labels not in HISTORY_FORMATS:
-            raise ConfigError(
-                f"history_labels must be one of {HISTORY_FORMATS}, got {self.history_labels!r}"
-            )
-        if not 0.0 < self.ema_rate <= 1.0:
-            raise ConfigError(f"ema_rate must be in (0, 1], got {self.ema_rate!r}")
-        if not 0.0 <= self.ema_weight <= 10.0:
-            raise ConfigError(f"ema_weight must be in [0, 10], got {self.ema_weight!r}")
-        if not isinstance(self.memory, MemoryConfig):
-            raise ConfigError(f"memory must be a MemoryConfig, got {type(self.memory).__name__}")
-        if self.memory.write_target == "audio+emotion" and self.history_labels == "none":
-            raise ConfigError(
-                "memory.write_target 'audio+emotion' trains on the emotion tokens of the history "
-                f"and needs history_labels='predicted', got {self.history_labels!r}"
-            )
 
 
 @dataclass(frozen=True)

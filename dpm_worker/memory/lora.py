@@ -1,9 +1,8 @@
 """Dynamic Parameter Memory: the temporary LoRA that is trained on each utterance as it goes by.
 
 DESIGN section 5. The backbone stays frozen. A low-rank adapter (peft LoRA) is injected into it
-once, when the memory is built; for every conversation its weights are copied back to their
-initial values in place and its optimizer state is cleared, so the model object is never re-wrapped
-or reloaded (that would cost seconds per conversation and fragment GPU memory).
+once; for every conversation its weights are copied back to their initial values in place and
+its optimizer state is cleared, so the model is never re-wrapped or reloaded.
 
 Why ``B = 0`` at reset: a LoRA adds ``B @ A @ x`` to each target layer, so with ``B = 0`` the
 adapted model computes exactly the backbone's outputs (adding a zero tensor is exact in floating
@@ -15,10 +14,9 @@ under a bf16 backbone (CUDA) the memory would be bf16: 8 bits of mantissa, so an
 than about 1/256 of a weight rounds away and a write at the paper's lr 5e-5 silently does
 nothing. The adapters are therefore cast to float32 after injection. peft's LoRA layer then casts
 its input to the adapter's dtype, computes ``B @ A @ x`` in float32, adds it to the bf16 base
-output and casts the sum back to the base dtype. This is chosen over autocast because it keeps
-the frozen backbone's own arithmetic untouched (bit for bit the backbone when the memory is off
-or reset, on every device), needs no autocast support for the device (CPU autocast to bf16 is
-slow), and is exactly what peft's own ``PeftModel`` does with ``autocast_adapter_dtype``.
+output and casts the sum back to the base dtype. Chosen over autocast: the frozen backbone's
+arithmetic stays untouched (bit for bit when the memory is off or reset, on every device), and
+it is what peft's own ``PeftModel`` does with ``autocast_adapter_dtype``.
 
 Scope ``speaker`` keeps one adapter per speaker slot of the conversation (peft multi-adapter,
 switched with ``set_adapter``); each is written and read only on its speaker's turns, because a
@@ -45,8 +43,7 @@ from dpm_worker.model import IGNORE
 ADAPTER_PREFIX = "dpm_memory"
 # The temporary adapters' dtype (module docstring: "Precision").
 MEMORY_DTYPE = torch.float32
-# Adapter names are unique per memory object, so two memories on one backbone (e.g. a sweep
-# over configs) never overwrite each other's adapters.
+# Unique adapter names per memory object: two memories on one backbone never share adapters.
 _MEMORY_IDS = itertools.count()
 
 
