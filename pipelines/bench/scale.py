@@ -179,13 +179,13 @@ def measure(workdir: str, conversations: int, args: argparse.Namespace, model: s
 
 def run(args: argparse.Namespace) -> int:
     from dpm_worker.model import EmotionModel, save_model
-    from pipelines.label import connect, load_config
+    from pipelines.label import connect
 
     workdir = args.workdir or tempfile.mkdtemp(prefix="dpm-bench-scale-")
     model = os.path.join(workdir, "tiny-model")  # only its metadata is read (driver preflight)
     if not os.path.exists(model):
         save_model(EmotionModel.random(seed=0), model)
-    connect(load_config(None, {"input": "-", "output": "-", "address": args.address}, []))
+    connect(args.address)
     small = measure(workdir, args.baseline, args, model)
     large = measure(workdir, args.conversations, args, model)
     report = {

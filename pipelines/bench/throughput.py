@@ -146,7 +146,7 @@ def on_ray(corpus: str, model_uri: str | None, mode: str, args: argparse.Namespa
         ["progress_interval_s=15"],
     )
     start = time.monotonic()
-    connect(config)
+    connect(config.address)
     ray_up = time.monotonic()
     job = prepare(config)
     with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the JSON report

@@ -31,14 +31,14 @@ FORWARDED_ENV = (
 )
 
 
-def connect(config: LabelJobConfig) -> None:
-    """Join the cluster at ``config.address``, or start an embedded local Ray."""
+def connect(address: str | None) -> None:
+    """Join the cluster at ``address``, or start an embedded local Ray (labeling and training)."""
     import ray
 
     if ray.is_initialized():
         return
     # Under `ray job submit` the driver runs on the cluster with RAY_ADDRESS set: join it.
-    address = config.address or os.environ.get("RAY_ADDRESS")
+    address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, logging_level=logging.WARNING)
     else:
@@ -56,7 +56,7 @@ def start_actors(config: LabelJobConfig, run: RunInfo, worker_class: type) -> li
     import ray
     from ray.exceptions import GetTimeoutError, RayActorError
 
-    connect(config)
+    connect(config.address)
     resources = ray.cluster_resources()
     gpus = float(resources.get("GPU", 0))
     cpus = float(resources.get("CPU", 0))

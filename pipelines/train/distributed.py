@@ -46,6 +46,7 @@ from dpm_worker.training import (
     make_batch,
     sample_starts,
 )
+from pipelines.label import connect
 from pipelines.train.backbone import LoraSettings, save, validate
 
 log = logging.getLogger("dpm.train")
@@ -166,17 +167,7 @@ def train_with_ray(
 
     started_ray = not ray.is_initialized()
     if started_ray:
-        # Under `ray job submit` the driver runs on the cluster with RAY_ADDRESS set: join it.
-        address = dist.address or os.environ.get("RAY_ADDRESS")
-        if address:
-            ray.init(address=address, logging_level=logging.WARNING)
-        else:
-            ray.init(
-                num_cpus=os.cpu_count() or 1,
-                include_dashboard=False,
-                object_store_memory=256 * 1024 * 1024,
-                logging_level=logging.WARNING,
-            )
+        connect(dist.address)
     try:
         return _fit(model, train_streams, cfg, dist, out)
     finally:
