@@ -18,9 +18,9 @@ from dpm_worker.memory import (
     LabelingConfig,
     MemoryConfig,
     TemporaryLoraMemory,
-    UtteranceInput,
 )
 from dpm_worker.model import EmotionModel
+from dpm_worker.utterance import Utterance
 
 pytestmark = pytest.mark.gpu
 
@@ -44,12 +44,12 @@ def bf16_model(seed: int = 0, hidden: int = 64, layers: int = 2, heads: int = 4)
 UTTERANCES = 8 if ON_GPU else 3
 
 
-def conversation(
-    seed: int, n: int = UTTERANCES, lo: int = 10, hi: int = 30
-) -> list[UtteranceInput]:
+def conversation(seed: int, n: int = UTTERANCES, lo: int = 10, hi: int = 30) -> list[Utterance]:
     rng = np.random.default_rng(seed)
     return [
-        UtteranceInput(i, "ab"[i % 2], rng.integers(0, 32, size=int(rng.integers(lo, hi))))
+        Utterance(
+            "c", i, "ab"[i % 2], audio_ids=rng.integers(0, 32, size=int(rng.integers(lo, hi)))
+        )
         for i in range(n)
     ]
 
