@@ -61,7 +61,10 @@ def test_sigterm_to_actor_checkpoints_and_retry_resumes(ray_address, tmp_path) -
     names = os.listdir(store.folder_uri("call"))
     assert len(names) == 1
     position = int(names[0][:8])
-    assert position > EVERY and position % EVERY != 0  # written at the signal
+    # Written at the signal: past the first regular checkpoint, which the wait above saw. A
+    # signal that lands in an utterance whose regular checkpoint is due exits right after
+    # that one (it is the same state), so the position may also be a multiple of EVERY.
+    assert position > EVERY
     # The retry runs on another actor (Ray does not restart an actor that left through its
     # SIGTERM handler: it counts as an intended exit).
     retry = (
