@@ -266,7 +266,7 @@ def worker_loop(config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            state = torch.load(Path(folder) / TRAIN_STATE, weights_only=False)
+            state = torch.load(Path(folder) / TRAIN_STATE, weights_only=True)
             saved = load_model(str(Path(folder) / "model"), device=device, dtype="float32")
             model.model.load_state_dict(saved.model.state_dict())
         aux.load_state_dict(state["aux"])
