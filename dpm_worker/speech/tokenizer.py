@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from dpm_worker.audio import SAMPLE_RATE
 from dpm_worker.errors import ConfigError, ModelError
-from dpm_worker.speech.features import compute_block_features
+from dpm_worker.speech.features import block_count, compute_block_features
 
 TOKENIZER_CONFIG = "speech_tokenizer.json"
 TOKENIZER_WEIGHTS = "speech_tokenizer.safetensors"
@@ -49,6 +49,10 @@ class SpeechTokenizer(Protocol):
 
     def encode(self, wave: np.ndarray) -> np.ndarray:
         """float32 mono 16 kHz samples -> int64 codes in ``[0, vocab_size)``."""
+        ...
+
+    def encode_batch(self, waves: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Several waveforms at once on the tokenizer's device; the codes ``encode`` gives."""
         ...
 
 
@@ -101,6 +105,7 @@ class BuiltinSpeechTokenizer:
         spectral_centroids: ``[n_spectral, n_mels]``.
         energy_centroids: ``[n_energy]`` log10 mean-square levels.
         pitch_centroids: ``[n_pitch - 1]`` log2 Hz levels of voiced blocks.
+        device: where features and codes are computed (default CPU).
     """
 
     kind = "builtin-product"
@@ -111,6 +116,8 @@ class BuiltinSpeechTokenizer:
         spectral_centroids: torch.Tensor,
         energy_centroids: torch.Tensor,
         pitch_centroids: torch.Tensor,
+        *,
+        device: str | torch.device = "cpu",
     ) -> None:
         expected = {
             "spectral_centroids": (config.n_spectral, config.n_mels),
@@ -126,10 +133,11 @@ class BuiltinSpeechTokenizer:
             if tuple(given[name].shape) != shape:
                 raise ConfigError(f"{name} must have shape {shape}, got {tuple(given[name].shape)}")
         self.config = config
-        self.spectral_centroids = spectral_centroids.to(torch.float32)
+        self.device = torch.device(device)
+        self.spectral_centroids = spectral_centroids.to(self.device, torch.float32)
         # Sorted 1-D levels keep code order meaningful (louder / higher = larger index).
-        self.energy_centroids = torch.sort(energy_centroids.to(torch.float32)).values
-        self.pitch_centroids = torch.sort(pitch_centroids.to(torch.float32)).values
+        self.energy_centroids = torch.sort(energy_centroids.to(self.device, torch.float32)).values
+        self.pitch_centroids = torch.sort(pitch_centroids.to(self.device, torch.float32)).values
 
     @property
     def rate_hz(self) -> float:
@@ -144,31 +152,58 @@ class BuiltinSpeechTokenizer:
         """sha256 of the codebook and config: the key of cached tokenizations."""
         digest = hashlib.sha256(json.dumps(asdict(self.config), sort_keys=True).encode())
         for tensor in (self.spectral_centroids, self.energy_centroids, self.pitch_centroids):
-            digest.update(tensor.numpy().tobytes())
+            digest.update(tensor.cpu().numpy().tobytes())
         return digest.hexdigest()
 
-    @torch.no_grad()
     def encode(self, wave: np.ndarray) -> np.ndarray:
         """float32 mono waveform at ``config.sample_rate`` -> int64 codes, one per block."""
-        samples = torch.as_tensor(np.ascontiguousarray(wave, dtype=np.float32))
-        if samples.ndim != 1:
-            raise ConfigError(
-                f"encode expects a mono 1-D waveform, got shape {tuple(samples.shape)}"
-            )
+        return self.encode_batch([wave])[0]
+
+    @torch.no_grad()
+    def encode_batch(self, waves: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Encode several waveforms at once on ``self.device``: the codes ``encode`` gives each.
+
+        Every wave is zero-padded to whole blocks as ``encode`` pads it, the blocks of all waves
+        are stacked into one ``[blocks, block_samples]`` tensor, featurized and quantized
+        together (every feature is computed per block), and the codes are split back per wave.
+
+        Raises:
+            ConfigError: a wave is not 1-D.
+        """
+        block = int(round(self.config.sample_rate / self.rate_hz))
+        counts, padded = [], []
+        for wave in waves:
+            samples = torch.as_tensor(np.ascontiguousarray(wave, dtype=np.float32))
+            if samples.ndim != 1:
+                raise ConfigError(
+                    f"encode expects a mono 1-D waveform, got shape {tuple(samples.shape)}"
+                )
+            count = block_count(int(samples.shape[0]), block)
+            counts.append(count)
+            padded.append(torch.nn.functional.pad(samples, (0, count * block - samples.shape[0])))
+        if not padded:
+            return []
         feats = compute_block_features(
-            samples,
+            torch.cat(padded).to(self.device),
             sample_rate=self.config.sample_rate,
             rate_hz=self.rate_hz,
             n_mels=self.config.n_mels,
         )
-        spectral = torch.cdist(feats.spectral, self.spectral_centroids).argmin(dim=1)
+        # cdist per wave: it picks its algorithm (matmul or direct) by row count, and the two
+        # round differently; one call per wave keeps the codes bitwise those of ``encode``.
+        spectral = torch.cat(
+            [
+                torch.cdist(part, self.spectral_centroids).argmin(dim=1)
+                for part in feats.spectral.split(counts)
+            ]
+        )
         energy = _nearest_level(feats.log_energy, self.energy_centroids)
         voiced = ~torch.isnan(feats.log_f0)
         pitch = torch.where(
             voiced, 1 + _nearest_level(torch.nan_to_num(feats.log_f0), self.pitch_centroids), 0
         )
         codes = (spectral * self.config.n_energy + energy) * self.config.n_pitch + pitch
-        return codes.to(torch.int64).numpy()
+        return [part.numpy().copy() for part in codes.to(torch.int64).cpu().split(counts)]
 
     def save(self, folder: str | Path) -> list[Path]:
         """Write ``speech_tokenizer.json`` and ``.safetensors`` into ``folder``; return the paths."""
@@ -177,9 +212,9 @@ class BuiltinSpeechTokenizer:
         weights = folder / TOKENIZER_WEIGHTS
         save_file(
             {
-                "spectral_centroids": self.spectral_centroids.contiguous(),
-                "energy_centroids": self.energy_centroids.contiguous(),
-                "pitch_centroids": self.pitch_centroids.contiguous(),
+                "spectral_centroids": self.spectral_centroids.cpu().contiguous(),
+                "energy_centroids": self.energy_centroids.cpu().contiguous(),
+                "pitch_centroids": self.pitch_centroids.cpu().contiguous(),
             },
             str(weights),
         )
@@ -264,8 +299,15 @@ def fit_speech_tokenizer(
     )
 
 
-def load_speech_tokenizer(path: str | Path) -> SpeechTokenizer:
+def load_speech_tokenizer(
+    path: str | Path, *, device: str | torch.device | None = None
+) -> SpeechTokenizer:
     """Load a saved speech tokenizer from its folder (or its ``speech_tokenizer.json``).
+
+    Args:
+        path: the folder or its ``speech_tokenizer.json``.
+        device: where it tokenizes (None: CPU for the built-in codebook, CUDA when available
+            for the S3Tokenizer).
 
     Raises:
         ModelError: files missing, unknown tokenizer type or mismatched shapes.
@@ -279,7 +321,7 @@ def load_speech_tokenizer(path: str | Path) -> SpeechTokenizer:
     if kind == "s3tokenizer":
         from dpm_worker.speech.cosyvoice import CosyVoiceTokenizer
 
-        return CosyVoiceTokenizer.from_config(data, config_path.parent)
+        return CosyVoiceTokenizer.from_config(data, config_path.parent, device=device)
     if kind != BuiltinSpeechTokenizer.kind:
         raise ModelError(f"unknown speech tokenizer type {kind!r}", str(config_path))
     weights_path = config_path.parent / TOKENIZER_WEIGHTS
@@ -293,6 +335,7 @@ def load_speech_tokenizer(path: str | Path) -> SpeechTokenizer:
             tensors["spectral_centroids"],
             tensors["energy_centroids"],
             tensors["pitch_centroids"],
+            device=device or "cpu",
         )
     except (ConfigError, KeyError, TypeError) as exc:
         raise ModelError(f"speech tokenizer files do not match: {exc}", str(path)) from exc
