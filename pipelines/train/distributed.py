@@ -24,7 +24,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -52,11 +51,6 @@ from pipelines.train.backbone import LoraSettings, save, validate
 log = logging.getLogger("dpm.train")
 TRAIN_STATE = "train_state.pt"
 STRATEGIES = ("ddp", "fsdp")
-# Test-only fault hook: the rank-1 worker exits abruptly at this step, once per marker file, to
-# prove that training resumes from the latest checkpoint after a worker dies.
-FAULT_STEP_ENV = "DPM_FAULT_KILL_TRAIN_AT_STEP"
-FAULT_MARKER_ENV = "DPM_FAULT_MARKER"
-FAULT_DELAY_S = 15.0
 
 
 @dataclass(frozen=True)
@@ -203,8 +197,6 @@ def _fit(
         "strategy": dist.strategy,
         "checkpoint_every": dist.checkpoint_every,
         "total_steps": total_steps(train_streams, cfg, dist.workers),
-        "fault_step": int(os.environ.get(FAULT_STEP_ENV, "0") or 0),
-        "fault_marker": os.environ.get(FAULT_MARKER_ENV, ""),
     }
     trainer = TorchTrainer(
         train_loop_per_worker=worker_loop,
@@ -284,7 +276,6 @@ def worker_loop(config: dict[str, Any]) -> None:
     total = config["total_steps"]
     lm.train()
     for step in range(start_step, total):
-        _maybe_die(config, rank, step)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, total, cfg)
         # The same global batch on every worker; each trains on its own slice of it.
@@ -371,14 +362,3 @@ def _sum_over_workers(values: dict[str, float]) -> dict[str, float]:
     tensor = torch.tensor([values[n] for n in names], dtype=torch.float64)
     tdist.all_reduce(tensor)
     return {n: float(v) for n, v in zip(names, tensor.tolist(), strict=True)}
-
-
-def _maybe_die(config: dict[str, Any], rank: int, step: int) -> None:
-    marker = config["fault_marker"]
-    if config["fault_step"] and rank == 1 and step == config["fault_step"] and marker:
-        if not os.path.exists(marker):
-            Path(marker).write_text(f"killed rank {rank} at step {step}\n")
-            # Die mid-step, some seconds after the last report: Ray Train's controller collects
-            # reports (and registers their checkpoints) on its health-check poll (2 s).
-            time.sleep(FAULT_DELAY_S)
-            os._exit(1)
