@@ -140,3 +140,28 @@ def test_training_resumes_from_the_latest_checkpoint_after_a_worker_is_killed(
     assert resumed["resumed_from"] % 2 == 0  # a checkpoint step
     # The resumed run's losses are the uninterrupted run's, step by step.
     np.testing.assert_allclose(losses(resumed), losses(two), rtol=1e-4)
+
+
+# FSDP2 (fully_shard) on gloo: the same steps as DDP, with gradients reduce-scattered instead
+# of all-reduced (another summation order) and the clipping norm summed over shards.
+FSDP_TOLERANCE = 1e-3
+
+
+def test_fsdp_follows_ddp_on_cpu(two_workers, tmp_path):
+    folder, two = two_workers
+    fsdp = run(tmp_path, "fsdp", workers=2, batch=2, checkpoint_every=4, strategy="fsdp")
+    relative = np.abs(losses(fsdp) - losses(two)) / losses(two)
+    print(
+        json.dumps(
+            {"fsdp": losses(fsdp).round(4).tolist(), "max_relative_diff": float(relative.max())}
+        )
+    )
+    assert len(losses(fsdp)) == len(losses(two))
+    assert relative.max() < FSDP_TOLERANCE
+    # Rank 0 saved the gathered (unsharded) weights: a model folder that loads and matches.
+    saved = load_model(str(Path(fsdp["checkpoint"]) / "model"))
+    ddp = load_model(str(folder / "two"))
+    for (name, a), b in zip(
+        saved.model.state_dict().items(), ddp.model.state_dict().values(), strict=True
+    ):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-3, err_msg=name)
