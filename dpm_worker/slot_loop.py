@@ -93,7 +93,7 @@ class SlotLoop:
                     self.guard.busy = False
                     self._cond.wait()
                 self.guard.busy = True
-                admitted = []
+                admitted: list[SlotJob] = []
                 while self._waiting and len(admitted) < labeler.free:
                     admitted.append(self._waiting.popleft())
             for job in admitted:
