@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
+import subprocess
+import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,7 +24,7 @@ import pytest
 from dpm_worker.model import EmotionModel
 from dpm_worker.tables import EMOTIONS, CheckpointStore, read_run_table
 from dpm_worker.worker import ConversationWorker
-from tests.unit.test_worker_resume import EVERY, TARGETS, long_conversation, settings
+from tests.unit.test_worker_resume import EVERY, REPO, TARGETS, long_conversation, settings
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 LENGTHS = {"call-a": 70, "call-b": 64, "call-c": 9}
@@ -29,7 +33,7 @@ LENGTHS = {"call-a": 70, "call-b": 64, "call-c": 9}
 def calls(folder: Path) -> dict[str, list]:
     out = {}
     for name, n in LENGTHS.items():
-        (folder / name).mkdir()
+        (folder / name).mkdir(exist_ok=True)
         rows = long_conversation(folder / name, n)
         out[name] = [dataclasses.replace(r, conversation_id=name) for r in rows]
     return out
@@ -122,4 +126,63 @@ def test_three_slots_equal_one_slot_and_bad_input_fails_its_own_conversation(tmp
     got, want = table(tmp_path / "three"), table(tmp_path / "one")
     assert list(got["utterance_index"]) == list(want["utterance_index"])
     assert list(got["emotion"]) == list(want["emotion"])
+    np.testing.assert_allclose(probabilities(got), probabilities(want), rtol=0, atol=1e-5)
+
+
+SIGTERM_WORKER = """
+import sys, torch
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from tests.unit.test_worker_slots import calls, worker
+torch.set_num_threads(1)
+folder = Path(sys.argv[1])
+conversations = calls(folder)
+w = worker(folder / "out", "run", "prior", slots=2)
+print("ready", flush=True)
+with ThreadPoolExecutor(max_workers=3) as pool:
+    futures = [pool.submit(w.label, c, rows) for c, rows in conversations.items()]
+    for f in futures:
+        f.result()
+print("finished", flush=True)
+"""
+
+
+def test_sigterm_checkpoints_every_conversation_held_and_each_resumes(tmp_path) -> None:
+    conversations = calls(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SIGTERM_WORKER, str(tmp_path)],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    store = CheckpointStore(str(tmp_path / "out"), "run")
+    deadline = time.monotonic() + 300
+    folders = [store.folder_uri(c) for c in ("call-a", "call-b")]
+    while time.monotonic() < deadline and not all(os.path.exists(f) for f in folders):
+        time.sleep(0.05)  # both long calls passed their first periodic checkpoint (25)
+    time.sleep(0.5)  # somewhere between two periodic checkpoints
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) != 0
+    assert "finished" not in proc.stdout.read()
+    positions = {}
+    for c in ("call-a", "call-b"):
+        names = os.listdir(store.folder_uri(c))
+        assert len(names) == 1, names
+        positions[c] = int(names[0][:8])
+    # written at the signal: past the first periodic one, not all on the periodic grid
+    assert all(p > EVERY for p in positions.values())
+    assert any(p % EVERY for p in positions.values()), positions
+
+    retry = worker(tmp_path / "out", "run", "prior", slots=2)
+    summaries = label_all(retry, {c: conversations[c] for c in positions})
+    assert {c: s["resumed_from"] for c, s in summaries.items()} == positions
+    clean = worker(tmp_path / "clean", "clean", "prior", slots=1)
+    for c in positions:
+        clean.label(c, conversations[c])
+    got, want = table(tmp_path / "out"), table(tmp_path / "clean")
+    got = got[got["conversation_id"].isin(list(positions))].reset_index(drop=True)
+    assert list(got["utterance_index"]) == list(want["utterance_index"])
     np.testing.assert_allclose(probabilities(got), probabilities(want), rtol=0, atol=1e-5)
