@@ -26,7 +26,6 @@ from collections.abc import Callable, Hashable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-from dpm_worker.errors import DpmError
 from dpm_worker.memory import ConversationState, SlotLabeler
 from dpm_worker.preemption import PreemptionGuard
 from dpm_worker.utterance import LabeledUtterance, Utterance
@@ -113,7 +112,7 @@ class SlotLoop:
     def _admit(self, job: SlotJob) -> None:
         try:
             self.labeler.admit(job.key, job.inputs, job.resume)
-        except DpmError as exc:  # e.g. a state that does not fit: the caller decides
+        except Exception as exc:  # noqa: BLE001 - e.g. a state that does not fit: its caller's
             job.rows.set_exception(exc)
             return
         self._jobs[job.key] = job
@@ -148,15 +147,19 @@ class SlotLoop:
     def _preempted(self) -> None:
         """Checkpoint every conversation held (between utterances), then end every caller."""
         labeler = self.labeler
-        while any(not labeler.between_utterances(k) for k in self._jobs):
-            # Finish the chunks in progress: a state is taken between utterances. Others
-            # advance too (one batched step), which only makes their checkpoints newer.
-            self._step()
+        try:
+            while any(not labeler.between_utterances(k) for k in self._jobs):
+                # Finish the chunks in progress: a state is taken between utterances. Others
+                # advance too (one batched step), which only makes their checkpoints newer.
+                self._step()
+            for key in list(self._jobs):
+                log.warning(
+                    "SIGTERM: conversation %r stops after utterance %d", key, labeler.position(key)
+                )
+                self._checkpoint(key)
+        except Exception:  # noqa: BLE001 - the checkpoints only save time; exit regardless
+            log.exception("SIGTERM: not every conversation could be checkpointed")
         for key in list(self._jobs):
-            log.warning(
-                "SIGTERM: conversation %r stops after utterance %d", key, labeler.position(key)
-            )
-            self._checkpoint(key)
             self._finish(key, SystemExit(1))
         with self._cond:
             waiting, self._waiting = list(self._waiting), deque()
