@@ -83,6 +83,7 @@ def clean_run(local_s3, ray_address, tiny_model, s3_corpus):
         "--run-id",
         "clean",
         *JOB,
+        timeout=300,  # a shared machine may take minutes to start the actors
     )
     return out, result
 
