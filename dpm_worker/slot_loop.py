@@ -163,5 +163,6 @@ class SlotLoop:
             self._finish(key, SystemExit(1))
         with self._cond:
             waiting, self._waiting = list(self._waiting), deque()
+            self._thread = None  # a later call (outside Ray) starts a loop again
         for job in waiting:
             job.rows.set_exception(SystemExit(1))
