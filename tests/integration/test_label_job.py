@@ -326,9 +326,9 @@ def test_driver_then_actor_killed_resume_equals_clean_run(
         "1",
         "--cpus-per-actor",
         "0.5",
-        "in_flight_per_actor=1",
         "--slots-per-actor",
         str(slots),
+        "in_flight_per_actor=1",
     ]
     if slots > 1:
         args.append("checkpoint_every_utterances=2")
