@@ -4,7 +4,9 @@ One ``ConversationWorker`` holds the backbone and speech tokenizer, loaded once.
 conversation it reads the audio itself, labels the utterances in dialogue order, writes the
 conversation's Parquet file itself and returns a small summary; audio never leaves the worker.
 While a conversation is being labeled, the next one's audio (named by the caller) is read in a
-background thread, so storage latency hides behind compute.
+background thread, so storage latency hides behind compute. With ``slots`` > 1 the worker
+labels several conversations at once, every utterance step batched across them
+(``dpm_worker.slot_loop``); its ``label`` is then called concurrently, one call per conversation.
 
 Input problems become error rows. One utterance's own problem (a bad row of a segmented
 manifest, times outside its recording, its own clip undecodable) fails that utterance only: it
@@ -21,9 +23,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -36,8 +40,9 @@ from dpm_worker.audio import SAMPLE_RATE, conversation_segments
 from dpm_worker.corpus import UtteranceRow, conversation_problems, read_rttm
 from dpm_worker.error_rows import input_error_rows, problem_error_rows, rejected_rows, sort_errors
 from dpm_worker.errors import BadInputError, ConfigError, StorageError
-from dpm_worker.memory import ConversationLabeler, ConversationState, LabelingConfig
+from dpm_worker.memory import ConversationLabeler, ConversationState, LabelingConfig, SlotLabeler
 from dpm_worker.preemption import PreemptionGuard
+from dpm_worker.slot_loop import SlotJob, SlotLoop
 from dpm_worker.speech import tokenize_utterances
 from dpm_worker.tables import (
     CheckpointKey,
@@ -69,6 +74,8 @@ class WorkerSettings:
             a larger value is capped at that).
         checkpoint_every: write a conversation checkpoint after every this many utterances
             (0: only when preempted); a retried conversation resumes from its newest one.
+        slots: conversations labeled at once, each utterance step batched across them
+            (1: the single-conversation reference path).
         verify_weights: re-hash every model file in full at start (default: sizes, edge
             hashes and the stored fingerprint, which costs milliseconds for any model size).
     """
@@ -84,8 +91,11 @@ class WorkerSettings:
     max_segment_s: float | None = None
     checkpoint_every: int = 25
     verify_weights: bool = False
+    slots: int = 1
 
     def __post_init__(self) -> None:
+        if self.slots < 1:
+            raise ConfigError(f"slots must be >= 1, got {self.slots}")
         if self.checkpoint_every < 0:
             raise ConfigError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
         if self.torch_threads < 1:
@@ -122,20 +132,27 @@ class ConversationWorker:
         model.check_labels(settings.run.labels)
         self.settings = settings
         self.model = model
-        self.labeler = ConversationLabeler(model, settings.labeling)
+        self._guard = PreemptionGuard()  # SIGTERM waits for the step in progress + checkpoints
+        self.labeler: ConversationLabeler | None = None
+        self.slot_loop: SlotLoop | None = None
+        if settings.slots > 1:
+            labeler = SlotLabeler(model, settings.labeling, settings.slots)
+            self.slot_loop = SlotLoop(labeler, settings.checkpoint_every, self._guard)
+        else:
+            self.labeler = ConversationLabeler(model, settings.labeling)
         # What the model reads whole: its context minus <spk> and <audio_end>, one token of
         # margin for tokenizers that round up.
         fits = (model.max_context - 3) / model.speech_tokenizer.rate_hz
         self.max_segment_s = min(fits, settings.max_segment_s or fits)
         self.tables = RunTables(settings.output_uri, settings.run, settings.endpoint_url)
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dpm-prefetch")
-        self._prefetched: tuple[str, Future] | None = None
+        # conversation id -> its audio being read ahead (calls may be concurrent: slots > 1)
+        self._prefetched: dict[str, Future] = {}
+        self._lock = threading.Lock()
         self.checkpoints = CheckpointStore(
             settings.output_uri, settings.run.run_id, settings.endpoint_url
         )
         self._labeling_hash = labeling_hash(dataclasses.asdict(settings.labeling))
-        # SIGTERM (preemption) waits for the utterance in progress and a checkpoint.
-        self._guard = PreemptionGuard()
 
     def describe(self) -> dict[str, Any]:
         """Identity of the loaded model and process (also a cheap readiness probe)."""
@@ -146,6 +163,7 @@ class ConversationWorker:
             "device": str(self.model.device),
             "labels": list(self.model.vocab.labels),
             "torch_threads": torch.get_num_threads(),
+            "slots": self.settings.slots,
         }
 
     def label(
@@ -229,7 +247,7 @@ class ConversationWorker:
         return summary
 
     def close(self) -> None:
-        """Stop the prefetch thread."""
+        """Stop the prefetch thread (the slot loop's thread is a daemon and idles)."""
         self._reader.shutdown(wait=False, cancel_futures=True)
 
     # ------------------------------------------------------------------ steps
@@ -255,13 +273,12 @@ class ConversationWorker:
         self, conversation_id: str, rows: Sequence[UtteranceRow], timings: dict[str, float]
     ) -> tuple[list[Utterance], list[RowFailure]]:
         t0 = time.perf_counter()
-        prefetched, self._prefetched = self._prefetched, None
-        if prefetched is not None and prefetched[0] == conversation_id:
-            result = prefetched[1].result()  # re-raises the read's AudioError, if any
+        with self._lock:
+            prefetched = self._prefetched.pop(conversation_id, None)
+        if prefetched is not None:
+            result = prefetched.result()  # re-raises the read's AudioError, if any
             timings["prefetch_wait_s"] = time.perf_counter() - t0
         else:
-            if prefetched is not None:
-                prefetched[1].cancel()
             result = self._read(rows)
             timings["read_s"] = time.perf_counter() - t0
         return result
@@ -270,7 +287,13 @@ class ConversationWorker:
         if upcoming is None:
             return
         conversation_id, rows = upcoming
-        self._prefetched = (conversation_id, self._reader.submit(self._read, list(rows)))
+        with self._lock:
+            if conversation_id in self._prefetched:
+                return
+            # Only the newest hint is kept: a hint the driver gave up on is not read twice.
+            for stale in self._prefetched.values():
+                stale.cancel()
+            self._prefetched = {conversation_id: self._reader.submit(self._read, list(rows))}
 
     def _predict(
         self, conversation_id: str, segments: list[Utterance], summary: dict[str, Any]
@@ -285,12 +308,29 @@ class ConversationWorker:
         key = CheckpointKey(self.model.fingerprint, self._labeling_hash, inputs_digest(inputs))
         resume = self._load_checkpoint(conversation_id, key)
         summary["resumed_from"] = resume.position if resume is not None else 0
+        try:
+            if self.slot_loop is not None:  # label_s then includes the wait for a slot
+                save = functools.partial(self._save_checkpoint, conversation_id, key)
+                return self.slot_loop.label(SlotJob(conversation_id, inputs, resume, save))
+            return self._label_alone(conversation_id, inputs, key, resume)
+        finally:
+            timings["label_s"] = time.perf_counter() - t0
+
+    def _label_alone(
+        self,
+        conversation_id: str,
+        inputs: list[Utterance],
+        key: CheckpointKey,
+        resume: ConversationState | None,
+    ) -> list[LabeledUtterance]:
+        labeler = self.labeler
+        assert labeler is not None
         every, total = self.settings.checkpoint_every, len(inputs)
 
         def after_utterance(rows: list, slots: dict[str, int], history: list[int]) -> None:
             done = len(rows)
             if self._guard.requested or (every and done % every == 0 and done < total):
-                state = self.labeler.export_state(rows, slots, history)
+                state = labeler.export_state(rows, slots, history)
                 self._save_checkpoint(conversation_id, key, state)
             if self._guard.requested:
                 log.warning(
@@ -300,11 +340,9 @@ class ConversationWorker:
 
         self._guard.busy = True
         try:
-            predictions = self.labeler.label_conversation(inputs, resume, after_utterance)
+            return labeler.label_conversation(inputs, resume, after_utterance)
         finally:
             self._guard.busy = False
-        timings["label_s"] = time.perf_counter() - t0
-        return predictions
 
     def _load_checkpoint(
         self, conversation_id: str, key: CheckpointKey

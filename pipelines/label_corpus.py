@@ -61,10 +61,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--actors", type=int, help="labeling actors (default: per GPU/CPU)")
     parser.add_argument("--gpus-per-actor", type=float, help="GPUs per actor (GPU clusters)")
     parser.add_argument("--cpus-per-actor", type=float, help="CPUs per actor (may be < 1)")
+    parser.add_argument(
+        "--slots-per-actor",
+        type=int,
+        metavar="P",
+        help="conversations each actor labels at once, every utterance step batched across "
+        "them (default 1; same rows within 1e-5; more keeps a GPU busy)",
+    )
     add_config_arguments(
         parser,
         {
-            "the job's fields": "input, output, actors, in_flight_per_actor, max_attempts, ...",
+            "the job's fields": "input, output, actors, slots_per_actor, in_flight_per_actor, ...",
             "labeling": "mode, window_tokens, history_labels, seed",
             "labeling.memory": "the DPM memory: lr, optimizer, rank, write_target, ...",
         },
@@ -89,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
                 "actors": args.actors,
                 "gpus_per_actor": args.gpus_per_actor,
                 "cpus_per_actor": args.cpus_per_actor,
+                "slots_per_actor": args.slots_per_actor,
             },
             args.overrides,
         )

@@ -13,6 +13,7 @@ from dpm_worker.memory.engine import BatchedLabeler, label_batched
 from dpm_worker.memory.labeling import ConversationLabeler, PreparedUtterance
 from dpm_worker.memory.lora import MEMORY_DTYPE, TemporaryLoraMemory
 from dpm_worker.memory.resume import ConversationState, capture_state, restore_state
+from dpm_worker.memory.slots import SlotLabeler
 from dpm_worker.memory.step import (
     AudioWrite,
     Padded,
@@ -54,4 +55,5 @@ __all__ = [
     "WRITE_TARGETS",
     "capture_state",
     "restore_state",
+    "SlotLabeler",
 ]

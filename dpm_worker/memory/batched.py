@@ -191,6 +191,48 @@ class BatchedLoraMemory:
         """Copies of slot ``slot``'s A and B of every layer (in the reference's order)."""
         return [t[slot].detach().clone() for t in self.params]
 
+    def export_slot(self, slot: int) -> dict[str, torch.Tensor]:
+        """Slot ``slot``'s state as the reference memory keeps one slot's (checkpoints).
+
+        Keys are those of :meth:`TemporaryLoraMemory.state_dict` after its ``slot.<k>.``
+        prefix: ``param.<i>``, ``opt.<i>.<name>`` (AdamW's ``step``, ``exp_avg``,
+        ``exp_avg_sq``) and ``steps``; detached CPU copies. So a conversation checkpointed
+        in a batch resumes alone and the other way round.
+        """
+        self._check(slot)
+        out = {"steps": torch.tensor(self.steps[slot], dtype=torch.int64)}
+        for i, p in enumerate(self.params):
+            out[f"param.{i}"] = p[slot].detach().cpu().clone()
+        for i, (m, v) in enumerate(self._moments):
+            out[f"opt.{i}.step"] = torch.tensor(float(self.steps[slot]), dtype=torch.float32)
+            out[f"opt.{i}.exp_avg"] = m[slot].detach().cpu().clone()
+            out[f"opt.{i}.exp_avg_sq"] = v[slot].detach().cpu().clone()
+        return out
+
+    def import_slot(self, slot: int, fields: dict[str, torch.Tensor]) -> None:
+        """Make slot ``slot`` the one :meth:`export_slot` (or the reference) described.
+
+        Raises:
+            ConfigError: a tensor is missing or its shape does not fit this memory.
+        """
+        self._check(slot)
+        with torch.no_grad():
+            for i, p in enumerate(self.params):
+                saved = fields.get(f"param.{i}")
+                if saved is None or saved.shape != p.shape[1:]:
+                    raise ConfigError(
+                        f"memory state param {i}: expected shape {tuple(p.shape[1:])}, got "
+                        f"{None if saved is None else tuple(saved.shape)}"
+                    )
+                p[slot].copy_(saved.to(device=p.device, dtype=p.dtype))
+            for i, (m, v) in enumerate(self._moments):
+                m[slot].zero_()
+                v[slot].zero_()
+                if f"opt.{i}.exp_avg" in fields:
+                    m[slot].copy_(fields[f"opt.{i}.exp_avg"].to(device=m.device, dtype=m.dtype))
+                    v[slot].copy_(fields[f"opt.{i}.exp_avg_sq"].to(device=v.device, dtype=v.dtype))
+        self.steps[slot] = int(fields["steps"]) if "steps" in fields else 0
+
     # -- optimizer ------------------------------------------------------------------------------
 
     def step(self, rows: Sequence[int], loss: torch.Tensor) -> None:

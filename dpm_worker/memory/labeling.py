@@ -170,12 +170,8 @@ class ConversationLabeler:
         return predictions
 
     def chunks(self, audio_ids: np.ndarray) -> list[np.ndarray]:
-        """The parts an utterance is read in: itself, or under ``chunks`` the fewest equal
-        chunks whose tokens (with ``<spk>`` and ``<audio_end>``) fit the context."""
-        room = self.max_context - 2
-        if self.config.long_utterances != "chunks" or len(audio_ids) <= room:
-            return [audio_ids]
-        return np.array_split(audio_ids, -(-len(audio_ids) // room))
+        """The parts an utterance is read in (:func:`utterance_parts`)."""
+        return utterance_parts(audio_ids, self.max_context, self.config.long_utterances)
 
     def export_state(
         self, predictions: Sequence[LabeledUtterance], slots: dict[str, int], history: list[int]
@@ -291,16 +287,7 @@ class ConversationLabeler:
 
     def _ema_read(self, speaker_slot: int, read: torch.Tensor) -> torch.Tensor:
         """``prior-ema``: the read times the speaker's running average of earlier reads."""
-        average = self._ema.get(speaker_slot)
-        a = self.config.ema_rate
-        if average is None:
-            self._ema[speaker_slot] = read.clone()
-            return read
-        self._ema[speaker_slot] = (1.0 - a) * average + a * read
-        logits = torch.log(read.clamp_min(1e-12)) + self.config.ema_weight * torch.log(
-            average.clamp_min(1e-12)
-        )
-        return torch.softmax(logits, dim=-1)
+        return ema_read(self._ema, speaker_slot, read, self.config)
 
     def _prior_read(
         self, step: PreparedUtterance, memory: TemporaryLoraMemory
@@ -358,3 +345,31 @@ class ConversationLabeler:
         mask &= positions >= 1  # position 0 has nothing before it to predict it from
         labels = torch.where(mask, tokens, torch.full_like(tokens, IGNORE))
         return labels.unsqueeze(0).to(self.model.device)
+
+
+def utterance_parts(
+    audio_ids: np.ndarray, max_context: int, long_utterances: str
+) -> list[np.ndarray]:
+    """The parts an utterance is read in: itself, or under ``chunks`` the fewest equal chunks
+    whose tokens (with ``<spk>`` and ``<audio_end>``) fit the context."""
+    room = max_context - 2
+    if long_utterances != "chunks" or len(audio_ids) <= room:
+        return [audio_ids]
+    return np.array_split(audio_ids, -(-len(audio_ids) // room))
+
+
+def ema_read(
+    averages: dict[int, torch.Tensor], speaker_slot: int, read: torch.Tensor, config: LabelingConfig
+) -> torch.Tensor:
+    """``prior-ema``: ``read`` times the speaker's running average of its earlier reads, which
+    then takes ``read`` in (``averages`` is updated in place)."""
+    average = averages.get(speaker_slot)
+    a = config.ema_rate
+    if average is None:
+        averages[speaker_slot] = read.clone()
+        return read
+    averages[speaker_slot] = (1.0 - a) * average + a * read
+    logits = torch.log(read.clamp_min(1e-12)) + config.ema_weight * torch.log(
+        average.clamp_min(1e-12)
+    )
+    return torch.softmax(logits, dim=-1)

@@ -239,7 +239,11 @@ class PriorWrite(Step):
             own_logits = logits[:, -1]
         own = torch.log_softmax(own_logits, dim=-1)
         prior = self.write(rows, prefixes, at_spk, own.exp())
-        return torch.softmax(own + cfg.prior_weight * prior, dim=-1)
+        read = torch.softmax(own + cfg.prior_weight * prior, dim=-1)
+        if cfg.read_gate < 1.0:  # the backbone's own read where it is confident enough
+            confident = own.exp().max(dim=-1).values >= cfg.read_gate
+            read = torch.where(confident[:, None], own.exp(), read)
+        return read
 
     def write(
         self,

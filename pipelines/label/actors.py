@@ -3,6 +3,16 @@
 ``ConversationWorker`` is a plain class of the library; it is wrapped with ``ray.remote`` here,
 at the call site, with one GPU per actor when the cluster has GPUs and ``cpus_per_actor`` CPUs
 otherwise.
+
+Several conversations per actor (``slots_per_actor`` P > 1): the driver keeps submitting one
+``label`` call per conversation, as with one slot, and the actor is a threaded actor
+(``max_concurrency``) whose calls hand their conversations to one batched loop in the worker
+(``dpm_worker.slot_loop``). Chosen over a call carrying several conversations or an actor that
+pulls work from the driver because every result still names its conversation and arrives when
+that conversation ends (a long one holds nobody back), the scheduler's bookkeeping (retries,
+requeue on actor death, timeouts, progress) stays as it is, and a call waiting for a slot reads
+its audio meanwhile (the prefetch of the slots that open next). The loop itself is library code,
+tested without Ray.
 """
 
 from __future__ import annotations
@@ -72,6 +82,10 @@ def start_actors(config: LabelJobConfig, run: RunInfo, worker_class: type) -> li
             }
         },
     }
+    if config.slots_per_actor > 1:
+        # A threaded actor: its conversations arrive as concurrent calls that one loop batches
+        # (dpm_worker.slot_loop); one more thread keeps the readiness probe answerable.
+        options["max_concurrency"] = config.calls_per_actor + 1
     if gpus >= config.gpus_per_actor:
         options["num_gpus"] = config.gpus_per_actor
         n = config.actors or max(1, int(gpus // config.gpus_per_actor))
@@ -88,6 +102,7 @@ def start_actors(config: LabelJobConfig, run: RunInfo, worker_class: type) -> li
         max_segment_s=config.max_segment_s,
         checkpoint_every=config.checkpoint_every_utterances,
         verify_weights=config.verify_weights,
+        slots=config.slots_per_actor,
     )
     log.info(
         "starting %d actor(s) with %s (cluster: %.0f CPU, %.0f GPU)",

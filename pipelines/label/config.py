@@ -37,7 +37,13 @@ class LabelJobConfig:
         gpus_per_actor: GPUs per actor when the cluster has GPUs.
         cpus_per_actor: CPUs reserved per actor (fractions allowed, e.g. 0.5 on a laptop).
         torch_threads: torch intra-op threads per actor (None: ``cpus_per_actor`` rounded up).
-        in_flight_per_actor: conversations queued on one actor at a time (back-pressure).
+        in_flight_per_actor: conversations queued on one actor at a time (back-pressure):
+            with ``slots_per_actor`` P, the P it labels plus ``in_flight_per_actor - 1``
+            waiting with their audio already read.
+        slots_per_actor: conversations one actor labels at once, every utterance step batched
+            across them (continuous batching: a finished conversation's slot goes to the next
+            at once). Rows equal those of 1 within 1e-5 (fp32); more slots use a GPU's
+            arithmetic that one conversation at batch size 1 leaves idle. Default 1.
         max_restarts: how often Ray restarts a dead actor.
         max_attempts: how often a conversation is tried before the job gives up on it.
         progress_interval_s: seconds between progress lines.
@@ -68,6 +74,7 @@ class LabelJobConfig:
     cpus_per_actor: float = 1.0
     torch_threads: int | None = None
     in_flight_per_actor: int = 2
+    slots_per_actor: int = 1
     max_restarts: int = 3
     max_attempts: int = 3
     progress_interval_s: float = 30.0
@@ -98,6 +105,8 @@ class LabelJobConfig:
             raise ConfigError(f"torch_threads must be >= 1, got {self.torch_threads}")
         if self.in_flight_per_actor < 1:
             raise ConfigError(f"in_flight_per_actor must be >= 1, got {self.in_flight_per_actor}")
+        if not 1 <= self.slots_per_actor <= 1024:
+            raise ConfigError(f"slots_per_actor must be in [1, 1024], got {self.slots_per_actor}")
         if self.max_restarts < 0:
             raise ConfigError(f"max_restarts must be >= 0, got {self.max_restarts}")
         if self.checkpoint_every_utterances < 0:
@@ -119,6 +128,11 @@ class LabelJobConfig:
     def threads(self) -> int:
         """torch threads per actor."""
         return self.torch_threads or max(1, math.ceil(self.cpus_per_actor))
+
+    @property
+    def calls_per_actor(self) -> int:
+        """Conversations handed to one actor at a time (its slots plus those waiting)."""
+        return self.slots_per_actor + self.in_flight_per_actor - 1
 
 
 def load_config(

@@ -103,7 +103,7 @@ class LabelJob:
                     handles,
                     chain_first(first, pending),
                     progress,
-                    in_flight_per_actor=self.config.in_flight_per_actor,
+                    in_flight_per_actor=self.config.calls_per_actor,
                     max_attempts=self.config.max_attempts,
                     progress_interval_s=self.config.progress_interval_s,
                     conversation_timeout_s=self.config.conversation_timeout_s,

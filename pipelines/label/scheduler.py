@@ -2,10 +2,11 @@
 
 The driver holds only a bounded window of the manifest: per actor, the conversations in
 flight (``in_flight_per_actor``) plus the one reserved as its next, whose audio that actor
-prefetches while it computes. Results name their conversation. When an actor dies, its
-conversations go back to the queue and are re-run from their first utterance (the memory is
-temporary by design, and the output file of a conversation is written whole or not at all, so
-a retry cannot duplicate rows). The oldest conversation on the dead actor — the one that was
+prefetches while it computes (with ``slots_per_actor`` > 1, its slots' conversations plus
+those waiting for one). Results name their conversation. When an actor dies, all its
+conversations go back to the queue and each resumes from its own newest checkpoint (or its
+first utterance); the output file of a conversation is written whole or not at all, so a
+retry cannot duplicate rows. The oldest conversation on the dead actor — the one that was
 running — is charged an attempt; after ``max_attempts`` the job gives up on it. Those
 decisions are the bookkeeping's; this module only submits, waits, gets and kills.
 """

@@ -83,6 +83,7 @@ def clean_run(local_s3, ray_address, tiny_model, s3_corpus):
         "--run-id",
         "clean",
         *JOB,
+        timeout=300,  # a shared machine may take minutes to start the actors
     )
     return out, result
 
@@ -244,12 +245,70 @@ def test_bad_input_lands_in_errors_table(tmp_path, tiny_corpus, s3_bucket, ray_a
     assert not fs.exists(path.rsplit("/", 1)[0] + "/escape")
 
 
+def probability_columns(frame: pd.DataFrame) -> list[str]:
+    return [c for c in frame.columns if c.startswith("p_")]
+
+
+def assert_tables_equal(got: pd.DataFrame, want: pd.DataFrame, slots: int) -> float:
+    """Same rows; with several slots per actor the numbers within 1e-5 (batched vs alone).
+    Returns max |delta p|."""
+    assert list(got.columns) == list(want.columns)
+    delta = float(
+        np.abs(
+            got[probability_columns(got)].to_numpy() - want[probability_columns(want)].to_numpy()
+        ).max(initial=0.0)
+    )
+    if slots == 1:
+        pd.testing.assert_frame_equal(got, want)
+    else:
+        pd.testing.assert_frame_equal(got, want, check_exact=False, rtol=0, atol=1e-5)
+    return delta
+
+
+def test_slots_per_actor_writes_the_tables_of_one_slot(
+    clean_run, s3_corpus, s3_bucket, ray_address, tiny_model
+):
+    """One actor labeling 3 conversations at once (lengths 3-5: they join and leave mid-way)
+    writes the rows of the 2-actor, 1-slot clean run: same rows and labels, p within 1e-5."""
+    out = f"s3://{s3_bucket}/slots"
+    result = run_label(
+        "--input",
+        s3_corpus,
+        "--output",
+        out,
+        "--model",
+        tiny_model,
+        "--address",
+        ray_address,
+        "--run-id",
+        "slots",
+        "--actors",
+        "1",
+        "--cpus-per-actor",
+        "0.5",
+        "--slots-per-actor",
+        "3",
+        "progress_interval_s=2",
+        "actor_start_timeout_s=120",
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    clean = comparable(read_table(clean_run[0], "emotions"))
+    got = comparable(read_table(out, "emotions"))
+    assert len(got) == len(clean) and got["conversation_id"].nunique() == 5
+    delta = assert_tables_equal(got, clean, slots=3)
+    print(json.dumps({"slots_per_actor": 3, "rows": len(got), "max_abs_dp": delta}))
+
+
+@pytest.mark.parametrize("slots", [1, 3])
 def test_driver_then_actor_killed_resume_equals_clean_run(
-    clean_run, s3_corpus, s3_bucket, ray_address, tiny_model, tmp_path
+    clean_run, s3_corpus, s3_bucket, ray_address, tiny_model, tmp_path, slots
 ):
     """Kill the driver mid-run; resume with the same run id while an actor is killed
     from outside by its id: every utterance lands exactly once and the final table equals a
-    clean run's."""
+    clean run's. With 3 slots per actor several conversations are in flight on the killed
+    actor, each checkpointed every 2 utterances: all go back to the queue and resume from
+    their own checkpoints."""
     out = f"s3://{s3_bucket}/out"
     fs, path = get_filesystem(out)
     args = [
@@ -267,8 +326,12 @@ def test_driver_then_actor_killed_resume_equals_clean_run(
         "1",
         "--cpus-per-actor",
         "0.5",
+        "--slots-per-actor",
+        str(slots),
         "in_flight_per_actor=1",
     ]
+    if slots > 1:
+        args.append("checkpoint_every_utterances=2")
     driver = subprocess.Popen(
         [sys.executable, "-m", "pipelines.cli", "label", *args],
         cwd=REPO,
@@ -313,7 +376,9 @@ def test_driver_then_actor_killed_resume_equals_clean_run(
     final = comparable(read_table(out, "emotions"))
     keys = list(zip(final["conversation_id"], final["utterance_index"], strict=True))
     assert len(keys) == len(set(keys))  # every utterance exactly once
-    pd.testing.assert_frame_equal(final, clean)
+    assert_tables_equal(final, clean, slots)
+    fs.invalidate_cache()
+    assert not fs.exists(f"{path}/_runs/resumed/checkpoints")  # cleared with the run
 
 
 def kill_worker_actor_after_a_commit(fs, path, before, driver, ray_address) -> bool:

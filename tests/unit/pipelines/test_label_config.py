@@ -14,7 +14,12 @@ def test_yaml_then_flags_then_overrides(tmp_path):
     config = load_config(
         str(path),
         {"actors": 2, "labeling.mode": None},
-        ["labeling.memory.lr=5e-4", "labeling.memory.betas=[0.8, 0.9]", "in_flight_per_actor=3"],
+        [
+            "labeling.memory.lr=5e-4",
+            "labeling.memory.betas=[0.8, 0.9]",
+            "in_flight_per_actor=3",
+            "slots_per_actor=4",
+        ],
     )
     assert config.actors == 2  # flag beats the file
     assert config.labeling.mode == "window"  # a flag that was not given changes nothing
@@ -22,6 +27,21 @@ def test_yaml_then_flags_then_overrides(tmp_path):
     assert config.labeling.memory.lr == pytest.approx(5e-4)
     assert config.labeling.memory.betas == (0.8, 0.9)
     assert config.in_flight_per_actor == 3
+    assert config.slots_per_actor == 4
+    assert config.calls_per_actor == 6  # 4 in the slots, 2 waiting with their audio read
+
+
+def test_slots_per_actor_flag_and_help(capsys):
+    import argparse
+
+    from pipelines.label_corpus import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--slots-per-actor", "3"])
+    config = load_config(None, {"input": "in", "output": "out", "slots_per_actor": 3}, [])
+    assert args.slots_per_actor == 3 and config.slots_per_actor == 3
+    assert "batched across them" in parser.format_help()
 
 
 @pytest.mark.parametrize(
@@ -33,6 +53,7 @@ def test_yaml_then_flags_then_overrides(tmp_path):
         (["cpus_per_actor=abc"], "wrong type"),
         (["novalue"], "section.key=value"),
         (["run_id=../x"], "run id"),
+        (["slots_per_actor=0"], "slots_per_actor must be in \\[1, 1024\\], got 0"),
     ],
 )
 def test_bad_values_are_rejected_with_the_value(overrides, match):

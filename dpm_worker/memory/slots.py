@@ -1,0 +1,314 @@
+"""Conversations that come and go one at a time, labeled together: the batched engine stepped
+from outside, with long utterances, ``prior-ema`` and checkpoints as the reference does them.
+
+:class:`~dpm_worker.memory.engine.BatchedLabeler` takes a list of conversations and hands back
+their rows. A worker that receives conversations one by one (a Ray actor whose calls arrive
+while others run) needs the same engine driven step by step: :meth:`SlotLabeler.admit` puts a
+conversation into a free slot (optionally resuming it from a :class:`ConversationState`),
+:meth:`SlotLabeler.advance` advances every admitted conversation by one model read in one
+batched DPM step, :meth:`SlotLabeler.release` takes a finished one out so the next can take its
+slot at once. Each conversation's rows equal those it gets alone with
+:class:`~dpm_worker.memory.labeling.ConversationLabeler` (tested to 1e-5):
+
+- an utterance longer than the context is read in the same chunks (``long_utterances``), one
+  chunk per step, each chunk entering the history with its own read, the utterance's
+  distribution their length-weighted mean;
+- ``prior-ema``'s running averages are kept per conversation and speaker;
+- :meth:`SlotLabeler.export_state` gives a conversation's state in the reference's format (its
+  memory slots as ``TemporaryLoraMemory.state_dict`` keys them), so a checkpoint written in a
+  batch resumes alone and the other way round. A state is only taken between utterances.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from dpm_worker.model import EmotionModel
+
+from dpm_worker.errors import BadInputError, ConfigError
+from dpm_worker.memory.config import LabelingConfig
+from dpm_worker.memory.engine import BatchedLabeler, _Active
+from dpm_worker.memory.labeling import ema_read, utterance_parts
+from dpm_worker.memory.resume import RNG_KEY, ConversationState, capture_state, restore_state
+from dpm_worker.memory.step import dpm_step
+from dpm_worker.utterance import LabeledUtterance, Utterance
+
+
+@dataclass
+class _Conversation:
+    """A conversation in a slot. ``active`` walks its parts (an utterance, or its chunks)."""
+
+    key: Hashable
+    utterances: list[Utterance]
+    owner: list[int]  # part -> the utterance it belongs to
+    active: _Active
+    rows: list[LabeledUtterance] = field(default_factory=list)
+    total: np.ndarray | None = None  # the current utterance's weighted reads so far
+    ms: float = 0.0
+    ema: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def finished(self) -> bool:
+        return len(self.rows) == len(self.utterances)
+
+    @property
+    def between_utterances(self) -> bool:
+        return self.total is None
+
+
+class SlotLabeler(BatchedLabeler):
+    """Up to ``slots`` conversations labeled together, admitted and released one at a time.
+
+    Args:
+        model: the emotion SLLM (its backbone gets the batched memory's layers, as in
+            ``BatchedLabeler``).
+        config: the labeling configuration.
+        slots: the most conversations held at once.
+        history_cache: ``recompute`` (the reference) or ``reuse``.
+    """
+
+    def __init__(
+        self,
+        model: EmotionModel,
+        config: LabelingConfig,
+        slots: int,
+        history_cache: str = "recompute",
+    ) -> None:
+        super().__init__(model, config, slots, history_cache)
+        self._slots: dict[int, _Conversation] = {}
+        self._where: dict[Hashable, int] = {}
+
+    # -- admission ------------------------------------------------------------------------------
+
+    @property
+    def free(self) -> int:
+        """Slots without a conversation."""
+        return self.slots - len(self._slots)
+
+    @property
+    def keys(self) -> list[Hashable]:
+        """The conversations held, in slot order."""
+        return [self._slots[s].key for s in sorted(self._slots)]
+
+    def admit(
+        self,
+        key: Hashable,
+        utterances: Sequence[Utterance],
+        resume: ConversationState | None = None,
+    ) -> None:
+        """Put a conversation (tokenized utterances in dialogue order) into a free slot.
+
+        Args:
+            key: the conversation's name in this labeler (unique among those held).
+            utterances: the whole conversation.
+            resume: a state exported from an interrupted labeling of the same conversation
+                with the same model and config; labeling goes on from its position.
+
+        Raises:
+            ConfigError: no slot is free, ``key`` is held already, or ``resume`` does not fit.
+        """
+        if key in self._where:
+            raise ConfigError(f"conversation {key!r} is already in slot {self._where[key]}")
+        if not self.free:
+            raise ConfigError(f"all {self.slots} slots are taken")
+        slot = min(set(range(self.slots)) - set(self._slots))
+        utts = list(utterances)
+        parts: list[Utterance] = []
+        owner: list[int] = []
+        for n, utt in enumerate(utts):
+            pieces = self._parts(utt)
+            whole = len(pieces) == 1
+            parts.extend(utt if whole else dataclasses.replace(utt, audio_ids=p) for p in pieces)
+            owner.extend([n] * len(pieces))
+        conv = _Conversation(key, utts, owner, self._start(slot, 0, parts))
+        if resume is not None:
+            try:
+                self._restore(slot, conv, resume)
+            except ConfigError:
+                self._finish(slot)
+                raise
+        self._slots[slot] = conv
+        self._where[key] = slot
+
+    def release(self, key: Hashable) -> list[LabeledUtterance]:
+        """Take a conversation out (finished or not) and free its slot; its rows so far."""
+        slot = self._where.pop(key)
+        conv = self._slots.pop(slot)
+        self._finish(slot)
+        return conv.rows
+
+    # -- labeling -------------------------------------------------------------------------------
+
+    def advance(self) -> tuple[list[Hashable], dict[Hashable, BadInputError]]:
+        """One batched model read of every held conversation's next utterance (or chunk).
+
+        Returns:
+            The conversations that finished an utterance in this step, and those whose next
+            utterance cannot be labeled (e.g. no audio tokens) with the error: those are not
+            advanced and should be released.
+        """
+        start = time.perf_counter()
+        slots, rows, tokens = [], [], []
+        failed: dict[Hashable, BadInputError] = {}
+        for slot in sorted(self._slots):
+            conv = self._slots[slot]
+            if conv.finished:
+                continue
+            try:
+                row, toks = self._row(slot, conv.active)
+            except BadInputError as exc:
+                failed[conv.key] = exc
+                continue
+            slots.append(slot)
+            rows.append(row)
+            tokens.append(toks)
+        if not rows:
+            return [], failed
+        self.steps_run += 1
+        probs = dpm_step(self.step, rows).float().cpu().numpy()
+        ms = (time.perf_counter() - start) * 1000.0 / len(rows)
+        done = []
+        for slot, row, toks, p in zip(slots, rows, tokens, probs, strict=True):
+            conv = self._slots[slot]
+            if self.config.mode == "prior-ema":
+                speaker = conv.active.speakers[conv.active.utterances[conv.active.position].speaker]
+                p = ema_read(conv.ema, speaker, torch.from_numpy(p), self.config).numpy()
+            if self._advance_one(conv, row.ids, toks, p, ms):
+                done.append(conv.key)
+        return done, failed
+
+    def position(self, key: Hashable) -> int:
+        """Utterances of ``key`` labeled so far."""
+        return len(self._slots[self._where[key]].rows)
+
+    def finished(self, key: Hashable) -> bool:
+        """Every utterance of ``key`` is labeled."""
+        return self._slots[self._where[key]].finished
+
+    def between_utterances(self, key: Hashable) -> bool:
+        """``key`` is not in the middle of a chunked utterance (a state can be taken)."""
+        return self._slots[self._where[key]].between_utterances
+
+    def export_state(self, key: Hashable) -> ConversationState:
+        """A copy of ``key``'s state (see ``ConversationState``), between utterances only.
+
+        Raises:
+            ConfigError: ``key`` is in the middle of a chunked utterance.
+        """
+        slot = self._where[key]
+        conv = self._slots[slot]
+        if not conv.between_utterances:
+            raise ConfigError(f"conversation {key!r} is in the middle of an utterance")
+        probs = np.array([r.probs for r in conv.rows], dtype=np.float32)
+        probs = probs.reshape(len(conv.rows), len(self.vocab.labels))
+        state = capture_state(
+            None,
+            probs,
+            [r.ms for r in conv.rows],
+            [r.context_tokens for r in conv.rows],
+            conv.active.speakers,
+            conv.active.history,
+        )
+        if self.memory is not None:
+            for k in range(self.per_conversation):
+                fields = self.memory.export_slot(slot * self.per_conversation + k)
+                if int(fields["steps"]) == 0:
+                    continue  # never written: equal to its initial value (as the reference)
+                state.tensors.update({f"slot.{k}.{name}": t for name, t in fields.items()})
+        state.tensors.update({f"ema.{k}": v.detach().cpu().clone() for k, v in conv.ema.items()})
+        return state
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _parts(self, utt: Utterance) -> list[np.ndarray]:
+        return utterance_parts(utt.codes(), self.max_context, self.config.long_utterances)
+
+    def _advance_one(
+        self, conv: _Conversation, ids: list[int], tokens: list[int], p: np.ndarray, ms: float
+    ) -> bool:
+        """Take one part's read into ``conv``; True when it completed an utterance."""
+        active = conv.active
+        part = active.utterances[active.position]
+        utt = conv.utterances[conv.owner[active.position]]
+        # Each part enters the history (and memory) as a turn with its own read.
+        self._remember(active, tokens, self.vocab.labels[int(np.argmax(p))])
+        active.position += 1
+        n_codes = len(utt.codes())
+        weight = len(part.codes()) / n_codes if n_codes else 1.0
+        total = np.zeros(len(p), dtype=np.float64) if conv.total is None else conv.total
+        conv.total = total + p * weight
+        conv.ms += ms
+        if (
+            active.position < len(conv.owner)
+            and conv.owner[active.position] == conv.owner[active.position - 1]
+        ):
+            return False
+        probs = conv.total.astype(np.float32)
+        conv.total = None
+        conv.rows.append(self._labeled(utt, probs, conv.ms, len(ids)))
+        conv.ms = 0.0
+        return True
+
+    def _labeled(
+        self, utt: Utterance, probs: np.ndarray, ms: float, context_tokens: int
+    ) -> LabeledUtterance:
+        best = int(np.argmax(probs))
+        parts = self._parts(utt)
+        return LabeledUtterance(
+            utterance=utt,
+            emotion=self.vocab.labels[best],
+            confidence=float(probs[best]),
+            probs=np.asarray(probs, dtype=np.float32),
+            ms=ms,
+            context_tokens=context_tokens,
+            chunks=len(parts),
+            truncated=len(parts[-1]) + 2 > self.max_context,
+        )
+
+    def _restore(self, slot: int, conv: _Conversation, state: ConversationState) -> None:
+        """Load ``state`` into ``slot`` (memory, RNG, speakers, history, rows, averages)."""
+        memory_fields: dict[int, dict[str, torch.Tensor]] = {}
+        for name, tensor in state.tensors.items():
+            head, _, tail = name.partition(".")
+            if head == "slot":
+                number, _, field_name = tail.partition(".")
+                if not number.isdigit() or not field_name:
+                    raise ConfigError(f"memory state key {name!r} is not slot.<k>.<field>")
+                memory_fields.setdefault(int(number), {})[field_name] = tensor
+        # Positions, row shapes and the RNG, checked and restored as the reference does.
+        rng = {RNG_KEY: state.tensors[RNG_KEY]} if RNG_KEY in state.tensors else {}
+        restore_state(
+            dataclasses.replace(state, tensors=rng),
+            None,
+            len(conv.utterances),
+            len(self.vocab.labels),
+        )
+        if memory_fields and self.memory is None:
+            raise ConfigError("resume state has memory tensors but the labeler has no memory")
+        for k, fields in sorted(memory_fields.items()):
+            if k >= self.per_conversation:
+                raise ConfigError(
+                    f"resume state has memory slot {k}; this labeler keeps "
+                    f"{self.per_conversation} per conversation"
+                )
+            assert self.memory is not None
+            self.memory.import_slot(slot * self.per_conversation + k, fields)
+        conv.ema = {
+            int(name[4:]): t.clone() for name, t in state.tensors.items() if name[:4] == "ema."
+        }
+        active = conv.active
+        active.speakers.update(state.speaker_slots)
+        active.history.extend(state.history)
+        if self.step.cache is not None:
+            active.pending = list(active.history)  # the cache starts empty: compute it
+        active.position = sum(1 for owner in conv.owner if owner < state.position)
+        rows = zip(conv.utterances, state.probs, state.ms, state.context_tokens, strict=False)
+        conv.rows = [self._labeled(*row) for row in rows]
