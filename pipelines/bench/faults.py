@@ -10,7 +10,8 @@ generates a synthetic corpus of long conversations (or takes ``--corpus``), then
   (SIGKILL to the pid Ray's state API gives for the actor's id; Ray restarts it), and once the
   driver itself is killed (SIGKILL) and started again with the same ``--run-id``, which resumes
   the run. A kill lands a random 1..C-1 utterances after the conversation's last checkpoint
-  position (C = ``--checkpoint-every``), read from the actors' per-utterance trace lines
+  position (C = ``--checkpoint-every``; after the first checkpoint, so there is one to resume
+  from), read from the actors' per-utterance trace lines
   (:mod:`pipelines.bench.fault_trace`).
 
 Reported: the rows of the faulted run's emotion table against the clean one's
@@ -220,7 +221,8 @@ class FaultBench:
         return driver.wait(timeout=args.timeout_s), drivers
 
     def wait_mid_conversation(self, driver: subprocess.Popen) -> tuple[int, str] | None:
-        """An actor a random 1..C-1 utterances past its conversation's last checkpoint."""
+        """An actor a random 1..C-1 utterances past its conversation's last checkpoint (not
+        its first interval)."""
         every = self.args.checkpoint_every or 25
         past = self.rng.randint(1, max(1, every - 1))
         deadline = time.monotonic() + self.args.timeout_s
@@ -231,7 +233,10 @@ class FaultBench:
                 position = self.trace.positions.get(pid)
                 if position is None or position.done >= position.total:
                     continue
-                if position.done % every >= past:
+                # Past its first checkpoint, so the retry has one to resume from (a kill in
+                # the first interval would only show a restart from utterance 0).
+                first = every if position.total > every + past else 0
+                if position.done >= first and position.done % every >= past:
                     candidates.append((pid, actor_id))
             if candidates:
                 return self.rng.choice(candidates)
