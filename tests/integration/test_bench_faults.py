@@ -49,11 +49,12 @@ def test_bench_faults_loses_and_duplicates_nothing(tmp_path, tiny_model) -> None
     assert report["tables_equal_clean"] is True
     assert report["max_abs_prob_diff"] <= 1e-6
     assert report["run_state_faults"] == {"committed": True, "checkpoint_folders_left": 0}
-    # Every kill landed mid-conversation, past its last checkpoint position.
+    # Every kill landed mid-conversation, after its first checkpoint and past the last one.
     kinds = sorted(e["kind"] for e in report["events"])
     assert kinds == ["actor", "driver"]
     for event in report["events"]:
-        assert 0 < event["position"] % EVERY and event["position"] < 40
+        assert EVERY < event["position"] < 40 and event["position"] % EVERY > 0
+    (kill,) = [e for e in report["events"] if e["kind"] == "actor"]
     # An actor kill loses at most the utterances since the last checkpoint (< EVERY); the
     # driver kill at most that per actor (2 actors).
     recomputed = report["utterances_recomputed"]
@@ -61,6 +62,8 @@ def test_bench_faults_loses_and_duplicates_nothing(tmp_path, tiny_model) -> None
         recomputed
         == report["recomputed_after_actor_kills"] + report["recomputed_after_driver_kill"]
     )
+    # ... and fewer than the killed actor had labeled: its retry resumed from a checkpoint.
     assert 0 < report["recomputed_after_actor_kills"] < EVERY
+    assert report["recomputed_after_actor_kills"] == kill["position"] % EVERY
     assert recomputed <= report["recomputed_bound_with_driver_kill"] == 3 * EVERY
     assert report["wall_s_clean"] > 0 and report["wall_s_faults"] > 0
