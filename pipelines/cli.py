@@ -39,7 +39,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "report": ("pipelines.label.report", "render an HTML report of a labeling run"),
     "bench": (
         "pipelines.bench.command",
-        "benchmarks that print JSON (synth, memory, throughput, scale, startup)",
+        "benchmarks that print JSON (synth, memory, throughput, scale, startup, faults)",
     ),
 }
 

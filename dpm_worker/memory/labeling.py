@@ -42,6 +42,7 @@ from the manifest to the table row.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -61,6 +62,10 @@ from dpm_worker.model import (
     tail,
 )
 from dpm_worker.utterance import LabeledUtterance, Utterance
+
+# DEBUG: one line per utterance labeled (``dpm bench faults`` counts them to measure the work
+# a killed actor loses: the lines of a process that was killed survive in its log).
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -162,6 +167,12 @@ class ConversationLabeler:
                     total += read * (len(part) / len(codes))
                 ms = (time.perf_counter() - start) * 1000.0
                 predictions.append(self._row(utt, total.astype(np.float32), ms, len(step.ids)))
+                log.debug(
+                    "conversation %r: utterance %d of %d labeled",
+                    utt.conversation_id,
+                    len(predictions),
+                    len(utts),
+                )
                 if after_utterance is not None:
                     after_utterance(predictions, slots, history)
         finally:

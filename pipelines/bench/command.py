@@ -15,6 +15,7 @@ BENCHMARKS: dict[str, str] = {
     "scale": "driver memory while scheduling a manifest of many short conversations",
     "prosody_baseline": "five-statistic logistic regression: train on one corpus, test on another",
     "long_turns": "UA on utterances longer than the context vs the rest, per rule and mode",
+    "faults": "a labeling job with K actor kills and a driver restart against a clean run",
     "startup": "a model start with the stored-hash check against a full hash (1 GB folder)",
 }
 

@@ -1,0 +1,167 @@
+"""What ``dpm bench faults`` sees of a labeling job from outside: per-utterance trace lines in
+the actors' own log files, and the actors themselves through Ray's state API.
+
+The labeler logs one DEBUG line per utterance labeled (``dpm_worker.memory.labeling``). The bench
+turns that logger on in every worker of the jobs it drives (:func:`trace_utterances`, run by
+Ray as the job's ``worker_process_setup_hook``). Ray writes each worker's stderr to its own
+file under the session's ``logs/`` folder, named with the worker's pid, line by line, so the
+lines of an actor that was killed are all there: counting them gives the utterances computed,
+and the last line of an actor gives the position of the conversation it is labeling.
+"""
+
+from __future__ import annotations
+
+import ast
+import glob
+import json
+import logging
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+
+TRACE_MARK = "DPM-TRACE"
+_LINE = re.compile(
+    rf"^{TRACE_MARK} (?P<pid>\d+) conversation (?P<conv>.+): utterance (?P<done>\d+) of "
+    r"(?P<total>\d+) labeled$"
+)
+_PID = re.compile(r"-(\d+)\.err$")
+WORKER_CLASS = "ConversationWorker"
+
+
+def trace_utterances() -> None:
+    """Ray worker setup hook: the labeler's per-utterance DEBUG lines go to stderr."""
+    logger = logging.getLogger("dpm_worker.memory.labeling")
+    logger.setLevel(logging.DEBUG)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"{TRACE_MARK} %(process)d %(message)s"))
+    logger.addHandler(handler)
+    logger.propagate = False
+
+
+def traced_env() -> dict[str, str]:
+    """Environment for a driver whose job's workers run :func:`trace_utterances`.
+
+    Ray reads a driver's job config (here only its runtime env's setup hook) from this variable,
+    as ``ray job submit`` sets it; the actors' own runtime env (their env vars) is merged in.
+    """
+    hook = f"{__name__}.{trace_utterances.__name__}"
+    config = {"runtime_env": {"worker_process_setup_hook": hook}}
+    return {"RAY_JOB_CONFIG_JSON_ENV_VAR": json.dumps(config)}
+
+
+@dataclass
+class Attempt:
+    """One process's labeling of one conversation: the first and last utterance it labeled."""
+
+    pid: int
+    first: int
+    last: int
+    computed: int
+    order: int
+
+
+@dataclass
+class Position:
+    """The last utterance an actor process reported."""
+
+    conversation_id: str
+    done: int
+    total: int
+
+
+@dataclass
+class TraceLog:
+    """Reads the trace lines of every worker log under ``logs_dir`` as they grow.
+
+    Args:
+        logs_dir: the Ray session's ``logs`` folder.
+    """
+
+    logs_dir: str
+    offsets: dict[str, int] = field(default_factory=dict)
+    partial: dict[str, str] = field(default_factory=dict)
+    lines: int = 0
+    # (conversation, pid) -> that process's attempt at that conversation, in order of start.
+    attempts: dict[tuple[str, int], Attempt] = field(default_factory=dict)
+    positions: dict[int, Position] = field(default_factory=dict)
+
+    def scan(self) -> None:
+        """Read what was appended since the last scan."""
+        for path in glob.glob(os.path.join(self.logs_dir, "worker-*.err")):
+            offset = self.offsets.get(path, 0)
+            try:
+                with open(path, "rb") as f:
+                    f.seek(offset)
+                    data = f.read()
+            except OSError:
+                continue
+            if not data:
+                continue
+            self.offsets[path] = offset + len(data)
+            text = self.partial.pop(path, "") + data.decode("utf-8", "replace")
+            *complete, rest = text.split("\n")
+            if rest:
+                self.partial[path] = rest  # a line still being written
+            for line in complete:
+                self._parse(line)
+
+    def _parse(self, line: str) -> None:
+        match = _LINE.match(line.strip())
+        if match is None:
+            return
+        pid = int(match["pid"])
+        conversation = str(ast.literal_eval(match["conv"]))
+        self.lines += 1
+        done = int(match["done"])
+        attempt = self.attempts.setdefault(
+            (conversation, pid), Attempt(pid, done, done, 0, len(self.attempts))
+        )
+        attempt.last = done
+        attempt.computed += 1
+        self.positions[pid] = Position(conversation, done, int(match["total"]))
+
+    def lost_work(self, since: int = 0) -> list[tuple[int, int]]:
+        """(pid, utterances) an attempt computed beyond where the next attempt resumed.
+
+        Attempts are ordered by their start; ``since`` skips the first attempts seen (those
+        of an earlier run).
+        """
+        by_conversation: dict[str, list[Attempt]] = {}
+        for (conversation, _), attempt in self.attempts.items():
+            if attempt.order >= since:
+                by_conversation.setdefault(conversation, []).append(attempt)
+        lost = []
+        for attempts in by_conversation.values():
+            attempts.sort(key=lambda a: a.order)
+            for attempt, following in zip(attempts, attempts[1:], strict=False):
+                lost.append((attempt.pid, max(0, attempt.last - (following.first - 1))))
+        return lost
+
+
+def worker_actors() -> dict[str, dict]:
+    """The labeling actors Ray's GCS knows (id -> its table entry: State, Pid, JobID, ...).
+
+    Read from the GCS actor table, which needs no dashboard (``ray._private.state``).
+    """
+    from ray._private.state import actors
+
+    table = actors() or {}
+    return {
+        actor_id: info
+        for actor_id, info in table.items()
+        if info.get("ActorClassName") == WORKER_CLASS
+    }
+
+
+def alive_pids(exclude_actors: set[str], exclude_pids: set[int]) -> dict[int, str]:
+    """Pid -> actor id of the alive labeling actors, minus the excluded ones."""
+    found = {}
+    for actor_id, info in worker_actors().items():
+        pid = int(info.get("Pid") or 0)
+        if info.get("State") != "ALIVE" or not pid:
+            continue
+        if actor_id in exclude_actors or pid in exclude_pids:
+            continue
+        found[pid] = actor_id
+    return found
