@@ -148,7 +148,6 @@ def test_bad_settings_name_the_field(field: str, value) -> None:
         MemoryLoopConfig(**{field: value})
 
 
-
 def test_train_config_accepts_the_memory_loop_sections(tmp_path) -> None:
     from pipelines.train import load_settings
 

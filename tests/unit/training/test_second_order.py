@@ -71,7 +71,9 @@ def test_the_functional_write_is_the_labelers_write(write_target: str) -> None:
         real = dict(labeler.model.model.named_parameters())
         for name, value in zip(functional.names(slot), state, strict=True):
             assert torch.allclose(value, real[name], atol=1e-6, rtol=0), name
-    assert any(float(t.detach().abs().max()) > 0 for t in state[1::2])  # B moved: the writes did act
+    assert any(
+        float(t.detach().abs().max()) > 0 for t in state[1::2]
+    )  # B moved: the writes did act
 
 
 def accumulated_grads(order: int, keep: int | None = None, target: str = "audio") -> torch.Tensor:
