@@ -3,13 +3,9 @@ from dpm_worker.training.batches import (
     build_stream,
     make_batch,
 )
+from dpm_worker.training.conversations import TrainingConversation, training_conversation
 from dpm_worker.training.loop import AuxHeads, TrainConfig, compute_loss, train
-from dpm_worker.training.memory_loop import (
-    MemoryLoopConfig,
-    MemoryLoopTrainer,
-    TrainingConversation,
-    training_conversation,
-)
+from dpm_worker.training.memory_loop import MemoryLoopConfig, MemoryLoopTrainer
 from dpm_worker.training.precision import (
     autocast,
     autocast_dtype,

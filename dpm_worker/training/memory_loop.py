@@ -6,12 +6,13 @@ is labeled exactly as ``dpm`` mode labels it (:class:`ConversationLabeler`: rese
 utterance a write to the speaker's temporary LoRA, then the read at ``<audio_end>``), but the
 read keeps its graph and its cross-entropy against the gold label trains the backbone.
 
-This is a first-order inner loop (as first-order MAML): the gradient of the read loss is taken
-with respect to the backbone's weights at the adapted point, treating the adapter's values as
-constants (no gradient through the write). The writes themselves are unchanged: the same
-:meth:`TemporaryLoraMemory.write` that labeling uses, with the backbone frozen while it runs, so
-a write never moves a backbone weight. Plain window batches (``plain_every``) keep the backbone
-good without its memory (``utterance``/``window`` modes) and keep its audio head trained.
+``order: 1`` (as first-order MAML): the read loss's gradient is taken at the adapted point,
+the adapter's values constants (no gradient through the write); the writes are the labeler's
+own :meth:`TemporaryLoraMemory.write`, run with the backbone frozen. ``order: 2`` (and the
+``prior`` write at either order) writes functionally (``second_order.py``): the same write as a
+differentiable function of the backbone, through a speaker's last ``truncate_writes`` writes.
+Plain window batches (``plain_every``) keep the backbone good without its memory
+(``utterance``/``window`` modes) and keep its audio head trained.
 """
 
 from __future__ import annotations
@@ -34,12 +35,13 @@ from dpm_worker.memory import (
     PreparedUtterance,
     TemporaryLoraMemory,
 )
-from dpm_worker.model import IGNORE, EmotionModel
+from dpm_worker.model import EmotionModel
 from dpm_worker.training.batches import ConversationStream, make_batch
+from dpm_worker.training.conversations import TrainingConversation
 from dpm_worker.training.loop import AuxHeads, TrainConfig, compute_loss
 from dpm_worker.training.schedule import lr_at
+from dpm_worker.training.second_order import FunctionalMemory
 from dpm_worker.training.windows import sample_starts
-from dpm_worker.utterance import Utterance
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,9 @@ class MemoryLoopConfig:
         weight_decay, grad_clip: of the backbone's optimizer.
         window_tokens: n_r of the ``dpm`` reads (label with the same).
         seed: conversation order.
+        order: 1, no gradient through the writes; 2, through them (module docstring). The
+            write's k is the memory's ``steps_per_utterance``, so training writes as labeling.
+        truncate_writes: M, the latest writes of a speaker the order-2 gradient flows through.
     """
 
     epochs: float = 2.0
@@ -72,9 +77,13 @@ class MemoryLoopConfig:
     grad_clip: float = 1.0
     window_tokens: int = 256
     seed: int = 0
+    order: int = 1
+    truncate_writes: int = 2
 
     def __post_init__(self) -> None:
         checks = {
+            "order": self.order in (1, 2),
+            "truncate_writes": self.truncate_writes >= 1,
             "epochs": self.epochs > 0,
             "max_minutes": self.max_minutes >= 0,
             "lr": math.isfinite(self.lr) and self.lr > 0,
@@ -87,28 +96,6 @@ class MemoryLoopConfig:
             "window_tokens": self.window_tokens >= 0,
         }
         check_fields("memory_loop", self, checks)
-
-
-@dataclass
-class TrainingConversation:
-    """One gold-labelled conversation: its utterances (in order) and gold label indices."""
-
-    conversation_id: str
-    utterances: list[Utterance]
-    labels: list[int]  # label index per utterance, IGNORE when unlabelled
-
-
-def training_conversation(
-    conversation_id: str, rows: Sequence[dict], labels: Sequence[str]
-) -> TrainingConversation:
-    """Rows of :func:`dpm_worker.training.token_cache.group_conversations` -> one training conversation."""
-    index = {label: i for i, label in enumerate(labels)}
-    utterances = [
-        Utterance(conversation_id, int(r["utterance_index"]), str(r["speaker"]), emotion=r["emotion"], audio_ids=np.asarray(r["codes"], dtype=np.int64))
-        for r in rows
-    ]  # fmt: skip
-    gold = [index.get(u.emotion, IGNORE) if u.emotion is not None else IGNORE for u in utterances]
-    return TrainingConversation(conversation_id, utterances, gold)
 
 
 class MemoryLoopTrainer:
@@ -130,13 +117,6 @@ class MemoryLoopTrainer:
         config: MemoryLoopConfig,
         plain: TrainConfig | None = None,
     ) -> None:
-        if memory.write_target == "prior":
-            raise ConfigError(
-                "the memory loop trains the backbone to read audio or audio+prediction writes; "
-                "set memory.write_target: audio (and e.g. optimizer: adamw, lr: 0.001) in the "
-                "memory section. The default 'prior' memory needs no trained reader: its read "
-                "is a product with the backbone's own read"
-            )
         labeling = LabelingConfig(mode="dpm", window_tokens=config.window_tokens, memory=memory)
         self.model = model
         self.config = config
@@ -148,6 +128,9 @@ class MemoryLoopTrainer:
         if adapters is None:  # pragma: no cover - mode dpm always builds one
             raise ConfigError("dpm labeling built no memory")
         self.memory: TemporaryLoraMemory = adapters
+        functional = config.order == 2 or memory.write_target == "prior"
+        keep = config.truncate_writes if config.order == 2 else 0
+        self.functional = FunctionalMemory(self.labeler, keep) if functional else None
         adapter = {id(p) for p in adapters.trainable_parameters()}
         self.backbone_params = [p for p in model.model.parameters() if id(p) not in adapter]
         hidden = int(model.model.get_input_embeddings().weight.size(1))  # type: ignore[operator]
@@ -248,10 +231,18 @@ class MemoryLoopTrainer:
         history: list[int] = []
         losses: dict[str, list[float]] = {"read": [], "plain": []}
         memory.reset()
+        self._set_backbone_trainable(True)  # validation froze it
+        if self.functional is not None:
+            self.functional.reset()
         try:
             for utt, gold in zip(conv.utterances, conv.labels, strict=True):
                 step = labeler.prepare(utt, slots, history)
                 slot = memory.slot_for(step.speaker_slot)
+                if self.functional is not None:  # write(s) and read in one differentiable pass
+                    emotion = self.functional.read(step)
+                    label = self._score(emotion, gold, losses, streams, rng, total_updates, started)
+                    labeler.remember(history, step.tokens, label)
+                    continue
                 if not read_first:
                     self._write(slot, step)
                 label = self._read(slot, step, gold, losses, streams, rng, total_updates, started)
@@ -280,14 +271,27 @@ class MemoryLoopTrainer:
         total_updates: int,
         started: float,
     ) -> str:
-        """Read the emotion with the memory on; its loss goes back into the backbone now.
+        """Read the emotion with the memory on; its loss trains the backbone (``_score``).
 
-        The backward pass runs before the next write changes the adapter in place. Returns
-        the predicted label (for a history that carries predicted labels).
+        The backward pass runs before the next write changes the adapter in place.
         """
         self.memory.activate(slot)
         logits = self.model.model(input_ids=step.input_ids, logits_to_keep=1).logits
         emotion = logits[0, -1, list(self.model.vocab.emotion_ids)].float()
+        return self._score(emotion, gold, losses, streams, rng, total_updates, started)
+
+    def _score(
+        self,
+        emotion: torch.Tensor,
+        gold: int,
+        losses: dict[str, list[float]],
+        streams: Sequence[ConversationStream],
+        rng: np.random.Generator,
+        total_updates: int,
+        started: float,
+    ) -> str:
+        """Backpropagate the read's cross-entropy against ``gold``; returns the predicted label
+        (for a history that carries predicted labels)."""
         label = self.model.vocab.labels[int(emotion.argmax())]
         if gold < 0:
             return label

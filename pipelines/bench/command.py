@@ -16,6 +16,7 @@ BENCHMARKS: dict[str, str] = {
     "prosody_baseline": "five-statistic logistic regression: train on one corpus, test on another",
     "long_turns": "UA on utterances longer than the context vs the rest, per rule and mode",
     "faults": "a labeling job with K actor kills and a driver restart against a clean run",
+    "memory_loop_cost": "order-2 memory loop: ms per training step and peak RSS per (M, k)",
     "startup": "a model start with the stored-hash check against a full hash (1 GB folder)",
 }
 

@@ -4,8 +4,10 @@ The backbone (usually ``--init-model``, a model trained the plain way) is traine
 ``dpm`` labeling loop: every training conversation is labeled in order with the temporary LoRA
 memory of config section ``memory`` writing on each utterance, and each read's cross-entropy
 against the gold label trains the backbone (``dpm_worker/training/memory_loop.py`` says why and
-how). After every epoch the validation conversations are labeled in ``window`` and ``dpm``
-modes; the checkpoint with the best ``dpm`` UA is kept at ``--out``.
+how; with ``memory_loop.order: 2`` the gradient also flows through the writes,
+``dpm_worker/training/second_order.py``). After every epoch the validation conversations are
+labeled in ``window`` and ``dpm`` modes; the checkpoint with the best ``dpm`` UA is kept at
+``--out``.
 """
 
 from __future__ import annotations

@@ -137,7 +137,9 @@ def test_train_reads_the_distributed_section_only_with_workers(tmp_path):
         load_settings(args)
 
 
-@pytest.mark.parametrize("name", ["train_paper_llama.yaml", "train_smoke.yaml"])
+@pytest.mark.parametrize(
+    "name", ["train_paper_llama.yaml", "train_smoke.yaml", "train_memory_loop.yaml"]
+)
 def test_shipped_train_configs_load(name):
     from pathlib import Path
 
@@ -152,4 +154,7 @@ def test_shipped_train_configs_load(name):
     if name == "train_paper_llama.yaml":  # the paper's recipe
         assert (settings["lora"].r, settings["lora"].alpha, settings["train"].lr) == (64, 64, 5e-5)
         assert settings["train"].audio_weight == settings["train"].emotion_weight == 0.5
+    if name == "train_memory_loop.yaml":  # order 2 through the default memory's writes
+        assert (settings["memory_loop"].order, settings["memory_loop"].truncate_writes) == (2, 2)
+        assert settings["memory"].write_target == "prior"
     assert settings["distributed"].workers == 2

@@ -148,11 +148,6 @@ def test_bad_settings_name_the_field(field: str, value) -> None:
         MemoryLoopConfig(**{field: value})
 
 
-def test_the_prior_memory_is_refused_with_the_fix_named() -> None:
-    with pytest.raises(ConfigError, match="write_target: audio"):
-        MemoryLoopTrainer(EmotionModel.random(seed=9), MemoryConfig(), MemoryLoopConfig())
-
-
 def test_train_config_accepts_the_memory_loop_sections(tmp_path) -> None:
     from pipelines.train import load_settings
 

@@ -192,14 +192,20 @@ def test_dpm_train_from_scratch(tmp_path, corpus):
     assert continued.fingerprint != model.fingerprint
 
 
-def test_dpm_train_memory_loop_stage(tmp_path, corpus):
+@pytest.mark.parametrize(
+    "order, memory",
+    [(1, {"write_target": "audio", "optimizer": "adamw", "lr": 0.001, "steps_per_utterance": 1}),
+     (2, {})],  # order 2 with the default (prior, SGD) memory, through the writes
+)  # fmt: skip
+def test_dpm_train_memory_loop_stage(tmp_path, corpus, order, memory):
     """`dpm train --init-model M` with a memory_loop section: trains through the DPM loop."""
     first = tmp_path / "first"
     assert run_train(corpus, first, tiny_config(tmp_path), cache_dir=tmp_path / "cache") == 0
     loop = tmp_path / "loop"
     extra = {
-        "memory_loop": {"epochs": 1, "utterances_per_step": 2, "plain_every": 1, "window_tokens": 64},
-        "memory": {"write_target": "audio", "optimizer": "adamw", "lr": 0.001, "steps_per_utterance": 1},
+        "memory_loop": {"epochs": 1, "utterances_per_step": 2, "plain_every": 1, "window_tokens": 64,
+                        "order": order},
+        "memory": memory,
     }  # fmt: skip
     config = tiny_config(tmp_path, **extra)
     assert run_train(corpus, loop, config, init_model=first, cache_dir=tmp_path / "cache") == 0
