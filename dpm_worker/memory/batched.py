@@ -51,8 +51,16 @@ def lora_delta(
         rows: ``[N]`` int64, the slot of each row.
         scaling: LoRA's ``alpha / r``.
     """
-    h = torch.bmm(x.to(a.dtype), a[rows].transpose(1, 2))
-    return torch.bmm(h, b[rows].transpose(1, 2)) * scaling
+    return lora_product(x, a[rows], b[rows], scaling)
+
+
+def lora_product(
+    x: torch.Tensor, a_rows: torch.Tensor, b_rows: torch.Tensor, scaling: float
+) -> torch.Tensor:
+    """``scaling * x[n] @ a_rows[n]^T @ b_rows[n]^T``: the LoRA term with per-row weights
+    already gathered (``a_rows [N, r, in]``, ``b_rows [N, out, r]``)."""
+    h = torch.bmm(x.to(a_rows.dtype), a_rows.transpose(1, 2))
+    return torch.bmm(h, b_rows.transpose(1, 2)) * scaling
 
 
 class BatchedLoraLinear(nn.Module):
@@ -69,21 +77,27 @@ class BatchedLoraLinear(nn.Module):
         super().__init__()
         self.base_layer = base
         device = base.weight.device
+        # Trained through the gathered per-row copies (a_rows, b_rows), so no gradient here.
         self.lora_A = nn.Parameter(
-            torch.zeros(n_slots, rank, base.in_features, dtype=MEMORY_DTYPE, device=device)
+            torch.zeros(n_slots, rank, base.in_features, dtype=MEMORY_DTYPE, device=device),
+            requires_grad=False,
         )
         self.lora_B = nn.Parameter(
-            torch.zeros(n_slots, base.out_features, rank, dtype=MEMORY_DTYPE, device=device)
+            torch.zeros(n_slots, base.out_features, rank, dtype=MEMORY_DTYPE, device=device),
+            requires_grad=False,
         )
         self.scaling = scaling
-        # The slot of each row of the next forward passes; None: memory off (the backbone).
-        self.rows: torch.Tensor | None = None
+        # The adapters of the next forward passes' rows, gathered once per memory update by
+        # BatchedLoraMemory.use (leaves whose gradients are the rows' own, so a backward never
+        # builds a gradient the size of all S slots); None: memory off (the backbone).
+        self.a_rows: torch.Tensor | None = None
+        self.b_rows: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = self.base_layer(x)
-        if self.rows is None:
+        if self.a_rows is None or self.b_rows is None:
             return result
-        delta = lora_delta(x, self.lora_A, self.lora_B, self.rows, self.scaling)
+        delta = lora_product(x, self.a_rows, self.b_rows, self.scaling)
         return (result + delta).to(result.dtype)
 
 
@@ -143,6 +157,9 @@ class BatchedLoraMemory:
             else []
         )
         self._init_cache: dict[int, list[torch.Tensor]] = {}
+        # the rows of the last use() and whether their gathered adapters are current
+        self._used: tuple[int, ...] | None = None
+        self._fresh = False
         for slot in range(n_slots):
             self.reset(slot)
         self.use(None)
@@ -167,17 +184,30 @@ class BatchedLoraMemory:
                 m[slot].zero_()
                 v[slot].zero_()
         self.steps[slot] = 0
+        if self._used is not None and slot in self._used:
+            self._fresh = False
+            self.use(self._used)
 
     def use(self, rows: Sequence[int] | None) -> None:
-        """The slots of the next passes' batch rows, in order; None switches the memory off."""
-        tensor = None
-        if rows is not None:
-            for slot in rows:
+        """The slots of the next passes' batch rows, in order; None switches the memory off.
+
+        Gathers each layer's per-row adapters once (again only after a step or a reset), as
+        leaves that collect the rows' gradients for :meth:`step`.
+        """
+        key = None if rows is None else tuple(rows)
+        if key == self._used and self._fresh:
+            return
+        if key is not None:
+            for slot in key:
                 self._check(slot)
-            device = self.params[0].device
-            tensor = torch.tensor(list(rows), dtype=torch.long, device=device)
+            index = torch.tensor(key, dtype=torch.long, device=self.params[0].device)
         for layer in self.layers:
-            layer.rows = tensor
+            if key is None:
+                layer.a_rows = layer.b_rows = None
+            else:
+                layer.a_rows = layer.lora_A.detach()[index].requires_grad_(True)
+                layer.b_rows = layer.lora_B.detach()[index].requires_grad_(True)
+        self._used, self._fresh = key, True
 
     def close(self) -> None:
         """Put the wrapped linear layers back (the backbone is then as loaded)."""
@@ -238,39 +268,57 @@ class BatchedLoraMemory:
     def step(self, rows: Sequence[int], loss: torch.Tensor) -> None:
         """One optimizer step of the slots ``rows`` on ``loss`` (a sum of per-row losses).
 
-        Each slot's lr follows its own warm-up; slots not in ``rows`` do not move.
+        ``rows`` must be those of the last :meth:`use` (the passes ``loss`` comes from), each
+        slot once. Each slot's lr follows its own warm-up; slots not in ``rows`` do not move.
         """
         cfg = self.config
-        for p in self.params:
-            p.grad = None
+        key = tuple(rows)
+        if key != self._used or len(set(key)) != len(key):
+            raise ConfigError(f"step rows {key} must be the last use()'s {self._used}, distinct")
+        gathered = [t for layer in self.layers for t in (layer.a_rows, layer.b_rows)]
+        for t in gathered:
+            t.grad = None  # type: ignore[union-attr]
         loss.backward()
-        slots = torch.tensor(list(rows), dtype=torch.long, device=self.params[0].device)
-        lrs = [self._lr(self.steps[s]) for s in rows]
+        grads = [_grad(t) for t in gathered]  # type: ignore[arg-type]
+        slots = torch.tensor(key, dtype=torch.long, device=self.params[0].device)
+        lrs = [self._lr(self.steps[s]) for s in key]
         with torch.no_grad():
             if cfg.optimizer == "sgd":
-                for p in self.params:
-                    self._sgd(p, slots, lrs)
+                self._sgd(gathered, grads, slots, lrs)  # type: ignore[arg-type]
             else:
-                counts = [self.steps[s] + 1 for s in rows]
-                for p, (m, v) in zip(self.params, self._moments, strict=True):
-                    self._adamw(p, m, v, slots, lrs, counts)
-        for p in self.params:
-            p.grad = None
-        for s in rows:
+                counts = [self.steps[s] + 1 for s in key]
+                moments = self._moments
+                for p, w, g, (m, v) in zip(self.params, gathered, grads, moments, strict=True):
+                    self._adamw(p, w, g, m, v, slots, lrs, counts)  # type: ignore[arg-type]
+        for s in key:
             self.steps[s] += 1
+        self._fresh = False
+        self.use(key)
 
-    def _sgd(self, p: nn.Parameter, slots: torch.Tensor, lrs: list[float]) -> None:
-        # torch.optim.SGD without momentum: p -= lr * (g + wd * p)
-        grad = _grad(p)[slots]
-        weights = p[slots]
-        if self.config.weight_decay:
-            grad = grad.add(weights, alpha=self.config.weight_decay)
-        lr = _per_row(lrs, weights)
-        p[slots] = weights - lr * grad
+    def _sgd(
+        self,
+        gathered: list[torch.Tensor],
+        grads: list[torch.Tensor],
+        slots: torch.Tensor,
+        lrs: list[float],
+    ) -> None:
+        # torch.optim.SGD without momentum: p -= lr * (g + wd * p), only the rows' slots
+        wd = self.config.weight_decay
+        if wd:
+            grads = torch._foreach_add(grads, gathered, alpha=wd)
+        if len(set(lrs)) == 1:
+            for p, g in zip(self.params, grads, strict=True):
+                p.index_add_(0, slots, g, alpha=-lrs[0])
+            return
+        lr = _per_row(lrs, grads[0])
+        for p, g in zip(self.params, grads, strict=True):
+            p.index_add_(0, slots, g * -lr)
 
     def _adamw(
         self,
         p: nn.Parameter,
+        weights: torch.Tensor,
+        grad: torch.Tensor,
         m: torch.Tensor,
         v: torch.Tensor,
         slots: torch.Tensor,
@@ -279,8 +327,7 @@ class BatchedLoraMemory:
     ) -> None:
         # torch.optim.AdamW, one bias correction per slot (its own step count)
         b1, b2 = self.config.betas
-        grad = _grad(p)[slots]
-        weights = p[slots]
+        weights = weights.detach()
         lr = _per_row(lrs, weights)
         weights = weights * (1 - lr * self.config.weight_decay)
         m_s = m[slots].lerp(grad, 1 - b1)
@@ -288,9 +335,9 @@ class BatchedLoraMemory:
         c1 = _per_row([1 - b1**n for n in counts], weights)
         c2 = _per_row([math.sqrt(1 - b2**n) for n in counts], weights)
         denom = (v_s.sqrt() / c2).add(ADAM_EPS)
-        p[slots] = weights - (lr / c1) * m_s / denom
-        m[slots] = m_s
-        v[slots] = v_s
+        p.index_copy_(0, slots, weights - (lr / c1) * m_s / denom)
+        m.index_copy_(0, slots, m_s)
+        v.index_copy_(0, slots, v_s)
 
     def _lr(self, step: int) -> float:
         warm = self.config.warmup_steps
@@ -313,8 +360,8 @@ class BatchedLoraMemory:
             raise ConfigError(f"memory slot {slot} is outside 0..{self.n_slots - 1}")
 
 
-def _grad(p: nn.Parameter) -> torch.Tensor:
-    return p.grad if p.grad is not None else torch.zeros_like(p)
+def _grad(t: torch.Tensor) -> torch.Tensor:
+    return t.grad if t.grad is not None else torch.zeros_like(t)
 
 
 def _per_row(values: list[float], like: torch.Tensor) -> Any:

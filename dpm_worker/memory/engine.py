@@ -133,9 +133,8 @@ class BatchedLabeler:
     def _start(self, slot: int, index: int, utterances: Sequence[Utterance]) -> _Active:
         if self.step.cache is not None:
             self.step.cache.drop(slot)
-        if self.memory is not None:
-            for speaker in range(self.per_conversation):
-                self.memory.reset(slot * self.per_conversation + speaker, speaker)
+        # A memory slot is reset when its speaker first speaks (_row): most conversations use
+        # two of the vocabulary's speaker slots, and a reset rewrites every adapted layer.
         return _Active(index, utterances)
 
     def _finish(self, slot: int) -> None:
@@ -175,7 +174,14 @@ class BatchedLabeler:
     def _row(self, slot: int, conv: _Active) -> tuple[StepRow, list[int]]:
         """The step row of ``conv``'s next utterance (``ConversationLabeler.prepare``'s input)."""
         utt = conv.utterances[conv.position]
-        speaker = conv.speakers.setdefault(utt.speaker, len(conv.speakers))
+        speaker = conv.speakers.get(utt.speaker, len(conv.speakers))
+        memory_speaker = speaker if self.config.memory.scope == "speaker" else 0
+        if self.memory is not None and (
+            utt.speaker not in conv.speakers and memory_speaker == speaker
+        ):
+            # first turn of this memory slot in this conversation: its initial adapter
+            self.memory.reset(slot * self.per_conversation + memory_speaker, memory_speaker)
+        conv.speakers.setdefault(utt.speaker, speaker)
         try:
             tokens = self.vocab.utterance_tokens(utt.codes(), speaker)
         except ConfigError as exc:
@@ -183,14 +189,15 @@ class BatchedLabeler:
         if len(tokens) < 3:
             raise LabelError(f"utterance {utt.utterance_index} has no audio tokens")
         ids, start = fit_context(tail(conv.history, self.keep), tokens, self.max_context)
-        memory_speaker = speaker if self.config.memory.scope == "speaker" else 0
+        # only the audio writes train on token labels (``prior`` writes at the speaker token)
+        labelled = self.memory is not None and self.config.memory.write_target != "prior"
         return (
             StepRow(
                 ids=ids,
                 start_of_utt=start,
                 slot=slot * self.per_conversation + memory_speaker,
                 speaker=(slot, speaker),
-                labels=self._labels(ids, start) if self.memory is not None else None,
+                labels=self._labels(ids, start) if labelled else None,
                 conversation=slot,
                 new_ids=[*conv.pending, *tokens],
             ),

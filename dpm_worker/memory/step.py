@@ -217,8 +217,6 @@ class PriorWrite(Step):
         cfg, memory = self.config, self.memory
         assert memory is not None
         memory.use(None)
-        batch = Padded.of([r.ids for r in rows], self.device)
-        width = batch.input_ids.shape[1]
         if cfg.prior_input == "speaker":
             prefixes = [[r.ids[r.start_of_utt]] for r in rows]
             own_logits = self.backbone_read(rows)
@@ -230,6 +228,8 @@ class PriorWrite(Step):
             at_spk = torch.stack([self.speaker_logits[r.speaker] for r in rows])
         else:
             prefixes = [r.ids[: r.start_of_utt + 1] for r in rows]
+            batch = Padded.of([r.ids for r in rows], self.device)
+            width = batch.input_ids.shape[1]
             spk_col = [width - len(r.ids) + r.start_of_utt for r in rows]
             first = min(spk_col)
             with torch.no_grad():

@@ -32,15 +32,22 @@ from dpm_worker.memory import HISTORY_CACHES
 def add_slot_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("batched engine (--slots)")
     group.add_argument("--slots", help="comma-separated K values, e.g. 1,8 (in-process only)")
-    group.add_argument("--utterances", type=int, default=10, help="utterances per conversation")
+    group.add_argument("--utterances", type=int, default=8, help="utterances per conversation")
     group.add_argument("--utterance-tokens", type=int, default=75, help="speech codes each")
     group.add_argument("--threads", type=int, default=2, help="torch threads (%(default)s)")
+    group.add_argument(
+        "--rounds", type=int, default=1, help="interleaved timing rounds (%(default)s)"
+    )
+    group.add_argument(
+        "--profile", action="store_true", help="also report where the time goes (one more run)"
+    )
     group.add_argument("--window-tokens", type=int, default=256, help="n_r (%(default)s)")
     group.add_argument(
         "--history-cache",
         choices=HISTORY_CACHES,
         default="recompute",
-        help="slots' setting (%(default)s: reuse cost 1.3 points of UA on held-out data)",
+        help="slots' setting (%(default)s, exact; reuse: -0.5 UA points on held-out data, "
+        "95%% interval [-1.1, +0.1], dpm_worker/memory/cache.py)",
     )
 
 
@@ -68,19 +75,48 @@ def token_corpus(conversations: int, utterances: int, tokens: int, n_audio: int)
     ]
 
 
-def _measure(work: Callable[[], int]) -> tuple[float, int, float]:
-    """(seconds, steps, GFLOP) of ``work`` (returns its number of steps): timed, then counted."""
+def _flops(work: Callable[[], int]) -> float:
+    """GFLOP of one run of ``work``, counted from the ops' shapes (an untimed run)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    start = time.perf_counter()
-    steps = work()
-    seconds = time.perf_counter() - start
     with FlopCounterMode(display=False) as counter:
         work()
-    return seconds, steps, counter.get_total_flops() / 1e9
+    return counter.get_total_flops() / 1e9
+
+
+# aten ops by where their time goes (self CPU time; the rest of the wall time is Python)
+SPLIT = {
+    "matmul": ("aten::mm", "aten::addmm", "aten::bmm"),
+    "attention": ("scaled_dot_product", "flash_attention"),
+    "optimizer": ("aten::index_add_", "aten::index_copy_", "aten::_foreach", "aten::lerp"),
+}
+
+
+def time_split(work: Callable[[], int]) -> dict:
+    """Where one run of ``work`` spends its wall time: self CPU time of the matmuls, the
+    attention kernels, the optimizer's updates, all other tensor ops, and the remainder
+    (Python: the model's module code, the engine, building inputs; tokenization is not in it,
+    the corpus is speech codes already)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    start = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        work()
+    wall = time.perf_counter() - start
+    seconds = dict.fromkeys([*SPLIT, "other_ops"], 0.0)
+    for event in prof.key_averages():
+        name = event.key
+        self_s = event.self_cpu_time_total / 1e6
+        if not name.startswith("aten::") and "attention" not in name:
+            continue
+        part = next((k for k, keys in SPLIT.items() if any(n in name for n in keys)), None)
+        seconds[part or "other_ops"] += self_s
+    seconds["python_and_rest"] = max(0.0, wall - sum(seconds.values()))
+    return {k: round(v / wall, 3) for k, v in seconds.items()}
 
 
 def run_slots(args: argparse.Namespace) -> dict:
+    """Every variant timed in interleaved rounds (the machine's load hits all alike)."""
     from dpm_worker.memory import BatchedLabeler, ConversationLabeler, LabelingConfig
     from dpm_worker.model import load_model
 
@@ -92,14 +128,17 @@ def run_slots(args: argparse.Namespace) -> dict:
         raise ConfigError(f"--slots must list integers >= 1, got {args.slots!r}")
     torch.set_num_threads(args.threads)
     config = LabelingConfig(mode=args.mode, window_tokens=args.window_tokens)
-    n_conv = max(args.conversations, 2 * max(ks))
+    n_conv = max(args.conversations, max(ks))
     model = load_model(args.model)
     corpus = token_corpus(n_conv, args.utterances, args.utterance_tokens, model.vocab.n_audio)
     n_utt = n_conv * args.utterances
-    peak = matmul_gflops()
+
+    # peft leaves its layer wrappers in a model it was injected into (the batched memory wraps
+    # plain nn.Linear layers), so the reference path gets its own copy of the model
+    reference = load_model(args.model)
 
     def baseline() -> int:
-        labeler = ConversationLabeler(model, config)
+        labeler = ConversationLabeler(reference, config)
         try:
             for conv in corpus:
                 labeler.label_conversation(conv)
@@ -107,12 +146,44 @@ def run_slots(args: argparse.Namespace) -> dict:
             labeler.close()
         return n_utt
 
-    def block(seconds: float, steps: int, gflop: float) -> dict:
+    def batched(k: int, cache: str) -> Callable[[], int]:
+        def work() -> int:
+            labeler = BatchedLabeler(model, config, k, cache)
+            try:
+                for _ in labeler.label_conversations(corpus):
+                    pass
+            finally:
+                labeler.close()
+            return labeler.steps_run
+
+        return work
+
+    # beside the default: batching alone (K max, recompute) and reuse alone (K 1, reuse)
+    variants: dict[str, Callable[[], int]] = {"baseline": baseline}
+    variants.update({str(k): batched(k, args.history_cache) for k in ks})
+    variants["batching_alone"] = batched(max(ks), "recompute")
+    variants["reuse_alone"] = batched(1, "reuse")
+    # the untimed first run of each variant counts its FLOPs and warms it up
+    gflops = {name: _flops(work) for name, work in variants.items()}
+    peak = matmul_gflops()
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    steps: dict[str, int] = {}
+    for _ in range(args.rounds):
+        for name, work in variants.items():
+            start = time.perf_counter()
+            steps[name] = work()
+            times[name].append(time.perf_counter() - start)
+    peak = max(peak, matmul_gflops())  # before and after: the less loaded of the two
+
+    def block(name: str) -> dict:
+        seconds = float(np.median(times[name]))
+        gflop = gflops[name]
         return {
             "utterances_per_second": round(n_utt / seconds, 2),
-            "ms_per_step": round(1000 * seconds / steps, 2),
+            "ms_per_step": round(1000 * seconds / steps[name], 2),
             "gflops": round(gflop / seconds, 3),
             "fraction_of_peak": round(gflop / seconds / peak, 4),
+            "seconds_per_round": [round(t, 2) for t in times[name]],
         }
 
     report: dict = {
@@ -122,38 +193,30 @@ def run_slots(args: argparse.Namespace) -> dict:
         "threads": torch.get_num_threads(),
         "conversations": n_conv,
         "utterances": n_utt,
+        "rounds": args.rounds,
         "matmul_gflops": round(peak, 2),
-        "baseline": block(*_measure(baseline)),
-        "slots": {},
+        "baseline": block("baseline"),
+        "slots": {str(k): block(str(k)) for k in ks},
+        "batching_alone": block("batching_alone"),
+        "reuse_alone": block("reuse_alone"),
     }
-    runs = [(str(k), k, args.history_cache) for k in ks]
-    # beside the default: batching alone (K max, recompute) and reuse alone (K 1, reuse)
-    runs += [("batching_alone", max(ks), "recompute"), ("reuse_alone", 1, "reuse")]
-    for name, k, cache in runs:
-
-        def batched(k: int = k, cache: str = cache) -> int:
-            labeler = BatchedLabeler(model, config, k, cache)
-            try:
-                for _ in labeler.label_conversations(corpus):
-                    pass
-            finally:
-                labeler.close()
-            return labeler.steps_run
-
-        measured = block(*_measure(batched))
-        if name in ("batching_alone", "reuse_alone"):
-            report[name] = measured
-        else:
-            report["slots"][name] = measured
     base = report["baseline"]["utterances_per_second"]
     compared = {**report["slots"], **{n: report[n] for n in ("batching_alone", "reuse_alone")}}
     report["speedup_vs_baseline"] = {
         k: round(v["utterances_per_second"] / base, 2) for k, v in compared.items()
     }
+    if args.profile:
+        report["time_split"] = {
+            "baseline": time_split(baseline),
+            str(max(ks)): time_split(variants[str(max(ks))]),
+        }
     report["note"] = (
-        "slots use history_cache " + args.history_cache + "; where the rest of the time goes: "
-        "per-pass overhead (Python, module dispatch, kernel launches of a small model), the "
-        "small matmuls of a 75-token pass far from the matmul peak, the optimizer's per-slot "
-        "gathers and scatters"
+        "baseline: today's engine (one conversation at a time, peft memory, history "
+        "recomputed); slots: the batched engine with history_cache "
+        + args.history_cache
+        + "; each variant timed in every round, interleaved, median round reported; "
+        "gflops: forward+backward matmul FLOPs (shapes) per second; time_split: shares of the "
+        "wall time by self CPU time of ops (python_and_rest: the model's module code, the "
+        "engine, input building; no tokenization, the corpus is speech codes)"
     )
     return report
