@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -27,7 +27,8 @@ from safetensors.torch import load_file, save_file
 
 from dpm_worker.audio import SAMPLE_RATE
 from dpm_worker.errors import ConfigError, ModelError
-from dpm_worker.speech.features import compute_block_features
+from dpm_worker.speech.features import BlockFeatures, compute_block_features
+from dpm_worker.speech.speaker_levels import SpeakerLevels, relative_features
 
 TOKENIZER_CONFIG = "speech_tokenizer.json"
 TOKENIZER_WEIGHTS = "speech_tokenizer.safetensors"
@@ -63,6 +64,9 @@ class SpeechTokenizerConfig:
         n_mels: mel bands of the spectral feature.
         sample_rate: input sample rate (the interface fixes 16 kHz).
         rate_hz: tokens per second.
+        speaker_relative: quantize pitch and loudness as shifts from the speaker's running
+            reference levels in the conversation (``dpm_worker/speech/speaker_levels.py``)
+            instead of absolute levels; the codebook's levels are then shifts.
     """
 
     n_spectral: int = 4
@@ -71,6 +75,7 @@ class SpeechTokenizerConfig:
     n_mels: int = 40
     sample_rate: int = SAMPLE_RATE
     rate_hz: float = 25.0
+    speaker_relative: bool = False
 
     def __post_init__(self) -> None:
         for name in ("n_spectral", "n_energy"):
@@ -140,27 +145,64 @@ class BuiltinSpeechTokenizer:
         return self.config.vocab_size
 
     @property
+    def speaker_relative(self) -> bool:
+        """Whether codes are shifts from the speaker's reference levels (see the config)."""
+        return self.config.speaker_relative
+
+    @property
     def fingerprint(self) -> str:
         """sha256 of the codebook and config: the key of cached tokenizations."""
-        digest = hashlib.sha256(json.dumps(asdict(self.config), sort_keys=True).encode())
+        fields = asdict(self.config)
+        if not self.config.speaker_relative:
+            # Absolute codebooks keep the fingerprint they had before the option existed.
+            del fields["speaker_relative"]
+        digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
         for tensor in (self.spectral_centroids, self.energy_centroids, self.pitch_centroids):
             digest.update(tensor.numpy().tobytes())
         return digest.hexdigest()
 
     @torch.no_grad()
-    def encode(self, wave: np.ndarray) -> np.ndarray:
-        """float32 mono waveform at ``config.sample_rate`` -> int64 codes, one per block."""
+    def features(self, wave: np.ndarray) -> BlockFeatures:
+        """Block features of a float32 mono waveform at ``config.sample_rate``."""
         samples = torch.as_tensor(np.ascontiguousarray(wave, dtype=np.float32))
         if samples.ndim != 1:
             raise ConfigError(
                 f"encode expects a mono 1-D waveform, got shape {tuple(samples.shape)}"
             )
-        feats = compute_block_features(
+        return compute_block_features(
             samples,
             sample_rate=self.config.sample_rate,
             rate_hz=self.rate_hz,
             n_mels=self.config.n_mels,
         )
+
+    @torch.no_grad()
+    def encode(self, wave: np.ndarray) -> np.ndarray:
+        """float32 mono waveform at ``config.sample_rate`` -> int64 codes, one per block.
+
+        A speaker-relative tokenizer given one waveform alone uses that utterance's own levels
+        as the reference; :func:`dpm_worker.speech.tokenize_utterances` keeps the speakers'
+        running references across a conversation.
+        """
+        feats = self.features(wave)
+        if self.config.speaker_relative:
+            return self.quantize(feats, SpeakerLevels().update(None, feats))
+        return self.quantize(feats)
+
+    @torch.no_grad()
+    def quantize(
+        self, feats: BlockFeatures, reference: tuple[float, float] | None = None
+    ) -> np.ndarray:
+        """Codes of computed block features; ``reference`` (log2 f0, log10 energy) is required
+        by a speaker-relative codebook and refused by an absolute one."""
+        if self.config.speaker_relative != (reference is not None):
+            raise ConfigError(
+                "a speaker-relative codebook needs the speaker's reference levels and an "
+                f"absolute one takes none (speaker_relative={self.config.speaker_relative}, "
+                f"reference={reference})"
+            )
+        if reference is not None:
+            feats = relative_features(feats, reference)
         spectral = torch.cdist(feats.spectral, self.spectral_centroids).argmin(dim=1)
         energy = _nearest_level(feats.log_energy, self.energy_centroids)
         voiced = ~torch.isnan(feats.log_f0)
@@ -213,26 +255,41 @@ def fit_speech_tokenizer(
     *,
     seed: int = 0,
     max_blocks: int = 200_000,
+    speakers: Iterable[Hashable] | None = None,
 ) -> BuiltinSpeechTokenizer:
     """Fit the product codebook on training waveforms with MiniBatchKMeans.
 
     Args:
-        waves: float32 mono waveforms at ``config.sample_rate`` (the training split only).
+        waves: float32 mono waveforms at ``config.sample_rate`` (the training split only), in
+            dialogue order within each conversation.
         config: the codebook's shape.
         seed: seeds k-means and the block subsample, so the same data gives the same codebook.
         max_blocks: at most this many blocks (uniformly subsampled) are clustered.
+        speakers: one key per waveform naming its speaker in its conversation (for example
+            ``(conversation_id, speaker)``); required when ``config.speaker_relative``.
+
+    Raises:
+        ConfigError: too little audio, or a speaker-relative codebook without ``speakers``.
     """
     from sklearn.cluster import MiniBatchKMeans
 
     config = config or SpeechTokenizerConfig()
+    if config.speaker_relative and speakers is None:
+        raise ConfigError("a speaker-relative codebook is fitted with one speaker key per wave")
+    pairs: Iterable[tuple[np.ndarray, Hashable]] = (
+        zip(waves, speakers, strict=True) if speakers is not None else ((w, None) for w in waves)
+    )
+    levels = SpeakerLevels()
     spectral, energy, pitch = [], [], []
-    for wave in waves:
+    for wave, key in pairs:
         feats = compute_block_features(
             torch.as_tensor(np.asarray(wave, dtype=np.float32)),
             sample_rate=config.sample_rate,
             rate_hz=config.rate_hz,
             n_mels=config.n_mels,
         )
+        if config.speaker_relative:
+            feats = relative_features(feats, levels.update(key, feats))
         spectral.append(feats.spectral.numpy())
         energy.append(feats.log_energy.numpy())
         pitch.append(feats.log_f0.numpy())

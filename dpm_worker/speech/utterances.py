@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 import numpy as np
 
 from dpm_worker.errors import SegmentError
+from dpm_worker.speech.speaker_levels import SpeakerLevels
 from dpm_worker.speech.tokenizer import SpeechTokenizer
 from dpm_worker.utterance import Utterance
 
@@ -39,16 +40,25 @@ def tokenize_utterances(
             ``<audio_end>``) and its audio URI before it is yielded; the model's
             ``check_fits`` raises for an utterance it cannot hold.
 
+    A speaker-relative tokenizer (``speaker_relative``) gets each speaker's running reference
+    levels, keyed by conversation and speaker, from the utterances before it in this stream.
+
     Raises:
         SegmentError: an utterance has no samples.
     """
+    levels = SpeakerLevels() if getattr(tokenizer, "speaker_relative", False) else None
     for utt in utterances:
         if utt.samples is None:
             raise SegmentError(
                 f"utterance {utt.utterance_index} of {utt.conversation_id!r} has no samples",
                 utt.audio_uri or None,
             )
-        codes = np.asarray(tokenizer.encode(utt.samples), dtype=np.int64)
+        if levels is not None:
+            feats = tokenizer.features(utt.samples)  # type: ignore[attr-defined]
+            reference = levels.update((utt.conversation_id, utt.speaker), feats)
+            codes = np.asarray(tokenizer.quantize(feats, reference), dtype=np.int64)  # type: ignore[attr-defined]
+        else:
+            codes = np.asarray(tokenizer.encode(utt.samples), dtype=np.int64)
         if check_fits is not None:
             check_fits(len(codes) + FRAME_TOKENS, utt.audio_uri)
         yield dataclasses.replace(utt, samples=None, audio_ids=codes)
