@@ -349,13 +349,13 @@ def load_model(
         raise ModelError(f"{MODEL_META} is missing", source) from None
     except (json.JSONDecodeError, KeyError, ConfigError) as exc:
         raise ModelError(f"{MODEL_META} is invalid: {exc}", source) from exc
-    speech_tokenizer = load_speech_tokenizer(folder)
+    torch_device, torch_dtype = pick_device(device, dtype)
+    speech_tokenizer = load_speech_tokenizer(folder, device=torch_device)  # batches on the device
     if speech_tokenizer.vocab_size != vocab.n_audio:
         raise ModelError(
             f"speech tokenizer has {speech_tokenizer.vocab_size} codes, the vocabulary expects {vocab.n_audio}",
             source,
         )
-    torch_device, torch_dtype = pick_device(device, dtype)
     try:
         model = transformers.AutoModelForCausalLM.from_pretrained(
             str(folder), dtype=torch_dtype, use_safetensors=True, trust_remote_code=False

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from dpm_worker.audio import SAMPLE_RATE
 from dpm_worker.errors import ConfigError, ModelError
-from dpm_worker.speech.features import BlockFeatures, compute_block_features
+from dpm_worker.speech.features import BlockFeatures, block_count, compute_block_features
 from dpm_worker.speech.speaker_levels import SpeakerLevels, relative_features
 
 TOKENIZER_CONFIG = "speech_tokenizer.json"
@@ -50,6 +50,10 @@ class SpeechTokenizer(Protocol):
 
     def encode(self, wave: np.ndarray) -> np.ndarray:
         """float32 mono 16 kHz samples -> int64 codes in ``[0, vocab_size)``."""
+        ...
+
+    def encode_batch(self, waves: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Several waveforms at once on the tokenizer's device; the codes ``encode`` gives."""
         ...
 
 
@@ -106,6 +110,7 @@ class BuiltinSpeechTokenizer:
         spectral_centroids: ``[n_spectral, n_mels]``.
         energy_centroids: ``[n_energy]`` log10 mean-square levels.
         pitch_centroids: ``[n_pitch - 1]`` log2 Hz levels of voiced blocks.
+        device: where features and codes are computed (default CPU).
     """
 
     kind = "builtin-product"
@@ -116,6 +121,8 @@ class BuiltinSpeechTokenizer:
         spectral_centroids: torch.Tensor,
         energy_centroids: torch.Tensor,
         pitch_centroids: torch.Tensor,
+        *,
+        device: str | torch.device = "cpu",
     ) -> None:
         expected = {
             "spectral_centroids": (config.n_spectral, config.n_mels),
@@ -131,10 +138,11 @@ class BuiltinSpeechTokenizer:
             if tuple(given[name].shape) != shape:
                 raise ConfigError(f"{name} must have shape {shape}, got {tuple(given[name].shape)}")
         self.config = config
-        self.spectral_centroids = spectral_centroids.to(torch.float32)
+        self.device = torch.device(device)
+        self.spectral_centroids = spectral_centroids.to(self.device, torch.float32)
         # Sorted 1-D levels keep code order meaningful (louder / higher = larger index).
-        self.energy_centroids = torch.sort(energy_centroids.to(torch.float32)).values
-        self.pitch_centroids = torch.sort(pitch_centroids.to(torch.float32)).values
+        self.energy_centroids = torch.sort(energy_centroids.to(self.device, torch.float32)).values
+        self.pitch_centroids = torch.sort(pitch_centroids.to(self.device, torch.float32)).values
 
     @property
     def rate_hz(self) -> float:
@@ -158,59 +166,111 @@ class BuiltinSpeechTokenizer:
             del fields["speaker_relative"]
         digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
         for tensor in (self.spectral_centroids, self.energy_centroids, self.pitch_centroids):
-            digest.update(tensor.numpy().tobytes())
+            digest.update(tensor.cpu().numpy().tobytes())
         return digest.hexdigest()
 
+    def encode(self, wave: np.ndarray) -> np.ndarray:
+        """float32 mono waveform at ``config.sample_rate`` -> int64 codes, one per block.
+
+        A speaker-relative codebook given one waveform alone takes that utterance's own levels
+        as the reference; :func:`dpm_worker.speech.tokenize_utterances` keeps the speakers'
+        running references across a conversation.
+        """
+        return self.encode_batch([wave])[0]
+
     @torch.no_grad()
-    def features(self, wave: np.ndarray) -> BlockFeatures:
-        """Block features of a float32 mono waveform at ``config.sample_rate``."""
-        samples = torch.as_tensor(np.ascontiguousarray(wave, dtype=np.float32))
-        if samples.ndim != 1:
-            raise ConfigError(
-                f"encode expects a mono 1-D waveform, got shape {tuple(samples.shape)}"
-            )
-        return compute_block_features(
-            samples,
+    def encode_batch(
+        self,
+        waves: Sequence[np.ndarray],
+        *,
+        levels: SpeakerLevels | None = None,
+        speakers: Sequence[Hashable] | None = None,
+    ) -> list[np.ndarray]:
+        """Encode several waveforms at once on ``self.device``: the codes ``encode`` gives each.
+
+        Every wave is zero-padded to whole blocks as ``encode`` pads it, the blocks of all waves
+        are stacked into one ``[blocks, block_samples]`` tensor, featurized and quantized
+        together (every feature is computed per block), and the codes are split back per wave.
+
+        Args:
+            waves: float32 mono waveforms, in dialogue order.
+            levels: a speaker-relative codebook's running references (updated in wave order);
+                without it each wave is its own reference. Ignored by an absolute codebook.
+            speakers: one key per wave naming its speaker for ``levels``.
+
+        Raises:
+            ConfigError: a wave is not 1-D, or ``levels`` without one speaker key per wave.
+        """
+        block = int(round(self.config.sample_rate / self.rate_hz))
+        counts, padded = [], []
+        for wave in waves:
+            samples = torch.as_tensor(np.ascontiguousarray(wave, dtype=np.float32))
+            if samples.ndim != 1:
+                raise ConfigError(
+                    f"encode expects a mono 1-D waveform, got shape {tuple(samples.shape)}"
+                )
+            count = block_count(int(samples.shape[0]), block)
+            counts.append(count)
+            padded.append(torch.nn.functional.pad(samples, (0, count * block - samples.shape[0])))
+        if not padded:
+            return []
+        feats = compute_block_features(
+            torch.cat(padded).to(self.device),
             sample_rate=self.config.sample_rate,
             rate_hz=self.rate_hz,
             n_mels=self.config.n_mels,
         )
-
-    @torch.no_grad()
-    def encode(self, wave: np.ndarray) -> np.ndarray:
-        """float32 mono waveform at ``config.sample_rate`` -> int64 codes, one per block.
-
-        A speaker-relative tokenizer given one waveform alone uses that utterance's own levels
-        as the reference; :func:`dpm_worker.speech.tokenize_utterances` keeps the speakers'
-        running references across a conversation.
-        """
-        feats = self.features(wave)
         if self.config.speaker_relative:
-            return self.quantize(feats, SpeakerLevels().update(None, feats))
-        return self.quantize(feats)
-
-    @torch.no_grad()
-    def quantize(
-        self, feats: BlockFeatures, reference: tuple[float, float] | None = None
-    ) -> np.ndarray:
-        """Codes of computed block features; ``reference`` (log2 f0, log10 energy) is required
-        by a speaker-relative codebook and refused by an absolute one."""
-        if self.config.speaker_relative != (reference is not None):
-            raise ConfigError(
-                "a speaker-relative codebook needs the speaker's reference levels and an "
-                f"absolute one takes none (speaker_relative={self.config.speaker_relative}, "
-                f"reference={reference})"
-            )
-        if reference is not None:
-            feats = relative_features(feats, reference)
-        spectral = torch.cdist(feats.spectral, self.spectral_centroids).argmin(dim=1)
+            feats = self._relative(feats, counts, levels, speakers)
+        # cdist per wave: it picks its algorithm (matmul or direct) by row count, and the two
+        # round differently; one call per wave keeps the codes bitwise those of ``encode``.
+        spectral = torch.cat(
+            [
+                torch.cdist(part, self.spectral_centroids).argmin(dim=1)
+                for part in feats.spectral.split(counts)
+            ]
+        )
         energy = _nearest_level(feats.log_energy, self.energy_centroids)
         voiced = ~torch.isnan(feats.log_f0)
         pitch = torch.where(
             voiced, 1 + _nearest_level(torch.nan_to_num(feats.log_f0), self.pitch_centroids), 0
         )
         codes = (spectral * self.config.n_energy + energy) * self.config.n_pitch + pitch
-        return codes.to(torch.int64).numpy()
+        return [part.numpy().copy() for part in codes.to(torch.int64).cpu().split(counts)]
+
+    def _relative(
+        self,
+        feats: BlockFeatures,
+        counts: list[int],
+        levels: SpeakerLevels | None,
+        speakers: Sequence[Hashable] | None,
+    ) -> BlockFeatures:
+        """Every wave's blocks as shifts from its speaker's reference, in wave order."""
+        if levels is not None and (speakers is None or len(speakers) != len(counts)):
+            raise ConfigError(
+                f"speaker-relative codes of {len(counts)} waves need as many speaker keys, got "
+                f"{None if speakers is None else len(speakers)}"
+            )
+        parts = []
+        for i, (spectral, energy, f0) in enumerate(
+            zip(
+                feats.spectral.split(counts),
+                feats.log_energy.split(counts),
+                feats.log_f0.split(counts),
+                strict=True,
+            )
+        ):
+            part = BlockFeatures(spectral=spectral, log_energy=energy, log_f0=f0)
+            if levels is None or speakers is None:
+                reference = SpeakerLevels().update(None, part)
+            else:
+                reference = levels.update(speakers[i], part)
+            parts.append(relative_features(part, reference))
+        return BlockFeatures(
+            spectral=feats.spectral,
+            log_energy=torch.cat([p.log_energy for p in parts]),
+            log_f0=torch.cat([p.log_f0 for p in parts]),
+        )
 
     def save(self, folder: str | Path) -> list[Path]:
         """Write ``speech_tokenizer.json`` and ``.safetensors`` into ``folder``; return the paths."""
@@ -219,9 +279,9 @@ class BuiltinSpeechTokenizer:
         weights = folder / TOKENIZER_WEIGHTS
         save_file(
             {
-                "spectral_centroids": self.spectral_centroids.contiguous(),
-                "energy_centroids": self.energy_centroids.contiguous(),
-                "pitch_centroids": self.pitch_centroids.contiguous(),
+                "spectral_centroids": self.spectral_centroids.cpu().contiguous(),
+                "energy_centroids": self.energy_centroids.cpu().contiguous(),
+                "pitch_centroids": self.pitch_centroids.cpu().contiguous(),
             },
             str(weights),
         )
@@ -321,8 +381,15 @@ def fit_speech_tokenizer(
     )
 
 
-def load_speech_tokenizer(path: str | Path) -> SpeechTokenizer:
+def load_speech_tokenizer(
+    path: str | Path, *, device: str | torch.device | None = None
+) -> SpeechTokenizer:
     """Load a saved speech tokenizer from its folder (or its ``speech_tokenizer.json``).
+
+    Args:
+        path: the folder or its ``speech_tokenizer.json``.
+        device: where it tokenizes (None: CPU for the built-in codebook, CUDA when available
+            for the S3Tokenizer).
 
     Raises:
         ModelError: files missing, unknown tokenizer type or mismatched shapes.
@@ -336,7 +403,7 @@ def load_speech_tokenizer(path: str | Path) -> SpeechTokenizer:
     if kind == "s3tokenizer":
         from dpm_worker.speech.cosyvoice import CosyVoiceTokenizer
 
-        return CosyVoiceTokenizer.from_config(data, config_path.parent)
+        return CosyVoiceTokenizer.from_config(data, config_path.parent, device=device)
     if kind != BuiltinSpeechTokenizer.kind:
         raise ModelError(f"unknown speech tokenizer type {kind!r}", str(config_path))
     weights_path = config_path.parent / TOKENIZER_WEIGHTS
@@ -350,6 +417,7 @@ def load_speech_tokenizer(path: str | Path) -> SpeechTokenizer:
             tensors["spectral_centroids"],
             tensors["energy_centroids"],
             tensors["pitch_centroids"],
+            device=device or "cpu",
         )
     except (ConfigError, KeyError, TypeError) as exc:
         raise ModelError(f"speech tokenizer files do not match: {exc}", str(path)) from exc

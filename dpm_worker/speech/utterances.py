@@ -13,52 +13,86 @@ from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
-from dpm_worker.errors import SegmentError
+from dpm_worker.audio import SAMPLE_RATE
+from dpm_worker.errors import ConfigError, SegmentError
 from dpm_worker.speech.speaker_levels import SpeakerLevels
 from dpm_worker.speech.tokenizer import SpeechTokenizer
 from dpm_worker.utterance import Utterance
 
 # The tokens around an utterance's audio codes in the stream: <spk> before, <audio_end> after.
 FRAME_TOKENS = 2
+# Audio per encode_batch call: 60 s of 16 kHz float32 is 3.8 MB of samples, enough to fill a
+# GPU tokenizer's batch and small beside a worker's memory.
+BATCH_SECONDS = 60.0
 
 
 def tokenize_utterances(
     utterances: Iterable[Utterance],
     tokenizer: SpeechTokenizer,
     check_fits: Callable[[int, str], None] | None = None,
+    *,
+    batch_seconds: float = BATCH_SECONDS,
 ) -> Iterator[Utterance]:
-    """The utterances with their speech codes, in the order given, one at a time.
+    """The utterances with their speech codes, in the order given, tokenized in batches.
 
     Each yielded utterance is the input's with ``audio_ids`` (int64 codes) set and its
     samples dropped (the codes replace them; a long conversation's audio is not kept twice).
-
-    Args:
-        utterances: one conversation's utterances, as ``dpm_worker.audio.conversation_segments``
-            returns them.
-        tokenizer: the model's speech tokenizer.
-        check_fits: called with the utterance's token count (codes + ``<spk>`` +
-            ``<audio_end>``) and its audio URI before it is yielded; the model's
-            ``check_fits`` raises for an utterance it cannot hold.
+    Utterances are gathered until their audio reaches ``batch_seconds`` and encoded with one
+    ``tokenizer.encode_batch`` call (the codes ``encode`` gives one by one), so at most one
+    batch of samples is held beyond what the caller holds.
 
     A speaker-relative tokenizer (``speaker_relative``) gets each speaker's running reference
     levels, keyed by conversation and speaker, from the utterances before it in this stream.
 
+    Args:
+        utterances: utterances with samples, e.g. one conversation's as
+            ``dpm_worker.audio.conversation_segments`` returns them, or a whole corpus's.
+        tokenizer: the model's speech tokenizer.
+        check_fits: called with the utterance's token count (codes + ``<spk>`` +
+            ``<audio_end>``) and its audio URI before it is yielded; the model's
+            ``check_fits`` raises for an utterance it cannot hold.
+        batch_seconds: audio per ``encode_batch`` call (bounds the batch's memory).
+
     Raises:
         SegmentError: an utterance has no samples.
+        ConfigError: ``batch_seconds`` is not positive.
     """
+    if not batch_seconds > 0:
+        raise ConfigError(f"batch_seconds must be > 0, got {batch_seconds}")
+    # A speaker-relative codebook's running references, across batches and conversations.
     levels = SpeakerLevels() if getattr(tokenizer, "speaker_relative", False) else None
+    limit = batch_seconds * SAMPLE_RATE
+    batch: list[Utterance] = []
+    samples = 0
     for utt in utterances:
         if utt.samples is None:
             raise SegmentError(
                 f"utterance {utt.utterance_index} of {utt.conversation_id!r} has no samples",
                 utt.audio_uri or None,
             )
-        if levels is not None:
-            feats = tokenizer.features(utt.samples)  # type: ignore[attr-defined]
-            reference = levels.update((utt.conversation_id, utt.speaker), feats)
-            codes = np.asarray(tokenizer.quantize(feats, reference), dtype=np.int64)  # type: ignore[attr-defined]
-        else:
-            codes = np.asarray(tokenizer.encode(utt.samples), dtype=np.int64)
+        batch.append(utt)
+        samples += len(utt.samples)
+        if samples >= limit:
+            yield from _encode(batch, tokenizer, check_fits, levels)
+            batch, samples = [], 0
+    if batch:
+        yield from _encode(batch, tokenizer, check_fits, levels)
+
+
+def _encode(
+    batch: list[Utterance],
+    tokenizer: SpeechTokenizer,
+    check_fits: Callable[[int, str], None] | None,
+    levels: SpeakerLevels | None,
+) -> Iterator[Utterance]:
+    waves = [utt.samples for utt in batch if utt.samples is not None]
+    if levels is None:
+        codes_of = tokenizer.encode_batch(waves)
+    else:
+        speakers = [(utt.conversation_id, utt.speaker) for utt in batch]
+        codes_of = tokenizer.encode_batch(waves, levels=levels, speakers=speakers)  # type: ignore[call-arg]
+    for utt, codes in zip(batch, codes_of, strict=True):
+        codes = np.asarray(codes, dtype=np.int64)
         if check_fits is not None:
             check_fits(len(codes) + FRAME_TOKENS, utt.audio_uri)
         yield dataclasses.replace(utt, samples=None, audio_ids=codes)

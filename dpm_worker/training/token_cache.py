@@ -3,7 +3,9 @@
 Training reads every utterance many times (random windows, many epochs) but the speech
 tokenizer is the slow part, so each utterance is tokenized once and kept on disk as an Arrow
 dataset under ``<cache>/tokens/<key>``. The key hashes the manifest's bytes and the tokenizer's
-fingerprint: a new codebook or a changed manifest never reuses stale codes.
+fingerprint: a new codebook or a changed manifest never reuses stale codes. The cache is
+written as it is tokenized (batches of utterances -> Arrow record batches) and read back
+memory-mapped, so building it holds one tokenizer batch and one writer batch, not the corpus.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ log = logging.getLogger(__name__)
 
 # Part of the cache key; bump it when the rows written for the same manifest change.
 CACHE_FORMAT = 2
+# Rows buffered before datasets writes them to Arrow (its default is 1000 rows).
+WRITER_BATCH_ROWS = 256
 
 FEATURES = datasets.Features(
     {
@@ -100,31 +104,47 @@ def tokenize_corpus(
     if (folder / "dataset_info.json").is_file():
         log.info("speech codes cached at %s", folder)
         return datasets.load_from_disk(str(folder))
-    rows = []
-    bar = tqdm(desc="tokenize", unit="utt", disable=not progress)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staged = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=folder.parent))
+    try:
+        # Rows stream from the tokenizer into Arrow files (datasets writes every
+        # ``writer_batch_size`` rows): the corpus's waves and codes are never all in memory.
+        dataset = datasets.Dataset.from_generator(
+            _rows,
+            features=FEATURES,
+            cache_dir=str(staged / "build"),
+            gen_kwargs={"manifest_uri": manifest_uri, "tokenizer": tokenizer,
+                        "endpoint_url": endpoint_url, "progress": progress},
+            fingerprint=key,
+            writer_batch_size=WRITER_BATCH_ROWS,
+        )  # fmt: skip
+        dataset.save_to_disk(str(staged / "dataset"))
+        del dataset
+        if folder.exists():  # another process finished first; theirs is identical
+            log.info("speech codes were cached concurrently at %s", folder)
+        else:
+            os.rename(staged / "dataset", folder)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+    return datasets.load_from_disk(str(folder))
+
+
+def _rows(
+    manifest_uri: str, tokenizer: SpeechTokenizer, endpoint_url: str | None, progress: bool
+) -> Iterator[dict]:
+    """The cache's rows, utterance by utterance, tokenized in batches."""
     waves = iter_waveforms(manifest_uri, endpoint_url=endpoint_url)
-    for utt in tokenize_utterances(waves, tokenizer):
-        rows.append(
-            {
+    with tqdm(desc="tokenize", unit="utt", disable=not progress) as bar:
+        for utt in tokenize_utterances(waves, tokenizer):
+            yield {
                 "conversation_id": utt.conversation_id,
                 "utterance_index": utt.utterance_index,
                 "speaker": utt.speaker,
                 "emotion": utt.emotion,
                 "expressive": utt.expressive,
-                "codes": utt.codes().astype(np.int16).tolist(),
+                "codes": utt.codes().astype(np.int16),
             }
-        )
-        bar.update(1)
-    bar.close()
-    dataset = datasets.Dataset.from_list(rows, features=FEATURES)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staged = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=folder.parent))
-    dataset.save_to_disk(str(staged))
-    if folder.exists():  # another process finished first; theirs is identical
-        shutil.rmtree(staged, ignore_errors=True)
-    else:
-        os.rename(staged, folder)
-    return datasets.load_from_disk(str(folder))
+            bar.update(1)
 
 
 def group_conversations(dataset: datasets.Dataset) -> dict[str, list[dict]]:

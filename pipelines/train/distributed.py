@@ -3,8 +3,8 @@
 The driver does everything up to the model (split, tokenizer, token cache, streams, the
 initial weights) exactly as the single-process path, saves the initial model as a model folder
 and puts the streams into Ray's object store. Each Ray Train worker then loads the same
-initial model, wraps it for data parallelism (``ray.train.torch.prepare_model``: DDP by
-default, FSDP as ``strategy: fsdp`` for bases that do not fit one device) and runs the steps.
+initial model, wraps it for data parallelism (``pipelines/train/sharding.py``: DDP by
+default, FSDP2 as ``strategy: fsdp`` for bases that do not fit one device) and runs the steps.
 
 Data: every step, every worker draws the same global batch of ``batch_size * workers`` windows
 from the same seeded generator and trains on its own slice, so N workers x batch B follow one
@@ -20,11 +20,11 @@ checkpoint. The final checkpoint's model is committed at ``--out``.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import logging
 import math
-import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -48,15 +48,17 @@ from dpm_worker.training import (
 )
 from pipelines.label import connect
 from pipelines.train.backbone import LoraSettings, save, validate
+from pipelines.train.sharding import (
+    clip_grad_norm,
+    full_model_state,
+    full_optimizer_state,
+    load_optimizer_state,
+    wrap_model,
+)
 
 log = logging.getLogger("dpm.train")
 TRAIN_STATE = "train_state.pt"
 STRATEGIES = ("ddp", "fsdp")
-# Test-only fault hook: the rank-1 worker exits abruptly at this step, once per marker file, to
-# prove that training resumes from the latest checkpoint after a worker dies.
-FAULT_STEP_ENV = "DPM_FAULT_KILL_TRAIN_AT_STEP"
-FAULT_MARKER_ENV = "DPM_FAULT_MARKER"
-FAULT_DELAY_S = 15.0
 
 
 @dataclass(frozen=True)
@@ -203,8 +205,6 @@ def _fit(
         "strategy": dist.strategy,
         "checkpoint_every": dist.checkpoint_every,
         "total_steps": total_steps(train_streams, cfg, dist.workers),
-        "fault_step": int(os.environ.get(FAULT_STEP_ENV, "0") or 0),
-        "fault_marker": os.environ.get(FAULT_MARKER_ENV, ""),
     }
     trainer = TorchTrainer(
         train_loop_per_worker=worker_loop,
@@ -261,7 +261,8 @@ def worker_loop(config: dict[str, Any]) -> None:
     aux = AuxHeads(hidden, len(model.vocab.labels), cfg.aux_previous).to(device)
     rng = np.random.default_rng(cfg.seed)
     start_step, resumed_from = 0, 0
-    optimizer_state = None
+    optimizer_state: Any = None
+    aux_state: Any = None
     history: list[dict] = []  # every step's mean losses since the run began
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -272,20 +273,30 @@ def worker_loop(config: dict[str, Any]) -> None:
         aux.load_state_dict(state["aux"])
         rng.bit_generator.state = state["rng"]
         start_step = resumed_from = int(state["step"])
-        optimizer_state = state["optimizer"]
+        optimizer_state, aux_state = state["optimizer"], state["aux_optimizer"]
         history = state["history"]
-    lm = ray.train.torch.prepare_model(model.model, parallel_strategy=config["strategy"])
+    fsdp = config["strategy"] == "fsdp"
+    # FSDP shards the LM in place: rank 0 saves the gathered weights through a CPU copy.
+    template = copy.deepcopy(model.model).cpu() if fsdp and rank == 0 else None
+    lm = wrap_model(model.model, config["strategy"])
     # DDP/FSDP forward the causal LM's call signature; compute_loss only calls the model.
     wrapped = dataclasses.replace(model, model=lm, device=device)  # type: ignore[arg-type]
-    params = [p for p in lm.parameters() if p.requires_grad] + list(aux.parameters())
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    lm_params = [p for p in lm.parameters() if p.requires_grad]
+    params = lm_params + list(aux.parameters())
+    # One AdamW per part (the same per-tensor updates as one over both): the LM's state is
+    # gathered and restored per parameter name, which the heads outside the LM do not have.
+    # No foreach: it cannot batch FSDP's sharded tensors.
+    optimizer = torch.optim.AdamW(
+        lm_params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=False
+    )
+    aux_optimizer = torch.optim.AdamW(aux.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if optimizer_state is not None:
-        optimizer.load_state_dict(optimizer_state)
+        load_optimizer_state(lm, optimizer, optimizer_state)
+        aux_optimizer.load_state_dict(aux_state)
     total = config["total_steps"]
     lm.train()
     for step in range(start_step, total):
-        _maybe_die(config, rank, step)
-        for group in optimizer.param_groups:
+        for group in optimizer.param_groups + aux_optimizer.param_groups:
             group["lr"] = lr_at(step, total, cfg)
         # The same global batch on every worker; each trains on its own slice of it.
         picked, starts = sample_starts(
@@ -307,10 +318,12 @@ def worker_loop(config: dict[str, Any]) -> None:
             wrapped, batch, cfg, aux if cfg.aux_previous else None, scales=scales
         )
         optimizer.zero_grad(set_to_none=True)
+        aux_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         _average_grads(aux, world)  # DDP averages the LM's gradients; the heads are outside it
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        clip_grad_norm(params, cfg.grad_clip)
         optimizer.step()
+        aux_optimizer.step()
         weighted = _sum_over_workers({k: v * counts[k] for k, v in parts.items()})
         mean = {k: v / max(totals[k], 1.0) for k, v in weighted.items()}
         mean["loss"] = cfg.audio_weight * mean["L_a"] + cfg.emotion_weight * mean["L_e"]
@@ -321,17 +334,23 @@ def worker_loop(config: dict[str, Any]) -> None:
         metrics: dict[str, Any] = {"step": step + 1, "resumed_from": resumed_from, **mean}
         if (step + 1) % config["checkpoint_every"] == 0 or last:
             metrics["loss_history"] = history
+            # Every worker takes part in gathering the full states (FSDP holds shards).
+            lm_state = full_model_state(lm) if fsdp else {}
+            optimizer_full = full_optimizer_state(lm, optimizer)
             with tempfile.TemporaryDirectory(prefix="dpm-ckpt-") as tmp:
                 report_checkpoint = None
                 if rank == 0:
-                    plain: Any = getattr(lm, "module", lm)  # the LM inside DDP
+                    plain: Any = getattr(lm, "module", lm) if template is None else template
+                    if template is not None:
+                        template.load_state_dict(lm_state)
                     cpu_model = dataclasses.replace(model, model=plain)
                     save_model(cpu_model, str(Path(tmp) / "model"))
                     torch.save(
                         {
                             "step": step + 1,
                             "aux": aux.state_dict(),
-                            "optimizer": optimizer.state_dict(),
+                            "optimizer": optimizer_full,
+                            "aux_optimizer": aux_optimizer.state_dict(),
                             "rng": rng.bit_generator.state,
                             "history": history,
                         },
@@ -371,14 +390,3 @@ def _sum_over_workers(values: dict[str, float]) -> dict[str, float]:
     tensor = torch.tensor([values[n] for n in names], dtype=torch.float64)
     tdist.all_reduce(tensor)
     return {n: float(v) for n, v in zip(names, tensor.tolist(), strict=True)}
-
-
-def _maybe_die(config: dict[str, Any], rank: int, step: int) -> None:
-    marker = config["fault_marker"]
-    if config["fault_step"] and rank == 1 and step == config["fault_step"] and marker:
-        if not os.path.exists(marker):
-            Path(marker).write_text(f"killed rank {rank} at step {step}\n")
-            # Die mid-step, some seconds after the last report: Ray Train's controller collects
-            # reports (and registers their checkpoints) on its health-check poll (2 s).
-            time.sleep(FAULT_DELAY_S)
-            os._exit(1)

@@ -127,8 +127,10 @@ def test_codes_come_from_the_loaded_weights(s3t, tmp_path):
 
 
 def test_batch_encoding_equals_one_by_one(tokenizer):
-    waves = [speechlike(s, seed=i) for i, s in enumerate([1.0, 3.2, 0.005, 2.47])]
+    # Lengths that pad differently, one without codes and one past the package's 30 s window.
+    waves = [speechlike(s, seed=i) for i, s in enumerate([1.0, 3.2, 0.005, 2.47, 35.0])]
     batch = tokenizer.encode_batch(waves)
+    assert [len(c) for c in batch] == [expected_codes(len(w)) for w in waves]
     for wave, codes in zip(waves, batch, strict=True):
         np.testing.assert_array_equal(codes, tokenizer.encode(wave))
 

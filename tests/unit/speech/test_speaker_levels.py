@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from dpm_worker.audio import SAMPLE_RATE
 from dpm_worker.errors import ConfigError
@@ -11,6 +12,7 @@ from dpm_worker.model import default_model_path
 from dpm_worker.speech import (
     BuiltinSpeechTokenizer,
     SpeechTokenizerConfig,
+    compute_block_features,
     fit_speech_tokenizer,
     load_speech_tokenizer,
     tokenize_utterances,
@@ -90,7 +92,10 @@ def test_gain_and_voice_pitch_leave_the_codes(relative) -> None:
     assert not np.array_equal(absolute.encode(calm), absolute.encode(calm * 5.0))
     # Pitch: a voice an octave higher sits at the same place against its own reference.
     levels = SpeakerLevels()
-    low, high = relative.features(tone(120, 0.1)), relative.features(tone(240, 0.1))
+    low, high = (
+        compute_block_features(torch.from_numpy(tone(120, 0.1))),
+        compute_block_features(torch.from_numpy(tone(240, 0.1))),
+    )
     shifts = [
         relative_features(f, levels.update(k, f)).log_f0 for k, f in (("a", low), ("b", high))
     ]
@@ -128,9 +133,18 @@ def test_references_are_per_conversation_and_speaker(relative) -> None:
     )
 
 
-def test_relative_quantize_needs_a_reference(relative) -> None:
-    feats = relative.features(tone(120, 0.1))
-    with pytest.raises(ConfigError, match="reference"):
-        relative.quantize(feats)
+def test_relative_codes_need_one_speaker_key_per_wave(relative) -> None:
+    waves = [tone(120, 0.1), tone(130, 0.1)]
+    with pytest.raises(ConfigError, match="speaker keys"):
+        relative.encode_batch(waves, levels=SpeakerLevels(), speakers=[("c", "a")])
     with pytest.raises(ConfigError, match="speaker key"):
-        fit_speech_tokenizer([tone(120, 0.1)], SpeechTokenizerConfig(speaker_relative=True), seed=0)
+        fit_speech_tokenizer(waves, SpeechTokenizerConfig(speaker_relative=True), seed=0)
+
+
+def test_batched_relative_codes_equal_one_by_one(relative) -> None:
+    """Batches of any size give each utterance the codes it gets in a stream of one-by-one."""
+    stream = [utt("c", i, "ab"[i % 2], tone(100 + 15 * i, 0.05 + 0.05 * i)) for i in range(6)]
+    one = [u.codes() for u in tokenize_utterances(stream, relative, batch_seconds=0.1)]
+    many = [u.codes() for u in tokenize_utterances(stream, relative, batch_seconds=600.0)]
+    for a, b in zip(one, many, strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -73,6 +73,36 @@ def test_prosody_survives_quantization(fitted):
     assert digits(np.zeros(SR, dtype=np.float32))[1] == 0  # silence is unvoiced
 
 
+def _codes_one_wave(tok: BuiltinSpeechTokenizer, wave: np.ndarray) -> np.ndarray:
+    """The codes of one wave computed from its own features (encode before batching)."""
+    cfg = tok.config
+    feats = compute_block_features(torch.from_numpy(wave), n_mels=cfg.n_mels)
+    spectral = torch.cdist(feats.spectral, tok.spectral_centroids).argmin(dim=1)
+    energy = (feats.log_energy[:, None] - tok.energy_centroids[None]).abs().argmin(dim=1)
+    f0 = torch.nan_to_num(feats.log_f0)
+    pitch = (f0[:, None] - tok.pitch_centroids[None]).abs().argmin(dim=1) + 1
+    pitch = torch.where(torch.isnan(feats.log_f0), 0, pitch)
+    return ((spectral * cfg.n_energy + energy) * cfg.n_pitch + pitch).numpy()
+
+
+def test_batch_encoding_equals_one_by_one(fitted):
+    rng = np.random.default_rng(5)
+    # Empty, shorter than a block, exact blocks, ragged ends, and either side of 25 blocks
+    # (where torch.cdist switches from direct distances to a matmul).
+    lengths = [0, 100, 640, 641, 25 * 640, 26 * 640 + 3, 16000, 40000, 3 * 16000 + 17]
+    waves = [
+        voiced(float(rng.uniform(90, 300)), n / SR, 0.2, seed=i)[:n] for i, n in enumerate(lengths)
+    ]
+    waves[0] = np.zeros(0, dtype=np.float32)
+    batch = fitted.encode_batch(waves)
+    assert [len(c) for c in batch] == [max(1, -(-n // 640)) for n in lengths]
+    for wave, codes in zip(waves, batch, strict=True):
+        assert codes.dtype == np.int64
+        np.testing.assert_array_equal(codes, _codes_one_wave(fitted, wave))
+        np.testing.assert_array_equal(codes, fitted.encode(wave))
+    assert fitted.encode_batch([]) == []
+
+
 def test_fit_is_deterministic(fitted):
     waves = [voiced(f0, 1.0, 0.1) for f0 in (90, 150, 200, 300)] * 3
     cfg = SpeechTokenizerConfig(n_spectral=2, n_energy=2, n_pitch=4)

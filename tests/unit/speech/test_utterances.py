@@ -11,7 +11,7 @@ import soundfile as sf
 
 from dpm_worker.audio import conversation_segments
 from dpm_worker.corpus import MANIFEST_SCHEMA, UtteranceRow, write_manifest
-from dpm_worker.errors import ModelError, SegmentError
+from dpm_worker.errors import ConfigError, ModelError, SegmentError
 from dpm_worker.model import EmotionModel
 from dpm_worker.speech import FRAME_TOKENS, tokenize_utterances
 from dpm_worker.training import tokenize_corpus
@@ -79,6 +79,35 @@ def test_vad_turns_keep_their_own_index_speaker_and_times(recording, model) -> N
         assert utt.samples is None and seg.samples is not None
         np.testing.assert_array_equal(utt.codes(), model.speech_tokenizer.encode(seg.samples))
     assert checked == [(len(u.codes()) + FRAME_TOKENS, recording) for u in out]
+
+
+class CountingTokenizer:
+    """The model's tokenizer, recording how many waves each ``encode_batch`` call gets."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.calls = inner, []
+        self.rate_hz, self.vocab_size = inner.rate_hz, inner.vocab_size
+
+    def encode(self, wave):
+        return self.inner.encode(wave)
+
+    def encode_batch(self, waves):
+        self.calls.append(len(waves))
+        return self.inner.encode_batch(waves)
+
+
+def test_batches_hold_batch_seconds_of_audio_and_keep_the_codes(recording, model) -> None:
+    segments = conversation_segments([_row(recording)]) * 3  # 9 turns of ~2.5 s
+    one_by_one = [model.speech_tokenizer.encode(s.samples) for s in segments]
+    for seconds, calls in ((1.0, [1] * 9), (6.0, [3, 3, 3]), (600.0, [9])):
+        counting = CountingTokenizer(model.speech_tokenizer)
+        out = list(tokenize_utterances(segments, counting, batch_seconds=seconds))
+        assert counting.calls == calls, seconds
+        assert [u.utterance_index for u in out] == [s.utterance_index for s in segments]
+        for utt, codes in zip(out, one_by_one, strict=True):
+            np.testing.assert_array_equal(utt.codes(), codes)
+    with pytest.raises(ConfigError, match="batch_seconds"):
+        list(tokenize_utterances(segments, model.speech_tokenizer, batch_seconds=0))
 
 
 def test_fit_check_and_untokenized_input_raise(recording, model) -> None:
