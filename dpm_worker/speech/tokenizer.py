@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -27,7 +27,8 @@ from safetensors.torch import load_file, save_file
 
 from dpm_worker.audio import SAMPLE_RATE
 from dpm_worker.errors import ConfigError, ModelError
-from dpm_worker.speech.features import block_count, compute_block_features
+from dpm_worker.speech.features import BlockFeatures, block_count, compute_block_features
+from dpm_worker.speech.speaker_levels import SpeakerLevels, relative_features
 
 TOKENIZER_CONFIG = "speech_tokenizer.json"
 TOKENIZER_WEIGHTS = "speech_tokenizer.safetensors"
@@ -67,6 +68,9 @@ class SpeechTokenizerConfig:
         n_mels: mel bands of the spectral feature.
         sample_rate: input sample rate (the interface fixes 16 kHz).
         rate_hz: tokens per second.
+        speaker_relative: quantize pitch and loudness as shifts from the speaker's running
+            reference levels in the conversation (``dpm_worker/speech/speaker_levels.py``)
+            instead of absolute levels; the codebook's levels are then shifts.
     """
 
     n_spectral: int = 4
@@ -75,6 +79,7 @@ class SpeechTokenizerConfig:
     n_mels: int = 40
     sample_rate: int = SAMPLE_RATE
     rate_hz: float = 25.0
+    speaker_relative: bool = False
 
     def __post_init__(self) -> None:
         for name in ("n_spectral", "n_energy"):
@@ -148,27 +153,53 @@ class BuiltinSpeechTokenizer:
         return self.config.vocab_size
 
     @property
+    def speaker_relative(self) -> bool:
+        """Whether codes are shifts from the speaker's reference levels (see the config)."""
+        return self.config.speaker_relative
+
+    @property
     def fingerprint(self) -> str:
         """sha256 of the codebook and config: the key of cached tokenizations."""
-        digest = hashlib.sha256(json.dumps(asdict(self.config), sort_keys=True).encode())
+        fields = asdict(self.config)
+        if not self.config.speaker_relative:
+            # Absolute codebooks keep the fingerprint they had before the option existed.
+            del fields["speaker_relative"]
+        digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
         for tensor in (self.spectral_centroids, self.energy_centroids, self.pitch_centroids):
             digest.update(tensor.cpu().numpy().tobytes())
         return digest.hexdigest()
 
     def encode(self, wave: np.ndarray) -> np.ndarray:
-        """float32 mono waveform at ``config.sample_rate`` -> int64 codes, one per block."""
+        """float32 mono waveform at ``config.sample_rate`` -> int64 codes, one per block.
+
+        A speaker-relative codebook given one waveform alone takes that utterance's own levels
+        as the reference; :func:`dpm_worker.speech.tokenize_utterances` keeps the speakers'
+        running references across a conversation.
+        """
         return self.encode_batch([wave])[0]
 
     @torch.no_grad()
-    def encode_batch(self, waves: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def encode_batch(
+        self,
+        waves: Sequence[np.ndarray],
+        *,
+        levels: SpeakerLevels | None = None,
+        speakers: Sequence[Hashable] | None = None,
+    ) -> list[np.ndarray]:
         """Encode several waveforms at once on ``self.device``: the codes ``encode`` gives each.
 
         Every wave is zero-padded to whole blocks as ``encode`` pads it, the blocks of all waves
         are stacked into one ``[blocks, block_samples]`` tensor, featurized and quantized
         together (every feature is computed per block), and the codes are split back per wave.
 
+        Args:
+            waves: float32 mono waveforms, in dialogue order.
+            levels: a speaker-relative codebook's running references (updated in wave order);
+                without it each wave is its own reference. Ignored by an absolute codebook.
+            speakers: one key per wave naming its speaker for ``levels``.
+
         Raises:
-            ConfigError: a wave is not 1-D.
+            ConfigError: a wave is not 1-D, or ``levels`` without one speaker key per wave.
         """
         block = int(round(self.config.sample_rate / self.rate_hz))
         counts, padded = [], []
@@ -189,6 +220,8 @@ class BuiltinSpeechTokenizer:
             rate_hz=self.rate_hz,
             n_mels=self.config.n_mels,
         )
+        if self.config.speaker_relative:
+            feats = self._relative(feats, counts, levels, speakers)
         # cdist per wave: it picks its algorithm (matmul or direct) by row count, and the two
         # round differently; one call per wave keeps the codes bitwise those of ``encode``.
         spectral = torch.cat(
@@ -204,6 +237,40 @@ class BuiltinSpeechTokenizer:
         )
         codes = (spectral * self.config.n_energy + energy) * self.config.n_pitch + pitch
         return [part.numpy().copy() for part in codes.to(torch.int64).cpu().split(counts)]
+
+    def _relative(
+        self,
+        feats: BlockFeatures,
+        counts: list[int],
+        levels: SpeakerLevels | None,
+        speakers: Sequence[Hashable] | None,
+    ) -> BlockFeatures:
+        """Every wave's blocks as shifts from its speaker's reference, in wave order."""
+        if levels is not None and (speakers is None or len(speakers) != len(counts)):
+            raise ConfigError(
+                f"speaker-relative codes of {len(counts)} waves need as many speaker keys, got "
+                f"{None if speakers is None else len(speakers)}"
+            )
+        parts = []
+        for i, (spectral, energy, f0) in enumerate(
+            zip(
+                feats.spectral.split(counts),
+                feats.log_energy.split(counts),
+                feats.log_f0.split(counts),
+                strict=True,
+            )
+        ):
+            part = BlockFeatures(spectral=spectral, log_energy=energy, log_f0=f0)
+            if levels is None or speakers is None:
+                reference = SpeakerLevels().update(None, part)
+            else:
+                reference = levels.update(speakers[i], part)
+            parts.append(relative_features(part, reference))
+        return BlockFeatures(
+            spectral=feats.spectral,
+            log_energy=torch.cat([p.log_energy for p in parts]),
+            log_f0=torch.cat([p.log_f0 for p in parts]),
+        )
 
     def save(self, folder: str | Path) -> list[Path]:
         """Write ``speech_tokenizer.json`` and ``.safetensors`` into ``folder``; return the paths."""
@@ -248,26 +315,41 @@ def fit_speech_tokenizer(
     *,
     seed: int = 0,
     max_blocks: int = 200_000,
+    speakers: Iterable[Hashable] | None = None,
 ) -> BuiltinSpeechTokenizer:
     """Fit the product codebook on training waveforms with MiniBatchKMeans.
 
     Args:
-        waves: float32 mono waveforms at ``config.sample_rate`` (the training split only).
+        waves: float32 mono waveforms at ``config.sample_rate`` (the training split only), in
+            dialogue order within each conversation.
         config: the codebook's shape.
         seed: seeds k-means and the block subsample, so the same data gives the same codebook.
         max_blocks: at most this many blocks (uniformly subsampled) are clustered.
+        speakers: one key per waveform naming its speaker in its conversation (for example
+            ``(conversation_id, speaker)``); required when ``config.speaker_relative``.
+
+    Raises:
+        ConfigError: too little audio, or a speaker-relative codebook without ``speakers``.
     """
     from sklearn.cluster import MiniBatchKMeans
 
     config = config or SpeechTokenizerConfig()
+    if config.speaker_relative and speakers is None:
+        raise ConfigError("a speaker-relative codebook is fitted with one speaker key per wave")
+    pairs: Iterable[tuple[np.ndarray, Hashable]] = (
+        zip(waves, speakers, strict=True) if speakers is not None else ((w, None) for w in waves)
+    )
+    levels = SpeakerLevels()
     spectral, energy, pitch = [], [], []
-    for wave in waves:
+    for wave, key in pairs:
         feats = compute_block_features(
             torch.as_tensor(np.asarray(wave, dtype=np.float32)),
             sample_rate=config.sample_rate,
             rate_hz=config.rate_hz,
             n_mels=config.n_mels,
         )
+        if config.speaker_relative:
+            feats = relative_features(feats, levels.update(key, feats))
         spectral.append(feats.spectral.numpy())
         energy.append(feats.log_energy.numpy())
         pitch.append(feats.log_f0.numpy())

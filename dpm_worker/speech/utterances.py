@@ -15,6 +15,7 @@ import numpy as np
 
 from dpm_worker.audio import SAMPLE_RATE
 from dpm_worker.errors import ConfigError, SegmentError
+from dpm_worker.speech.speaker_levels import SpeakerLevels
 from dpm_worker.speech.tokenizer import SpeechTokenizer
 from dpm_worker.utterance import Utterance
 
@@ -40,6 +41,9 @@ def tokenize_utterances(
     ``tokenizer.encode_batch`` call (the codes ``encode`` gives one by one), so at most one
     batch of samples is held beyond what the caller holds.
 
+    A speaker-relative tokenizer (``speaker_relative``) gets each speaker's running reference
+    levels, keyed by conversation and speaker, from the utterances before it in this stream.
+
     Args:
         utterances: utterances with samples, e.g. one conversation's as
             ``dpm_worker.audio.conversation_segments`` returns them, or a whole corpus's.
@@ -55,6 +59,8 @@ def tokenize_utterances(
     """
     if not batch_seconds > 0:
         raise ConfigError(f"batch_seconds must be > 0, got {batch_seconds}")
+    # A speaker-relative codebook's running references, across batches and conversations.
+    levels = SpeakerLevels() if getattr(tokenizer, "speaker_relative", False) else None
     limit = batch_seconds * SAMPLE_RATE
     batch: list[Utterance] = []
     samples = 0
@@ -67,19 +73,25 @@ def tokenize_utterances(
         batch.append(utt)
         samples += len(utt.samples)
         if samples >= limit:
-            yield from _encode(batch, tokenizer, check_fits)
+            yield from _encode(batch, tokenizer, check_fits, levels)
             batch, samples = [], 0
     if batch:
-        yield from _encode(batch, tokenizer, check_fits)
+        yield from _encode(batch, tokenizer, check_fits, levels)
 
 
 def _encode(
     batch: list[Utterance],
     tokenizer: SpeechTokenizer,
     check_fits: Callable[[int, str], None] | None,
+    levels: SpeakerLevels | None,
 ) -> Iterator[Utterance]:
     waves = [utt.samples for utt in batch if utt.samples is not None]
-    for utt, codes in zip(batch, tokenizer.encode_batch(waves), strict=True):
+    if levels is None:
+        codes_of = tokenizer.encode_batch(waves)
+    else:
+        speakers = [(utt.conversation_id, utt.speaker) for utt in batch]
+        codes_of = tokenizer.encode_batch(waves, levels=levels, speakers=speakers)  # type: ignore[call-arg]
+    for utt, codes in zip(batch, codes_of, strict=True):
         codes = np.asarray(codes, dtype=np.int64)
         if check_fits is not None:
             check_fits(len(codes) + FRAME_TOKENS, utt.audio_uri)

@@ -306,14 +306,15 @@ def fit_tokenizer(
     corpus: str, train_ids: set[str], config: SpeechTokenizerConfig, seed: int, limit: int
 ):
     """Fit the codebook on the first ``limit`` utterances of the training split."""
-    waves = []
+    waves, speakers = [], []
     for utt in iter_waveforms(corpus, train_ids):
         if utt.samples is not None:
             waves.append(utt.samples)
+            speakers.append((utt.conversation_id, utt.speaker))
         if len(waves) >= limit:
             break
     log.info("fitting the speech tokenizer on %d utterances", len(waves))
-    return fit_speech_tokenizer(waves, config, seed=seed)
+    return fit_speech_tokenizer(waves, config, seed=seed, speakers=speakers)
 
 
 def setup_model(args: argparse.Namespace, settings: dict, tokenizer) -> tuple[EmotionModel, Any]:

@@ -1,0 +1,73 @@
+"""Speaker-relative loudness and pitch: each speaker's running reference levels.
+
+A voice's own pitch and a recording's own gain differ between speakers far more than one
+speaker's emotions move them, so absolute levels mostly say *who* speaks and through what
+line, not how they feel. Speech-emotion systems normalise prosody per speaker for that reason.
+Here the reference of a speaker is the running mean, over the speaker's utterances so far in
+the conversation (the current one included), of each utterance's median voiced log-pitch and
+median non-silent log-energy. It is causal: an utterance's codes never depend on later audio,
+so streaming labeling and training see the same codes.
+
+The first utterance of a speaker is its own reference (its levels become 0); from then on the
+reference settles on the speaker's habitual level, and a raised or lowered voice shows as a
+shift from it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable
+from dataclasses import dataclass
+
+import torch
+
+from dpm_worker.speech.features import SILENCE_LOG_ENERGY, BlockFeatures
+
+
+@dataclass
+class _Running:
+    f0_sum: float = 0.0
+    f0_n: int = 0
+    energy_sum: float = 0.0
+    energy_n: int = 0
+
+
+def utterance_levels(feats: BlockFeatures) -> tuple[float, float]:
+    """(median voiced log2 f0 or NaN when nothing is voiced, median non-silent log10 energy)."""
+    voiced = feats.log_f0[~torch.isnan(feats.log_f0)]
+    f0 = float(voiced.median()) if voiced.numel() else math.nan
+    loud = feats.log_energy[feats.log_energy > SILENCE_LOG_ENERGY]
+    energy = float((loud if loud.numel() else feats.log_energy).median())
+    return f0, energy
+
+
+class SpeakerLevels:
+    """Running reference levels per speaker key (a conversation and speaker, for example)."""
+
+    def __init__(self) -> None:
+        self._running: dict[Hashable, _Running] = {}
+
+    def update(self, key: Hashable, feats: BlockFeatures) -> tuple[float, float]:
+        """Add one utterance of ``key``'s speaker; return the reference (log2 f0, log10 energy).
+
+        The pitch reference is NaN until the speaker has had a voiced utterance (an utterance
+        without voiced blocks has no pitch codes to shift).
+        """
+        f0, energy = utterance_levels(feats)
+        run = self._running.setdefault(key, _Running())
+        if not math.isnan(f0):
+            run.f0_sum += f0
+            run.f0_n += 1
+        run.energy_sum += energy
+        run.energy_n += 1
+        f0_ref = run.f0_sum / run.f0_n if run.f0_n else math.nan
+        return f0_ref, run.energy_sum / run.energy_n
+
+
+def relative_features(feats: BlockFeatures, reference: tuple[float, float]) -> BlockFeatures:
+    """``feats`` with pitch and loudness as shifts from the speaker's reference levels."""
+    f0_ref, energy_ref = reference
+    log_f0 = feats.log_f0 - (0.0 if math.isnan(f0_ref) else f0_ref)
+    return BlockFeatures(
+        spectral=feats.spectral, log_energy=feats.log_energy - energy_ref, log_f0=log_f0
+    )

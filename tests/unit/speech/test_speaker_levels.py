@@ -1,0 +1,150 @@
+"""Speaker-relative codes: a speaker's gain and habitual pitch leave the codes; shifts stay."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dpm_worker.audio import SAMPLE_RATE
+from dpm_worker.errors import ConfigError
+from dpm_worker.model import default_model_path
+from dpm_worker.speech import (
+    BuiltinSpeechTokenizer,
+    SpeechTokenizerConfig,
+    compute_block_features,
+    fit_speech_tokenizer,
+    load_speech_tokenizer,
+    tokenize_utterances,
+)
+from dpm_worker.speech.speaker_levels import SpeakerLevels, relative_features
+from dpm_worker.utterance import Utterance
+
+# The shipped absolute codebook's fingerprint (the token cache key) from before the option.
+DEFAULT_TOKENIZER_FINGERPRINT = "5f8e8ac9d57934a3aa5eca5d064d99f90996194f3970fbdfa4633e18b4683614"
+
+
+def tone(f0: float, amplitude: float, seconds: float = 1.2) -> np.ndarray:
+    """A harmonic tone (voiced to the pitch tracker) with a little vibrato."""
+    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    phase = 2 * np.pi * f0 * (t + 0.002 * np.sin(2 * np.pi * 3 * t))
+    wave = sum(np.sin(k * phase) / k for k in range(1, 6))
+    return (amplitude * wave / np.abs(wave).max()).astype(np.float32)
+
+
+def utt(conversation: str, index: int, speaker: str, samples: np.ndarray) -> Utterance:
+    return Utterance(
+        conversation_id=conversation,
+        utterance_index=index,
+        speaker=speaker,
+        audio_uri="mem",
+        samples=samples,
+    )
+
+
+@pytest.fixture(scope="module")
+def relative() -> BuiltinSpeechTokenizer:
+    """A speaker-relative codebook fitted on two speakers of different pitch and gain."""
+    waves, keys = [], []
+    for f0, amp, spk in [
+        (110, 0.1, "a"),
+        (220, 0.5, "b"),
+        (130, 0.1, "a"),
+        (180, 0.5, "b"),
+        (95, 0.1, "a"),
+    ]:
+        waves.append(tone(f0, amp))
+        keys.append(("c", spk))
+    config = SpeechTokenizerConfig(n_spectral=2, n_energy=4, n_pitch=5, speaker_relative=True)
+    return fit_speech_tokenizer(waves, config, seed=0, speakers=keys)
+
+
+def test_absolute_codebook_fingerprint_is_unchanged() -> None:
+    tokenizer = load_speech_tokenizer(default_model_path())
+    assert not tokenizer.speaker_relative
+    assert tokenizer.fingerprint == DEFAULT_TOKENIZER_FINGERPRINT
+
+
+def test_relative_codebook_round_trips_and_changes_fingerprint(relative, tmp_path) -> None:
+    relative.save(tmp_path)
+    loaded = load_speech_tokenizer(tmp_path)
+    assert loaded.speaker_relative
+    assert loaded.fingerprint == relative.fingerprint
+    absolute = BuiltinSpeechTokenizer(
+        SpeechTokenizerConfig(n_spectral=2, n_energy=4, n_pitch=5),
+        relative.spectral_centroids,
+        relative.energy_centroids,
+        relative.pitch_centroids,
+    )
+    assert absolute.fingerprint != relative.fingerprint
+
+
+def test_gain_and_voice_pitch_leave_the_codes(relative) -> None:
+    """Speaker b is speaker a 14 dB louder: the same codes; an octave up: the same pitch."""
+    calm = tone(120, 0.1)
+    stream = [utt("c", 0, "a", calm), utt("c", 1, "b", calm * 5.0)]
+    codes = [u.codes() for u in tokenize_utterances(stream, relative)]
+    np.testing.assert_array_equal(codes[0], codes[1])
+    # The absolute codebook of the same levels tells them apart.
+    absolute = BuiltinSpeechTokenizer.random(
+        SpeechTokenizerConfig(n_spectral=2, n_energy=4, n_pitch=5)
+    )
+    assert not np.array_equal(absolute.encode(calm), absolute.encode(calm * 5.0))
+    # Pitch: a voice an octave higher sits at the same place against its own reference.
+    levels = SpeakerLevels()
+    low, high = (
+        compute_block_features(torch.from_numpy(tone(120, 0.1))),
+        compute_block_features(torch.from_numpy(tone(240, 0.1))),
+    )
+    shifts = [
+        relative_features(f, levels.update(k, f)).log_f0 for k, f in (("a", low), ("b", high))
+    ]
+    assert abs(np.nanmedian(shifts[0].numpy())) < 0.05
+    assert abs(np.nanmedian(shifts[1].numpy())) < 0.05
+
+
+def test_a_raised_voice_shows_against_the_speakers_reference(relative) -> None:
+    """After two calm turns, a higher and louder turn of the same speaker gets higher codes."""
+    n_pitch, n_energy = 5, 4
+    stream = [
+        utt("c", 0, "a", tone(120, 0.1)),
+        utt("c", 1, "a", tone(120, 0.1)),
+        utt("c", 2, "a", tone(170, 0.4)),
+    ]
+    codes = [u.codes() for u in tokenize_utterances(stream, relative)]
+    pitch = [c % n_pitch for c in codes]
+    energy = [(c // n_pitch) % n_energy for c in codes]
+    assert np.median(pitch[2]) > np.median(pitch[1])
+    assert np.median(energy[2]) > np.median(energy[1])
+    # Alone (its own reference), the raised turn's pitch sits where a first turn's does.
+    alone = relative.encode(stream[2].samples) % n_pitch
+    assert np.median(alone) == np.median(pitch[0])
+
+
+def test_references_are_per_conversation_and_speaker(relative) -> None:
+    """The same speaker name in another conversation starts a new reference."""
+    raised = tone(170, 0.4)
+    stream = [utt("c1", 0, "a", tone(120, 0.1)), utt("c2", 0, "a", raised)]
+    codes = [u.codes() for u in tokenize_utterances(stream, relative)]
+    np.testing.assert_array_equal(codes[1], relative.encode(raised))
+    assert not np.array_equal(
+        codes[1],
+        list(tokenize_utterances([stream[0], utt("c1", 1, "a", raised)], relative))[1].codes(),
+    )
+
+
+def test_relative_codes_need_one_speaker_key_per_wave(relative) -> None:
+    waves = [tone(120, 0.1), tone(130, 0.1)]
+    with pytest.raises(ConfigError, match="speaker keys"):
+        relative.encode_batch(waves, levels=SpeakerLevels(), speakers=[("c", "a")])
+    with pytest.raises(ConfigError, match="speaker key"):
+        fit_speech_tokenizer(waves, SpeechTokenizerConfig(speaker_relative=True), seed=0)
+
+
+def test_batched_relative_codes_equal_one_by_one(relative) -> None:
+    """Batches of any size give each utterance the codes it gets in a stream of one-by-one."""
+    stream = [utt("c", i, "ab"[i % 2], tone(100 + 15 * i, 0.05 + 0.05 * i)) for i in range(6)]
+    one = [u.codes() for u in tokenize_utterances(stream, relative, batch_seconds=0.1)]
+    many = [u.codes() for u in tokenize_utterances(stream, relative, batch_seconds=600.0)]
+    for a, b in zip(one, many, strict=True):
+        np.testing.assert_array_equal(a, b)
