@@ -9,11 +9,11 @@ from dpm_worker.memory.config import (
     LabelingConfig,
     MemoryConfig,
 )
-from dpm_worker.memory.engine import BatchedLabeler, label_batched
+from dpm_worker.memory.engine import BatchedLabeler
 from dpm_worker.memory.labeling import ConversationLabeler, PreparedUtterance
 from dpm_worker.memory.lora import MEMORY_DTYPE, TemporaryLoraMemory
 from dpm_worker.memory.resume import ConversationState, capture_state, restore_state
-from dpm_worker.memory.slots import SlotLabeler
+from dpm_worker.memory.slots import SlotLabeler, label_batched
 from dpm_worker.memory.step import (
     AudioWrite,
     Padded,

@@ -305,7 +305,7 @@ class BatchedLoraMemory:
         # torch.optim.SGD without momentum: p -= lr * (g + wd * p), only the rows' slots
         wd = self.config.weight_decay
         if wd:
-            grads = torch._foreach_add(grads, gathered, alpha=wd)
+            grads = list(torch._foreach_add(grads, gathered, alpha=wd))
         if len(set(lrs)) == 1:
             for p, g in zip(self.params, grads, strict=True):
                 p.index_add_(0, slots, g, alpha=-lrs[0])

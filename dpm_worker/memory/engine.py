@@ -226,21 +226,3 @@ class BatchedLabeler:
             conv.pending.append(history[-1])
         if len(history) > 2 * keep:
             del history[: len(history) - keep]
-
-
-def label_batched(
-    model: EmotionModel,
-    config: LabelingConfig,
-    conversations: Sequence[Sequence[Utterance]],
-    slots: int,
-    history_cache: str = "recompute",
-) -> list[list[LabeledUtterance]]:
-    """Every conversation's rows, in input order (a convenience over ``BatchedLabeler``)."""
-    labeler = BatchedLabeler(model, config, slots, history_cache)
-    out: list[list[LabeledUtterance] | None] = [None] * len(conversations)
-    try:
-        for index, rows in labeler.label_conversations(conversations):
-            out[index] = rows
-    finally:
-        labeler.close()
-    return [rows or [] for rows in out]

@@ -312,3 +312,39 @@ class SlotLabeler(BatchedLabeler):
         active.position = sum(1 for owner in conv.owner if owner < state.position)
         rows = zip(conv.utterances, state.probs, state.ms, state.context_tokens, strict=False)
         conv.rows = [self._labeled(*row) for row in rows]
+
+
+def label_batched(
+    model: EmotionModel,
+    config: LabelingConfig,
+    conversations: Sequence[Sequence[Utterance]],
+    slots: int,
+    history_cache: str = "recompute",
+) -> list[list[LabeledUtterance]]:
+    """Every conversation's rows, in input order, labeled ``slots`` conversations at a time.
+
+    A :class:`SlotLabeler` under continuous batching (a conversation takes a slot as soon as
+    one frees), so every mode, ``prior-ema`` and long utterances in chunks included, gives the
+    rows :class:`~dpm_worker.memory.ConversationLabeler` gives each conversation alone.
+
+    Raises:
+        BadInputError: a conversation's utterance cannot be labeled (no audio tokens).
+    """
+    labeler = SlotLabeler(model, config, slots, history_cache)
+    out: list[list[LabeledUtterance]] = [[] for _ in conversations]
+    pending = list(enumerate(conversations))[::-1]  # popped from the end: input order
+    try:
+        while pending or labeler.keys:
+            while pending and labeler.free:
+                index, utterances = pending.pop()
+                labeler.admit(index, utterances)
+            for key in [k for k in labeler.keys if labeler.finished(k)]:
+                out[int(key)] = labeler.release(key)  # type: ignore[call-overload]
+            if not labeler.keys:
+                continue
+            _, failed = labeler.advance()
+            if failed:
+                raise next(iter(failed.values()))
+        return out
+    finally:
+        labeler.close()

@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 
 from dpm_worker.errors import ConfigError
-from dpm_worker.memory import ConversationLabeler, LabelingConfig, MemoryConfig, SlotLabeler
+from dpm_worker.memory import (
+    ConversationLabeler,
+    LabelingConfig,
+    MemoryConfig,
+    SlotLabeler,
+    label_batched,
+)
 from dpm_worker.utterance import Utterance
 from tests.unit.memory.test_batched import TARGETS, conversations, make_model
 
@@ -154,3 +160,21 @@ def test_admission_errors() -> None:
     done, failed = labeler.advance()
     assert set(failed) == {"c"} and done == ["a"]
     assert labeler.position("a") == 1 and labeler.position("c") == 0
+
+
+@pytest.mark.parametrize("name", ["prior-ema", "prior", "window-truncate"])
+def test_label_batched_equals_alone_with_prior_ema_and_long_utterances(name: str) -> None:
+    """``dpm eval --slots K`` labels through ``label_batched``: prior-ema is its own running
+    average (not the window read) and long utterances are read in chunks, as alone."""
+    config = CONFIGS[name]
+    convs = with_long_utterances(conversations(5, seed=6))
+    reference = alone(config, convs)
+    got = label_batched(make_model(), config, convs, 3)
+    for rows, want in zip(got, reference, strict=True):
+        check_rows(rows, want)
+    if name == "prior-ema":
+        window = alone(replace(config, mode="window"), convs)
+        assert any(
+            np.abs(np.stack([r.probs for r in a]) - np.stack([r.probs for r in b])).max() > 1e-3
+            for a, b in zip(got, window, strict=True)
+        )
