@@ -216,18 +216,10 @@ class ConversationLabeler:
     def _row(
         self, utt: Utterance, probs: np.ndarray, ms: float, context_tokens: int
     ) -> LabeledUtterance:
-        best = int(np.argmax(probs))
         # How the utterance was read follows from its length (so a resumed row says it too).
         parts = self.chunks(utt.codes())
-        return LabeledUtterance(
-            utterance=utt,
-            emotion=self.vocab.labels[best],
-            confidence=float(probs[best]),
-            probs=np.asarray(probs, dtype=np.float32),
-            ms=ms,
-            context_tokens=context_tokens,
-            chunks=len(parts),
-            truncated=len(parts[-1]) + 2 > self.max_context,
+        return labeled_row(
+            utt, probs, self.vocab.labels, ms, context_tokens, parts, self.max_context
         )
 
     def prepare(
@@ -356,6 +348,24 @@ class ConversationLabeler:
         mask &= positions >= 1  # position 0 has nothing before it to predict it from
         labels = torch.where(mask, tokens, torch.full_like(tokens, IGNORE))
         return labels.unsqueeze(0).to(self.model.device)
+
+
+def labeled_row(
+    utt: Utterance,
+    probs: np.ndarray,
+    labels: Sequence[str],
+    ms: float,
+    context_tokens: int,
+    parts: Sequence[np.ndarray],
+    max_context: int,
+) -> LabeledUtterance:
+    """An utterance's output row: the most probable label and how the utterance was read."""
+    best = int(np.argmax(probs))
+    probs = np.asarray(probs, dtype=np.float32)
+    truncated = len(parts[-1]) + 2 > max_context
+    return LabeledUtterance(
+        utt, labels[best], float(probs[best]), probs, ms, context_tokens, len(parts), truncated
+    )
 
 
 def utterance_parts(

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 from dpm_worker.errors import BadInputError, ConfigError
 from dpm_worker.memory.config import LabelingConfig
 from dpm_worker.memory.engine import BatchedLabeler, _Active
-from dpm_worker.memory.labeling import ema_read, utterance_parts
+from dpm_worker.memory.labeling import ema_read, labeled_row, utterance_parts
 from dpm_worker.memory.resume import RNG_KEY, ConversationState, capture_state, restore_state
 from dpm_worker.memory.step import dpm_step
 from dpm_worker.utterance import LabeledUtterance, Utterance
@@ -260,17 +260,9 @@ class SlotLabeler(BatchedLabeler):
     def _labeled(
         self, utt: Utterance, probs: np.ndarray, ms: float, context_tokens: int
     ) -> LabeledUtterance:
-        best = int(np.argmax(probs))
         parts = self._parts(utt)
-        return LabeledUtterance(
-            utterance=utt,
-            emotion=self.vocab.labels[best],
-            confidence=float(probs[best]),
-            probs=np.asarray(probs, dtype=np.float32),
-            ms=ms,
-            context_tokens=context_tokens,
-            chunks=len(parts),
-            truncated=len(parts[-1]) + 2 > self.max_context,
+        return labeled_row(
+            utt, probs, self.vocab.labels, ms, context_tokens, parts, self.max_context
         )
 
     def _restore(self, slot: int, conv: _Conversation, state: ConversationState) -> None:
