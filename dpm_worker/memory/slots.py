@@ -37,6 +37,7 @@ from dpm_worker.errors import BadInputError, ConfigError
 from dpm_worker.memory.config import LabelingConfig
 from dpm_worker.memory.engine import BatchedLabeler, _Active
 from dpm_worker.memory.labeling import ema_read, labeled_row, utterance_parts
+from dpm_worker.memory.labeling import log as labeling_log
 from dpm_worker.memory.resume import RNG_KEY, ConversationState, capture_state, restore_state
 from dpm_worker.memory.step import dpm_step
 from dpm_worker.utterance import LabeledUtterance, Utterance
@@ -183,6 +184,13 @@ class SlotLabeler(BatchedLabeler):
                 p = ema_read(conv.ema, speaker, torch.from_numpy(p), self.config).numpy()
             if self._advance_one(conv, row.ids, toks, p, ms):
                 done.append(conv.key)
+                # The one-conversation labeler's DEBUG line (``dpm bench faults`` counts them).
+                labeling_log.debug(
+                    "conversation %r: utterance %d of %d labeled",
+                    conv.utterances[0].conversation_id,
+                    len(conv.rows),
+                    len(conv.utterances),
+                )
         return done, failed
 
     def position(self, key: Hashable) -> int:

@@ -3,6 +3,7 @@ long utterances (chunks) and ``prior-ema`` included, and resume from exported st
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 
 import numpy as np
@@ -178,3 +179,13 @@ def test_label_batched_equals_alone_with_prior_ema_and_long_utterances(name: str
             np.abs(np.stack([r.probs for r in a]) - np.stack([r.probs for r in b])).max() > 1e-3
             for a, b in zip(got, window, strict=True)
         )
+
+
+def test_slot_labeler_logs_one_debug_line_per_utterance(caplog) -> None:
+    """``dpm bench faults`` counts recomputed utterances by these lines, with any slots."""
+    convs = with_long_utterances(conversations(3, seed=8))
+    with caplog.at_level(logging.DEBUG, logger="dpm_worker.memory.labeling"):
+        label_batched(make_model(), CONFIGS["prior"], convs, 2)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().endswith(" labeled")]
+    assert len(lines) == sum(len(c) for c in convs)
+    assert lines[0].startswith(f"conversation {convs[0][0].conversation_id!r}: utterance 1 of ")
