@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import signal
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -130,11 +130,14 @@ def test_three_slots_equal_one_slot_and_bad_input_fails_its_own_conversation(tmp
 
 
 SIGTERM_WORKER = """
-import sys, torch
+import logging, sys, torch
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from tests.unit.test_worker_slots import calls, worker
 torch.set_num_threads(1)
+# One stderr line per utterance labeled: the test times its SIGTERM by them.
+logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(message)s")
+logging.getLogger("dpm_worker.memory.labeling").setLevel(logging.DEBUG)
 folder = Path(sys.argv[1])
 conversations = calls(folder)
 w = worker(folder / "out", "run", "prior", slots=2)
@@ -155,21 +158,25 @@ def test_sigterm_checkpoints_every_conversation_held_and_each_resumes(tmp_path) 
         env=env,
         cwd=REPO,
         stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
     )
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-    store = CheckpointStore(str(tmp_path / "out"), "run")
-    started = time.monotonic()
-    deadline = started + 300
-    folders = [store.folder_uri(c) for c in ("call-a", "call-b")]
-    while time.monotonic() < deadline and not all(os.path.exists(f) for f in folders):
-        time.sleep(0.05)  # both long calls passed their first periodic checkpoint (25)
-    # Somewhere between two periodic checkpoints: about a third of the time the first 25
-    # utterances took (a fixed delay sees no progress at all on a loaded machine).
-    time.sleep(max(0.5, 0.35 * (time.monotonic() - started)))
+    assert proc.stderr is not None
+    # Somewhere between two periodic checkpoints: a few utterances past the first (25) in both
+    # long calls, read from the labeler's per-utterance lines (a delay is wrong on some load).
+    done = {"call-a": 0, "call-b": 0}
+    while min(done.values()) < EVERY + 3:
+        line = proc.stderr.readline()
+        assert line, "the worker ended before the signal"
+        found = re.match(r"conversation '(call-[ab])': utterance (\d+) of \d+ labeled", line)
+        if found:
+            done[found[1]] = int(found[2])
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=120) != 0
-    assert "finished" not in proc.stdout.read()
+    out, _ = proc.communicate(timeout=120)  # drains stderr so the worker never blocks on it
+    assert proc.returncode != 0
+    assert "finished" not in out
+    store = CheckpointStore(str(tmp_path / "out"), "run")
     positions = {}
     for c in ("call-a", "call-b"):
         names = os.listdir(store.folder_uri(c))
