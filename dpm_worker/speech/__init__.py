@@ -1,3 +1,4 @@
+from dpm_worker.speech.codebook_fit import fit_speech_tokenizer
 from dpm_worker.speech.cosyvoice import (
     INSTALL_HINT,
     TOKENIZER_CONFIG,
@@ -12,7 +13,6 @@ from dpm_worker.speech.tokenizer import (
     BuiltinSpeechTokenizer,
     SpeechTokenizer,
     SpeechTokenizerConfig,
-    fit_speech_tokenizer,
     load_speech_tokenizer,
 )
 from dpm_worker.speech.utterances import FRAME_TOKENS, tokenize_utterances

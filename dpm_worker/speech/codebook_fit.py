@@ -1,0 +1,85 @@
+"""Fitting the built-in product codebook on training waveforms (``dpm train`` does it once)."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable
+
+import numpy as np
+import torch
+
+from dpm_worker.errors import ConfigError
+from dpm_worker.speech.features import compute_block_features
+from dpm_worker.speech.speaker_levels import SpeakerLevels, relative_features
+from dpm_worker.speech.tokenizer import BuiltinSpeechTokenizer, SpeechTokenizerConfig
+
+
+def fit_speech_tokenizer(
+    waves: Iterable[np.ndarray],
+    config: SpeechTokenizerConfig | None = None,
+    *,
+    seed: int = 0,
+    max_blocks: int = 200_000,
+    speakers: Iterable[Hashable] | None = None,
+) -> BuiltinSpeechTokenizer:
+    """Fit the product codebook on training waveforms with MiniBatchKMeans.
+
+    Args:
+        waves: float32 mono waveforms at ``config.sample_rate`` (the training split only), in
+            dialogue order within each conversation.
+        config: the codebook's shape.
+        seed: seeds k-means and the block subsample, so the same data gives the same codebook.
+        max_blocks: at most this many blocks (uniformly subsampled) are clustered.
+        speakers: one key per waveform naming its speaker in its conversation (for example
+            ``(conversation_id, speaker)``); required when ``config.speaker_relative``.
+
+    Raises:
+        ConfigError: too little audio, or a speaker-relative codebook without ``speakers``.
+    """
+    from sklearn.cluster import MiniBatchKMeans
+
+    config = config or SpeechTokenizerConfig()
+    if config.speaker_relative and speakers is None:
+        raise ConfigError("a speaker-relative codebook is fitted with one speaker key per wave")
+    pairs: Iterable[tuple[np.ndarray, Hashable]] = (
+        zip(waves, speakers, strict=True) if speakers is not None else ((w, None) for w in waves)
+    )
+    levels = SpeakerLevels()
+    spectral, energy, pitch = [], [], []
+    for wave, key in pairs:
+        feats = compute_block_features(
+            torch.as_tensor(np.asarray(wave, dtype=np.float32)),
+            sample_rate=config.sample_rate,
+            rate_hz=config.rate_hz,
+            n_mels=config.n_mels,
+        )
+        if config.speaker_relative:
+            feats = relative_features(feats, levels.update(key, feats))
+        spectral.append(feats.spectral.numpy())
+        energy.append(feats.log_energy.numpy())
+        pitch.append(feats.log_f0.numpy())
+    if not spectral:
+        raise ConfigError("cannot fit a speech tokenizer on zero waveforms")
+    spec = np.concatenate(spectral)
+    ener = np.concatenate(energy)
+    f0 = np.concatenate(pitch)
+    rng = np.random.default_rng(seed)
+    if len(spec) > max_blocks:
+        keep = rng.choice(len(spec), size=max_blocks, replace=False)
+        spec, ener, f0 = spec[keep], ener[keep], f0[keep]
+    voiced_f0 = f0[~np.isnan(f0)]
+    if len(spec) < config.n_spectral or len(voiced_f0) < config.n_pitch - 1:
+        raise ConfigError(
+            f"too little audio to fit {config.vocab_size} codes: {len(spec)} blocks, "
+            f"{len(voiced_f0)} voiced"
+        )
+
+    def kmeans(data: np.ndarray, k: int) -> np.ndarray:
+        model = MiniBatchKMeans(n_clusters=k, random_state=seed, batch_size=4096, n_init=3)
+        return model.fit(data).cluster_centers_.astype(np.float32)
+
+    return BuiltinSpeechTokenizer(
+        config,
+        torch.from_numpy(kmeans(spec, config.n_spectral)),
+        torch.from_numpy(kmeans(ener[:, None], config.n_energy)[:, 0]),
+        torch.from_numpy(kmeans(voiced_f0[:, None], config.n_pitch - 1)[:, 0]),
+    )
