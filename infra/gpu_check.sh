@@ -10,7 +10,8 @@
 #      adapters change, A then B = B alone, determinism, labeling throughput);
 #   2. `dpm bench throughput --device cuda --dtype bfloat16 [--slots 1,8,32]` in-process on a
 #      random Llama of realistic shape (24 layers x 2048 wide);
-#   3. the same bench on the packaged default model, in-process and through the Ray job.
+#   3. the same bench on the packaged default model, in-process, and the default model through
+#      the Ray job against the in-process loop.
 # `--slots` is passed only when the installed bench has it (batched slots come with a later
 # issue); otherwise the bench runs one conversation at a time and the JSON says so.
 #
@@ -42,9 +43,11 @@ if [ "$dry_run" = 1 ]; then
   # CPU with tiny shapes; the gpu-marked tests run on CPU instead of skipping.
   export CUDA_VISIBLE_DEVICES="" DPM_GPU_TESTS_ON_CPU=1
   device=cpu; shape=2x64; conversations=2; utterances=(--min-utterances 3 --max-utterances 4)
+  slots=1,4; slot_utterances=3
   ray_args=(--actors 1 --cpus-per-actor 1)
 else
   device=cuda; shape=24x2048; conversations=6; utterances=(--min-utterances 10 --max-utterances 16)
+  slots=1,8,32; slot_utterances=8
   ray_args=(--actors 1 --gpus-per-actor 1)
   if ! "$python" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     echo "gpu_check: torch sees no CUDA device (use --dry-run on a CPU machine)" >&2
@@ -57,22 +60,28 @@ timeout 300 "$python" -m pytest tests/gpu -m gpu -q -p no:cacheprovider -rA \
   --junitxml="$out/gpu_tests.xml" >"$out/gpu_tests.log" 2>&1
 tests_rc=$?
 
-# Steps 2-3: the throughput bench, with --slots only when the bench knows it.
+# Steps 2-3: the throughput bench, with --slots only when the bench knows it (the batched
+# engine per K, in-process); the default model also goes through the Ray job (one
+# conversation per actor at a time against the in-process loop).
 slots_args=()
 if "$python" -m pipelines.cli bench throughput --help 2>/dev/null | grep -q -- "--slots"; then
-  slots_args=(--slots 1,8,32)
+  slots_args=(--slots "$slots" --utterances "$slot_utterances")
 fi
-bench=(-m pipelines.cli bench throughput --device "$device" --dtype bfloat16 "${slots_args[@]}"
+bench=(-m pipelines.cli bench throughput --device "$device" --dtype bfloat16
        --conversations "$conversations" "${utterances[@]}")
-timeout 420 "$python" "${bench[@]}" --random-model "$shape" --in-process-only \
+timeout 420 "$python" "${bench[@]}" "${slots_args[@]}" --random-model "$shape" --in-process-only \
   --workdir "$out/random" >"$out/throughput_random.json" 2>"$out/throughput_random.log"
 random_rc=$?
-timeout 420 "$python" "${bench[@]}" "${ray_args[@]}" \
+timeout 420 "$python" "${bench[@]}" "${slots_args[@]}" --in-process-only \
   --workdir "$out/default" >"$out/throughput_default.json" 2>"$out/throughput_default.log"
 default_rc=$?
+timeout 420 "$python" "${bench[@]}" "${ray_args[@]}" \
+  --workdir "$out/default_ray" >"$out/throughput_default_ray.json" \
+  2>"$out/throughput_default_ray.log"
+ray_rc=$?
 
-"$python" - "$out" "$dry_run" "$tests_rc" "$random_rc" "$default_rc" "$start" \
-  "${slots_args[*]:-}" <<'PY'
+"$python" - "$out" "$dry_run" "$tests_rc" "$random_rc" "$default_rc" "$ray_rc" "$start" \
+  "${slots_args[@]:+$slots}" <<'PY'
 import json, sys, time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -80,8 +89,8 @@ from pathlib import Path
 import torch
 
 out, dry_run = Path(sys.argv[1]), sys.argv[2] == "1"
-tests_rc, random_rc, default_rc, start = (int(x) for x in sys.argv[3:7])
-slots = sys.argv[7] if len(sys.argv) > 7 else ""
+tests_rc, random_rc, default_rc, ray_rc, start = (int(x) for x in sys.argv[3:8])
+slots = sys.argv[8] if len(sys.argv) > 8 else ""
 
 
 def bench(name: str, rc: int) -> dict:
@@ -111,13 +120,14 @@ report = {
     "dry_run": dry_run,
     "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
     "torch": torch.__version__,
-    "slots": slots.removeprefix("--slots ") if slots else "1 (this bench has no --slots yet)",
+    "slots": slots or "1 (this bench has no --slots yet)",
     "gpu_tests": tests,
     "throughput_random_llama": bench("throughput_random", random_rc),
     "throughput_default_model": bench("throughput_default", default_rc),
+    "throughput_default_model_ray": bench("throughput_default_ray", ray_rc),
     "outputs": str(out),
     "wall_s": round(time.time() - start, 1),
 }
 print(json.dumps(report, indent=2))
-sys.exit(0 if tests_rc == random_rc == default_rc == 0 else 1)
+sys.exit(0 if tests_rc == random_rc == default_rc == ray_rc == 0 else 1)
 PY

@@ -115,8 +115,10 @@ def time_split(work: Callable[[], int]) -> dict:
     return {k: round(v / wall, 3) for k, v in seconds.items()}
 
 
-def run_slots(args: argparse.Namespace) -> dict:
-    """Every variant timed in interleaved rounds (the machine's load hits all alike)."""
+def run_slots(args: argparse.Namespace, model_uri: str | None = None) -> dict:
+    """Every variant timed in interleaved rounds (the machine's load hits all alike), on the
+    model folder ``model_uri`` (default: the packaged model) with ``args.device`` and
+    ``args.dtype``."""
     from dpm_worker.memory import BatchedLabeler, ConversationLabeler, LabelingConfig
     from dpm_worker.model import load_model
 
@@ -129,13 +131,14 @@ def run_slots(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     config = LabelingConfig(mode=args.mode, window_tokens=args.window_tokens)
     n_conv = max(args.conversations, max(ks))
-    model = load_model(args.model)
+    device, dtype = getattr(args, "device", None), getattr(args, "dtype", None)
+    model = load_model(model_uri, device=device, dtype=dtype)
     corpus = token_corpus(n_conv, args.utterances, args.utterance_tokens, model.vocab.n_audio)
     n_utt = n_conv * args.utterances
 
     # peft leaves its layer wrappers in a model it was injected into (the batched memory wraps
     # plain nn.Linear layers), so the reference path gets its own copy of the model
-    reference = load_model(args.model)
+    reference = load_model(model_uri, device=device, dtype=dtype)
 
     def baseline() -> int:
         labeler = ConversationLabeler(reference, config)
@@ -190,6 +193,8 @@ def run_slots(args: argparse.Namespace) -> dict:
         "benchmark": "throughput-slots",
         "mode": args.mode,
         "history_cache": args.history_cache,
+        "device": str(model.device),
+        "dtype": str(next(model.model.parameters()).dtype).removeprefix("torch."),
         "threads": torch.get_num_threads(),
         "conversations": n_conv,
         "utterances": n_utt,

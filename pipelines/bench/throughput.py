@@ -183,10 +183,15 @@ def header(args: argparse.Namespace, corpus: str, local: dict) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.slots:  # the batched engine per K, in-process (pipelines.bench.slots)
-        print(json.dumps(run_slots(args), indent=2))
-        return 0
     args.workdir = args.workdir or tempfile.mkdtemp(prefix="dpm-bench-throughput-")
+    if args.slots:  # the batched engine per K, in-process (pipelines.bench.slots)
+        model_uri = args.model
+        if args.random_model:
+            model_uri = save_random_model(args.random_model, os.path.join(args.workdir, "model"))
+        report = run_slots(args, model_uri)
+        report["model"] = args.random_model or args.model or "default"
+        print(json.dumps(report, indent=2))
+        return 0
     corpus = args.corpus
     if corpus is None:
         from dpm_worker.corpus import SynthConfig, generate_corpus
