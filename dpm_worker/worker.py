@@ -135,7 +135,9 @@ class ConversationWorker:
         self._guard = PreemptionGuard()  # SIGTERM waits for the step in progress + checkpoints
         self.labeler: ConversationLabeler | None = None
         self.slot_loop: SlotLoop | None = None
-        if settings.slots > 1:
+        # The batched engine for several slots, and for the history cache (the
+        # one-conversation labeler always recomputes the window).
+        if settings.slots > 1 or settings.labeling.history_cache == "reuse":
             labeler = SlotLabeler(model, settings.labeling, settings.slots)
             self.slot_loop = SlotLoop(labeler, settings.checkpoint_every, self._guard)
         else:

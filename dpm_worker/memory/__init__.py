@@ -1,6 +1,7 @@
 from dpm_worker.memory.batched import BatchedLoraLinear, BatchedLoraMemory, lora_delta
-from dpm_worker.memory.cache import HISTORY_CACHES, HistoryCache
+from dpm_worker.memory.cache import HistoryCache
 from dpm_worker.memory.config import (
+    HISTORY_CACHES,
     LONG_UTTERANCES,
     MODES,
     OPTIMIZERS,

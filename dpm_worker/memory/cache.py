@@ -38,8 +38,6 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-HISTORY_CACHES = ("recompute", "reuse")
-
 
 class HistoryCache:
     """Per slot: the keys and values of the last ``keep`` history tokens and the next position.

@@ -23,8 +23,8 @@ if TYPE_CHECKING:
 
 from dpm_worker.errors import ConfigError, LabelError
 from dpm_worker.memory.batched import BatchedLoraMemory
-from dpm_worker.memory.cache import HISTORY_CACHES, HistoryCache
-from dpm_worker.memory.config import LabelingConfig
+from dpm_worker.memory.cache import HistoryCache
+from dpm_worker.memory.config import HISTORY_CACHES, LabelingConfig
 from dpm_worker.memory.step import PriorWrite, StepRow, dpm_step, strategy_for
 from dpm_worker.model import IGNORE, fit_context, history_budget, tail
 from dpm_worker.utterance import LabeledUtterance, Utterance
@@ -51,6 +51,7 @@ class BatchedLabeler:
             layers wrapped in once, here (the model must not carry the peft memory as well).
         config: the labeling configuration (as for ``ConversationLabeler``).
         slots: K, the most conversations labeled at once.
+        history_cache: ``recompute`` or ``reuse`` (default: ``config.history_cache``).
     """
 
     def __init__(
@@ -58,8 +59,9 @@ class BatchedLabeler:
         model: EmotionModel,
         config: LabelingConfig,
         slots: int,
-        history_cache: str = "recompute",
+        history_cache: str | None = None,
     ) -> None:
+        history_cache = history_cache or config.history_cache
         if slots < 1:
             raise ConfigError(f"slots must be >= 1, got {slots}")
         if history_cache not in HISTORY_CACHES:

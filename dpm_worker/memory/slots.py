@@ -22,6 +22,7 @@ slot at once. Each conversation's rows equal those it gets alone with
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +42,8 @@ from dpm_worker.memory.labeling import log as labeling_log
 from dpm_worker.memory.resume import RNG_KEY, ConversationState, capture_state, restore_state
 from dpm_worker.memory.step import dpm_step
 from dpm_worker.utterance import LabeledUtterance, Utterance
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -73,7 +76,8 @@ class SlotLabeler(BatchedLabeler):
             ``BatchedLabeler``).
         config: the labeling configuration.
         slots: the most conversations held at once.
-        history_cache: ``recompute`` (the reference) or ``reuse``.
+        history_cache: ``recompute`` (the reference) or ``reuse`` (default:
+            ``config.history_cache``).
     """
 
     def __init__(
@@ -81,7 +85,7 @@ class SlotLabeler(BatchedLabeler):
         model: EmotionModel,
         config: LabelingConfig,
         slots: int,
-        history_cache: str = "recompute",
+        history_cache: str | None = None,
     ) -> None:
         super().__init__(model, config, slots, history_cache)
         self._slots: dict[int, _Conversation] = {}
@@ -307,11 +311,46 @@ class SlotLabeler(BatchedLabeler):
         active = conv.active
         active.speakers.update(state.speaker_slots)
         active.history.extend(state.history)
-        if self.step.cache is not None:
-            active.pending = list(active.history)  # the cache starts empty: compute it
         active.position = sum(1 for owner in conv.owner if owner < state.position)
         rows = zip(conv.utterances, state.probs, state.ms, state.context_tokens, strict=False)
         conv.rows = [self._labeled(*row) for row in rows]
+        if self.step.cache is not None:
+            self._replay_cache(slot, conv, state.probs)
+
+    def _replay_cache(self, slot: int, conv: _Conversation, probs: np.ndarray) -> None:
+        """Rebuild a resumed conversation's history cache as the uninterrupted run built it.
+
+        ``reuse``'s cached states depend on the whole conversation so far (each was computed
+        seeing the history before it), so they are recomputed by running every earlier part's
+        tokens through the cache in order, as the reads did (memory off, no writes: about one
+        window-free read per earlier part). With ``history_labels: predicted`` the history
+        also holds each part's predicted emotion, known here only per utterance: if an
+        earlier utterance was read in chunks, the cache instead starts from the saved history
+        window as tokens (close to, not equal to, the uninterrupted run).
+        """
+        assert self.step.cache is not None
+        active = conv.active
+        predicted = self.history_labels == "predicted"
+        chunked = any(conv.owner.count(n) > 1 for n in set(conv.owner[: active.position]))
+        if predicted and chunked:
+            log.warning(
+                "conversation %r: resumed with a history cache built from its saved window "
+                "(an earlier utterance was read in chunks)",
+                conv.key,
+            )
+            active.pending = list(active.history)
+            return
+        if self.memory is not None:
+            self.memory.use(None)  # the cached reads ran with the memory off
+        pending: list[int] = []
+        for index in range(active.position):
+            part = active.utterances[index]
+            tokens = self.vocab.utterance_tokens(part.codes(), active.speakers[part.speaker])
+            self.step.cache.last_logits([slot], [[*pending, *tokens]])
+            if predicted:
+                label = self.vocab.labels[int(np.argmax(probs[conv.owner[index]]))]
+                pending = [self.vocab.emotion_token(label)]
+        active.pending = pending
 
 
 def label_batched(
@@ -319,7 +358,7 @@ def label_batched(
     config: LabelingConfig,
     conversations: Sequence[Sequence[Utterance]],
     slots: int,
-    history_cache: str = "recompute",
+    history_cache: str | None = None,
 ) -> list[list[LabeledUtterance]]:
     """Every conversation's rows, in input order, labeled ``slots`` conversations at a time.
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from dpm_worker.errors import ConfigError
-from dpm_worker.memory import HISTORY_CACHES
+from dpm_worker.memory import HISTORY_CACHES, LabelingConfig
 
 
 def add_slot_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,7 +45,7 @@ def add_slot_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--history-cache",
         choices=HISTORY_CACHES,
-        default="recompute",
+        default=LabelingConfig().history_cache,
         help="slots' setting (%(default)s, exact; reuse: -0.5 UA points on held-out data, "
         "95%% interval [-1.1, +0.1], dpm_worker/memory/cache.py)",
     )
@@ -119,7 +119,7 @@ def run_slots(args: argparse.Namespace, model_uri: str | None = None) -> dict:
     """Every variant timed in interleaved rounds (the machine's load hits all alike), on the
     model folder ``model_uri`` (default: the packaged model) with ``args.device`` and
     ``args.dtype``."""
-    from dpm_worker.memory import BatchedLabeler, ConversationLabeler, LabelingConfig
+    from dpm_worker.memory import BatchedLabeler, ConversationLabeler
     from dpm_worker.model import load_model
 
     try:

@@ -106,8 +106,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--history-cache",
         choices=HISTORY_CACHES,
-        default="recompute",
-        help="reuse each conversation's history keys and values (batched engine)",
+        default=None,
+        help="reuse each conversation's history keys and values (batched engine; default: "
+        "the config's labeling.history_cache, recompute)",
     )
     parser.add_argument(
         "--dtype",
@@ -179,13 +180,15 @@ def label_conversations(
     conversations: list[Conversation],
     config: LabelingConfig,
     slots: int = 1,
-    history_cache: str = "recompute",
+    history_cache: str | None = None,
 ) -> ModeResult:
     """Label every conversation with one configuration and collect the per-utterance results.
 
-    ``slots`` 1 with ``recompute`` is the single-conversation reference path; otherwise the
-    batched engine labels ``slots`` conversations at once (``dpm_worker.memory.engine``).
+    ``slots`` 1 with ``recompute`` (``history_cache``, default ``config.history_cache``) is
+    the single-conversation reference path; otherwise the batched engine labels ``slots``
+    conversations at once (``dpm_worker.memory.engine``).
     """
+    history_cache = history_cache or config.history_cache
     if slots > 1 or history_cache != "recompute":
         start = time.perf_counter()
         inputs = [c.utterances for c in conversations]

@@ -39,8 +39,12 @@ def calls(folder: Path) -> dict[str, list]:
     return out
 
 
-def worker(out: Path, run_id: str, target: str, slots: int) -> ConversationWorker:
+def worker(
+    out: Path, run_id: str, target: str, slots: int, history_cache: str = "recompute"
+) -> ConversationWorker:
     config = dataclasses.replace(settings(out, run_id, TARGETS[target]), slots=slots)
+    labeling = dataclasses.replace(config.labeling, history_cache=history_cache)
+    config = dataclasses.replace(config, labeling=labeling)
     return ConversationWorker(config, EmotionModel.random(seed=0))
 
 
@@ -60,14 +64,21 @@ def probabilities(frame) -> np.ndarray:
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
-@pytest.mark.parametrize("target", sorted(TARGETS))
-def test_two_slots_die_and_each_conversation_resumes_from_its_checkpoint(tmp_path, target) -> None:
+@pytest.mark.parametrize(
+    "target, cache", [(t, "recompute") for t in sorted(TARGETS)] + [("prior", "reuse")]
+)
+def test_two_slots_die_and_each_conversation_resumes_from_its_checkpoint(
+    tmp_path, target, cache
+) -> None:
+    """With ``history_cache: reuse`` the one-slot worker runs the batched engine too, and a
+    resumed conversation rebuilds its cache, so the tables are equal as with recompute."""
     conversations = calls(tmp_path)
-    clean = worker(tmp_path / "clean", "clean", target, slots=1)
+    clean = worker(tmp_path / "clean", "clean", target, slots=1, history_cache=cache)
+    assert (clean.slot_loop is not None) == (cache == "reuse")
     for c, rows in conversations.items():
         assert clean.label(c, rows)["status"] == "labeled"
 
-    first = worker(tmp_path / "out", "run", target, slots=2)
+    first = worker(tmp_path / "out", "run", target, slots=2, history_cache=cache)
     loop = first.slot_loop
     assert loop is not None and first.labeler is None
     original = loop._step
@@ -96,7 +107,7 @@ def test_two_slots_die_and_each_conversation_resumes_from_its_checkpoint(tmp_pat
         names = os.listdir(store.folder_uri(c))
         assert [int(n[:8]) for n in names] == [position // EVERY * EVERY], (c, names)
 
-    retry = worker(tmp_path / "out", "run", target, slots=2)
+    retry = worker(tmp_path / "out", "run", target, slots=2, history_cache=cache)
     summaries = label_all(retry, {c: r for c, r in conversations.items() if c not in finished})
     for c, position in at_death.items():
         assert summaries[c]["status"] == "labeled"

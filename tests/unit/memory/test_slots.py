@@ -189,3 +189,37 @@ def test_slot_labeler_logs_one_debug_line_per_utterance(caplog) -> None:
     lines = [r.getMessage() for r in caplog.records if r.getMessage().endswith(" labeled")]
     assert len(lines) == sum(len(c) for c in convs)
     assert lines[0].startswith(f"conversation {convs[0][0].conversation_id!r}: utterance 1 of ")
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        replace(CONFIGS["prior"], history_cache="reuse"),
+        replace(CONFIGS["prior"], history_cache="reuse", history_labels="predicted"),
+        LabelingConfig(mode="window", window_tokens=48, history_cache="reuse"),
+    ],
+    ids=["prior", "prior-predicted-labels", "window"],
+)
+def test_resume_with_history_reuse_equals_the_uninterrupted_run(config) -> None:
+    """With ``history_cache: reuse`` the cached states saw the whole conversation before
+    them; a resumed labeler rebuilds them (replaying the earlier utterances), so its rows
+    equal an uninterrupted reuse run, which here differs from recompute (the window slid)."""
+    convs = [c + c for c in conversations(2, seed=8)]
+    reference = label_batched(make_model(), config, convs, 2)
+    first = SlotLabeler(make_model(), config, 2)
+    run_slots(first, convs, stop_after=7)
+    states = {k: first.export_state(k) for k in first.keys}
+    # the window (48 tokens) has slid: more history than it holds before the resume point
+    assert all(
+        sum(len(u.codes()) + 2 for u in convs[k][: s.position]) > 48 for k, s in states.items()
+    )
+    del first
+    done = run_slots(SlotLabeler(make_model(), config, 3), convs, states)
+    for n, rows in enumerate(reference):
+        check_rows(done[n], rows)
+    recompute = label_batched(make_model(), replace(config, history_cache="recompute"), convs, 2)
+    gap = max(
+        np.abs(np.stack([r.probs for r in a]) - np.stack([r.probs for r in b])).max()
+        for a, b in zip(reference, recompute, strict=True)
+    )
+    assert gap > 1e-4

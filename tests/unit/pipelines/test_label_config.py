@@ -19,6 +19,7 @@ def test_yaml_then_flags_then_overrides(tmp_path):
             "labeling.memory.betas=[0.8, 0.9]",
             "in_flight_per_actor=3",
             "slots_per_actor=4",
+            "labeling.history_cache=reuse",
         ],
     )
     assert config.actors == 2  # flag beats the file
@@ -28,6 +29,7 @@ def test_yaml_then_flags_then_overrides(tmp_path):
     assert config.labeling.memory.betas == (0.8, 0.9)
     assert config.in_flight_per_actor == 3
     assert config.slots_per_actor == 4
+    assert config.labeling.history_cache == "reuse"
     assert config.calls_per_actor == 6  # 4 in the slots, 2 waiting with their audio read
 
 
@@ -54,6 +56,7 @@ def test_slots_per_actor_flag_and_help(capsys):
         (["novalue"], "section.key=value"),
         (["run_id=../x"], "run id"),
         (["slots_per_actor=0"], "slots_per_actor must be in \\[1, 1024\\], got 0"),
+        (["labeling.history_cache=keep"], "history_cache must be one of .* got 'keep'"),
     ],
 )
 def test_bad_values_are_rejected_with_the_value(overrides, match):
