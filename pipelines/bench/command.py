@@ -17,6 +17,7 @@ BENCHMARKS: dict[str, str] = {
     "long_turns": "UA on utterances longer than the context vs the rest, per rule and mode",
     "faults": "a labeling job with K actor kills and a driver restart against a clean run",
     "memory_loop_cost": "order-2 memory loop: ms per training step and peak RSS per (M, k)",
+    "token_memory": "peak RSS of token-cache builds of growing corpora (one process each)",
     "startup": "a model start with the stored-hash check against a full hash (1 GB folder)",
 }
 
