@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from dpm_worker.errors import ConfigError
-from dpm_worker.memory import ConversationLabeler, LabelingConfig, MemoryConfig
+from dpm_worker.memory import ConversationLabeler, LabelingConfig, MemoryConfig, label_batched
 from dpm_worker.model import EmotionModel
 from dpm_worker.training import MemoryLoopConfig, MemoryLoopTrainer, TrainingConversation
 from dpm_worker.training.second_order import FunctionalMemory, Write
@@ -164,3 +165,45 @@ def test_order_2_refuses_an_adamw_write() -> None:
 def test_bad_order_settings_name_the_field(field: str, value: int) -> None:
     with pytest.raises(ConfigError, match=f"memory_loop.{field}"):
         MemoryLoopConfig(**{field: value})
+
+
+@pytest.mark.parametrize(
+    "target, order",
+    [("audio", 1), ("audio+prediction", 1), ("prior", 1), ("audio", 2), ("prior", 2)],
+)
+def test_without_a_backbone_step_the_trainers_reads_are_the_labelers(target, order) -> None:
+    """The memory loop labels each conversation as ``dpm`` labeling does: with the backbone
+    not stepping (lr 0 in effect: more utterances per update than there are), every read it
+    scores is the batched engine's read (``dpm_worker.memory.step``) of the same utterance."""
+    memory_cfg = replace(SGD, write_target=target, confidence_gate=0.0,
+                         lr=0.3 if target == "prior" else 0.05)  # fmt: skip
+    conversations = [toy_conversation(s, n=8) for s in (11, 12)]
+    loop = MemoryLoopConfig(epochs=1, utterances_per_step=1000, plain_every=0, window_tokens=32,
+                            order=order, truncate_writes=2, seed=0)  # fmt: skip
+    trainer = MemoryLoopTrainer(EmotionModel.random(seed=3), memory_cfg, loop)
+    reads: dict[str, list[torch.Tensor]] = {}
+    score = trainer._score
+
+    def captured(emotion, *args, **kwargs):  # type: ignore[no-untyped-def]
+        conv = trainer._current  # set below, per conversation
+        reads.setdefault(conv, []).append(torch.softmax(emotion.detach().float(), -1))
+        return score(emotion, *args, **kwargs)
+
+    conversation = trainer._conversation
+
+    def tracked(conv, *args, **kwargs):  # type: ignore[no-untyped-def]
+        trainer._current = conv.conversation_id
+        return conversation(conv, *args, **kwargs)
+
+    trainer._score = captured  # type: ignore[method-assign]
+    trainer._conversation = tracked  # type: ignore[method-assign]
+    trainer.train(conversations, progress=False)
+
+    config = LabelingConfig(mode="dpm", window_tokens=32, memory=memory_cfg)
+    engine = label_batched(EmotionModel.random(seed=3), config,
+                           [c.utterances for c in conversations], 2)  # fmt: skip
+    for conv, rows in zip(conversations, engine, strict=True):
+        got = torch.stack(reads[conv.conversation_id]).numpy()
+        want = np.stack([r.probs for r in rows])
+        assert got.shape == want.shape
+        assert np.abs(got - want).max() <= 1e-5, (conv.conversation_id, np.abs(got - want).max())
