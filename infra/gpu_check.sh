@@ -12,8 +12,8 @@
 #      random Llama of realistic shape (24 layers x 2048 wide);
 #   3. the same bench on the packaged default model, in-process, and the default model through
 #      the Ray job against the in-process loop.
-# `--slots` is passed only when the installed bench has it (batched slots come with a later
-# issue); otherwise the bench runs one conversation at a time and the JSON says so.
+# `--slots` is passed only when the installed bench has it (an older install may not);
+# otherwise the bench runs one conversation at a time and the JSON says so.
 #
 # Prints one JSON document on stdout (step logs go to DIR/*.log). Exit code: 0 when every
 # step succeeded, 1 otherwise (the JSON still says which step failed and why).
