@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -21,7 +23,7 @@ from dpm_worker.speech.speaker_levels import SpeakerLevels, relative_features
 from dpm_worker.utterance import Utterance
 
 # The shipped absolute codebook's fingerprint (the token cache key) from before the option.
-DEFAULT_TOKENIZER_FINGERPRINT = "5f8e8ac9d57934a3aa5eca5d064d99f90996194f3970fbdfa4633e18b4683614"
+V3_TOKENIZER_FINGERPRINT = "5f8e8ac9d57934a3aa5eca5d064d99f90996194f3970fbdfa4633e18b4683614"
 
 
 def tone(f0: float, amplitude: float, seconds: float = 1.2) -> np.ndarray:
@@ -60,9 +62,12 @@ def relative() -> BuiltinSpeechTokenizer:
 
 
 def test_absolute_codebook_fingerprint_is_unchanged() -> None:
-    tokenizer = load_speech_tokenizer(default_model_path())
+    """dpm-default-v3's absolute codebook (a fixture) keeps its fingerprint, so token caches
+    and checkpoints made with it stay valid; the shipped v4 codebook is speaker-relative."""
+    tokenizer = load_speech_tokenizer(Path(__file__).parents[2] / "fixtures" / "tokenizer_v3")
     assert not tokenizer.speaker_relative
-    assert tokenizer.fingerprint == DEFAULT_TOKENIZER_FINGERPRINT
+    assert tokenizer.fingerprint == V3_TOKENIZER_FINGERPRINT
+    assert load_speech_tokenizer(default_model_path()).speaker_relative
 
 
 def test_relative_codebook_round_trips_and_changes_fingerprint(relative, tmp_path) -> None:
