@@ -9,9 +9,9 @@ generates a synthetic corpus of long conversations (or takes ``--corpus``), then
 - faults: at K random moments an actor that is in the middle of a conversation is killed
   (SIGKILL to the pid Ray's state API gives for the actor's id; Ray restarts it), and once the
   driver itself is killed (SIGKILL) and started again with the same ``--run-id``, which resumes
-  the run. A kill lands a random 1..C-1 utterances after the conversation's last checkpoint
-  position (C = ``--checkpoint-every``; after the first checkpoint, so there is one to resume
-  from), read from the actors' per-utterance trace lines
+  the run. A kill lands a random 1..C-3 utterances after the conversation's last checkpoint
+  position and at least 2 before the next (C = ``--checkpoint-every``; after the first
+  checkpoint, so there is one to resume from), read from the actors' per-utterance trace lines
   (:mod:`pipelines.bench.fault_trace`).
 
 Reported: the rows of the faulted run's emotion table against the clean one's
@@ -221,22 +221,26 @@ class FaultBench:
         return driver.wait(timeout=args.timeout_s), drivers
 
     def wait_mid_conversation(self, driver: subprocess.Popen) -> tuple[int, str] | None:
-        """An actor a random 1..C-1 utterances past its conversation's last checkpoint (not
-        its first interval)."""
+        """An actor a random 1..C-3 utterances past its conversation's last checkpoint (not
+        its first interval), and at least two utterances before its next one: the actor goes
+        on while the kill is prepared (the state API is slow on a loaded machine), and a kill
+        that lands on a checkpoint would not be the mid-interval kill this bench measures."""
         every = self.args.checkpoint_every or 25
-        past = self.rng.randint(1, max(1, every - 1))
+        margin = 2 if every > 3 else 0
+        past = self.rng.randint(1, max(1, every - 1 - margin))
         deadline = time.monotonic() + self.args.timeout_s
         while driver.poll() is None and time.monotonic() < deadline:
-            self.trace.scan()
+            alive = sorted(alive_pids(self.old_actors, self.killed_pids).items())
+            self.trace.scan()  # after the (slow) state API call: positions as fresh as can be
             candidates = []
-            for pid, actor_id in sorted(alive_pids(self.old_actors, self.killed_pids).items()):
+            for pid, actor_id in alive:
                 position = self.trace.positions.get(pid)
                 if position is None or position.done >= position.total:
                     continue
                 # Past its first checkpoint, so the retry has one to resume from (a kill in
                 # the first interval would only show a restart from utterance 0).
                 first = every if position.total > every + past else 0
-                if position.done >= first and position.done % every >= past:
+                if position.done >= first and past <= position.done % every < every - margin:
                     candidates.append((pid, actor_id))
             if candidates:
                 return self.rng.choice(candidates)
