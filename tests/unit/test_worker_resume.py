@@ -119,16 +119,22 @@ print("finished", flush=True)
 """
 
 
-def test_sigterm_mid_conversation_checkpoints_before_exit_and_retry_resumes(tmp_path) -> None:
-    rows = long_conversation(tmp_path)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", SIGTERM_WORKER, str(tmp_path)],
-        env=env,
+def start_script(script: str, folder: Path, **popen) -> subprocess.Popen:
+    """Run ``script`` (a worker that prints "ready", labels, prints "finished") in a child
+    Python with ``folder`` as its argument: its own process, so a signal to it is real."""
+    return subprocess.Popen(
+        [sys.executable, "-c", script, str(folder)],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
         cwd=REPO,
         stdout=subprocess.PIPE,
         text=True,
+        **popen,
     )
+
+
+def test_sigterm_mid_conversation_checkpoints_before_exit_and_retry_resumes(tmp_path) -> None:
+    rows = long_conversation(tmp_path)
+    proc = start_script(SIGTERM_WORKER, tmp_path)
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
     store = CheckpointStore(str(tmp_path / "out"), "run")
     deadline = time.monotonic() + 300

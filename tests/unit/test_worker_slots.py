@@ -14,7 +14,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -24,7 +23,13 @@ import pytest
 from dpm_worker.model import EmotionModel
 from dpm_worker.tables import EMOTIONS, CheckpointStore, read_run_table
 from dpm_worker.worker import ConversationWorker
-from tests.unit.test_worker_resume import EVERY, REPO, TARGETS, long_conversation, settings
+from tests.unit.test_worker_resume import (
+    EVERY,
+    TARGETS,
+    long_conversation,
+    settings,
+    start_script,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 LENGTHS = {"call-a": 70, "call-b": 64, "call-c": 9}
@@ -163,15 +168,7 @@ print("finished", flush=True)
 
 def test_sigterm_checkpoints_every_conversation_held_and_each_resumes(tmp_path) -> None:
     conversations = calls(tmp_path)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", SIGTERM_WORKER, str(tmp_path)],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_script(SIGTERM_WORKER, tmp_path, stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
     assert proc.stderr is not None
     # Somewhere between two periodic checkpoints: a few utterances past the first (25) in both
