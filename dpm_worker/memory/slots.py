@@ -331,7 +331,8 @@ class SlotLabeler(BatchedLabeler):
         assert self.step.cache is not None
         active = conv.active
         predicted = self.history_labels == "predicted"
-        chunked = any(conv.owner.count(n) > 1 for n in set(conv.owner[: active.position]))
+        # an earlier utterance in chunks: fewer utterances than parts before the position
+        chunked = len(set(conv.owner[: active.position])) < active.position
         if predicted and chunked:
             log.warning(
                 "conversation %r: resumed with a history cache built from its saved window "
