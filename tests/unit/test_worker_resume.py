@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +28,7 @@ from dpm_worker.worker import ConversationWorker, WorkerSettings
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 REPO = Path(__file__).resolve().parents[2]
 N_UTTERANCES, KILL_AFTER, EVERY = 204, 120, 25
+SIGNAL_AT = 37  # between two periodic checkpoints (25, 50)
 TARGETS = {
     "prior": MemoryConfig(steps_per_utterance=1),
     "audio": MemoryConfig(write_target="audio", optimizer="adamw", lr=1e-3, steps_per_utterance=1),
@@ -103,16 +103,27 @@ def test_killed_after_120_resumes_from_100_and_equals_uninterrupted(tmp_path, ta
 
 
 SIGTERM_WORKER = """
-import sys, torch
+import signal, sys, torch
 from dpm_worker.model import EmotionModel
 from dpm_worker.worker import ConversationWorker
-from tests.unit.test_worker_resume import long_conversation, settings, TARGETS
+from tests.unit.test_worker_resume import long_conversation, settings, TARGETS, SIGNAL_AT
 from pathlib import Path
 torch.set_num_threads(1)
 folder = Path(sys.argv[1])
 worker = ConversationWorker(
     settings(folder / "out", "run", TARGETS["prior"]), EmotionModel.random(seed=0)
 )
+original = worker.labeler.label_conversation
+
+def signalled_mid_call(inputs, resume=None, after_utterance=None):
+    def after(rows, slots, history):
+        if len(rows) == SIGNAL_AT:  # a real SIGTERM, raised while the worker is busy
+            signal.raise_signal(signal.SIGTERM)
+        after_utterance(rows, slots, history)
+
+    return original(inputs, resume, after)
+
+worker.labeler.label_conversation = signalled_mid_call
 print("ready", flush=True)
 worker.label("call", long_conversation(folder))
 print("finished", flush=True)
@@ -136,18 +147,15 @@ def test_sigterm_mid_conversation_checkpoints_before_exit_and_retry_resumes(tmp_
     rows = long_conversation(tmp_path)
     proc = start_script(SIGTERM_WORKER, tmp_path)
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-    store = CheckpointStore(str(tmp_path / "out"), "run")
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not os.path.exists(store.folder_uri("call")):
-        time.sleep(0.05)  # the first periodic checkpoint (25): labeling is under way
-    time.sleep(1.0)  # somewhere between two periodic checkpoints
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == -signal.SIGTERM  # it exited as SIGTERM asks
+    # The signal is raised in the child after utterance 37 (not timed from here: a delay
+    # lands anywhere under load, on a periodic checkpoint too, which proves nothing).
+    assert proc.wait(timeout=300) == -signal.SIGTERM  # it exited as SIGTERM asks
     assert "finished" not in proc.stdout.read()
+    store = CheckpointStore(str(tmp_path / "out"), "run")
     names = os.listdir(store.folder_uri("call"))
     assert len(names) == 1
     position = int(names[0][:8])
-    assert position > EVERY and position % EVERY != 0  # written at the signal, not periodic
+    assert position == SIGNAL_AT  # written at the signal, not at the periodic 25
 
     retry = ConversationWorker(
         settings(tmp_path / "out", "run", TARGETS["prior"]), EmotionModel.random(seed=0)
