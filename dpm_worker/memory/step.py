@@ -17,7 +17,10 @@ strategy                           step
 Rows are left-padded to a common length with an attention mask and position ids that start at
 0 on each row's first real token, so every row's ``<audio_end>`` is the last column and each row
 computes what it would alone (up to float rounding). The memory is a
-:class:`~dpm_worker.memory.batched.BatchedLoraMemory`; a row names its memory slot.
+:class:`~dpm_worker.memory.batched.BatchedLoraMemory`; a row names its memory slot. On a Llama
+backbone the passes that need only the last column (reads with the memory off, the ``prior``
+write on lone speaker tokens) run without padding and with the last layer at the last token
+only (:mod:`dpm_worker.model.packed`).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from dpm_worker.memory.batched import BatchedLoraMemory
 from dpm_worker.memory.cache import HistoryCache
 from dpm_worker.memory.config import MemoryConfig
 from dpm_worker.model import IGNORE
+from dpm_worker.model.packed import as_batch, last_token_logits, packs
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,8 @@ class Step:
         self.device = next(lm.parameters()).device
         # ``history_cache: reuse`` (set by the engine where the read runs with the memory off)
         self.cache: HistoryCache | None = None
+        # Llama: reads without padding, the last layer at the last token (model.packed)
+        self.packed = packs(lm)
 
     def backbone_read(self, rows: Sequence[StepRow]) -> torch.Tensor:
         """``[N, n_labels]`` emotion logits at ``<audio_end>`` with the memory off, computing
@@ -119,9 +125,15 @@ class Step:
         """``[N, n_labels]`` float32 emotion logits at each row's ``<audio_end>``."""
         if self.memory is not None:
             self.memory.use([r.slot for r in rows] if memory_on else None)
-        batch = Padded.of([r.ids for r in rows], self.device)
         with torch.no_grad():
-            return batch.logits(self.lm, 1)[:, -1, self.emotion_ids].float()
+            return self.last_logits([r.ids for r in rows], memory_on)[:, self.emotion_ids].float()
+
+    def last_logits(self, seqs: Sequence[Sequence[int]], memory_on: bool) -> torch.Tensor:
+        """``[N, V]`` logits at each sequence's last token; packed where nothing needs the
+        rows as batch rows (``dpm_worker.model.packed``), padded otherwise."""
+        if self.packed and (not memory_on or as_batch(seqs)):
+            return last_token_logits(self.lm, seqs)
+        return Padded.of(seqs, self.device).logits(self.lm, 1)[:, -1]
 
     def __call__(self, rows: Sequence[StepRow]) -> torch.Tensor:
         raise NotImplementedError
@@ -256,11 +268,10 @@ class PriorWrite(Step):
         memory = self.memory
         assert memory is not None
         slots = [r.slot for r in rows]
-        batch = Padded.of(prefixes, self.device)
         prior: torch.Tensor | None = None
         for _ in range(self.config.steps_per_utterance):
             memory.use(slots)
-            delta = batch.logits(self.lm, 1)[:, -1, self.emotion_ids].float() - base
+            delta = self.last_logits(prefixes, True)[:, self.emotion_ids].float() - base
             if prior is None:
                 prior = torch.log_softmax(delta.detach(), dim=-1)
             loss = -(target * torch.log_softmax(delta, dim=-1)).sum()
@@ -268,7 +279,7 @@ class PriorWrite(Step):
         if prior is None:  # zero steps: read without writing
             memory.use(slots)
             with torch.no_grad():
-                logits = batch.logits(self.lm, 1)[:, -1, self.emotion_ids].float()
+                logits = self.last_logits(prefixes, True)[:, self.emotion_ids].float()
             prior = torch.log_softmax(logits - base, dim=-1)
         return prior
 
