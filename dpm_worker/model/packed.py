@@ -29,6 +29,7 @@ Llama-architecture models only (:func:`packs`); others take the padded forward.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -59,7 +60,7 @@ def last_token_logits(lm: nn.Module, seqs: Sequence[Sequence[int]]) -> torch.Ten
     Rows of one length run as a batch ``[N, T]`` (:func:`as_batch`), others packed into
     ``[1, sum(T)]``. Builds a graph unless called under ``torch.no_grad()``.
     """
-    core = lm.model
+    core: Any = lm.model  # LlamaModel (packs)
     device = next(lm.parameters()).device
     lengths = [len(s) for s in seqs]
     if min(lengths) < 1:
@@ -119,5 +120,6 @@ def last_token_logits(lm: nn.Module, seqs: Sequence[Sequence[int]]) -> torch.Ten
         residual = at_last(hidden) if final else hidden
         hidden = residual + attn.o_proj(attended)
         hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
-    logits = lm.lm_head(core.norm(hidden))
+    head: Any = lm.lm_head
+    logits = head(core.norm(hidden))
     return logits.reshape(len(seqs), -1)
