@@ -64,10 +64,17 @@ def test_bench_faults_loses_and_duplicates_nothing(tmp_path, tiny_model) -> None
     )
     # ... and its retry resumed from a checkpoint: what it recomputed is what the killed actor
     # labeled after a checkpoint position (the newest, or the one before when the kill cut
-    # the newest one's write).
+    # the newest one's write). Besides the periodic ones, Ray stops a dead driver's actors
+    # with SIGTERM, and each writes a checkpoint where it stands, past the position the bench
+    # read at the driver kill (seen here: driver kill read at 17, checkpoint at 21; the bench
+    # reads the position of one conversation, so another one's may be anywhere).
     lost = report["recomputed_after_actor_kills"]
     resumed_at = kill["position"] - lost
-    assert resumed_at > 0 and resumed_at % EVERY == 0, (lost, report["events"])
+    (driver,) = [e for e in report["events"] if e["kind"] == "driver"]
+    at_sigterm = (
+        kill["conversation_id"] != driver["conversation_id"] or resumed_at >= driver["position"]
+    )
+    assert resumed_at > 0 and (resumed_at % EVERY == 0 or at_sigterm), (lost, report["events"])
     assert lost <= EVERY + 1, (lost, report["events"])
     assert recomputed <= report["recomputed_bound_with_driver_kill"] == 3 * EVERY
     assert report["wall_s_clean"] > 0 and report["wall_s_faults"] > 0
