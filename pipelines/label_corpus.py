@@ -66,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         metavar="P",
         help="conversations each actor labels at once, every utterance step batched across "
-        "them (default 1; same rows within 1e-5; more keeps a GPU busy)",
+        "them (default 8, the benchmark's choice; same rows within 1e-5; 1 = one at a time)",
     )
     add_config_arguments(
         parser,

@@ -57,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--slots-per-actor",
         type=int,
         default=1,
-        help="conversations one actor labels at once (passed as slots_per_actor=P when P != 1)",
+        help="conversations one actor labels at once (the job's slots_per_actor)",
     )
     parser.add_argument("--model", help="model folder (default: the packaged model)")
     parser.add_argument("--actors", type=int, default=2)
@@ -284,8 +284,7 @@ class FaultBench:
             f"max_attempts={args.kills + 3}",
             "progress_interval_s=10",
         ]
-        if args.slots_per_actor != 1:
-            command.append(f"slots_per_actor={args.slots_per_actor}")
+        command.append(f"slots_per_actor={args.slots_per_actor}")
         logfile = open(os.path.join(args.workdir, f"driver-{name}.log"), "w")  # noqa: SIM115
         return subprocess.Popen(
             command,

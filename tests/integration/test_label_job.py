@@ -31,11 +31,13 @@ from tests.integration.conftest import (
 pytestmark = pytest.mark.integration
 
 # Small and single-threaded: the cluster has 2 CPUs shared with the test process.
-JOB = [
+JOB = [  # the clean run: one conversation at a time per actor, the reference of the slots
     "--actors",
     "2",
     "--cpus-per-actor",
     "0.5",
+    "--slots-per-actor",
+    "1",
     "progress_interval_s=2",
     "actor_start_timeout_s=120",
 ]
