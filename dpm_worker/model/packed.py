@@ -29,6 +29,7 @@ Llama-architecture models only (:func:`packs`); others take the padded forward.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import accumulate
 from typing import Any
 
 import torch
@@ -69,14 +70,11 @@ def last_token_logits(lm: nn.Module, seqs: Sequence[Sequence[int]]) -> torch.Ten
     if batch:
         ids = torch.tensor([list(s) for s in seqs], dtype=torch.long, device=device)
         positions = torch.arange(lengths[0], device=device).expand(len(seqs), -1)
-        starts = [0] * len(seqs)
-        last = torch.full((len(seqs),), lengths[0] - 1, device=device)
     else:
         ids = torch.tensor([[int(t) for s in seqs for t in s]], dtype=torch.long, device=device)
         positions = torch.cat([torch.arange(n, device=device) for n in lengths])[None]
-        starts = [0]
-        for n in lengths[:-1]:
-            starts.append(starts[-1] + n)
+        # where each row starts in the one sequence, and its last token
+        starts = list(accumulate(lengths[:-1], initial=0))
         last = torch.tensor([s + n - 1 for s, n in zip(starts, lengths, strict=True)])
         last = last.to(device)
 
