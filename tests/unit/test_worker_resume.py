@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +62,26 @@ def probabilities(frame: pd.DataFrame) -> np.ndarray:
     return frame[[f"p_{label}" for label in DEFAULT_LABELS]].to_numpy()
 
 
+def at_utterance(worker: ConversationWorker, n: int, action: Callable[[], None]) -> None:
+    """Run ``action`` when ``worker`` has labeled utterance ``n`` of a conversation, before the
+    worker's own work after it (a checkpoint that is due, its SIGTERM check)."""
+    original = worker.labeler.label_conversation
+
+    def label_conversation(inputs, resume=None, after_utterance=None):
+        def after(rows_so_far, slots, history):
+            if len(rows_so_far) == n:
+                action()
+            after_utterance(rows_so_far, slots, history)
+
+        return original(inputs, resume, after)
+
+    worker.labeler.label_conversation = label_conversation  # type: ignore[method-assign]
+
+
+def die() -> None:
+    raise SystemExit(1)  # the process ends here, as Ray's SIGTERM handler ends it
+
+
 @pytest.mark.parametrize("target", sorted(TARGETS))
 def test_killed_after_120_resumes_from_100_and_equals_uninterrupted(tmp_path, target) -> None:
     rows = long_conversation(tmp_path)
@@ -71,17 +92,7 @@ def test_killed_after_120_resumes_from_100_and_equals_uninterrupted(tmp_path, ta
 
     out = tmp_path / "out"
     first = ConversationWorker(settings(out, "run", memory), EmotionModel.random(seed=0))
-    original = first.labeler.label_conversation
-
-    def dies_after_120(inputs, resume=None, after_utterance=None):
-        def after(rows_so_far, slots, history):
-            after_utterance(rows_so_far, slots, history)
-            if len(rows_so_far) == KILL_AFTER:
-                raise SystemExit(1)  # the process ends here; nothing after it runs
-
-        return original(inputs, resume, after)
-
-    first.labeler.label_conversation = dies_after_120  # type: ignore[method-assign]
+    at_utterance(first, KILL_AFTER, die)  # 120 is no checkpoint position: nothing is saved there
     with pytest.raises(SystemExit):
         first.label("call", rows)
     store = CheckpointStore(str(out), "run")
@@ -106,24 +117,17 @@ SIGTERM_WORKER = """
 import signal, sys, torch
 from dpm_worker.model import EmotionModel
 from dpm_worker.worker import ConversationWorker
-from tests.unit.test_worker_resume import long_conversation, settings, TARGETS, SIGNAL_AT
+from tests.unit.test_worker_resume import (
+    long_conversation, settings, TARGETS, SIGNAL_AT, at_utterance
+)
 from pathlib import Path
 torch.set_num_threads(1)
 folder = Path(sys.argv[1])
 worker = ConversationWorker(
     settings(folder / "out", "run", TARGETS["prior"]), EmotionModel.random(seed=0)
 )
-original = worker.labeler.label_conversation
-
-def signalled_mid_call(inputs, resume=None, after_utterance=None):
-    def after(rows, slots, history):
-        if len(rows) == SIGNAL_AT:  # a real SIGTERM, raised while the worker is busy
-            signal.raise_signal(signal.SIGTERM)
-        after_utterance(rows, slots, history)
-
-    return original(inputs, resume, after)
-
-worker.labeler.label_conversation = signalled_mid_call
+# a real SIGTERM, raised while the worker is busy
+at_utterance(worker, SIGNAL_AT, lambda: signal.raise_signal(signal.SIGTERM))
 print("ready", flush=True)
 worker.label("call", long_conversation(folder))
 print("finished", flush=True)
@@ -174,17 +178,7 @@ def test_checkpoint_of_another_labeling_config_is_not_resumed(tmp_path, caplog) 
     rows = long_conversation(tmp_path, n=60)
     out = tmp_path / "out"
     first = ConversationWorker(settings(out, "run", TARGETS["prior"]), EmotionModel.random(seed=0))
-    original = first.labeler.label_conversation
-
-    def dies_after_30(inputs, resume=None, after_utterance=None):
-        def after(rows_so_far, slots, history):
-            after_utterance(rows_so_far, slots, history)
-            if len(rows_so_far) == 30:
-                raise SystemExit(1)
-
-        return original(inputs, resume, after)
-
-    first.labeler.label_conversation = dies_after_30  # type: ignore[method-assign]
+    at_utterance(first, 30, die)
     with pytest.raises(SystemExit):
         first.label("call", rows)
     other = MemoryConfig(steps_per_utterance=1, lr=0.1)  # same run id, another config
