@@ -265,35 +265,49 @@ class BatchedLoraMemory:
 
     # -- optimizer ------------------------------------------------------------------------------
 
-    def step(self, rows: Sequence[int], loss: torch.Tensor) -> None:
+    def step(self, rows: Sequence[int], loss: torch.Tensor, retain_graph: bool = False) -> None:
         """One optimizer step of the slots ``rows`` on ``loss`` (a sum of per-row losses).
 
         ``rows`` must be those of the last :meth:`use` (the passes ``loss`` comes from), each
         slot once. Each slot's lr follows its own warm-up; slots not in ``rows`` do not move.
+        Only the adapters get gradients (a backbone that requires them, in the memory-loop
+        trainer, gets none from a write); ``retain_graph`` keeps the passes' graph for a read
+        taken from them.
         """
         cfg = self.config
-        key = tuple(rows)
-        if key != self._used or len(set(key)) != len(key):
-            raise ConfigError(f"step rows {key} must be the last use()'s {self._used}, distinct")
-        gathered = [t for layer in self.layers for t in (layer.a_rows, layer.b_rows)]
-        for t in gathered:
-            t.grad = None  # type: ignore[union-attr]
-        loss.backward()
-        grads = [_grad(t) for t in gathered]  # type: ignore[arg-type]
+        key = self._check_step(rows)
+        gathered = self._gathered()
+        found = torch.autograd.grad(loss, gathered, retain_graph=retain_graph, allow_unused=True)
+        grads = [
+            torch.zeros_like(t) if g is None else g for g, t in zip(found, gathered, strict=True)
+        ]
         slots = torch.tensor(key, dtype=torch.long, device=self.params[0].device)
         lrs = [self._lr(self.steps[s]) for s in key]
         with torch.no_grad():
             if cfg.optimizer == "sgd":
-                self._sgd(gathered, grads, slots, lrs)  # type: ignore[arg-type]
+                self._sgd(gathered, grads, slots, lrs)
             else:
                 counts = [self.steps[s] + 1 for s in key]
                 moments = self._moments
                 for p, w, g, (m, v) in zip(self.params, gathered, grads, moments, strict=True):
-                    self._adamw(p, w, g, m, v, slots, lrs, counts)  # type: ignore[arg-type]
+                    self._adamw(p, w, g, m, v, slots, lrs, counts)
         for s in key:
             self.steps[s] += 1
         self._fresh = False
         self.use(key)
+
+    def _gathered(self) -> list[torch.Tensor]:
+        """The per-row adapters of the last :meth:`use`, layer by layer (A, B)."""
+        out = [t for layer in self.layers for t in (layer.a_rows, layer.b_rows)]
+        if any(t is None for t in out):
+            raise ConfigError("a memory step needs the rows of a use(), not the memory off")
+        return out  # type: ignore[return-value]
+
+    def _check_step(self, rows: Sequence[int]) -> tuple[int, ...]:
+        key = tuple(rows)
+        if key != self._used or len(set(key)) != len(key):
+            raise ConfigError(f"step rows {key} must be the last use()'s {self._used}, distinct")
+        return key
 
     def _sgd(
         self,
@@ -358,10 +372,6 @@ class BatchedLoraMemory:
     def _check(self, slot: int) -> None:
         if not 0 <= slot < self.n_slots:
             raise ConfigError(f"memory slot {slot} is outside 0..{self.n_slots - 1}")
-
-
-def _grad(t: torch.Tensor) -> torch.Tensor:
-    return t.grad if t.grad is not None else torch.zeros_like(t)
 
 
 def _per_row(values: list[float], like: torch.Tensor) -> Any:

@@ -31,8 +31,9 @@ from dpm_worker.utterance import LabeledUtterance, Utterance
 
 
 @dataclass
-class _Active:
-    """A conversation in a slot: its utterances, where it is, its history and its rows."""
+class ActiveConversation:
+    """A conversation in a slot: its utterances, where it is, its history and its rows
+    (:meth:`BatchedLabeler.begin` makes one; ``next_row`` and ``remember`` walk it)."""
 
     index: int
     utterances: Sequence[Utterance]
@@ -52,6 +53,8 @@ class BatchedLabeler:
         config: the labeling configuration (as for ``ConversationLabeler``).
         slots: K, the most conversations labeled at once.
         history_cache: ``recompute`` or ``reuse`` (default: ``config.history_cache``).
+        memory_class: the batched memory to build in ``dpm`` mode (the memory-loop trainer's
+            order 2 passes one whose writes keep the graph).
     """
 
     def __init__(
@@ -60,6 +63,7 @@ class BatchedLabeler:
         config: LabelingConfig,
         slots: int,
         history_cache: str | None = None,
+        memory_class: type[BatchedLoraMemory] = BatchedLoraMemory,
     ) -> None:
         history_cache = history_cache or config.history_cache
         if slots < 1:
@@ -80,7 +84,7 @@ class BatchedLabeler:
         # Speaker scope: one memory slot per (conversation slot, speaker slot).
         self.per_conversation = self.vocab.n_speakers if config.memory.scope == "speaker" else 1
         self.memory = (
-            BatchedLoraMemory(model.model, config.memory, slots * self.per_conversation)
+            memory_class(model.model, config.memory, slots * self.per_conversation)
             if config.mode == "dpm"
             else None
         )
@@ -109,7 +113,7 @@ class BatchedLabeler:
         """Label conversations (each in dialogue order), yielding ``(input index, rows)`` as
         each one ends; the order of the yields is the order in which conversations finish."""
         waiting = iter(enumerate(conversations))
-        active: dict[int, _Active] = {}
+        active: dict[int, ActiveConversation] = {}
         exhausted = False
         while True:
             while not exhausted and len(active) < self.slots:
@@ -118,11 +122,11 @@ class BatchedLabeler:
                     exhausted = True
                     break
                 slot = min(set(range(self.slots)) - set(active))
-                active[slot] = self._start(slot, *nxt)
+                active[slot] = self.begin(slot, *nxt)
             done = [s for s, conv in active.items() if conv.position >= len(conv.utterances)]
             for slot in done:
                 conv = active.pop(slot)
-                self._finish(slot)
+                self.finish(slot)
                 yield conv.index, conv.predictions
             if done:
                 continue  # refill the freed slots before the next step
@@ -130,28 +134,31 @@ class BatchedLabeler:
                 return
             self._advance(active)
 
-    # -- internals ------------------------------------------------------------------------------
+    # -- one conversation's steps (also driven from outside: SlotLabeler, the memory loop) -------
 
-    def _start(self, slot: int, index: int, utterances: Sequence[Utterance]) -> _Active:
+    def begin(self, slot: int, index: int, utterances: Sequence[Utterance]) -> ActiveConversation:
+        """Conversation ``index`` (``utterances``) starts in slot ``slot``."""
         if self.step.cache is not None:
             self.step.cache.drop(slot)
-        # A memory slot is reset when its speaker first speaks (_row): most conversations use
+        # A memory slot is reset when its speaker first speaks (next_row): most conversations use
         # two of the vocabulary's speaker slots, and a reset rewrites every adapted layer.
-        return _Active(index, utterances)
+        return ActiveConversation(index, utterances)
 
-    def _finish(self, slot: int) -> None:
+    def finish(self, slot: int) -> None:
+        """Slot ``slot``'s conversation ended: drop what is kept for it."""
         if self.step.cache is not None:
             self.step.cache.drop(slot)
         if isinstance(self.step, PriorWrite):
             for speaker in range(self.vocab.n_speakers):
                 self.step.forget((slot, speaker))
 
-    def _advance(self, active: dict[int, _Active]) -> None:
+    def _advance(self, active: dict[int, ActiveConversation]) -> None:
+        """One batched step: the next utterance of every active conversation."""
         start = time.perf_counter()
         self.steps_run += 1
         rows, tokens = [], []
         for slot, conv in active.items():
-            row, toks = self._row(slot, conv)
+            row, toks = self.next_row(slot, conv)
             rows.append(row)
             tokens.append(toks)
         probs = dpm_step(self.step, rows).float().cpu().numpy()
@@ -160,7 +167,7 @@ class BatchedLabeler:
             utt = conv.utterances[conv.position]
             best = int(np.argmax(p))
             label = self.vocab.labels[best]
-            self._remember(conv, toks, label)
+            self.remember(conv, toks, label)
             conv.predictions.append(
                 LabeledUtterance(
                     utterance=utt,
@@ -173,7 +180,7 @@ class BatchedLabeler:
             )
             conv.position += 1
 
-    def _row(self, slot: int, conv: _Active) -> tuple[StepRow, list[int]]:
+    def next_row(self, slot: int, conv: ActiveConversation) -> tuple[StepRow, list[int]]:
         """The step row of ``conv``'s next utterance (``ConversationLabeler.prepare``'s input)."""
         utt = conv.utterances[conv.position]
         speaker = conv.speakers.get(utt.speaker, len(conv.speakers))
@@ -218,7 +225,7 @@ class BatchedLabeler:
             out.append(tok if on and pos >= 1 else IGNORE)
         return out
 
-    def _remember(self, conv: _Active, tokens: list[int], label: str) -> None:
+    def remember(self, conv: ActiveConversation, tokens: list[int], label: str) -> None:
         """``ConversationLabeler.remember``; the step's read already cached ``tokens``."""
         history, keep = conv.history, self.keep
         history.extend(tokens)

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 from dpm_worker.errors import BadInputError, ConfigError
 from dpm_worker.memory.config import LabelingConfig
-from dpm_worker.memory.engine import BatchedLabeler, _Active
+from dpm_worker.memory.engine import ActiveConversation, BatchedLabeler
 from dpm_worker.memory.labeling import ema_read, labeled_row, utterance_parts
 from dpm_worker.memory.labeling import log as labeling_log
 from dpm_worker.memory.resume import RNG_KEY, ConversationState, capture_state, restore_state
@@ -53,7 +53,7 @@ class _Conversation:
     key: Hashable
     utterances: list[Utterance]
     owner: list[int]  # part -> the utterance it belongs to
-    active: _Active
+    active: ActiveConversation
     rows: list[LabeledUtterance] = field(default_factory=list)
     total: np.ndarray | None = None  # the current utterance's weighted reads so far
     ms: float = 0.0
@@ -133,12 +133,12 @@ class SlotLabeler(BatchedLabeler):
             whole = len(pieces) == 1
             parts.extend(utt if whole else dataclasses.replace(utt, audio_ids=p) for p in pieces)
             owner.extend([n] * len(pieces))
-        conv = _Conversation(key, utts, owner, self._start(slot, 0, parts))
+        conv = _Conversation(key, utts, owner, self.begin(slot, 0, parts))
         if resume is not None:
             try:
                 self._restore(slot, conv, resume)
             except ConfigError:
-                self._finish(slot)
+                self.finish(slot)
                 raise
         self._slots[slot] = conv
         self._where[key] = slot
@@ -147,7 +147,7 @@ class SlotLabeler(BatchedLabeler):
         """Take a conversation out (finished or not) and free its slot; its rows so far."""
         slot = self._where.pop(key)
         conv = self._slots.pop(slot)
-        self._finish(slot)
+        self.finish(slot)
         return conv.rows
 
     # -- labeling -------------------------------------------------------------------------------
@@ -168,7 +168,7 @@ class SlotLabeler(BatchedLabeler):
             if conv.finished:
                 continue
             try:
-                row, toks = self._row(slot, conv.active)
+                row, toks = self.next_row(slot, conv.active)
             except BadInputError as exc:
                 failed[conv.key] = exc
                 continue
@@ -251,7 +251,7 @@ class SlotLabeler(BatchedLabeler):
         part = active.utterances[active.position]
         utt = conv.utterances[conv.owner[active.position]]
         # Each part enters the history (and memory) as a turn with its own read.
-        self._remember(active, tokens, self.vocab.labels[int(np.argmax(p))])
+        self.remember(active, tokens, self.vocab.labels[int(np.argmax(p))])
         active.position += 1
         n_codes = len(utt.codes())
         weight = len(part.codes()) / n_codes if n_codes else 1.0

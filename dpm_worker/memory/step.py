@@ -21,6 +21,11 @@ computes what it would alone (up to float rounding). The memory is a
 backbone the passes that need only the last column (reads with the memory off, the ``prior``
 write on lone speaker tokens) run without padding and with the last layer at the last token
 only (:mod:`dpm_worker.model.packed`).
+
+The memory-loop trainer (:mod:`dpm_worker.training.memory_loop`) runs these same strategies
+with ``training`` set: the reads keep their graph (the backbone learns from their loss), and
+:meth:`Step.rewrite` repeats a past write, which the order-2 trainer replays through a memory
+whose writes keep the graph (:mod:`dpm_worker.training.second_order`).
 """
 
 from __future__ import annotations
@@ -94,6 +99,10 @@ class Padded:
 class Step:
     """What every strategy shares: the backbone, the memory, the emotion token ids."""
 
+    # what the last step's write trained toward, beyond its rows (``prior``: the backbone's
+    # reads), for :meth:`rewrite`; None where the rows say it all (audio writes)
+    written: torch.Tensor | None = None
+
     def __init__(
         self,
         lm: nn.Module,
@@ -109,6 +118,9 @@ class Step:
         self.cache: HistoryCache | None = None
         # Llama: reads without padding, the last layer at the last token (model.packed)
         self.packed = packs(lm)
+        # The memory-loop trainer: reads keep the graph (the backbone learns from them) and
+        # nothing that depends on the backbone's weights is cached across steps.
+        self.training = False
 
     def backbone_read(self, rows: Sequence[StepRow]) -> torch.Tensor:
         """``[N, n_labels]`` emotion logits at ``<audio_end>`` with the memory off, computing
@@ -125,7 +137,7 @@ class Step:
         """``[N, n_labels]`` float32 emotion logits at each row's ``<audio_end>``."""
         if self.memory is not None:
             self.memory.use([r.slot for r in rows] if memory_on else None)
-        with torch.no_grad():
+        with torch.set_grad_enabled(self.training):
             return self.last_logits([r.ids for r in rows], memory_on)[:, self.emotion_ids].float()
 
     def last_logits(self, seqs: Sequence[Sequence[int]], memory_on: bool) -> torch.Tensor:
@@ -136,35 +148,49 @@ class Step:
         return Padded.of(seqs, self.device).logits(self.lm, 1)[:, -1]
 
     def __call__(self, rows: Sequence[StepRow]) -> torch.Tensor:
+        """``[N, n_labels]`` emotion distributions of the rows (one step: writes and reads)."""
+        return self.log_probs(rows).exp()
+
+    def log_probs(self, rows: Sequence[StepRow]) -> torch.Tensor:
+        """The step, as ``[N, n_labels]`` log-probabilities (with the graph when training)."""
+        raise NotImplementedError
+
+    def rewrite(self, rows: Sequence[StepRow], targets: torch.Tensor | None) -> None:
+        """Repeat the write that a step on ``rows`` made (``targets``: what it wrote toward,
+        :attr:`written`), on the memory as it is now: the order-2 trainer's replay."""
         raise NotImplementedError
 
 
 class ReadOnly(Step):
     """Modes ``utterance``, ``window``, ``full`` (and ``dpm`` with 0 steps): the backbone's read."""
 
-    def __call__(self, rows: Sequence[StepRow]) -> torch.Tensor:
-        return torch.softmax(self.backbone_read(rows), dim=-1)
+    def log_probs(self, rows: Sequence[StepRow]) -> torch.Tensor:
+        return torch.log_softmax(self.backbone_read(rows), dim=-1)
 
 
 class AudioWrite(Step):
     """``audio``, ``audio+emotion``, ``audio+prediction``: train on the utterance, read."""
 
-    def __call__(self, rows: Sequence[StepRow]) -> torch.Tensor:
+    def log_probs(self, rows: Sequence[StepRow]) -> torch.Tensor:
         cfg, memory = self.config, self.memory
         assert memory is not None
         base = None
         if cfg.read_gate < 1.0:
-            base = torch.softmax(self.emotion_logits(rows, memory_on=False), dim=-1)
+            base = torch.log_softmax(self.emotion_logits(rows, memory_on=False), dim=-1)
         read = self.write(rows) if cfg.steps_per_utterance else None
         if read is None:
-            read = torch.softmax(self.emotion_logits(rows, memory_on=True), dim=-1)
+            read = torch.log_softmax(self.emotion_logits(rows, memory_on=True), dim=-1)
         if base is not None:
-            confident = base.max(dim=-1).values >= cfg.read_gate
+            confident = base.detach().exp().max(dim=-1).values >= cfg.read_gate
             read = torch.where(confident[:, None], base, read)
         return read
 
+    def rewrite(self, rows: Sequence[StepRow], targets: torch.Tensor | None) -> None:
+        self.write(rows)
+
     def write(self, rows: Sequence[StepRow]) -> torch.Tensor | None:
-        """``steps_per_utterance`` steps on every row's slot; ``audio+prediction``'s read."""
+        """``steps_per_utterance`` steps on every row's slot; ``audio+prediction``'s read
+        (log-probabilities)."""
         cfg, memory = self.config, self.memory
         assert memory is not None
         encode = cfg.write_target == "audio+prediction"
@@ -195,17 +221,18 @@ class AudioWrite(Step):
             if encode:
                 emotion = logits[:, -1, self.emotion_ids].float()
                 if read is None:  # the memory before this write: the read of step 0
-                    read = torch.softmax(emotion.detach(), dim=-1)
-                confidence, label = read.max(dim=-1)
+                    kept = emotion if self.training else emotion.detach()  # the trainer's graph
+                    read = torch.log_softmax(kept, dim=-1)
+                confidence, label = read.detach().exp().max(dim=-1)
                 term = (
                     cfg.emotion_weight
                     * confidence
                     * nn.functional.cross_entropy(emotion, label, reduction="none")
                 )
                 loss = loss + torch.where(confidence >= cfg.confidence_gate, term, 0.0)
-            memory.step(slots, loss.sum())
+            memory.step(slots, loss.sum(), retain_graph=self.training)
         if encode and read is None:
-            read = torch.softmax(self.emotion_logits(rows, memory_on=True), dim=-1)
+            read = torch.log_softmax(self.emotion_logits(rows, memory_on=True), dim=-1)
         return read
 
 
@@ -214,7 +241,8 @@ class PriorWrite(Step):
 
     The prior is the change the memory makes to the emotion logits at the utterance's speaker
     token (alone, or after the history window: ``prior_input``). The backbone's logits at a
-    lone speaker token never change (frozen backbone, memory off), so they are kept per speaker.
+    lone speaker token never change while labeling (frozen backbone, memory off), so they are
+    kept per speaker (not while training the backbone).
     """
 
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
@@ -225,37 +253,55 @@ class PriorWrite(Step):
         """Drop a speaker's cached logits (its conversation ended)."""
         self.speaker_logits.pop(speaker, None)
 
-    def __call__(self, rows: Sequence[StepRow]) -> torch.Tensor:
+    def log_probs(self, rows: Sequence[StepRow]) -> torch.Tensor:
         cfg, memory = self.config, self.memory
         assert memory is not None
         memory.use(None)
+        prefixes = self.prefixes(rows)
         if cfg.prior_input == "speaker":
-            prefixes = [[r.ids[r.start_of_utt]] for r in rows]
             own_logits = self.backbone_read(rows)
-            missing = [r for r in rows if r.speaker not in self.speaker_logits]
-            if missing:
-                lone = [StepRow([r.ids[r.start_of_utt]], 0, r.slot) for r in missing]
-                for row, logits in zip(missing, self.emotion_logits(lone, False), strict=True):
-                    self.speaker_logits[row.speaker] = logits
-            at_spk = torch.stack([self.speaker_logits[r.speaker] for r in rows])
+            at_spk = self.at_speaker(rows)
         else:
-            prefixes = [r.ids[: r.start_of_utt + 1] for r in rows]
             batch = Padded.of([r.ids for r in rows], self.device)
             width = batch.input_ids.shape[1]
             spk_col = [width - len(r.ids) + r.start_of_utt for r in rows]
             first = min(spk_col)
-            with torch.no_grad():
+            with torch.set_grad_enabled(self.training):
                 logits = batch.logits(self.lm, width - first)[..., self.emotion_ids].float()
             at = torch.tensor([c - first for c in spk_col], device=logits.device)
             at_spk = logits[torch.arange(len(rows), device=logits.device), at]
             own_logits = logits[:, -1]
         own = torch.log_softmax(own_logits, dim=-1)
-        prior = self.write(rows, prefixes, at_spk, own.exp())
-        read = torch.softmax(own + cfg.prior_weight * prior, dim=-1)
+        self.written = own.detach().exp()
+        prior = self.write(rows, prefixes, at_spk, self.written)
+        read = torch.log_softmax(own + cfg.prior_weight * prior, dim=-1)
         if cfg.read_gate < 1.0:  # the backbone's own read where it is confident enough
-            confident = own.exp().max(dim=-1).values >= cfg.read_gate
-            read = torch.where(confident[:, None], own.exp(), read)
+            confident = self.written.max(dim=-1).values >= cfg.read_gate
+            read = torch.where(confident[:, None], own, read)
         return read
+
+    def prefixes(self, rows: Sequence[StepRow]) -> list[list[int]]:
+        """What the prior reads: each row's speaker token, alone or after its history."""
+        if self.config.prior_input == "speaker":
+            return [[r.ids[r.start_of_utt]] for r in rows]
+        return [r.ids[: r.start_of_utt + 1] for r in rows]
+
+    def at_speaker(self, rows: Sequence[StepRow]) -> torch.Tensor:
+        """``[N, n_labels]`` the backbone's emotion logits at each row's prefix (memory off)."""
+        prefixes = [StepRow(p, 0, r.slot) for p, r in zip(self.prefixes(rows), rows, strict=True)]
+        if self.training or self.config.prior_input != "speaker":
+            return self.emotion_logits(prefixes, False)
+        missing = [(r, p) for r, p in zip(rows, prefixes, strict=True)
+                   if r.speaker not in self.speaker_logits]  # fmt: skip
+        if missing:
+            logits = self.emotion_logits([p for _, p in missing], False)
+            for (row, _), value in zip(missing, logits, strict=True):
+                self.speaker_logits[row.speaker] = value
+        return torch.stack([self.speaker_logits[r.speaker] for r in rows])
+
+    def rewrite(self, rows: Sequence[StepRow], targets: torch.Tensor | None) -> None:
+        assert targets is not None
+        self.write(rows, self.prefixes(rows), self.at_speaker(rows), targets)
 
     def write(
         self,
@@ -272,13 +318,14 @@ class PriorWrite(Step):
         for _ in range(self.config.steps_per_utterance):
             memory.use(slots)
             delta = self.last_logits(prefixes, True)[:, self.emotion_ids].float() - base
-            if prior is None:
-                prior = torch.log_softmax(delta.detach(), dim=-1)
+            if prior is None:  # the prior before this write, with its graph when training
+                prior = torch.log_softmax(delta if self.training else delta.detach(), dim=-1)
             loss = -(target * torch.log_softmax(delta, dim=-1)).sum()
-            memory.step(slots, loss)
+            # while training, the read shares these passes' graph (and the backbone's ``base``)
+            memory.step(slots, loss, retain_graph=self.training)
         if prior is None:  # zero steps: read without writing
             memory.use(slots)
-            with torch.no_grad():
+            with torch.set_grad_enabled(self.training):
                 logits = self.last_logits(prefixes, True)[:, self.emotion_ids].float()
             prior = torch.log_softmax(logits - base, dim=-1)
         return prior

@@ -2,22 +2,25 @@
 
 Why: a backbone trained only on plain windows reads a temporary-LoRA shift mostly as noise
 (docs/dpm.md): small writes change nothing, larger ones hurt. Here each training conversation
-is labeled exactly as ``dpm`` mode labels it (:class:`ConversationLabeler`: reset, then per
-utterance a write to the speaker's temporary LoRA, then the read at ``<audio_end>``), but the
-read keeps its graph and its cross-entropy against the gold label trains the backbone.
+is labeled by the ``dpm`` labeling engine itself (:class:`BatchedLabeler`'s rows, one
+conversation at a time, and its DPM step, :mod:`dpm_worker.memory.step`: per utterance a write
+to the speaker's temporary LoRA and the read at ``<audio_end>``, in the write target's order),
+with the step's ``training`` set: the read keeps its graph and its cross-entropy against the
+gold label trains the backbone.
 
-``order: 1`` (as first-order MAML): the read loss's gradient is taken at the adapted point,
-the adapter's values constants (no gradient through the write); the writes are the labeler's
-own :meth:`TemporaryLoraMemory.write`, run with the backbone frozen. ``order: 2`` (and the
-``prior`` write at either order) writes functionally (``second_order.py``): the same write as a
-differentiable function of the backbone, through a speaker's last ``truncate_writes`` writes.
+``order: 1`` (as first-order MAML): the read loss's gradient is taken at the adapted point, the
+adapter's values constants (no gradient through the write; a write's gradient reaches only the
+adapter). ``order: 2``: the memory's writes keep the graph (``second_order.py``), so the read's
+loss reaches the backbone through a speaker's last ``truncate_writes`` writes too.
 Plain window batches (``plain_every``) keep the backbone good without its memory
 (``utterance``/``window`` modes) and keep its audio head trained.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -29,18 +32,22 @@ import torch.nn.functional as F
 
 from dpm_worker.errors import ConfigError, check_fields
 from dpm_worker.memory import (
-    ConversationLabeler,
+    BatchedLabeler,
+    BatchedLoraMemory,
     LabelingConfig,
     MemoryConfig,
-    PreparedUtterance,
-    TemporaryLoraMemory,
+    label_batched,
 )
 from dpm_worker.model import EmotionModel
 from dpm_worker.training.batches import ConversationStream, make_batch
 from dpm_worker.training.conversations import TrainingConversation
 from dpm_worker.training.loop import AuxHeads, TrainConfig, compute_loss
 from dpm_worker.training.schedule import lr_at
-from dpm_worker.training.second_order import FunctionalMemory
+from dpm_worker.training.second_order import (
+    GraphLoraMemory,
+    TruncatedWrites,
+    twice_differentiable,
+)
 from dpm_worker.training.windows import sample_starts
 
 
@@ -99,10 +106,11 @@ class MemoryLoopConfig:
 
 
 class MemoryLoopTrainer:
-    """Trains ``model``'s backbone through the ``dpm`` labeling loop of ``labeling``.
+    """Trains ``model``'s backbone through the ``dpm`` labeling engine's step (module docstring).
 
     Args:
-        model: the model to train in place (its LM gets the temporary adapters injected).
+        model: the model to train in place (the batched memory's adapters are wrapped around
+            its LM's target layers until :meth:`close`).
         memory: the temporary LoRA used in training: label with the same one (and the same
             ``config.window_tokens``).
         config: the outer loop's settings.
@@ -117,22 +125,35 @@ class MemoryLoopTrainer:
         config: MemoryLoopConfig,
         plain: TrainConfig | None = None,
     ) -> None:
-        labeling = LabelingConfig(mode="dpm", window_tokens=config.window_tokens, memory=memory)
         self.model = model
         self.config = config
         self.plain = plain
+        self.labeling = LabelingConfig(
+            mode="dpm", window_tokens=config.window_tokens, memory=memory
+        )
         # A clean copy before the adapters go in: checkpoints are saved from it.
         self._clean_lm = copy.deepcopy(model.model)
-        self.labeler = ConversationLabeler(model, labeling)
-        adapters = self.labeler.memory
-        if adapters is None:  # pragma: no cover - mode dpm always builds one
+        # The labeling engine, one conversation at a time, its step keeping the reads' graph.
+        self.engine = BatchedLabeler(
+            model,
+            self.labeling,
+            slots=1,
+            history_cache="recompute",
+            memory_class=GraphLoraMemory if config.order == 2 else BatchedLoraMemory,
+        )
+        if self.engine.memory is None:  # pragma: no cover - mode dpm always builds one
             raise ConfigError("dpm labeling built no memory")
-        self.memory: TemporaryLoraMemory = adapters
-        functional = config.order == 2 or memory.write_target == "prior"
-        keep = config.truncate_writes if config.order == 2 else 0
-        self.functional = FunctionalMemory(self.labeler, keep) if functional else None
-        adapter = {id(p) for p in adapters.trainable_parameters()}
-        self.backbone_params = [p for p in model.model.parameters() if id(p) not in adapter]
+        self.memory: BatchedLoraMemory = self.engine.memory
+        self.step = self.engine.step
+        self.step.training = True
+        self.chain = (
+            TruncatedWrites(self.step, self.memory, config.truncate_writes)
+            if isinstance(self.memory, GraphLoraMemory)
+            else None
+        )
+        self.backbone_params = [
+            p for name, p in model.model.named_parameters() if "lora_" not in name
+        ]
         hidden = int(model.model.get_input_embeddings().weight.size(1))  # type: ignore[operator]
         self.aux = (
             AuxHeads(hidden, len(model.vocab.labels), plain.aux_previous).to(model.device)
@@ -219,66 +240,31 @@ class MemoryLoopTrainer:
         total_updates: int,
         started: float,
     ) -> dict[str, list[float]]:
-        """Label one conversation in order; every read's loss trains the backbone.
-
-        The order of write and read is the labeling loop's: write then read (``audio``
-        writes, the paper), or read then write for ``audio+prediction``, whose emitted read is
-        the memory of the earlier turns (taken from its write's first forward pass).
-        """
-        labeler, memory = self.labeler, self.memory
-        read_first = memory.config.write_target == "audio+prediction"
-        slots: dict[str, int] = {}
-        history: list[int] = []
+        """Label one conversation in order with the labeling step; every read's loss trains
+        the backbone. Each read's backward runs before the next step (the memory's writes
+        change its adapters, the backbone's optimizer may step)."""
+        engine = self.engine
         losses: dict[str, list[float]] = {"read": [], "plain": []}
-        memory.reset()
-        self._set_backbone_trainable(True)  # validation froze it
-        if self.functional is not None:
-            self.functional.reset()
-        try:
-            for utt, gold in zip(conv.utterances, conv.labels, strict=True):
-                step = labeler.prepare(utt, slots, history)
-                slot = memory.slot_for(step.speaker_slot)
-                if self.functional is not None:  # write(s) and read in one differentiable pass
-                    emotion = self.functional.read(step)
-                    label = self._score(emotion, gold, losses, streams, rng, total_updates, started)
-                    labeler.remember(history, step.tokens, label)
-                    continue
-                if not read_first:
-                    self._write(slot, step)
-                label = self._read(slot, step, gold, losses, streams, rng, total_updates, started)
-                if read_first:
-                    self._write(slot, step)
-                labeler.remember(history, step.tokens, label)
-        finally:
-            memory.reset()
-        return losses
-
-    def _write(self, slot: int, step: PreparedUtterance) -> None:
-        """The labeling loop's write, with the backbone frozen: it moves the adapter only."""
-        self._set_backbone_trainable(False)
-        labels = self.labeler.write_labels(step.ids, step.start_of_utt)
-        self.memory.write(slot, step.input_ids, labels, list(self.model.vocab.emotion_ids))
+        active = engine.begin(0, 0, conv.utterances)
+        if self.chain is not None:
+            self.chain.reset()
         self._set_backbone_trainable(True)
-
-    def _read(
-        self,
-        slot: int,
-        step: PreparedUtterance,
-        gold: int,
-        losses: dict[str, list[float]],
-        streams: Sequence[ConversationStream],
-        rng: np.random.Generator,
-        total_updates: int,
-        started: float,
-    ) -> str:
-        """Read the emotion with the memory on; its loss trains the backbone (``_score``).
-
-        The backward pass runs before the next write changes the adapter in place.
-        """
-        self.memory.activate(slot)
-        logits = self.model.model(input_ids=step.input_ids, logits_to_keep=1).logits
-        emotion = logits[0, -1, list(self.model.vocab.emotion_ids)].float()
-        return self._score(emotion, gold, losses, streams, rng, total_updates, started)
+        try:
+            with twice_differentiable() if self.chain is not None else contextlib.nullcontext():
+                for gold in conv.labels:
+                    row, tokens = engine.next_row(0, active)
+                    if self.chain is not None:
+                        self.chain.before(row)
+                    emotion = self.step.log_probs([row])[0]
+                    if self.chain is not None:
+                        self.chain.after(row)
+                    label = self._score(emotion, gold, losses, streams, rng, total_updates, started)
+                    engine.remember(active, tokens, label)
+                    active.position += 1
+        finally:
+            engine.finish(0)
+            self._set_backbone_trainable(False)
+        return losses
 
     def _score(
         self,
@@ -290,8 +276,8 @@ class MemoryLoopTrainer:
         total_updates: int,
         started: float,
     ) -> str:
-        """Backpropagate the read's cross-entropy against ``gold``; returns the predicted label
-        (for a history that carries predicted labels)."""
+        """Backpropagate the read's cross-entropy against ``gold`` (``emotion``: the read's
+        log-probabilities); returns the predicted label (for a history of predicted labels)."""
         label = self.model.vocab.labels[int(emotion.argmax())]
         if gold < 0:
             return label
@@ -317,7 +303,7 @@ class MemoryLoopTrainer:
         plain = self.plain
         if plain is None:  # pragma: no cover - guarded by the caller
             return 0.0
-        self.memory.enable(False)
+        self.memory.use(None)
         picked, starts = sample_starts(
             streams, plain.window_tokens, plain.batch_size, rng, plain.aligned_fraction
         )
@@ -335,8 +321,6 @@ class MemoryLoopTrainer:
         torch.nn.utils.clip_grad_norm_(self._params, cfg.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        for param in self.memory.trainable_parameters():
-            param.grad = None  # the read's backward also reached the adapter
         if count:
             self._updates += 1
             self._pending = 0
@@ -350,38 +334,32 @@ class MemoryLoopTrainer:
     def validate(self, conversations: Sequence[TrainingConversation]) -> dict[str, dict]:
         """UA/WA (and expressive-free) of ``window`` and ``dpm`` reads with the current weights.
 
-        The ``window`` read is the same labeler with its memory switched off (the backbone
-        alone on the same ``n_r`` window), so the two differ by the memory only.
+        Both are the labeling engine's, on a copy of the backbone as it is now (8 conversations
+        at a time); the ``window`` read is the same backbone on the same ``n_r`` window with no
+        memory, so the two differ by the memory only.
         """
         from dpm_worker.metrics import summarize
 
-        self._set_backbone_trainable(False)  # a write must not leave gradients on the backbone
         labels = self.model.vocab.labels
-        window = ConversationLabeler(
-            self.model,
-            LabelingConfig(mode="window", window_tokens=self.labeler.config.window_tokens),
-        )
+        model = self.trained_model()
         out: dict[str, dict] = {}
-        for name, labeler in (("window", window), ("dpm", self.labeler)):
+        for mode in ("window", "dpm"):
+            config = dataclasses.replace(self.labeling, mode=mode)
+            rows = label_batched(model, config, [c.utterances for c in conversations], slots=8)
             gold, pred = [], []
-            for conv in conversations:
-                for p, g in zip(
-                    labeler.label_conversation(conv.utterances), conv.labels, strict=True
-                ):
+            for conv, predictions in zip(conversations, rows, strict=True):
+                for p, g in zip(predictions, conv.labels, strict=True):
                     if g >= 0:
                         gold.append(labels[g])
                         pred.append(p.emotion)
             summary = summarize(gold, pred, labels)
-            out[name] = {k: summary[k] for k in ("n", "wa", "ua", "wf1")}
-        self.memory.reset()
+            out[mode] = {k: summary[k] for k in ("n", "wa", "ua", "wf1")}
         return out
 
     # -- results --------------------------------------------------------------------------------
 
     def trained_model(self) -> EmotionModel:
         """The trained backbone without the adapters (a copy, ready for ``save_model``)."""
-        import dataclasses
-
         state = {
             key.replace(".base_layer", ""): value.detach().clone()
             for key, value in self.model.model.state_dict().items()
@@ -395,5 +373,5 @@ class MemoryLoopTrainer:
 
     def close(self) -> None:
         """Remove the adapters; the backbone is then frozen again (as after labeling)."""
-        self.labeler.close()
+        self.engine.close()
         self._set_backbone_trainable(False)

@@ -66,19 +66,22 @@ def test_reads_train_the_backbone(write_target: str) -> None:
     assert trainer.validate(convs)["dpm"]["ua"] > 0.6
 
 
-def test_without_an_update_the_backbone_is_untouched_and_the_memory_reset() -> None:
+def test_without_an_update_the_backbone_is_untouched_and_only_the_memory_moves() -> None:
     model = EmotionModel.random(seed=2)
     before = backbone_state(model)
     # More utterances per update than the conversation has: writes and reads run, no step.
     loop = MemoryLoopConfig(epochs=1, utterances_per_step=1000, plain_every=0, window_tokens=32)
     trainer = MemoryLoopTrainer(model, MEMORY, loop)
+    initial = [trainer.memory.slot_state(s) for s in range(trainer.memory.n_slots)]
     trainer.train([toy_conversation(3)], progress=False)
     after = backbone_state(model)
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
-    memory = trainer.memory
-    for slot in memory._slots.values():  # every adapter is back at its initial values
-        assert all(torch.equal(p, i) for p, i in zip(slot.params, slot.initial, strict=True))
+    # the writes ran (both speakers' adapters moved) and left no gradient on the backbone
+    for slot in (0, 1):
+        now = trainer.memory.slot_state(slot)
+        assert any(not torch.equal(a, b) for a, b in zip(initial[slot], now, strict=True))
+    assert trainer.memory.steps[:2] == [5, 5]
 
 
 def test_validation_leaves_no_gradient_on_the_backbone() -> None:
@@ -121,7 +124,7 @@ def test_the_trained_model_saves_without_adapters(tmp_path) -> None:
     save_model(trained, str(tmp_path / "m"))
     loaded = load_model(str(tmp_path / "m"))
     ids = torch.tensor([[3, 10, 11, 12, 13]])
-    trainer.memory.enable(False)  # the backbone inside the trainer, memory off
+    trainer.memory.use(None)  # the backbone inside the trainer, memory off
     with torch.no_grad():
         inside = model.model(input_ids=ids).logits
         outside = loaded.model(input_ids=ids).logits

@@ -1,5 +1,5 @@
-"""The order-2 memory loop (dpm_worker/training/second_order.py): the functional write is the
-labeler's write, its gradient reaches the backbone through the writes, truncated to M."""
+"""The order-2 memory loop (dpm_worker/training/second_order.py): the graph-keeping write is
+the labeling step's write, its gradient reaches the backbone through the writes, truncated to M."""
 
 from __future__ import annotations
 
@@ -11,70 +11,67 @@ import torch
 import torch.nn.functional as F
 
 from dpm_worker.errors import ConfigError
-from dpm_worker.memory import ConversationLabeler, LabelingConfig, MemoryConfig, label_batched
+from dpm_worker.memory import BatchedLabeler, LabelingConfig, MemoryConfig, StepRow, label_batched
 from dpm_worker.model import EmotionModel
 from dpm_worker.training import MemoryLoopConfig, MemoryLoopTrainer, TrainingConversation
-from dpm_worker.training.second_order import FunctionalMemory, Write
+from dpm_worker.training.second_order import GraphLoraMemory, TruncatedWrites, twice_differentiable
 from tests.unit.training.test_memory_training import toy_conversation
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture
+def math_attention():
+    """The attention kernel whose backward is differentiable (the trainer's, at order 2)."""
+    with twice_differentiable():
+        yield
+
 
 SGD = MemoryConfig(lr=0.05, optimizer="sgd", scope="speaker", write_target="audio",
                    steps_per_utterance=2, weight_decay=0.01, warmup_steps=1)  # fmt: skip
 
 
-def labeler_for(memory: MemoryConfig, seed: int = 3) -> ConversationLabeler:
-    model = EmotionModel.random(seed=seed)
-    return ConversationLabeler(model, LabelingConfig(mode="dpm", window_tokens=32, memory=memory))
+def engine_for(memory: MemoryConfig, graph: bool, seed: int = 3) -> BatchedLabeler:
+    """The labeling engine on one conversation, with the graph-keeping memory or the plain one."""
+    config = LabelingConfig(mode="dpm", window_tokens=32, memory=memory)
+    kind = GraphLoraMemory if graph else None
+    extra = {"memory_class": kind} if kind else {}
+    return BatchedLabeler(EmotionModel.random(seed=seed), config, 1, "recompute", **extra)
 
 
-def prepared(labeler: ConversationLabeler, conv: TrainingConversation):
-    """The labeler's prepared inputs of every utterance (history as labeling builds it)."""
-    slots: dict[str, int] = {}
-    history: list[int] = []
+def rows_of(engine: BatchedLabeler, conv: TrainingConversation) -> list[StepRow]:
+    """The engine's step rows of every utterance (history as labeling builds it; label 0)."""
+    active = engine.begin(0, 0, conv.utterances)
     out = []
-    for utt in conv.utterances:
-        step = labeler.prepare(utt, slots, history)
-        labeler.remember(history, step.tokens, labeler.vocab.labels[0])
-        out.append(step)
+    for _ in conv.utterances:
+        row, tokens = engine.next_row(0, active)
+        engine.remember(active, tokens, engine.vocab.labels[0])
+        active.position += 1
+        out.append(row)
     return out
 
 
 @pytest.mark.parametrize("write_target", ["audio", "audio+prediction", "prior"])
-def test_the_functional_write_is_the_labelers_write(write_target: str) -> None:
-    """Two writes from the reset adapter: the same adapter as the labeler's memory (1e-6)."""
+def test_the_graph_keeping_write_is_the_labelers_write(write_target: str) -> None:
+    """Step by step, the order-2 memory's adapters and reads are the labeling engine's (1e-6)."""
     memory_cfg = replace(SGD, write_target=write_target, confidence_gate=0.0,
                          lr=0.3 if write_target == "prior" else 0.05)  # fmt: skip
-    labeler = labeler_for(memory_cfg)
-    memory = labeler.memory
-    assert memory is not None
-    functional = FunctionalMemory(labeler, truncate_writes=2)
-    steps = prepared(labeler, toy_conversation(1, n=4))[::2]  # speaker "a"'s turns
-    memory.reset()
-    slot = memory.slot_for(steps[0].speaker_slot)
-    state = functional.initial(slot)
-    k = memory_cfg.steps_per_utterance
-    emotion_ids = list(labeler.vocab.emotion_ids)
-    for n, step in enumerate(steps):
-        if write_target == "prior":
-            prefix = step.input_ids[:, step.start_of_utt : step.start_of_utt + 1]
-            memory.enable(False)
-            with torch.no_grad():
-                base = labeler.model.model(input_ids=prefix).logits[0, -1, emotion_ids].float()
-            target = torch.softmax(torch.randn(len(emotion_ids), generator=torch.Generator().manual_seed(n)), -1)  # fmt: skip
-            memory.write_prior(slot, prefix, base, target, emotion_ids)
-            write = Write(prefix, target=target)
-        else:
-            labels = labeler.write_labels(step.ids, step.start_of_utt)
-            memory.write(slot, step.input_ids, labels, emotion_ids)
-            write = Write(step.input_ids, labels=labels)
-        state = functional.write(slot, state, write, steps=n * k, graph=True)
-        real = dict(labeler.model.model.named_parameters())
-        for name, value in zip(functional.names(slot), state, strict=True):
-            assert torch.allclose(value, real[name], atol=1e-6, rtol=0), name
-    assert any(
-        float(t.detach().abs().max()) > 0 for t in state[1::2]
-    )  # B moved: the writes did act
+    conv = toy_conversation(1, n=6)
+    plain, graph = engine_for(memory_cfg, False), engine_for(memory_cfg, True)
+    assert isinstance(graph.memory, GraphLoraMemory)
+    graph.step.training = True
+    for want_row, got_row in zip(rows_of(plain, conv), rows_of(graph, conv), strict=True):
+        assert want_row == got_row
+        want = plain.step.log_probs([want_row])
+        got = graph.step.log_probs([got_row])
+        assert got.grad_fn is not None  # the read carries the graph through the writes
+        assert torch.allclose(got.detach(), want, atol=1e-6, rtol=0)
+        slot = want_row.slot
+        assert graph.memory.steps[slot] == plain.memory.steps[slot]  # type: ignore[union-attr]
+        for a, b in zip(graph.memory.slot_state(slot), plain.memory.slot_state(slot), strict=True):  # type: ignore[union-attr]
+            assert torch.allclose(a, b, atol=1e-6, rtol=0)
+    moved = graph.memory.slot_state(1)[1::2]  # type: ignore[union-attr]
+    assert any(float(t.abs().max()) > 0 for t in moved)  # B moved: the writes did act
 
 
 def accumulated_grads(order: int, keep: int | None = None, target: str = "audio") -> torch.Tensor:
@@ -82,56 +79,67 @@ def accumulated_grads(order: int, keep: int | None = None, target: str = "audio"
     model = EmotionModel.random(seed=1)
     loop = MemoryLoopConfig(epochs=1, utterances_per_step=1000, plain_every=0, window_tokens=32,
                             order=order, truncate_writes=2)  # fmt: skip
-    trainer = MemoryLoopTrainer(model, replace(SGD, write_target=target), loop)
+    memory = replace(SGD, write_target=target, lr=0.3 if target == "prior" else 0.05)
+    trainer = MemoryLoopTrainer(model, memory, loop)
     if keep is not None:
-        assert trainer.functional is not None
-        trainer.functional.keep = keep
+        assert trainer.chain is not None
+        trainer.chain.keep = keep
     trainer.train([toy_conversation(3, n=8)], progress=False)
     grads = [p.grad for p in trainer.backbone_params]
     assert all(g is not None for g in grads)
     return torch.cat([g.flatten() for g in grads if g is not None])
 
 
-def test_order_2_sends_gradient_through_the_writes_and_order_1_does_not() -> None:
-    order1 = accumulated_grads(order=1)  # the labeler's writes, backbone frozen while writing
-    adapted = accumulated_grads(order=2, keep=0)  # functional writes, every one detached
-    order2 = accumulated_grads(order=2)
+@pytest.mark.parametrize("target", ["audio", "prior"])
+def test_order_2_sends_gradient_through_the_writes_and_order_1_does_not(target: str) -> None:
+    order1 = accumulated_grads(order=1, target=target)  # writes reach only the adapters
+    adapted = accumulated_grads(order=2, keep=0, target=target)  # every write detached
+    order2 = accumulated_grads(order=2, target=target)
     # Order 1 is exactly the gradient at the adapted point: nothing came through the writes.
     assert torch.allclose(order1, adapted, atol=1e-6, rtol=1e-4)
     through_writes = order2 - adapted
     assert float(through_writes.norm()) > 1e-3 * float(adapted.norm())
 
 
+@pytest.mark.usefixtures("math_attention")
 def test_the_gradient_flows_through_the_last_m_writes_only() -> None:
     m, n = 2, 5
-    labeler = labeler_for(SGD, seed=5)
-    steps = prepared(labeler, toy_conversation(4, n=2 * n))[::2]  # one speaker's n turns
-    params = [p for name, p in labeler.model.model.named_parameters() if "lora_" not in name]
-    for p in params:
-        p.requires_grad_(True)
+    conv = toy_conversation(4, n=2 * n)
     gold = torch.tensor([1])
 
-    def grads(logits: torch.Tensor) -> torch.Tensor:
+    def grads(engine: BatchedLabeler, logits: torch.Tensor) -> torch.Tensor:
+        params = [p for name, p in engine.model.model.named_parameters() if "lora_" not in name]
         g = torch.autograd.grad(F.cross_entropy(logits[None], gold), params, allow_unused=True)
         return torch.cat([(x if x is not None else torch.zeros_like(p)).flatten()
                           for x, p in zip(g, params, strict=True)])  # fmt: skip
 
-    def last_read(keep: int) -> torch.Tensor:
-        functional = FunctionalMemory(labeler, keep)
-        return grads([functional.read(s) for s in steps][-1])
+    def graph_engine() -> tuple[BatchedLabeler, list[StepRow]]:
+        engine = engine_for(SGD, True, seed=5)
+        engine.step.training = True
+        for name, p in engine.model.model.named_parameters():
+            p.requires_grad_("lora_" not in name)
+        return engine, rows_of(engine, conv)[::2]  # one speaker's n turns
 
-    # Reference: the state after the first n - m writes, detached; the last m with the graph.
-    detached = FunctionalMemory(labeler, 0)
-    for step in steps[: n - m]:
-        detached.read(step)
-    slot = labeler.memory.slot_for(steps[0].speaker_slot)  # type: ignore[union-attr]
-    state = detached.replay(slot)
-    assert all(t.grad_fn is None for t in state)
-    k = SGD.steps_per_utterance
-    for i, step in enumerate(steps[n - m :]):
-        write = Write(step.input_ids, labels=labeler.write_labels(step.ids, step.start_of_utt))
-        state = detached.write(slot, state, write, steps=(n - m + i) * k, graph=True)
-    reference = grads(detached.emotion(slot, state, steps[-1].input_ids))
+    def last_read(keep: int) -> torch.Tensor:
+        engine, rows = graph_engine()
+        chain = TruncatedWrites(engine.step, engine.memory, keep)  # type: ignore[arg-type]
+        for row in rows:
+            chain.before(row)
+            read = engine.step.log_probs([row])[0]
+            chain.after(row)
+        return grads(engine, read)
+
+    # Reference: the first n - m writes detached, the last m (this read's own included) with
+    # the graph, from one running memory.
+    engine, rows = graph_engine()
+    memory = engine.memory
+    assert isinstance(memory, GraphLoraMemory)
+    for i, row in enumerate(rows):
+        memory.graph = i >= n - m
+        if i == n - m:  # the graph starts here: the state so far as a detached leaf
+            memory.set_state(row.slot, memory.slot_state(row.slot), memory.steps[row.slot])
+        read = engine.step.log_probs([row])[0]
+    reference = grads(engine, read)
 
     truncated = last_read(m)
     assert torch.allclose(truncated, reference, atol=1e-6, rtol=1e-4)
@@ -169,12 +177,20 @@ def test_bad_order_settings_name_the_field(field: str, value: int) -> None:
 
 @pytest.mark.parametrize(
     "target, order",
-    [("audio", 1), ("audio+prediction", 1), ("prior", 1), ("audio", 2), ("prior", 2)],
+    [
+        ("audio", 1),
+        ("audio+prediction", 1),
+        ("prior", 1),
+        ("audio", 2),
+        ("audio+prediction", 2),
+        ("prior", 2),
+    ],
 )
 def test_without_a_backbone_step_the_trainers_reads_are_the_labelers(target, order) -> None:
     """The memory loop labels each conversation as ``dpm`` labeling does: with the backbone
     not stepping (lr 0 in effect: more utterances per update than there are), every read it
-    scores is the batched engine's read (``dpm_worker.memory.step``) of the same utterance."""
+    scores is the batched engine's read (``dpm_worker.memory.step``) of the same utterance,
+    labeled 2 conversations at a time."""
     memory_cfg = replace(SGD, write_target=target, confidence_gate=0.0,
                          lr=0.3 if target == "prior" else 0.05)  # fmt: skip
     conversations = [toy_conversation(s, n=8) for s in (11, 12)]
