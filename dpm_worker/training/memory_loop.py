@@ -24,7 +24,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -103,6 +103,22 @@ class MemoryLoopConfig:
             "window_tokens": self.window_tokens >= 0,
         }
         check_fields("memory_loop", self, checks)
+
+
+@dataclass
+class _Run:
+    """One :meth:`MemoryLoopTrainer.train` call: its plain-batch streams, random state,
+    schedule length, start time and counters."""
+
+    streams: Sequence[ConversationStream]
+    rng: np.random.Generator
+    total_updates: int
+    started: float = field(default_factory=time.monotonic)
+    updates: int = 0
+    pending: int = 0  # read losses since the last update
+
+    def minutes(self) -> float:
+        return (time.monotonic() - self.started) / 60
 
 
 class MemoryLoopTrainer:
@@ -191,10 +207,9 @@ class MemoryLoopTrainer:
         cfg = self.config
         rng = np.random.default_rng(cfg.seed)
         n_utts = sum(len(c.utterances) for c in conversations)
-        total_updates = max(1, int(cfg.epochs * n_utts / cfg.utterances_per_step))
-        started = time.monotonic()
-        self._updates = 0
-        self._pending = 0
+        run = self._run = _Run(
+            streams, rng, max(1, int(cfg.epochs * n_utts / cfg.utterances_per_step))
+        )
         history: list[dict] = []
         bar = tqdm(total=int(cfg.epochs * n_utts), desc="memory loop", unit="utt",
                    disable=not progress)  # fmt: skip
@@ -205,41 +220,33 @@ class MemoryLoopTrainer:
             running = {"L_read": 0.0, "L_plain": 0.0, "n": 0, "n_plain": 0}
             for index in order:
                 conv = conversations[int(index)]
-                losses = self._conversation(conv, streams, rng, total_updates, started)
+                losses = self._conversation(conv)
                 running["L_read"] += sum(losses["read"])
                 running["L_plain"] += sum(losses["plain"])
                 running["n"] += len(losses["read"])
                 running["n_plain"] += len(losses["plain"])
                 bar.update(len(conv.utterances))
                 bar.set_postfix(L_read=f"{running['L_read'] / max(1, running['n']):.3f}")
-                minutes = (time.monotonic() - started) / 60
-                if cfg.max_minutes and minutes >= cfg.max_minutes:
+                if cfg.max_minutes and run.minutes() >= cfg.max_minutes:
                     stop = True
                     break
-                if self._updates >= total_updates:
+                if run.updates >= run.total_updates:
                     break
             epoch += 1.0
             history.append({
-                "epoch": epoch, "updates": self._updates, "utterances": running["n"],
+                "epoch": epoch, "updates": run.updates, "utterances": running["n"],
                 "L_read": running["L_read"] / max(1, running["n"]),
                 "L_plain": running["L_plain"] / max(1, running["n_plain"]),
-                "minutes": round((time.monotonic() - started) / 60, 2),
+                "minutes": round(run.minutes(), 2),
             })  # fmt: skip
             if on_epoch is not None:
                 on_epoch(epoch)
-            if self._updates >= total_updates:
+            if run.updates >= run.total_updates:
                 break
         bar.close()
         return history
 
-    def _conversation(
-        self,
-        conv: TrainingConversation,
-        streams: Sequence[ConversationStream],
-        rng: np.random.Generator,
-        total_updates: int,
-        started: float,
-    ) -> dict[str, list[float]]:
+    def _conversation(self, conv: TrainingConversation) -> dict[str, list[float]]:
         """Label one conversation in order with the labeling step; every read's loss trains
         the backbone. Each read's backward runs before the next step (the memory's writes
         change its adapters, the backbone's optimizer may step)."""
@@ -258,7 +265,7 @@ class MemoryLoopTrainer:
                     emotion = self.step.log_probs([row])[0]
                     if self.chain is not None:
                         self.chain.after(row)
-                    label = self._score(emotion, gold, losses, streams, rng, total_updates, started)
+                    label = self._score(emotion, gold, losses)
                     engine.remember(active, tokens, label)
                     active.position += 1
         finally:
@@ -266,16 +273,7 @@ class MemoryLoopTrainer:
             self._set_backbone_trainable(False)
         return losses
 
-    def _score(
-        self,
-        emotion: torch.Tensor,
-        gold: int,
-        losses: dict[str, list[float]],
-        streams: Sequence[ConversationStream],
-        rng: np.random.Generator,
-        total_updates: int,
-        started: float,
-    ) -> str:
+    def _score(self, emotion: torch.Tensor, gold: int, losses: dict[str, list[float]]) -> str:
         """Backpropagate the read's cross-entropy against ``gold`` (``emotion``: the read's
         log-probabilities); returns the predicted label (for a history of predicted labels)."""
         label = self.model.vocab.labels[int(emotion.argmax())]
@@ -284,46 +282,45 @@ class MemoryLoopTrainer:
         loss = F.cross_entropy(emotion[None], torch.tensor([gold], device=emotion.device))
         (loss / self.config.utterances_per_step).backward()
         losses["read"].append(loss.item())
-        self._pending += 1
-        if self._pending >= self.config.utterances_per_step:
-            self._update(total_updates, started)
+        run = self._run
+        run.pending += 1
+        if run.pending >= self.config.utterances_per_step:
+            self._update()
             every = self.config.plain_every
-            if streams and self.plain is not None and every and self._updates % every == 0:
-                losses["plain"].append(self._plain_step(streams, rng, total_updates, started))
+            if run.streams and self.plain is not None and every and run.updates % every == 0:
+                losses["plain"].append(self._plain_step())
         return label
 
-    def _plain_step(
-        self,
-        streams: Sequence[ConversationStream],
-        rng: np.random.Generator,
-        total_updates: int,
-        started: float,
-    ) -> float:
+    def _plain_step(self) -> float:
         """One batch of the plain ``dpm train`` loss, memory off."""
         plain = self.plain
         if plain is None:  # pragma: no cover - guarded by the caller
             return 0.0
         self.memory.use(None)
         picked, starts = sample_starts(
-            streams, plain.window_tokens, plain.batch_size, rng, plain.aligned_fraction
+            self._run.streams,
+            plain.window_tokens,
+            plain.batch_size,
+            self._run.rng,
+            plain.aligned_fraction,
         )
         batch = make_batch(self.model.vocab, picked, starts, plain.window_tokens)
         loss, _parts = compute_loss(self.model, batch, plain, self.aux)
         loss.backward()
-        self._update(total_updates, started, count=False)
+        self._update(count=False)
         return loss.item()
 
-    def _update(self, total: int, started: float, *, count: bool = True) -> None:
-        cfg = self.config
-        lr = lr_at(self._updates, total, cfg, (time.monotonic() - started) / 60)
+    def _update(self, *, count: bool = True) -> None:
+        cfg, run = self.config, self._run
+        lr = lr_at(run.updates, run.total_updates, cfg, run.minutes())
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         torch.nn.utils.clip_grad_norm_(self._params, cfg.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if count:
-            self._updates += 1
-            self._pending = 0
+            run.updates += 1
+            run.pending = 0
 
     def _set_backbone_trainable(self, trainable: bool) -> None:
         for param in self.backbone_params:
