@@ -18,7 +18,6 @@ Plain window batches (``plain_every``) keep the backbone good without its memory
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import math
@@ -36,6 +35,7 @@ from dpm_worker.memory import (
     BatchedLoraMemory,
     LabelingConfig,
     MemoryConfig,
+    StepRow,
     label_batched,
 )
 from dpm_worker.model import EmotionModel
@@ -257,21 +257,27 @@ class MemoryLoopTrainer:
             self.chain.reset()
         self._set_backbone_trainable(True)
         try:
-            with twice_differentiable() if self.chain is not None else contextlib.nullcontext():
-                for gold in conv.labels:
-                    row, tokens = engine.next_row(0, active)
-                    if self.chain is not None:
-                        self.chain.before(row)
-                    emotion = self.step.log_probs([row])[0]
-                    if self.chain is not None:
-                        self.chain.after(row)
-                    label = self._score(emotion, gold, losses)
-                    engine.remember(active, tokens, label)
-                    active.position += 1
+            for gold in conv.labels:
+                row, tokens = engine.next_row(0, active)
+                emotion = self._step(row)
+                label = self._score(emotion, gold, losses)
+                engine.remember(active, tokens, label)
+                active.position += 1
         finally:
             engine.finish(0)
             self._set_backbone_trainable(False)
         return losses
+
+    def _step(self, row: StepRow) -> torch.Tensor:
+        """The labeling step on ``row``: ``[n_labels]`` log-probabilities with the graph (at
+        order 2 through the slot's last M writes, replayed first)."""
+        if self.chain is None:
+            return self.step.log_probs([row])[0]
+        with twice_differentiable():
+            self.chain.before(row)
+            emotion = self.step.log_probs([row])[0]
+            self.chain.after(row)
+        return emotion
 
     def _score(self, emotion: torch.Tensor, gold: int, losses: dict[str, list[float]]) -> str:
         """Backpropagate the read's cross-entropy against ``gold`` (``emotion``: the read's
