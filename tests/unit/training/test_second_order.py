@@ -11,7 +11,14 @@ import torch
 import torch.nn.functional as F
 
 from dpm_worker.errors import ConfigError
-from dpm_worker.memory import BatchedLabeler, LabelingConfig, MemoryConfig, StepRow, label_batched
+from dpm_worker.memory import (
+    BatchedLabeler,
+    BatchedLoraMemory,
+    LabelingConfig,
+    MemoryConfig,
+    StepRow,
+    label_batched,
+)
 from dpm_worker.model import EmotionModel
 from dpm_worker.training import MemoryLoopConfig, MemoryLoopTrainer, TrainingConversation
 from dpm_worker.training.second_order import GraphLoraMemory, TruncatedWrites, twice_differentiable
@@ -34,9 +41,8 @@ SGD = MemoryConfig(lr=0.05, optimizer="sgd", scope="speaker", write_target="audi
 def engine_for(memory: MemoryConfig, graph: bool, seed: int = 3) -> BatchedLabeler:
     """The labeling engine on one conversation, with the graph-keeping memory or the plain one."""
     config = LabelingConfig(mode="dpm", window_tokens=32, memory=memory)
-    kind = GraphLoraMemory if graph else None
-    extra = {"memory_class": kind} if kind else {}
-    return BatchedLabeler(EmotionModel.random(seed=seed), config, 1, "recompute", **extra)
+    kind = GraphLoraMemory if graph else BatchedLoraMemory
+    return BatchedLabeler(EmotionModel.random(seed=seed), config, 1, "recompute", kind)
 
 
 def rows_of(engine: BatchedLabeler, conv: TrainingConversation) -> list[StepRow]:
