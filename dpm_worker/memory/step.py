@@ -260,7 +260,7 @@ class PriorWrite(Step):
         prefixes = self.prefixes(rows)
         if cfg.prior_input == "speaker":
             own_logits = self.backbone_read(rows)
-            at_spk = self.at_speaker(rows)
+            at_spk = self.at_speaker(rows, prefixes)
         else:
             batch = Padded.of([r.ids for r in rows], self.device)
             width = batch.input_ids.shape[1]
@@ -286,22 +286,28 @@ class PriorWrite(Step):
             return [[r.ids[r.start_of_utt]] for r in rows]
         return [r.ids[: r.start_of_utt + 1] for r in rows]
 
-    def at_speaker(self, rows: Sequence[StepRow]) -> torch.Tensor:
-        """``[N, n_labels]`` the backbone's emotion logits at each row's prefix (memory off)."""
-        prefixes = [StepRow(p, 0, r.slot) for p, r in zip(self.prefixes(rows), rows, strict=True)]
-        if self.training or self.config.prior_input != "speaker":
-            return self.emotion_logits(prefixes, False)
-        missing = [(r, p) for r, p in zip(rows, prefixes, strict=True)
-                   if r.speaker not in self.speaker_logits]  # fmt: skip
+    def at_speaker(self, rows: Sequence[StepRow], prefixes: list[list[int]]) -> torch.Tensor:
+        """``[N, n_labels]`` the backbone's emotion logits at the end of each row's prefix
+        (:meth:`prefixes`), memory off; cached per speaker for lone speaker tokens."""
+        cached = not self.training and self.config.prior_input == "speaker"
+        missing = [
+            (row, prefix)
+            for row, prefix in zip(rows, prefixes, strict=True)
+            if not cached or row.speaker not in self.speaker_logits
+        ]
         if missing:
-            logits = self.emotion_logits([p for _, p in missing], False)
+            passes = [StepRow(prefix, 0, row.slot) for row, prefix in missing]
+            logits = self.emotion_logits(passes, False)
+            if not cached:
+                return logits
             for (row, _), value in zip(missing, logits, strict=True):
                 self.speaker_logits[row.speaker] = value
         return torch.stack([self.speaker_logits[r.speaker] for r in rows])
 
     def rewrite(self, rows: Sequence[StepRow], targets: torch.Tensor | None) -> None:
         assert targets is not None
-        self.write(rows, self.prefixes(rows), self.at_speaker(rows), targets)
+        prefixes = self.prefixes(rows)
+        self.write(rows, prefixes, self.at_speaker(rows, prefixes), targets)
 
     def write(
         self,

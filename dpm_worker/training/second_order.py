@@ -61,10 +61,8 @@ class GraphLoraMemory(BatchedLoraMemory):
         super().__init__(lm, config, n_slots)
 
     def reset(self, slot: int, key: int = 0) -> None:
+        self.states.pop(slot, None)  # rebuilt from the reset stacks by _state
         super().reset(slot, key)
-        self.states[slot] = [p[slot].detach().clone().requires_grad_() for p in self.params]
-        if self._used is not None and slot in self._used:
-            self.use(self._used)
 
     def use(self, rows: Sequence[int] | None) -> None:
         key = None if rows is None else tuple(rows)
@@ -109,7 +107,7 @@ class GraphLoraMemory(BatchedLoraMemory):
 
     def _state(self, slot: int) -> State:
         state = self.states.get(slot)
-        if state is None:  # only while the base class initialises
+        if state is None:  # a reset slot: its initial adapter, from the stacks
             state = [p[slot].detach().clone().requires_grad_() for p in self.params]
             self.states[slot] = state
         return state
