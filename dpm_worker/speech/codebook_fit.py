@@ -8,8 +8,8 @@ import numpy as np
 import torch
 
 from dpm_worker.errors import ConfigError
-from dpm_worker.speech.features import compute_block_features
-from dpm_worker.speech.speaker_levels import SpeakerLevels, relative_features
+from dpm_worker.speech.features import BlockFeatures, compute_block_features
+from dpm_worker.speech.speaker_levels import ConversationLevels, SpeakerLevels, relative_features
 from dpm_worker.speech.tokenizer import BuiltinSpeechTokenizer, SpeechTokenizerConfig
 
 
@@ -43,8 +43,11 @@ def fit_speech_tokenizer(
     pairs: Iterable[tuple[np.ndarray, Hashable]] = (
         zip(waves, speakers, strict=True) if speakers is not None else ((w, None) for w in waves)
     )
-    levels = SpeakerLevels()
-    spectral, energy, pitch = [], [], []
+    # with the conversation reference, every wave's levels are counted before any is coded; the
+    # keys name a speaker in a conversation, so one set of levels serves the whole corpus
+    whole = config.speaker_relative and config.speaker_reference == "conversation"
+    running, conversation = SpeakerLevels(), ConversationLevels()
+    every: list[tuple[BlockFeatures, Hashable]] = []
     for wave, key in pairs:
         feats = compute_block_features(
             torch.as_tensor(np.asarray(wave, dtype=np.float32)),
@@ -52,8 +55,15 @@ def fit_speech_tokenizer(
             rate_hz=config.rate_hz,
             n_mels=config.n_mels,
         )
-        if config.speaker_relative:
-            feats = relative_features(feats, levels.update(key, feats))
+        if whole:
+            conversation.add(key, feats)
+        elif config.speaker_relative:
+            feats = relative_features(feats, running.update(key, feats))
+        every.append((feats, key))
+    spectral, energy, pitch = [], [], []
+    for feats, key in every:
+        if whole:
+            feats = relative_features(feats, conversation.update(key, feats))
         spectral.append(feats.spectral.numpy())
         energy.append(feats.log_energy.numpy())
         pitch.append(feats.log_f0.numpy())

@@ -28,10 +28,15 @@ from safetensors.torch import load_file, save_file
 from dpm_worker.audio import SAMPLE_RATE
 from dpm_worker.errors import ConfigError, ModelError
 from dpm_worker.speech.features import BlockFeatures, block_count, compute_block_features
-from dpm_worker.speech.speaker_levels import SpeakerLevels, relative_features
+from dpm_worker.speech.speaker_levels import (
+    ConversationLevels,
+    SpeakerLevels,
+    relative_features,
+)
 
 TOKENIZER_CONFIG = "speech_tokenizer.json"
 TOKENIZER_WEIGHTS = "speech_tokenizer.safetensors"
+SPEAKER_REFERENCES = ("running", "conversation")
 
 
 @runtime_checkable
@@ -71,6 +76,11 @@ class SpeechTokenizerConfig:
         speaker_relative: quantize pitch and loudness as shifts from the speaker's running
             reference levels in the conversation (``dpm_worker/speech/speaker_levels.py``)
             instead of absolute levels; the codebook's levels are then shifts.
+        speaker_reference: a speaker-relative codebook's reference levels: ``running`` (the
+            mean of the speaker's utterances so far: causal, an utterance's codes never depend
+            on later audio) or ``conversation`` (the mean of all the speaker's utterances in the
+            conversation: a batch job holds the whole recording; tokenizing then reads a
+            conversation's audio twice and holds it until its codes are made).
     """
 
     n_spectral: int = 4
@@ -80,8 +90,13 @@ class SpeechTokenizerConfig:
     sample_rate: int = SAMPLE_RATE
     rate_hz: float = 25.0
     speaker_relative: bool = False
+    speaker_reference: str = "running"
 
     def __post_init__(self) -> None:
+        if self.speaker_reference not in SPEAKER_REFERENCES:
+            raise ConfigError(
+                f"speaker_reference must be one of {SPEAKER_REFERENCES}, got {self.speaker_reference!r}"
+            )
         for name in ("n_spectral", "n_energy"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -158,12 +173,20 @@ class BuiltinSpeechTokenizer:
         return self.config.speaker_relative
 
     @property
+    def speaker_reference(self) -> str:
+        """``running`` or ``conversation`` (see the config)."""
+        return self.config.speaker_reference
+
+    @property
     def fingerprint(self) -> str:
         """sha256 of the codebook and config: the key of cached tokenizations."""
         fields = asdict(self.config)
         if not self.config.speaker_relative:
             # Absolute codebooks keep the fingerprint they had before the option existed.
             del fields["speaker_relative"]
+        if self.config.speaker_reference == "running":
+            # Running references keep the fingerprint they had before the option existed.
+            del fields["speaker_reference"]
         digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
         for tensor in (self.spectral_centroids, self.energy_centroids, self.pitch_centroids):
             digest.update(tensor.cpu().numpy().tobytes())
@@ -174,7 +197,7 @@ class BuiltinSpeechTokenizer:
 
         A speaker-relative codebook given one waveform alone takes that utterance's own levels
         as the reference; :func:`dpm_worker.speech.tokenize_utterances` keeps the speakers'
-        running references across a conversation.
+        references across a conversation.
         """
         return self.encode_batch([wave])[0]
 
@@ -194,32 +217,17 @@ class BuiltinSpeechTokenizer:
 
         Args:
             waves: float32 mono waveforms, in dialogue order.
-            levels: a speaker-relative codebook's running references (updated in wave order);
-                without it each wave is its own reference. Ignored by an absolute codebook.
+            levels: a speaker-relative codebook's references: running ones (updated in wave
+                order) or a conversation's fixed ones (:meth:`conversation_levels`); without
+                it each wave is its own reference. Ignored by an absolute codebook.
             speakers: one key per wave naming its speaker for ``levels``.
 
         Raises:
             ConfigError: a wave is not 1-D, or ``levels`` without one speaker key per wave.
         """
-        block = int(round(self.config.sample_rate / self.rate_hz))
-        counts, padded = [], []
-        for wave in waves:
-            samples = torch.as_tensor(np.ascontiguousarray(wave, dtype=np.float32))
-            if samples.ndim != 1:
-                raise ConfigError(
-                    f"encode expects a mono 1-D waveform, got shape {tuple(samples.shape)}"
-                )
-            count = block_count(int(samples.shape[0]), block)
-            counts.append(count)
-            padded.append(torch.nn.functional.pad(samples, (0, count * block - samples.shape[0])))
-        if not padded:
+        if not waves:
             return []
-        feats = compute_block_features(
-            torch.cat(padded).to(self.device),
-            sample_rate=self.config.sample_rate,
-            rate_hz=self.rate_hz,
-            n_mels=self.config.n_mels,
-        )
+        feats, counts = self._block_features(waves)
         if self.config.speaker_relative:
             feats = self._relative(feats, counts, levels, speakers)
         # cdist per wave: it picks its algorithm (matmul or direct) by row count, and the two
@@ -237,6 +245,51 @@ class BuiltinSpeechTokenizer:
         )
         codes = (spectral * self.config.n_energy + energy) * self.config.n_pitch + pitch
         return [part.numpy().copy() for part in codes.to(torch.int64).cpu().split(counts)]
+
+    @torch.no_grad()
+    def conversation_levels(
+        self,
+        waves: Sequence[np.ndarray],
+        speakers: Sequence[Hashable],
+        levels: ConversationLevels | None = None,
+    ) -> ConversationLevels:
+        """The reference levels of ``speaker_reference: conversation``: each speaker's mean over
+        all of ``waves`` (one conversation's utterances, one speaker key per wave). Given
+        ``levels``, the waves are counted into it (a conversation in several batches)."""
+        if len(speakers) != len(waves):
+            raise ConfigError(f"{len(waves)} waves need as many speaker keys, got {len(speakers)}")
+        levels = ConversationLevels() if levels is None else levels
+        if not waves:
+            return levels
+        feats, counts = self._block_features(waves)
+        for key, energy, f0 in zip(
+            speakers, feats.log_energy.split(counts), feats.log_f0.split(counts), strict=True
+        ):
+            levels.add(
+                key, BlockFeatures(spectral=feats.spectral[:0], log_energy=energy, log_f0=f0)
+            )
+        return levels
+
+    def _block_features(self, waves: Sequence[np.ndarray]) -> tuple[BlockFeatures, list[int]]:
+        """The block features of all ``waves`` stacked, and each wave's block count."""
+        block = int(round(self.config.sample_rate / self.rate_hz))
+        counts, padded = [], []
+        for wave in waves:
+            samples = torch.as_tensor(np.ascontiguousarray(wave, dtype=np.float32))
+            if samples.ndim != 1:
+                raise ConfigError(
+                    f"encode expects a mono 1-D waveform, got shape {tuple(samples.shape)}"
+                )
+            count = block_count(int(samples.shape[0]), block)
+            counts.append(count)
+            padded.append(torch.nn.functional.pad(samples, (0, count * block - samples.shape[0])))
+        feats = compute_block_features(
+            torch.cat(padded).to(self.device),
+            sample_rate=self.config.sample_rate,
+            rate_hz=self.rate_hz,
+            n_mels=self.config.n_mels,
+        )
+        return feats, counts
 
     def _relative(
         self,

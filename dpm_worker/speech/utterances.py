@@ -15,7 +15,7 @@ import numpy as np
 
 from dpm_worker.audio import SAMPLE_RATE
 from dpm_worker.errors import ConfigError, SegmentError
-from dpm_worker.speech.speaker_levels import SpeakerLevels
+from dpm_worker.speech.speaker_levels import ConversationLevels, SpeakerLevels
 from dpm_worker.speech.tokenizer import SpeechTokenizer
 from dpm_worker.utterance import Utterance
 
@@ -41,8 +41,11 @@ def tokenize_utterances(
     ``tokenizer.encode_batch`` call (the codes ``encode`` gives one by one), so at most one
     batch of samples is held beyond what the caller holds.
 
-    A speaker-relative tokenizer (``speaker_relative``) gets each speaker's running reference
-    levels, keyed by conversation and speaker, from the utterances before it in this stream.
+    A speaker-relative tokenizer (``speaker_relative``) gets each speaker's reference levels,
+    keyed by conversation and speaker: with ``speaker_reference: running`` from the utterances
+    before it in this stream; with ``conversation`` from all the speaker's utterances in the
+    conversation, so a conversation's utterances (consecutive in the stream) are held until
+    the last of them has come and its audio is read twice (levels, then codes).
 
     Args:
         utterances: utterances with samples, e.g. one conversation's as
@@ -59,9 +62,28 @@ def tokenize_utterances(
     """
     if not batch_seconds > 0:
         raise ConfigError(f"batch_seconds must be > 0, got {batch_seconds}")
-    # A speaker-relative codebook's running references, across batches and conversations.
-    levels = SpeakerLevels() if getattr(tokenizer, "speaker_relative", False) else None
     limit = batch_seconds * SAMPLE_RATE
+    if not getattr(tokenizer, "speaker_relative", False):
+        for batch in _batches(utterances, limit):
+            yield from _encode(batch, tokenizer, check_fits, None)
+    elif getattr(tokenizer, "speaker_reference", "running") == "conversation":
+        for conversation in _conversations(utterances):
+            levels = ConversationLevels()
+            for batch in _batches(conversation, limit):
+                tokenizer.conversation_levels(  # type: ignore[attr-defined]
+                    [u.samples for u in batch], _speakers(batch), levels
+                )
+            for batch in _batches(conversation, limit):
+                yield from _encode(batch, tokenizer, check_fits, levels)
+    else:
+        # running references, across batches and conversations
+        running = SpeakerLevels()
+        for batch in _batches(utterances, limit):
+            yield from _encode(batch, tokenizer, check_fits, running)
+
+
+def _batches(utterances: Iterable[Utterance], limit: float) -> Iterator[list[Utterance]]:
+    """The utterances in batches of about ``limit`` samples; each has samples."""
     batch: list[Utterance] = []
     samples = 0
     for utt in utterances:
@@ -73,10 +95,39 @@ def tokenize_utterances(
         batch.append(utt)
         samples += len(utt.samples)
         if samples >= limit:
-            yield from _encode(batch, tokenizer, check_fits, levels)
+            yield batch
             batch, samples = [], 0
     if batch:
-        yield from _encode(batch, tokenizer, check_fits, levels)
+        yield batch
+
+
+def _conversations(utterances: Iterable[Utterance]) -> Iterator[list[Utterance]]:
+    """Each conversation's utterances, which must come together (a manifest's do).
+
+    Raises:
+        SegmentError: a conversation comes back after another one.
+    """
+    run: list[Utterance] = []
+    done: set[str] = set()
+    for utt in utterances:
+        if run and utt.conversation_id != run[0].conversation_id:
+            done.add(run[0].conversation_id)
+            yield run
+            run = []
+        if utt.conversation_id in done:
+            raise SegmentError(
+                f"the utterances of conversation {utt.conversation_id!r} are not together: the "
+                "conversation reference (speaker_reference: conversation) needs each "
+                "conversation's utterances in one run",
+                utt.audio_uri or None,
+            )
+        run.append(utt)
+    if run:
+        yield run
+
+
+def _speakers(batch: list[Utterance]) -> list[tuple[str, str]]:
+    return [(utt.conversation_id, utt.speaker) for utt in batch]
 
 
 def _encode(
@@ -89,8 +140,7 @@ def _encode(
     if levels is None:
         codes_of = tokenizer.encode_batch(waves)
     else:
-        speakers = [(utt.conversation_id, utt.speaker) for utt in batch]
-        codes_of = tokenizer.encode_batch(waves, levels=levels, speakers=speakers)  # type: ignore[call-arg]
+        codes_of = tokenizer.encode_batch(waves, levels=levels, speakers=_speakers(batch))  # type: ignore[call-arg]
     for utt, codes in zip(batch, codes_of, strict=True):
         codes = np.asarray(codes, dtype=np.int64)
         if check_fits is not None:

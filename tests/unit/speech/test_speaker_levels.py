@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from dpm_worker.audio import SAMPLE_RATE
-from dpm_worker.errors import ConfigError
+from dpm_worker.errors import ConfigError, SegmentError
 from dpm_worker.model import default_model_path
 from dpm_worker.speech import (
     BuiltinSpeechTokenizer,
@@ -153,3 +154,78 @@ def test_batched_relative_codes_equal_one_by_one(relative) -> None:
     many = [u.codes() for u in tokenize_utterances(stream, relative, batch_seconds=600.0)]
     for a, b in zip(one, many, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def with_reference(tokenizer: BuiltinSpeechTokenizer, reference: str) -> BuiltinSpeechTokenizer:
+    """The same codebook with another ``speaker_reference``."""
+    return BuiltinSpeechTokenizer(
+        dataclasses.replace(tokenizer.config, speaker_reference=reference),
+        tokenizer.spectral_centroids,
+        tokenizer.energy_centroids,
+        tokenizer.pitch_centroids,
+    )
+
+
+def test_conversation_reference_is_the_speakers_mean_over_the_whole_conversation(
+    relative,
+) -> None:
+    """With ``speaker_reference: conversation`` every utterance of a speaker is coded against
+    the mean of all the speaker's utterances in the conversation: a raised first turn shows
+    as raised (a running reference makes a first turn its own reference), a speaker's turns
+    are coded the same wherever they fall, and conversations stay apart."""
+    whole = with_reference(relative, "conversation")
+    n_pitch = whole.config.n_pitch
+    raised, calm = tone(170, 0.4), tone(120, 0.1)
+    stream = [
+        utt("c", 0, "a", raised),
+        utt("c", 1, "b", tone(200, 0.3)),
+        utt("c", 2, "a", calm),
+        utt("c", 3, "a", calm),
+        utt("d", 0, "a", raised),
+    ]
+    codes = [u.codes() for u in tokenize_utterances(stream, whole)]
+    running = [u.codes() for u in tokenize_utterances(stream, relative)]
+    # the running reference: the raised first turn is its own reference, so it reads as calm
+    assert np.median(running[0] % n_pitch) == np.median(running[4] % n_pitch)
+    assert np.median(codes[0] % n_pitch) > np.median(codes[2] % n_pitch)
+    np.testing.assert_array_equal(codes[2], codes[3])
+    # conversation d has one utterance of a: its own reference, as the running one
+    np.testing.assert_array_equal(codes[4], running[4])
+    # the other speaker's turns do not move a's reference
+    without_b = [u.codes() for u in tokenize_utterances(stream[:1] + stream[2:4], whole)]
+    np.testing.assert_array_equal(without_b[0], codes[0])
+    # batches of any size: the same codes
+    small = [u.codes() for u in tokenize_utterances(stream, whole, batch_seconds=0.1)]
+    for a, b in zip(small, codes, strict=True):
+        np.testing.assert_array_equal(a, b)
+    # a conversation that comes back after another cannot have its reference
+    with pytest.raises(SegmentError, match="not together"):
+        list(tokenize_utterances([*stream, utt("c", 4, "a", calm)], whole))
+
+
+def test_conversation_reference_round_trips_and_has_its_own_fingerprint(relative, tmp_path) -> None:
+    whole = with_reference(relative, "conversation")
+    assert with_reference(relative, "running").fingerprint == relative.fingerprint
+    assert whole.fingerprint != relative.fingerprint
+    whole.save(tmp_path)
+    loaded = load_speech_tokenizer(tmp_path)
+    assert loaded.speaker_reference == "conversation"
+    assert loaded.fingerprint == whole.fingerprint
+    with pytest.raises(ConfigError, match="speaker_reference"):
+        SpeechTokenizerConfig(speaker_relative=True, speaker_reference="future")
+
+
+def test_codebook_fit_uses_the_conversation_reference() -> None:
+    """Fitted with the conversation reference, the loudness levels are shifts from each
+    speaker's conversation mean: for a speaker at two gains, about +-half the gap, where the
+    running reference puts the first turn at 0."""
+    waves = [tone(120, 0.05), tone(120, 0.4)] * 3
+    keys = [("c", "a")] * 6
+    shape = dict(n_spectral=1, n_energy=2, n_pitch=2, speaker_relative=True)
+    whole = fit_speech_tokenizer(
+        waves, SpeechTokenizerConfig(**shape, speaker_reference="conversation"), speakers=keys
+    )
+    running = fit_speech_tokenizer(waves, SpeechTokenizerConfig(**shape), speakers=keys)
+    low, high = whole.energy_centroids.tolist()
+    assert low < 0 < high and abs(low + high) < 0.2 * (high - low)
+    assert running.energy_centroids.tolist() != pytest.approx([low, high], abs=1e-3)
