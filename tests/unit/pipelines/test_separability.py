@@ -8,8 +8,8 @@ import json
 import pytest
 
 from dpm_worker.corpus import SynthConfig, generate_corpus
-from pipelines.cli import EXIT_USAGE
 from pipelines.cli import main as cli_main
+from pipelines.exit_codes import EXIT_USAGE
 
 
 def test_separability_of_an_existing_corpus_per_split(tmp_path, capsys) -> None:
