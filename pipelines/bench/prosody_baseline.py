@@ -4,7 +4,8 @@ five-statistic logistic regression of issue 11, the bar a model must clear on he
 Per utterance, five prosody statistics are measured from the audio (median pitch, mean loudness,
 its spread, voiced fraction, speaking rate; ``separability.utterance_statistics``), each minus
 the mean of the same speaker's utterances in that conversation (speaker-relative: an
-utterance's pitch means little until the speaker's own voice is known). A standardised logistic
+utterance's pitch means little until the speaker's own voice is known; ``--reference running``:
+the mean of the speaker's utterances so far, as a streaming reader has it). A standardised logistic
 regression is fitted on a training corpus (its expressive utterances by default: the others do
 not render their label) and evaluated on a held-out corpus.
 
@@ -41,12 +42,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="expressive",
         help="training utterances (%(default)s)",
     )
+    parser.add_argument(
+        "--reference",
+        choices=("conversation", "running"),
+        default="conversation",
+        help="the speaker mean subtracted: over the whole conversation (the issue's baseline) "
+        "or over the speaker's utterances so far, the current one included (causal, as a "
+        "streaming reader sees it) (%(default)s)",
+    )
     parser.add_argument("--json", default=None, help="also write the JSON here")
 
 
-def speaker_relative(x: np.ndarray, table: pa.Table) -> np.ndarray:
-    """Each row minus the mean of its speaker's rows in the same conversation."""
-    keys = [
+def _speaker_keys(table: pa.Table) -> list[str]:
+    return [
         f"{c}\0{s}"
         for c, s in zip(
             table.column("conversation_id").to_pylist(),
@@ -54,6 +62,23 @@ def speaker_relative(x: np.ndarray, table: pa.Table) -> np.ndarray:
             strict=True,
         )
     ]
+
+
+def speaker_relative_running(x: np.ndarray, table: pa.Table) -> np.ndarray:
+    """Each row minus the mean of its speaker's rows so far (itself included) in the same
+    conversation; the rows are in dialogue order within each conversation (a manifest's are)."""
+    sums: dict[str, tuple[np.ndarray, int]] = {}
+    out = np.empty_like(x)
+    for i, key in enumerate(_speaker_keys(table)):
+        total, n = sums.get(key, (np.zeros(x.shape[1]), 0))
+        sums[key] = (total + x[i], n + 1)
+        out[i] = x[i] - (total + x[i]) / (n + 1)
+    return out
+
+
+def speaker_relative(x: np.ndarray, table: pa.Table) -> np.ndarray:
+    """Each row minus the mean of its speaker's rows in the same conversation."""
+    keys = _speaker_keys(table)
     out = np.empty_like(x)
     for key in set(keys):
         mine = np.asarray([k == key for k in keys])
@@ -91,6 +116,7 @@ def evaluate_baseline(
     test_dir: str,
     group_by: tuple[str, ...] = (),
     train_on: str = "expressive",
+    reference: str = "conversation",
 ) -> dict[str, Any]:
     """Fit the baseline on ``train_dir`` and score it on ``test_dir``; see the module docstring."""
     from sklearn.linear_model import LogisticRegression
@@ -115,12 +141,14 @@ def evaluate_baseline(
         "features": list(STATISTICS),
         "train": {"corpus": train_dir, "utterances": int(fit_rows.sum()), "train_on": train_on},
         "test": {"corpus": test_dir, "utterances": int(scored.sum())},
+        "reference": reference,
     }
+    relative = speaker_relative if reference == "conversation" else speaker_relative_running
     for name, x_train, x_test in (
         (
             "speaker_normalised",
-            speaker_relative(x_train_raw, train),
-            speaker_relative(x_test_raw, test),
+            relative(x_train_raw, train),
+            relative(x_test_raw, test),
         ),
         ("raw", x_train_raw, x_test_raw),
     ):
@@ -145,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
         if not Path(folder).is_dir():
             raise ConfigError(f"expected a local corpus folder, got {folder!r}")
     columns = tuple(c.strip() for c in (args.group_by or "").split(",") if c.strip())
-    report = evaluate_baseline(args.train, args.test, columns, args.train_on)
+    report = evaluate_baseline(args.train, args.test, columns, args.train_on, args.reference)
     text = json.dumps(report, indent=2)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

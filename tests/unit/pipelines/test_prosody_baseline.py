@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from dpm_worker.corpus import SynthConfig, generate_corpus
-from pipelines.bench.prosody_baseline import speaker_relative
+from pipelines.bench.prosody_baseline import speaker_relative, speaker_relative_running
 from pipelines.cli import main as cli_main
 
 
@@ -24,6 +24,16 @@ def test_speaker_relative_removes_each_speakers_mean_per_conversation() -> None:
     x = np.array([[1.0, 10.0], [3.0, 20.0], [5.0, 5.0], [7.0, 0.0], [9.0, 2.0]])
     out = speaker_relative(x, table)
     assert out.tolist() == [[-1.0, -5.0], [1.0, 5.0], [0.0, 0.0], [-1.0, -1.0], [1.0, 1.0]]
+
+
+def test_running_reference_subtracts_the_mean_so_far() -> None:
+    """Causal: a row never depends on later rows of its speaker."""
+    table = pa.table({"conversation_id": ["a", "a", "a", "b"], "speaker": ["x", "y", "x", "x"]})
+    x = np.array([[1.0], [5.0], [3.0], [7.0]])
+    assert speaker_relative_running(x, table).tolist() == [[0.0], [0.0], [1.0], [0.0]]
+    changed = x.copy()
+    changed[2] = 100.0
+    assert speaker_relative_running(changed, table)[:2].tolist() == [[0.0], [0.0]]
 
 
 def test_baseline_trains_on_one_corpus_and_scores_another(tmp_path, capsys) -> None:
