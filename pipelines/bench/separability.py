@@ -25,9 +25,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import soundfile as sf
+import torch
 
 from dpm_worker.audio import SAMPLE_RATE
 from dpm_worker.errors import BadInputError, ConfigError
+from dpm_worker.speech import compute_block_features
 from dpm_worker.storage import join_uri
 
 FEATURES = (
@@ -89,6 +91,30 @@ def prosody_features(x: np.ndarray) -> list[float]:
     ]
 
 
+def rich_features(x: np.ndarray) -> list[float]:
+    """The FEATURES and more of one mono 16 kHz utterance (``--features rich``): the mean and
+    spread over the speech blocks of the tokenizer's 40 mel-shape bands, percentiles (10, 25,
+    50, 75, 90) of block loudness and of voiced pitch, the mean loudness change between blocks,
+    the duration and the speech fraction of the blocks."""
+    feats = compute_block_features(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+    energy = feats.log_energy
+    loud = energy > energy.max() - 3.5  # log10 units: within 35 dB of the loudest block
+    shape = feats.spectral[loud]
+    level = energy[loud].numpy()
+    f0 = feats.log_f0[~torch.isnan(feats.log_f0)].numpy()
+    percentiles = [10, 25, 50, 75, 90]
+    return [
+        *prosody_features(x),
+        *shape.mean(0).tolist(),
+        *shape.std(0, correction=0).tolist(),
+        *np.percentile(level, percentiles).tolist(),
+        *(np.percentile(f0, percentiles).tolist() if f0.size else [0.0] * len(percentiles)),
+        float(np.abs(np.diff(level)).mean()) if level.size > 1 else 0.0,
+        x.size / SAMPLE_RATE,
+        float(loud.float().mean()),
+    ]
+
+
 # The five universal statistics of issue 11's logistic baseline (no pitch range, no tilt).
 STATISTICS = ("pitch_st", "level_db", "level_spread_db", "voiced_fraction", "peak_rate")
 
@@ -127,12 +153,17 @@ def _accuracy(gold: np.ndarray, pred: np.ndarray) -> float:
 
 
 def measure_separability(
-    out_uri: str, table: pa.Table, folds: int = 5, group_by: tuple[str, ...] = ()
+    out_uri: str,
+    table: pa.Table,
+    folds: int = 5,
+    group_by: tuple[str, ...] = (),
+    features: str = "prosody",
 ) -> dict[str, Any]:
     """Cross-validated accuracies on a (local) corpus; see the module docstring.
 
     With ``group_by``, the expressive accuracies are also given per value of each manifest
-    column (from the same pooled cross-validated predictions).
+    column (from the same pooled cross-validated predictions). ``features``: ``prosody`` (the
+    seven FEATURES) or ``rich`` (:func:`rich_features`).
     """
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.model_selection import GroupKFold, cross_val_predict
@@ -141,7 +172,7 @@ def measure_separability(
     if missing:
         raise BadInputError(f"--group-by {missing} not columns of the manifest", out_uri)
     rows = table.to_pylist()
-    x = corpus_features(out_uri, table)
+    x = corpus_features(out_uri, table, rich_features if features == "rich" else prosody_features)
     y = np.array([r["emotion"] for r in rows])
     groups = np.array([r["conversation_id"] for r in rows])
     speakers = np.array([f"{r['conversation_id']}\0{r['speaker']}" for r in rows])
@@ -194,6 +225,7 @@ def measure_separability(
         }
     report: dict[str, Any] = {
         "utterances": len(rows),
+        "features": features,
         "expressive_single_utterance_accuracy": _accuracy(y[expressive], single_pred),
         "expressive_single_utterance_recall": per_class,
         "expressive_with_speaker_baseline_accuracy": _accuracy(
@@ -229,6 +261,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--folds", type=int, default=5, help="cross-validation folds, by conversation (5)"
     )
+    parser.add_argument(
+        "--features",
+        choices=("prosody", "rich"),
+        default="prosody",
+        help="prosody: the seven features; rich: those and 93 more (mel-shape means and spreads, "
+        "loudness and pitch percentiles, duration) (%(default)s)",
+    )
     parser.add_argument("--json", default=None, help="also write the JSON here")
 
 
@@ -247,7 +286,7 @@ def run(args: argparse.Namespace) -> int:
     columns = tuple(c.strip() for c in (args.group_by or "").split(",") if c.strip())
     report = {
         "corpus": args.corpus,
-        **measure_separability(args.corpus, table, args.folds, columns),
+        **measure_separability(args.corpus, table, args.folds, columns, args.features),
     }
     text = json.dumps(report, indent=2)
     if args.json:

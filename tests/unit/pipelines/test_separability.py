@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
+from dpm_worker.audio import SAMPLE_RATE
 from dpm_worker.corpus import SynthConfig, generate_corpus
+from pipelines.bench.separability import FEATURES, prosody_features, rich_features
 from pipelines.cli import main as cli_main
 from pipelines.exit_codes import EXIT_USAGE
 
@@ -42,3 +45,13 @@ def test_separability_needs_a_local_corpus_and_two_folds(tmp_path, capsys) -> No
         cli_main(["bench", "separability", "--corpus", str(tmp_path), "--folds", "1"]) == EXIT_USAGE
     )
     assert "--folds must be >= 2" in capsys.readouterr().err
+
+
+def test_rich_features_extend_the_prosodic_ones() -> None:
+    t = np.arange(SAMPLE_RATE) / SAMPLE_RATE
+    wave = (0.3 * np.sin(2 * np.pi * 150 * t) * (1 + np.sin(2 * np.pi * 4 * t))).astype(np.float32)
+    rich = rich_features(wave)
+    assert rich[: len(FEATURES)] == prosody_features(wave)
+    assert len(rich) == len(FEATURES) + 2 * 40 + 2 * 5 + 3
+    assert np.all(np.isfinite(rich))
+    assert rich[-2] == pytest.approx(1.0)  # the duration, seconds
