@@ -78,17 +78,43 @@ def at_utterance(worker: ConversationWorker, n: int, action: Callable[[], None])
     worker.labeler.label_conversation = label_conversation  # type: ignore[method-assign]
 
 
+@pytest.fixture(scope="module")
+def clean_tables(tmp_path_factory):
+    """The uninterrupted run of the long conversation, per write target: the reference the
+    resumed runs below must equal (same rows, model, settings; computed once per target)."""
+    import torch
+
+    done: dict[str, pd.DataFrame] = {}
+
+    def clean_table(target: str) -> pd.DataFrame:
+        if target not in done:
+            folder = tmp_path_factory.mktemp(f"clean-{target}")
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)  # as every test here runs (one_torch_thread)
+            try:
+                worker = ConversationWorker(
+                    settings(folder / "clean", "clean", TARGETS[target]),
+                    EmotionModel.random(seed=0),
+                )
+                assert worker.label("call", long_conversation(folder))["status"] == "labeled"
+            finally:
+                torch.set_num_threads(threads)
+            done[target] = table(folder / "clean")
+        return done[target]
+
+    return clean_table
+
+
 def die() -> None:
     raise SystemExit(1)  # the process ends here, as Ray's SIGTERM handler ends it
 
 
 @pytest.mark.parametrize("target", sorted(TARGETS))
-def test_killed_after_120_resumes_from_100_and_equals_uninterrupted(tmp_path, target) -> None:
+def test_killed_after_120_resumes_from_100_and_equals_uninterrupted(
+    tmp_path, target, clean_tables
+) -> None:
     rows = long_conversation(tmp_path)
     memory = TARGETS[target]
-    clean_out = tmp_path / "clean"
-    clean = ConversationWorker(settings(clean_out, "clean", memory), EmotionModel.random(seed=0))
-    assert clean.label("call", rows)["status"] == "labeled"
 
     out = tmp_path / "out"
     first = ConversationWorker(settings(out, "run", memory), EmotionModel.random(seed=0))
@@ -106,7 +132,7 @@ def test_killed_after_120_resumes_from_100_and_equals_uninterrupted(tmp_path, ta
     recomputed = KILL_AFTER - summary["resumed_from"]
     print(json.dumps({"target": target, "resumed_from": 100, "recomputed": recomputed}))
     assert not os.path.exists(store.folder_uri("call"))  # deleted once committed
-    got, want = table(out), table(clean_out)
+    got, want = table(out), clean_tables(target)
     assert len(got) == N_UTTERANCES and list(got["utterance_index"]) == list(range(N_UTTERANCES))
     assert list(got["emotion"]) == list(want["emotion"])
     np.testing.assert_allclose(probabilities(got), probabilities(want), rtol=0, atol=1e-6)
@@ -147,7 +173,9 @@ def start_script(script: str, folder: Path, **popen) -> subprocess.Popen:
     )
 
 
-def test_sigterm_mid_conversation_checkpoints_before_exit_and_retry_resumes(tmp_path) -> None:
+def test_sigterm_mid_conversation_checkpoints_before_exit_and_retry_resumes(
+    tmp_path, clean_tables
+) -> None:
     rows = long_conversation(tmp_path)
     proc = start_script(SIGTERM_WORKER, tmp_path)
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
@@ -166,11 +194,7 @@ def test_sigterm_mid_conversation_checkpoints_before_exit_and_retry_resumes(tmp_
     )
     summary = retry.label("call", rows)
     assert summary["resumed_from"] == position
-    clean = ConversationWorker(
-        settings(tmp_path / "clean", "clean", TARGETS["prior"]), EmotionModel.random(seed=0)
-    )
-    clean.label("call", rows)
-    got, want = table(tmp_path / "out"), table(tmp_path / "clean")
+    got, want = table(tmp_path / "out"), clean_tables("prior")
     np.testing.assert_allclose(probabilities(got), probabilities(want), rtol=0, atol=1e-6)
 
 
