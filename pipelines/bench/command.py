@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
+from pathlib import Path
+from typing import Any
 
 BENCHMARKS: dict[str, str] = {
     "synth": "generation speed of the synthetic corpus (utterances per second)",
@@ -39,3 +42,12 @@ def run(args: argparse.Namespace) -> int:
     )
     module.add_arguments(parser)
     return int(module.run(parser.parse_args(args.rest)))
+
+
+def print_report(report: dict[str, Any], json_path: str | None) -> None:
+    """Print a benchmark's JSON report, and write it to ``json_path`` too when given."""
+    text = json.dumps(report, indent=2)
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(text + "\n")
+    print(text)

@@ -17,7 +17,6 @@ same per value of a manifest column (engine, voice_family, cue_mix).
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ import pyarrow as pa
 from dpm_worker.corpus import read_manifest
 from dpm_worker.errors import BadInputError, ConfigError
 from dpm_worker.metrics import summarize
+from pipelines.bench.command import print_report
 from pipelines.bench.separability import STATISTICS, corpus_features, utterance_statistics
 
 
@@ -174,11 +174,7 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"expected a local corpus folder, got {folder!r}")
     columns = tuple(c.strip() for c in (args.group_by or "").split(",") if c.strip())
     report = evaluate_baseline(args.train, args.test, columns, args.train_on, args.reference)
-    text = json.dumps(report, indent=2)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(text + "\n")
-    print(text)
+    print_report(report, args.json)
     return 0
 
 

@@ -18,7 +18,6 @@ per split as well.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from dpm_worker.audio import SAMPLE_RATE
 from dpm_worker.errors import BadInputError, ConfigError
 from dpm_worker.speech import compute_block_features
 from dpm_worker.storage import join_uri
+from pipelines.bench.command import print_report
 
 FEATURES = (
     "pitch_st",
@@ -288,9 +288,5 @@ def run(args: argparse.Namespace) -> int:
         "corpus": args.corpus,
         **measure_separability(args.corpus, table, args.folds, columns, args.features),
     }
-    text = json.dumps(report, indent=2)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(text + "\n")
-    print(text)
+    print_report(report, args.json)
     return 0
