@@ -23,7 +23,7 @@ conversation's (docs/randomized.md).
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -83,6 +83,16 @@ class ConversationLevels(SpeakerLevels):
     def add(self, key: Hashable, feats: BlockFeatures) -> None:
         """Count one utterance of ``key``'s speaker into its reference."""
         self._running.setdefault(key, _Running()).add(*utterance_levels(feats))
+
+    def add_stacked(
+        self, keys: Sequence[Hashable], feats: BlockFeatures, counts: list[int]
+    ) -> None:
+        """Count several utterances whose blocks are stacked in ``feats``, ``counts[i]`` blocks
+        of speaker ``keys[i]`` each (as the tokenizer's ``block_features`` returns them)."""
+        for key, energy, f0 in zip(
+            keys, feats.log_energy.split(counts), feats.log_f0.split(counts), strict=True
+        ):
+            self.add(key, BlockFeatures(spectral=feats.spectral[:0], log_energy=energy, log_f0=f0))
 
     def update(self, key: Hashable, feats: BlockFeatures) -> tuple[float, float]:
         """The reference of ``key``'s speaker (``feats`` must have been added; not re-counted).

@@ -28,11 +28,7 @@ from safetensors.torch import load_file, save_file
 from dpm_worker.audio import SAMPLE_RATE
 from dpm_worker.errors import ConfigError, ModelError
 from dpm_worker.speech.features import BlockFeatures, block_count, compute_block_features
-from dpm_worker.speech.speaker_levels import (
-    ConversationLevels,
-    SpeakerLevels,
-    relative_features,
-)
+from dpm_worker.speech.speaker_levels import SpeakerLevels, relative_features
 
 TOKENIZER_CONFIG = "speech_tokenizer.json"
 TOKENIZER_WEIGHTS = "speech_tokenizer.safetensors"
@@ -79,8 +75,8 @@ class SpeechTokenizerConfig:
         speaker_reference: a speaker-relative codebook's reference levels: ``running`` (the
             mean of the speaker's utterances so far: causal, an utterance's codes never depend
             on later audio) or ``conversation`` (the mean of all the speaker's utterances in the
-            conversation: a batch job holds the whole recording; tokenizing then reads a
-            conversation's audio twice and holds it until its codes are made).
+            conversation: a batch job holds the whole recording; a conversation's block
+            features are then held until its last utterance is featurized, and coded after).
     """
 
     n_spectral: int = 4
@@ -218,8 +214,8 @@ class BuiltinSpeechTokenizer:
         Args:
             waves: float32 mono waveforms, in dialogue order.
             levels: a speaker-relative codebook's references: running ones (updated in wave
-                order) or a conversation's fixed ones (:meth:`conversation_levels`); without
-                it each wave is its own reference. Ignored by an absolute codebook.
+                order) or a conversation's fixed ones (``ConversationLevels``); without it each
+                wave is its own reference. Ignored by an absolute codebook.
             speakers: one key per wave naming its speaker for ``levels``.
 
         Raises:
@@ -227,7 +223,20 @@ class BuiltinSpeechTokenizer:
         """
         if not waves:
             return []
-        feats, counts = self._block_features(waves)
+        feats, counts = self.block_features(waves)
+        return self.quantize(feats, counts, levels=levels, speakers=speakers)
+
+    @torch.no_grad()
+    def quantize(
+        self,
+        feats: BlockFeatures,
+        counts: list[int],
+        *,
+        levels: SpeakerLevels | None = None,
+        speakers: Sequence[Hashable] | None = None,
+    ) -> list[np.ndarray]:
+        """The codes of waves featurized by :meth:`block_features` (``counts`` blocks each);
+        ``levels`` and ``speakers`` as in :meth:`encode_batch`."""
         if self.config.speaker_relative:
             feats = self._relative(feats, counts, levels, speakers)
         # cdist per wave: it picks its algorithm (matmul or direct) by row count, and the two
@@ -247,31 +256,9 @@ class BuiltinSpeechTokenizer:
         return [part.numpy().copy() for part in codes.to(torch.int64).cpu().split(counts)]
 
     @torch.no_grad()
-    def conversation_levels(
-        self,
-        waves: Sequence[np.ndarray],
-        speakers: Sequence[Hashable],
-        levels: ConversationLevels | None = None,
-    ) -> ConversationLevels:
-        """The reference levels of ``speaker_reference: conversation``: each speaker's mean over
-        all of ``waves`` (one conversation's utterances, one speaker key per wave). Given
-        ``levels``, the waves are counted into it (a conversation in several batches)."""
-        if len(speakers) != len(waves):
-            raise ConfigError(f"{len(waves)} waves need as many speaker keys, got {len(speakers)}")
-        levels = ConversationLevels() if levels is None else levels
-        if not waves:
-            return levels
-        feats, counts = self._block_features(waves)
-        for key, energy, f0 in zip(
-            speakers, feats.log_energy.split(counts), feats.log_f0.split(counts), strict=True
-        ):
-            levels.add(
-                key, BlockFeatures(spectral=feats.spectral[:0], log_energy=energy, log_f0=f0)
-            )
-        return levels
-
-    def _block_features(self, waves: Sequence[np.ndarray]) -> tuple[BlockFeatures, list[int]]:
-        """The block features of all ``waves`` stacked, and each wave's block count."""
+    def block_features(self, waves: Sequence[np.ndarray]) -> tuple[BlockFeatures, list[int]]:
+        """The block features of all (non-empty) ``waves`` stacked, and each wave's block count:
+        what :meth:`quantize` codes."""
         block = int(round(self.config.sample_rate / self.rate_hz))
         counts, padded = [], []
         for wave in waves:

@@ -44,8 +44,9 @@ def tokenize_utterances(
     A speaker-relative tokenizer (``speaker_relative``) gets each speaker's reference levels,
     keyed by conversation and speaker: with ``speaker_reference: running`` from the utterances
     before it in this stream; with ``conversation`` from all the speaker's utterances in the
-    conversation, so a conversation's utterances (consecutive in the stream) are held until
-    the last of them has come and its audio is read twice (levels, then codes).
+    conversation, so a conversation's utterances (consecutive in the stream) are featurized
+    batch by batch, and their block features held until the last one has come and the levels
+    are counted; then they are coded (each utterance's audio is featurized once).
 
     Args:
         utterances: utterances with samples, e.g. one conversation's as
@@ -69,12 +70,18 @@ def tokenize_utterances(
     elif getattr(tokenizer, "speaker_reference", "running") == "conversation":
         for conversation in _conversations(utterances):
             levels = ConversationLevels()
+            featurized = []
             for batch in _batches(conversation, limit):
-                tokenizer.conversation_levels(  # type: ignore[attr-defined]
-                    [u.samples for u in batch], _speakers(batch), levels
+                feats, counts = tokenizer.block_features(  # type: ignore[attr-defined]
+                    [u.samples for u in batch]
                 )
-            for batch in _batches(conversation, limit):
-                yield from _encode(batch, tokenizer, check_fits, levels)
+                levels.add_stacked(_speakers(batch), feats, counts)
+                featurized.append((batch, feats, counts))
+            for batch, feats, counts in featurized:
+                codes_of = tokenizer.quantize(  # type: ignore[attr-defined]
+                    feats, counts, levels=levels, speakers=_speakers(batch)
+                )
+                yield from _with_codes(batch, codes_of, check_fits)
     else:
         # running references, across batches and conversations
         running = SpeakerLevels()
@@ -141,6 +148,15 @@ def _encode(
         codes_of = tokenizer.encode_batch(waves)
     else:
         codes_of = tokenizer.encode_batch(waves, levels=levels, speakers=_speakers(batch))  # type: ignore[call-arg]
+    yield from _with_codes(batch, codes_of, check_fits)
+
+
+def _with_codes(
+    batch: list[Utterance],
+    codes_of: list[np.ndarray],
+    check_fits: Callable[[int, str], None] | None,
+) -> Iterator[Utterance]:
+    """The batch's utterances with their codes instead of their samples (fit-checked)."""
     for utt, codes in zip(batch, codes_of, strict=True):
         codes = np.asarray(codes, dtype=np.int64)
         if check_fits is not None:
