@@ -23,7 +23,11 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("pipelines.corpus.synth", "generate the synthetic conversational emotion corpus"),
     "manifest": (
         "pipelines.corpus.build",
-        "turn an IEMOCAP/MELD folder into a canonical manifest",
+        "turn an IEMOCAP/MELD/RAVDESS folder or a CSV of labelled files into a manifest",
+    ),
+    "augment": (
+        "pipelines.corpus.augment",
+        "augmented copies of a labelled corpus for training (new voices through new lines)",
     ),
     "train": ("pipelines.train.backbone", "train the emotion speech-LLM backbone"),
     "eval": (

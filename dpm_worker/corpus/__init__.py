@@ -10,7 +10,14 @@ from dpm_worker.corpus.engines import (
     synthesize_requests,
 )
 from dpm_worker.corpus.iemocap import read_iemocap
-from dpm_worker.corpus.layouts import IEMOCAP_4CLASS, MELD_4CLASS, load_mapping
+from dpm_worker.corpus.labelled import read_labelled
+from dpm_worker.corpus.layouts import (
+    IEMOCAP_4CLASS,
+    MELD_4CLASS,
+    RAVDESS_4CLASS,
+    RAVDESS_8CLASS,
+    load_mapping,
+)
 from dpm_worker.corpus.manifest import iter_conversations, read_manifest, resolve_audio, to_rows
 from dpm_worker.corpus.manifest_checks import (
     UnknownLabelError,
@@ -29,6 +36,7 @@ from dpm_worker.corpus.manifest_files import (
 from dpm_worker.corpus.meld import read_meld
 from dpm_worker.corpus.moods import next_mood
 from dpm_worker.corpus.randomized import RANDOMIZED_SCHEMA, RandomizeConfig
+from dpm_worker.corpus.ravdess import ORDERS, conversation_order, parse_actors, read_ravdess
 from dpm_worker.corpus.rttm import SpeakerTurn, parse_rttm, read_rttm
 from dpm_worker.corpus.schema import (
     DEFAULT_LABELS,
@@ -69,6 +77,9 @@ __all__ = [
     "IEMOCAP_4CLASS",
     "MANIFEST_SCHEMA",
     "MELD_4CLASS",
+    "ORDERS",
+    "RAVDESS_4CLASS",
+    "RAVDESS_8CLASS",
     "ManifestSource",
     "SpeakerTurn",
     "SynthConfig",
@@ -78,6 +89,7 @@ __all__ = [
     "cast_manifest",
     "check_columns",
     "conversation_problems",
+    "conversation_order",
     "count_manifest_rows",
     "generate_corpus",
     "iter_conversations",
@@ -85,10 +97,13 @@ __all__ = [
     "manifest_fingerprint",
     "next_mood",
     "parse_rttm",
+    "parse_actors",
     "pitch_parameter",
     "read_iemocap",
     "read_manifest",
+    "read_labelled",
     "read_meld",
+    "read_ravdess",
     "read_rttm",
     "render_prosody",
     "resolve_audio",

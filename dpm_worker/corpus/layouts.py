@@ -1,7 +1,9 @@
 """Shared pieces of the corpus layout readers: label mappings and the drop summary.
 
-The readers themselves live in :mod:`dpm_worker.corpus.iemocap` (``read_iemocap``) and
-:mod:`dpm_worker.corpus.meld` (``read_meld``); both are also importable from here. Corpus emotion
+The readers themselves live in :mod:`dpm_worker.corpus.iemocap` (``read_iemocap``),
+:mod:`dpm_worker.corpus.meld` (``read_meld``), :mod:`dpm_worker.corpus.ravdess`
+(``read_ravdess``) and :mod:`dpm_worker.corpus.labelled` (``read_labelled``, a CSV of labelled
+files). Corpus emotion
 codes go through a mapping table to the model's label set; an unmapped code is dropped and
 counted in a :class:`DropSummary`, never relabeled. Roots may be local folders or ``s3://``.
 """
@@ -36,10 +38,19 @@ MELD_7CLASS: Mapping[str, str] = MappingProxyType({code: code for code in MELD_E
 MELD_4CLASS: Mapping[str, str] = MappingProxyType(
     {"neutral": "neutral", "joy": "happy", "sadness": "sad", "anger": "angry"}
 )
+RAVDESS_EMOTIONS: tuple[str, ...] = (
+    "neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised",
+)  # fmt: skip
+# CORPORA.md: neutral + calm -> neutral; fearful, disgust and surprised are dropped.
+RAVDESS_4CLASS: Mapping[str, str] = MappingProxyType(
+    {"neutral": "neutral", "calm": "neutral", "happy": "happy", "sad": "sad", "angry": "angry"}
+)
+RAVDESS_8CLASS: Mapping[str, str] = MappingProxyType({e: e for e in RAVDESS_EMOTIONS})
 MAPPINGS: Mapping[str, Mapping[str, Mapping[str, str]]] = MappingProxyType(
     {
         "iemocap": MappingProxyType({"4class": IEMOCAP_4CLASS}),
         "meld": MappingProxyType({"7class": MELD_7CLASS, "4class": MELD_4CLASS}),
+        "ravdess": MappingProxyType({"4class": RAVDESS_4CLASS, "8class": RAVDESS_8CLASS}),
     }
 )
 EXAMPLES = 5  # how many offending items an error message lists

@@ -1,7 +1,10 @@
-"""``dpm manifest``: turn an IEMOCAP or MELD folder into a canonical manifest.
+"""``dpm manifest``: turn a real corpus folder (or a CSV of labelled files) into a manifest.
 
     dpm manifest iemocap ROOT --out manifest.parquet [--sessions 1,2] [--mapping 4class]
     dpm manifest meld ROOT --split train --out manifest.parquet [--mapping 7class|4class|FILE]
+    dpm manifest ravdess ROOT --out manifest.parquet [--actors 19-24] [--mapping 4class|8class]
+        [--order shuffled|inertia] [--seed S]
+    dpm manifest labels FILE.csv --out manifest.parquet [--mapping FILE]
 
 ROOT and --out may be local or ``s3://``. The output format follows --out's extension
 (.parquet, .jsonl, .csv). The manifest is validated against the mapping's label set before it
@@ -13,30 +16,55 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 from dpm_worker.corpus import (
+    ORDERS,
     load_mapping,
+    parse_actors,
     read_iemocap,
+    read_labelled,
     read_meld,
+    read_ravdess,
     validate_manifest,
     write_manifest,
 )
+from dpm_worker.corpus.layouts import DropSummary
 from dpm_worker.errors import ConfigError
 from dpm_worker.storage import get_filesystem
 
-DEFAULT_MAPPING = {"iemocap": "4class", "meld": "7class"}
+DEFAULT_MAPPING = {"iemocap": "4class", "meld": "7class", "ravdess": "4class", "labels": None}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("corpus", choices=sorted(DEFAULT_MAPPING), help="the folder's layout")
-    parser.add_argument("root", help="IEMOCAP_full_release/ or MELD.Raw/ folder (local or s3://)")
+    parser.add_argument(
+        "corpus",
+        choices=sorted(DEFAULT_MAPPING),
+        help="the folder's layout; labels: a CSV with columns file, speaker, emotion "
+        "[, conversation] (files relative to the CSV; one conversation per speaker by default)",
+    )
+    parser.add_argument(
+        "root",
+        help="IEMOCAP_full_release/, MELD.Raw/ or audio_speech_actors_01-24/ folder, or the "
+        "labels CSV (local or s3://)",
+    )
     parser.add_argument("--out", required=True, help="manifest to write (.parquet/.jsonl/.csv)")
     parser.add_argument(
         "--mapping",
         default=None,
         help="corpus code -> label mapping: a built-in name (iemocap: 4class; meld: 7class, "
-        "4class) or a .json/.yaml file; default iemocap 4class, meld 7class",
+        "4class; ravdess: 4class, 8class) or a .json/.yaml file; default iemocap 4class, "
+        "meld 7class, ravdess 4class (neutral+calm, happy, sad, angry), labels as written",
     )
+    parser.add_argument("--actors", default=None, help="RAVDESS actors, e.g. 1-18 or 19-24")
+    parser.add_argument(
+        "--order",
+        default="shuffled",
+        choices=ORDERS,
+        help="RAVDESS dialogue order of each actor's files: shuffled (a seeded permutation) or "
+        "inertia (a seeded Markov chain over emotions that stays with probability 0.7)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="RAVDESS: seeds the order")
     parser.add_argument("--sessions", default=None, help="IEMOCAP sessions, e.g. 1,2,3")
     parser.add_argument(
         "--split", default="train", choices=["train", "dev", "test"], help="MELD split"
@@ -61,10 +89,28 @@ def _sessions(text: str | None) -> list[int] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    mapping = load_mapping(args.mapping or DEFAULT_MAPPING[args.corpus], args.corpus)
-    if args.corpus == "iemocap":
-        if args.audio_dir is not None:
-            raise ConfigError("--audio-dir applies to meld only")
+    only = {"sessions": "iemocap", "audio_dir": "meld", "actors": "ravdess"}
+    for option, corpus in only.items():
+        if getattr(args, option) is not None and args.corpus != corpus:
+            raise ConfigError(f"--{option.replace('_', '-')} applies to {corpus} only")
+    spec = args.mapping or DEFAULT_MAPPING[args.corpus]
+    if spec is None:  # labels without --mapping: the CSV's emotions as they are
+        table, summary = read_labelled(args.root, endpoint_url=args.endpoint_url)
+        return _write(args, table, summary, sorted(set(table.column("emotion").to_pylist())))
+    mapping = load_mapping(spec, args.corpus)
+    if args.corpus == "labels":
+        table, summary = read_labelled(args.root, mapping=mapping, endpoint_url=args.endpoint_url)
+        return _write(args, table, summary, sorted(set(mapping.values())))
+    if args.corpus == "ravdess":
+        table, summary = read_ravdess(
+            args.root,
+            actors=parse_actors(args.actors),
+            mapping=mapping,
+            order=args.order,
+            seed=args.seed,
+            endpoint_url=args.endpoint_url,
+        )
+    elif args.corpus == "iemocap":
         table, summary = read_iemocap(
             args.root,
             sessions=_sessions(args.sessions),
@@ -72,8 +118,6 @@ def run(args: argparse.Namespace) -> int:
             endpoint_url=args.endpoint_url,
         )
     else:
-        if args.sessions is not None:
-            raise ConfigError("--sessions applies to iemocap only")
         table, summary = read_meld(
             args.root,
             args.split,
@@ -81,7 +125,11 @@ def run(args: argparse.Namespace) -> int:
             audio_dir=args.audio_dir,
             endpoint_url=args.endpoint_url,
         )
-    validate_manifest(table, args.out, labels=sorted(set(mapping.values())))
+    return _write(args, table, summary, sorted(set(mapping.values())))
+
+
+def _write(args: argparse.Namespace, table: Any, summary: DropSummary, labels: list[str]) -> int:
+    validate_manifest(table, args.out, labels=labels)
     write_manifest(table, args.out, endpoint_url=args.endpoint_url)
     print(summary.format())
     print(f"wrote {table.num_rows} rows to {args.out}")
