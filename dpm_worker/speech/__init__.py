@@ -9,11 +9,11 @@ from dpm_worker.speech.cosyvoice import (
     s3tokenizer_available,
 )
 from dpm_worker.speech.features import compute_block_features
+from dpm_worker.speech.loading import load_speech_tokenizer
 from dpm_worker.speech.tokenizer import (
     BuiltinSpeechTokenizer,
     SpeechTokenizer,
     SpeechTokenizerConfig,
-    load_speech_tokenizer,
 )
 from dpm_worker.speech.utterances import FRAME_TOKENS, tokenize_utterances
 

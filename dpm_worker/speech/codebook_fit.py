@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from dpm_worker.errors import ConfigError
-from dpm_worker.speech.features import BlockFeatures, compute_block_features
+from dpm_worker.speech.features import BlockFeatures, block_count, compute_block_features
+from dpm_worker.speech.smile import smile_block_features
 from dpm_worker.speech.speaker_levels import ConversationLevels, SpeakerLevels, relative_features
 from dpm_worker.speech.tokenizer import BuiltinSpeechTokenizer, SpeechTokenizerConfig
 
@@ -46,24 +47,27 @@ def fit_speech_tokenizer(
     # with the conversation reference, every wave's levels are counted before any is coded; the
     # keys name a speaker in a conversation, so one set of levels serves the whole corpus
     whole = config.speaker_relative and config.speaker_reference == "conversation"
-    running, conversation = SpeakerLevels(), ConversationLevels()
+    shift = config.spectral_relative
+    running = SpeakerLevels(spectral=shift)
+    conversation = ConversationLevels(spectral=shift)
     every: list[tuple[BlockFeatures, Hashable]] = []
     for wave, key in pairs:
-        feats = compute_block_features(
-            torch.as_tensor(np.asarray(wave, dtype=np.float32)),
-            sample_rate=config.sample_rate,
-            rate_hz=config.rate_hz,
-            n_mels=config.n_mels,
-        )
+        feats = frame_features(np.asarray(wave, dtype=np.float32), config)
         if whole:
             conversation.add(key, feats)
         elif config.speaker_relative:
-            feats = relative_features(feats, running.update(key, feats))
+            reference = running.update(key, feats)
+            feats = relative_features(
+                feats, reference, running.spectral_reference(key) if shift else None
+            )
         every.append((feats, key))
     spectral, energy, pitch = [], [], []
     for feats, key in every:
         if whole:
-            feats = relative_features(feats, conversation.update(key, feats))
+            reference = conversation.update(key, feats)
+            feats = relative_features(
+                feats, reference, conversation.spectral_reference(key) if shift else None
+            )
         spectral.append(feats.spectral.numpy())
         energy.append(feats.log_energy.numpy())
         pitch.append(feats.log_f0.numpy())
@@ -87,9 +91,32 @@ def fit_speech_tokenizer(
         model = MiniBatchKMeans(n_clusters=k, random_state=seed, batch_size=4096, n_init=3)
         return model.fit(data).cluster_centers_.astype(np.float32)
 
+    norm = None
+    if config.features != "mel":
+        # eGeMAPS descriptors come in unlike units (Hz, dB, ratios): standardise each one
+        centre, scale = spec.mean(axis=0), spec.std(axis=0)
+        scale = np.where(scale > 1e-6, scale, 1.0)
+        spec = (spec - centre) / scale
+        norm = torch.from_numpy(np.stack([centre, scale]).astype(np.float32))
     return BuiltinSpeechTokenizer(
         config,
         torch.from_numpy(kmeans(spec, config.n_spectral)),
         torch.from_numpy(kmeans(ener[:, None], config.n_energy)[:, 0]),
         torch.from_numpy(kmeans(voiced_f0[:, None], config.n_pitch - 1)[:, 0]),
+        spectral_norm=norm,
     )
+
+
+def frame_features(wave: np.ndarray, config: SpeechTokenizerConfig) -> BlockFeatures:
+    """One waveform's block features from the config's front end, padded to whole blocks as
+    the tokenizer pads it."""
+    if config.features == "mel":
+        return compute_block_features(
+            torch.as_tensor(wave),
+            sample_rate=config.sample_rate,
+            rate_hz=config.rate_hz,
+            n_mels=config.n_mels,
+        )
+    block = int(round(config.sample_rate / config.rate_hz))
+    padded = np.pad(wave, (0, block_count(wave.size, block) * block - wave.size))
+    return smile_block_features(padded, config.sample_rate, config.rate_hz)

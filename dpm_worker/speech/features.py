@@ -39,6 +39,14 @@ class BlockFeatures:
     log_energy: torch.Tensor  # [n] float32
     log_f0: torch.Tensor  # [n] float32, NaN where unvoiced
 
+    def to(self, device: torch.device) -> BlockFeatures:
+        """The same features on ``device``."""
+        return BlockFeatures(
+            spectral=self.spectral.to(device),
+            log_energy=self.log_energy.to(device),
+            log_f0=self.log_f0.to(device),
+        )
+
 
 def block_count(n_samples: int, block: int) -> int:
     """Number of speech tokens for ``n_samples``: one per started block, at least one."""

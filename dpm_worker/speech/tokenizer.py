@@ -23,16 +23,18 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from dpm_worker.audio import SAMPLE_RATE
-from dpm_worker.errors import ConfigError, ModelError
+from dpm_worker.errors import ConfigError
 from dpm_worker.speech.features import BlockFeatures, block_count, compute_block_features
+from dpm_worker.speech.smile import SPECTRAL_DIM, smile_batch_features
 from dpm_worker.speech.speaker_levels import SpeakerLevels, relative_features
 
 TOKENIZER_CONFIG = "speech_tokenizer.json"
 TOKENIZER_WEIGHTS = "speech_tokenizer.safetensors"
 SPEAKER_REFERENCES = ("running", "conversation")
+FEATURE_SETS = ("mel", "egemaps")
 
 
 @runtime_checkable
@@ -77,6 +79,11 @@ class SpeechTokenizerConfig:
             on later audio) or ``conversation`` (the mean of all the speaker's utterances in the
             conversation: a batch job holds the whole recording; a conversation's block
             features are then held until its last utterance is featurized, and coded after).
+        features: the frame features: ``mel`` (log-mel shape, autocorrelation pitch; the
+            models up to dpm-default-v5) or ``egemaps`` (openSMILE's eGeMAPSv02 descriptors:
+            F0 and 23 spectral-balance and voice-quality descriptors; ``speech/smile.py``).
+        spectral_relative: a speaker-relative codebook also codes the spectral vector as a
+            shift from the speaker's mean (voice quality is a speaker's habit as pitch is).
     """
 
     n_spectral: int = 4
@@ -87,8 +94,14 @@ class SpeechTokenizerConfig:
     rate_hz: float = 25.0
     speaker_relative: bool = False
     speaker_reference: str = "running"
+    features: str = "mel"
+    spectral_relative: bool = False
 
     def __post_init__(self) -> None:
+        if self.features not in FEATURE_SETS:
+            raise ConfigError(f"features must be one of {FEATURE_SETS}, got {self.features!r}")
+        if self.spectral_relative and not self.speaker_relative:
+            raise ConfigError("spectral_relative needs speaker_relative: true")
         if self.speaker_reference not in SPEAKER_REFERENCES:
             raise ConfigError(
                 f"speaker_reference must be one of {SPEAKER_REFERENCES}, got {self.speaker_reference!r}"
@@ -112,6 +125,11 @@ class SpeechTokenizerConfig:
     def vocab_size(self) -> int:
         return self.n_spectral * self.n_energy * self.n_pitch
 
+    @property
+    def spectral_dim(self) -> int:
+        """Length of the spectral vector the spectral codes quantize."""
+        return self.n_mels if self.features == "mel" else SPECTRAL_DIM
+
 
 class BuiltinSpeechTokenizer:
     """Product-codebook tokenizer over spectral shape, loudness and pitch (module docstring).
@@ -121,6 +139,9 @@ class BuiltinSpeechTokenizer:
         spectral_centroids: ``[n_spectral, n_mels]``.
         energy_centroids: ``[n_energy]`` log10 mean-square levels.
         pitch_centroids: ``[n_pitch - 1]`` log2 Hz levels of voiced blocks.
+        spectral_norm: ``[2, spectral_dim]``: the centre and scale each spectral dimension is
+            standardised by before it is coded (eGeMAPS descriptors come in unlike units); None
+            codes the spectral vector as it is (the mel front end).
         device: where features and codes are computed (default CPU).
     """
 
@@ -133,10 +154,16 @@ class BuiltinSpeechTokenizer:
         energy_centroids: torch.Tensor,
         pitch_centroids: torch.Tensor,
         *,
+        spectral_norm: torch.Tensor | None = None,
         device: str | torch.device = "cpu",
     ) -> None:
+        if spectral_norm is not None and tuple(spectral_norm.shape) != (2, config.spectral_dim):
+            raise ConfigError(
+                f"spectral_norm must have shape {(2, config.spectral_dim)}, got "
+                f"{tuple(spectral_norm.shape)}"
+            )
         expected = {
-            "spectral_centroids": (config.n_spectral, config.n_mels),
+            "spectral_centroids": (config.n_spectral, config.spectral_dim),
             "energy_centroids": (config.n_energy,),
             "pitch_centroids": (config.n_pitch - 1,),
         }
@@ -154,6 +181,9 @@ class BuiltinSpeechTokenizer:
         # Sorted 1-D levels keep code order meaningful (louder / higher = larger index).
         self.energy_centroids = torch.sort(energy_centroids.to(self.device, torch.float32)).values
         self.pitch_centroids = torch.sort(pitch_centroids.to(self.device, torch.float32)).values
+        self.spectral_norm = (
+            None if spectral_norm is None else spectral_norm.to(self.device, torch.float32)
+        )
 
     @property
     def rate_hz(self) -> float:
@@ -183,9 +213,14 @@ class BuiltinSpeechTokenizer:
         if self.config.speaker_reference == "running":
             # Running references keep the fingerprint they had before the option existed.
             del fields["speaker_reference"]
+        for name, default in (("features", "mel"), ("spectral_relative", False)):
+            if fields[name] == default:  # codebooks from before the option keep theirs
+                del fields[name]
         digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
         for tensor in (self.spectral_centroids, self.energy_centroids, self.pitch_centroids):
             digest.update(tensor.cpu().numpy().tobytes())
+        if self.spectral_norm is not None:
+            digest.update(self.spectral_norm.cpu().numpy().tobytes())
         return digest.hexdigest()
 
     def encode(self, wave: np.ndarray) -> np.ndarray:
@@ -239,12 +274,15 @@ class BuiltinSpeechTokenizer:
         ``levels`` and ``speakers`` as in :meth:`encode_batch`."""
         if self.config.speaker_relative:
             feats = self._relative(feats, counts, levels, speakers)
+        spectral_of = feats.spectral
+        if self.spectral_norm is not None:
+            spectral_of = (spectral_of - self.spectral_norm[0]) / self.spectral_norm[1]
         # cdist per wave: it picks its algorithm (matmul or direct) by row count, and the two
         # round differently; one call per wave keeps the codes bitwise those of ``encode``.
         spectral = torch.cat(
             [
                 torch.cdist(part, self.spectral_centroids).argmin(dim=1)
-                for part in feats.spectral.split(counts)
+                for part in spectral_of.split(counts)
             ]
         )
         energy = _nearest_level(feats.log_energy, self.energy_centroids)
@@ -270,6 +308,9 @@ class BuiltinSpeechTokenizer:
             count = block_count(int(samples.shape[0]), block)
             counts.append(count)
             padded.append(torch.nn.functional.pad(samples, (0, count * block - samples.shape[0])))
+        if self.config.features == "egemaps":
+            feats = smile_batch_features(padded, self.config.sample_rate, self.rate_hz)
+            return feats.to(self.device), counts
         feats = compute_block_features(
             torch.cat(padded).to(self.device),
             sample_rate=self.config.sample_rate,
@@ -301,30 +342,37 @@ class BuiltinSpeechTokenizer:
             )
         ):
             part = BlockFeatures(spectral=spectral, log_energy=energy, log_f0=f0)
-            if levels is None or speakers is None:
-                reference = SpeakerLevels().update(None, part)
-            else:
-                reference = levels.update(speakers[i], part)
-            parts.append(relative_features(part, reference))
+            own, key = (
+                (self.new_levels(), None)
+                if levels is None or speakers is None
+                else (levels, speakers[i])
+            )
+            reference = own.update(key, part)
+            shift = own.spectral_reference(key) if self.config.spectral_relative else None
+            parts.append(relative_features(part, reference, shift))
         return BlockFeatures(
-            spectral=feats.spectral,
+            spectral=torch.cat([p.spectral for p in parts]),
             log_energy=torch.cat([p.log_energy for p in parts]),
             log_f0=torch.cat([p.log_f0 for p in parts]),
         )
+
+    def new_levels(self) -> SpeakerLevels:
+        """Empty running levels of the kind this codebook's references need."""
+        return SpeakerLevels(spectral=self.config.spectral_relative)
 
     def save(self, folder: str | Path) -> list[Path]:
         """Write ``speech_tokenizer.json`` and ``.safetensors`` into ``folder``; return the paths."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         weights = folder / TOKENIZER_WEIGHTS
-        save_file(
-            {
-                "spectral_centroids": self.spectral_centroids.cpu().contiguous(),
-                "energy_centroids": self.energy_centroids.cpu().contiguous(),
-                "pitch_centroids": self.pitch_centroids.cpu().contiguous(),
-            },
-            str(weights),
-        )
+        tensors = {
+            "spectral_centroids": self.spectral_centroids.cpu().contiguous(),
+            "energy_centroids": self.energy_centroids.cpu().contiguous(),
+            "pitch_centroids": self.pitch_centroids.cpu().contiguous(),
+        }
+        if self.spectral_norm is not None:
+            tensors["spectral_norm"] = self.spectral_norm.cpu().contiguous()
+        save_file(tensors, str(weights))
         config = folder / TOKENIZER_CONFIG
         config.write_text(json.dumps({"type": self.kind, **asdict(self.config)}, indent=2) + "\n")
         return [config, weights]
@@ -338,54 +386,15 @@ class BuiltinSpeechTokenizer:
         gen = torch.Generator().manual_seed(seed)
         return cls(
             config,
-            torch.randn(config.n_spectral, config.n_mels, generator=gen),
+            torch.randn(config.n_spectral, config.spectral_dim, generator=gen),
             torch.linspace(-6.0, -1.0, config.n_energy),
             torch.linspace(np.log2(80.0), np.log2(400.0), config.n_pitch - 1),
+            spectral_norm=None
+            if config.features == "mel"
+            else torch.stack([torch.zeros(config.spectral_dim), torch.ones(config.spectral_dim)]),
         )
 
 
 def _nearest_level(values: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
     """Index of the nearest of the sorted 1-D ``levels`` for every value."""
     return (values[:, None] - levels[None, :]).abs().argmin(dim=1)
-
-
-def load_speech_tokenizer(
-    path: str | Path, *, device: str | torch.device | None = None
-) -> SpeechTokenizer:
-    """Load a saved speech tokenizer from its folder (or its ``speech_tokenizer.json``).
-
-    Args:
-        path: the folder or its ``speech_tokenizer.json``.
-        device: where it tokenizes (None: CPU for the built-in codebook, CUDA when available
-            for the S3Tokenizer).
-
-    Raises:
-        ModelError: files missing, unknown tokenizer type or mismatched shapes.
-    """
-    path = Path(path)
-    config_path = path if path.suffix == ".json" else path / TOKENIZER_CONFIG
-    if not config_path.is_file():
-        raise ModelError(f"speech tokenizer config {TOKENIZER_CONFIG} is missing", str(path))
-    data = json.loads(config_path.read_text())
-    kind = data.pop("type", None)
-    if kind == "s3tokenizer":
-        from dpm_worker.speech.cosyvoice import CosyVoiceTokenizer
-
-        return CosyVoiceTokenizer.from_config(data, config_path.parent, device=device)
-    if kind != BuiltinSpeechTokenizer.kind:
-        raise ModelError(f"unknown speech tokenizer type {kind!r}", str(config_path))
-    weights_path = config_path.parent / TOKENIZER_WEIGHTS
-    if not weights_path.is_file():
-        raise ModelError(f"speech tokenizer weights {TOKENIZER_WEIGHTS} are missing", str(path))
-    try:
-        config = SpeechTokenizerConfig(**data)
-        tensors = load_file(str(weights_path))
-        return BuiltinSpeechTokenizer(
-            config,
-            tensors["spectral_centroids"],
-            tensors["energy_centroids"],
-            tensors["pitch_centroids"],
-            device=device or "cpu",
-        )
-    except (ConfigError, KeyError, TypeError) as exc:
-        raise ModelError(f"speech tokenizer files do not match: {exc}", str(path)) from exc

@@ -69,7 +69,7 @@ def tokenize_utterances(
             yield from _encode(batch, tokenizer, check_fits, None)
     elif getattr(tokenizer, "speaker_reference", "running") == "conversation":
         for conversation in _conversations(utterances):
-            levels = ConversationLevels()
+            levels = ConversationLevels(spectral=_spectral_relative(tokenizer))
             featurized = []
             for batch in _batches(conversation, limit):
                 feats, counts = tokenizer.block_features(  # type: ignore[attr-defined]
@@ -84,9 +84,13 @@ def tokenize_utterances(
                 yield from _with_codes(batch, codes_of, check_fits)
     else:
         # running references, across batches and conversations
-        running = SpeakerLevels()
+        running = SpeakerLevels(spectral=_spectral_relative(tokenizer))
         for batch in _batches(utterances, limit):
             yield from _encode(batch, tokenizer, check_fits, running)
+
+
+def _spectral_relative(tokenizer: SpeechTokenizer) -> bool:
+    return bool(getattr(getattr(tokenizer, "config", None), "spectral_relative", False))
 
 
 def _batches(utterances: Iterable[Utterance], limit: float) -> Iterator[list[Utterance]]:
