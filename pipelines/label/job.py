@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -36,7 +37,7 @@ from dpm_worker.tables import (
 )
 from dpm_worker.worker import ConversationWorker
 from pipelines.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL
-from pipelines.label.actors import start_actors
+from pipelines.label.actors import connect, start_actors
 from pipelines.label.config import LabelJobConfig
 from pipelines.label.metrics import DriverMetrics
 
@@ -97,6 +98,12 @@ class LabelJob:
             first = next(pending, None)
             if first is None:
                 log.info("nothing to label: every conversation is committed or unchanged")
+                # A quiet night on a cluster still reports (DpmNoRunStarted must not fire).
+                if self.config.metrics and (self.config.address or os.environ.get("RAY_ADDRESS")):
+                    connect(self.config.address)
+                    metrics = DriverMetrics(
+                        self.run.run_id, self.run.model_id, started_at.timestamp()
+                    )
             else:
                 clock = time.monotonic()
                 handles = start_actors(self.config, self.run, self.worker_class)

@@ -97,7 +97,9 @@ SPECS: tuple[MetricSpec, ...] = (
     MetricSpec("dpm_error_rows", "counter", "Rows written to the errors table", ("error_type",)),
     MetricSpec("dpm_actor_deaths", "counter", "Labeling actors that died (Ray restarts them)"),
     MetricSpec("dpm_retries", "counter", "Conversations queued again after a failed attempt"),
-    MetricSpec("dpm_runs_succeeded", "counter", "Runs that wrote _SUCCESS (1 per run)"),
+    MetricSpec(
+        "dpm_runs_succeeded", "counter", "_SUCCESS written (each attempt that ends the run)"
+    ),
     MetricSpec(
         "dpm_conversations_queued",
         "gauge",

@@ -186,15 +186,19 @@ def corpus_with_bad_rows(folder: Path) -> Path:
 def test_prometheus_counts_equal_the_tables(ray_cluster, prometheus, tiny_model, tmp_path):
     manifest = corpus_with_bad_rows(tmp_path / "corpus")
     out = str(tmp_path / "tables")
-    result = run_label(
-        *("--input", str(manifest), "--output", out, "--model", tiny_model),
-        *("--address", ray_cluster["env"]["RAY_ADDRESS"], "--run-id", RUN_ID),
-        *("--actors", "2", "--cpus-per-actor", "0.5", "--slots-per-actor", "1"),
-        "progress_interval_s=2",
-        "actor_start_timeout_s=120",
-        env={k: v for k, v in ray_cluster["env"].items() if k.startswith(("RAY_", "DPM_"))},
-        timeout=300,
-    )
+
+    def label() -> subprocess.CompletedProcess:
+        return run_label(
+            *("--input", str(manifest), "--output", out, "--model", tiny_model),
+            *("--address", ray_cluster["env"]["RAY_ADDRESS"], "--run-id", RUN_ID),
+            *("--actors", "2", "--cpus-per-actor", "0.5", "--slots-per-actor", "1"),
+            "progress_interval_s=2",
+            "actor_start_timeout_s=120",
+            env={k: v for k, v in ray_cluster["env"].items() if k.startswith(("RAY_", "DPM_"))},
+            timeout=300,
+        )
+
+    result = label()
     assert result.returncode == 3, result.stdout + result.stderr[-3000:]  # partial: error rows
     emotions, errors = read_table(out, "emotions"), read_table(out, "errors")
     by_type = errors.groupby("error_type").size().to_dict()
@@ -226,6 +230,21 @@ def test_prometheus_counts_equal_the_tables(ray_cluster, prometheus, tiny_model,
         wait_for(lambda: current() == expected, "the metrics to equal the tables")
     finally:
         assert current() == expected
+
+    # The same run again: nothing left to label, no actor started, and the driver still
+    # reports the conversations it skipped and the second _SUCCESS (a quiet night).
+    again = label()
+    assert again.returncode == 3 and "nothing to do" in again.stdout, again.stdout
+    assert "actor(s) with" not in again.stderr  # no actor was started
+    quiet = {
+        f"sum by (reason) (ray_dpm_conversations_skipped_total{{{run}}})": {"committed": 4},
+        f"sum(ray_dpm_runs_succeeded_total{{{run}}})": {"": 2},
+        f"sum(ray_dpm_utterances_labeled_total{{{run}}})": {"": len(emotions)},
+    }
+    wait_for(
+        lambda: {q: values(prometheus, q) for q in quiet} == quiet,
+        f"the re-run's metrics {quiet}",
+    )
 
     # Audio seconds: the labeled segments' lengths (to a sample per utterance).
     audio = values(prometheus, f"sum(ray_dpm_audio_seconds_labeled_total{{{run}}})")[""]
