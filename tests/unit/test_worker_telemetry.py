@@ -105,3 +105,26 @@ def test_failed_conversations_are_timed_and_counted_by_type(tmp_path, slots) -> 
     assert sum(summary["error_types"].values()) == summary["error_rows"] == 3
     assert recorded.counts()[telemetry.CONVERSATION_S] == 1
     assert recorded.counts()[telemetry.STEP_S] == 0
+
+
+def test_a_retried_conversation_records_its_resume_and_only_the_steps_left(tmp_path) -> None:
+    from dpm_worker.errors import StorageError
+
+    uri = recording(tmp_path / "c.wav", seconds=30.0)
+    rows = rows_for("long", uri, n=12)
+    first = with_record(make_worker(tmp_path, EmotionModel.random(seed=0)), checkpoint_every=5)
+
+    def storage_down(*args, **kwargs):
+        raise StorageError("the output store went away", "memory://out")
+
+    first.tables.write_emotions = storage_down  # type: ignore[method-assign]
+    with pytest.raises(StorageError):  # labeled, checkpointed after 5 and 10, not committed
+        first.label("long", rows)
+    assert first.recorded.counts()[telemetry.CHECKPOINT] == 2  # type: ignore[attr-defined]
+
+    retry = with_record(make_worker(tmp_path, EmotionModel.random(seed=0)), checkpoint_every=5)
+    summary = retry.label("long", rows)
+    counts = retry.recorded.counts()  # type: ignore[attr-defined]
+    assert (summary["status"], summary["resumed_from"]) == ("labeled", 10)
+    assert counts[telemetry.RESUME] == 1
+    assert counts[telemetry.STEP_S] == 12 - 10
