@@ -11,12 +11,19 @@ DEMO_DIR ?= demo_output
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	@command -v espeak-ng >/dev/null && command -v sox >/dev/null && command -v flite >/dev/null \
 	  && command -v festival >/dev/null && test -d /usr/share/festival/voices/us/cmu_us_slt_arctic_hts || { \
 	  echo "installing system packages espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts sox libsndfile1"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng flite festival \
 	    festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts sox libsndfile1 >/dev/null; }
+	# Prometheus (promtool + a server the metrics test starts on 127.0.0.1). Without recommends:
+	# no node exporter. Where services may start, stop the packaged one: it listens on 0.0.0.0.
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+	  echo "installing system package prometheus"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends prometheus >/dev/null; \
+	  { systemctl disable --now prometheus || service prometheus stop; } >/dev/null 2>&1 || true; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# The CPU wheel of torch lies on local disk; installing it first keeps pip from

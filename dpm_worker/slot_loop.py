@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 
 from dpm_worker.memory import ConversationState, SlotLabeler
 from dpm_worker.preemption import PreemptionGuard
+from dpm_worker.telemetry import SLOTS_OCCUPIED, STEP_S, Record, discard
 from dpm_worker.utterance import LabeledUtterance, Utterance
 
 log = logging.getLogger(__name__)
@@ -60,12 +62,21 @@ class SlotLoop:
         checkpoint_every: checkpoint a conversation after every this many of its utterances
             (0: only on preemption).
         guard: the worker's SIGTERM guard.
+        record: receives each batched step's seconds and the occupied slots after every
+            change (``dpm_worker.telemetry``); called from the loop's thread.
     """
 
-    def __init__(self, labeler: SlotLabeler, checkpoint_every: int, guard: PreemptionGuard) -> None:
+    def __init__(
+        self,
+        labeler: SlotLabeler,
+        checkpoint_every: int,
+        guard: PreemptionGuard,
+        record: Record = discard,
+    ) -> None:
         self.labeler = labeler
         self.every = checkpoint_every
         self.guard = guard
+        self.record = record
         self._waiting: deque[SlotJob] = deque()
         self._jobs: dict[Hashable, SlotJob] = {}
         self._cond = threading.Condition()
@@ -97,6 +108,8 @@ class SlotLoop:
                     admitted.append(self._waiting.popleft())
             for job in admitted:
                 self._admit(job)
+            if admitted:
+                self.record(SLOTS_OCCUPIED, len(self._jobs))
             if not self._jobs:
                 continue
             try:
@@ -121,7 +134,9 @@ class SlotLoop:
 
     def _step(self) -> None:
         labeler = self.labeler
+        start = time.perf_counter()
         done, failed = labeler.advance()
+        self.record(STEP_S, time.perf_counter() - start)
         self.steps += 1
         for key, exc in failed.items():
             self._finish(key, exc)
@@ -143,6 +158,7 @@ class SlotLoop:
             job.rows.set_result(rows)
         else:
             job.rows.set_exception(error)
+        self.record(SLOTS_OCCUPIED, len(self._jobs))
 
     def _preempted(self) -> None:
         """Checkpoint every conversation held (between utterances), then end every caller."""

@@ -11,6 +11,8 @@ can import it.
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -91,3 +93,12 @@ class LabeledUtterance:
     context_tokens: int = 0
     chunks: int = 1
     truncated: bool = False
+
+
+def inputs_digest(utterances: Sequence[Utterance]) -> str:
+    """A hash of a conversation's input as the labeler sees it (indices, speakers, codes)."""
+    digest = hashlib.sha256()
+    for utt in utterances:
+        digest.update(f"{utt.utterance_index}\x00{utt.speaker}\x00".encode())
+        digest.update(utt.codes().astype("<i8").tobytes())
+    return digest.hexdigest()[:32]

@@ -4,9 +4,11 @@ One ``ConversationWorker`` holds the backbone and speech tokenizer, loaded once.
 conversation it reads the audio itself, labels the utterances in dialogue order, writes the
 conversation's Parquet file itself and returns a small summary; audio never leaves the worker.
 While a conversation is being labeled, the next one's audio (named by the caller) is read in a
-background thread, so storage latency hides behind compute. With ``slots`` > 1 the worker
-labels several conversations at once, every utterance step batched across them
-(``dpm_worker.slot_loop``); its ``label`` is then called concurrently, one call per conversation.
+background thread (``dpm_worker.read_ahead``), so storage latency hides behind compute. With
+``slots`` > 1 the worker labels several conversations at once, every utterance step batched
+across them (``dpm_worker.slot_loop``); its ``label`` is then called concurrently, one call per
+conversation. What it measures on the way (step, read and tokenize times, checkpoints, occupied
+slots) goes to the ``record`` callback (``dpm_worker.telemetry``).
 
 Input problems become error rows. One utterance's own problem (a bad row of a segmented
 manifest, times outside its recording, its own clip undecodable) fails that utterance only: it
@@ -24,24 +26,23 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import functools
-import hashlib
 import logging
 import os
-import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from dpm_worker.audio import SAMPLE_RATE, conversation_segments
-from dpm_worker.corpus import UtteranceRow, conversation_problems, read_rttm
+from dpm_worker.audio import SAMPLE_RATE
+from dpm_worker.corpus import UtteranceRow, conversation_problems
 from dpm_worker.error_rows import input_error_rows, problem_error_rows, rejected_rows, sort_errors
 from dpm_worker.errors import BadInputError, ConfigError, StorageError
 from dpm_worker.memory import ConversationLabeler, ConversationState, LabelingConfig, SlotLabeler
 from dpm_worker.preemption import PreemptionGuard
+from dpm_worker.read_ahead import ReadAhead
 from dpm_worker.slot_loop import SlotJob, SlotLoop
 from dpm_worker.speech import tokenize_utterances
 from dpm_worker.tables import (
@@ -52,7 +53,17 @@ from dpm_worker.tables import (
     RunTables,
     labeling_hash,
 )
-from dpm_worker.utterance import LabeledUtterance, Utterance
+from dpm_worker.telemetry import (
+    CHECKPOINT,
+    CONVERSATION_S,
+    RESUME,
+    SLOTS_OCCUPIED,
+    STEP_S,
+    TOKENIZE_S,
+    Record,
+    discard,
+)
+from dpm_worker.utterance import LabeledUtterance, Utterance, inputs_digest
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +126,13 @@ class ConversationWorker:
         settings: the worker's configuration.
         model: an already loaded ``EmotionModel`` (tests, in-process use); loaded from
             ``settings.model_uri`` when None.
+        record: receives the worker's measurements (``dpm_worker.telemetry``; the Ray job
+            turns them into Prometheus metrics); by default they are dropped.
     """
 
-    def __init__(self, settings: WorkerSettings, model: Any = None) -> None:
+    def __init__(
+        self, settings: WorkerSettings, model: Any = None, record: Record = discard
+    ) -> None:
         torch.set_num_threads(settings.torch_threads)
         if model is None:
             from dpm_worker.model import load_model
@@ -133,13 +148,14 @@ class ConversationWorker:
         self.settings = settings
         self.model = model
         self._guard = PreemptionGuard()  # SIGTERM waits for the step in progress + checkpoints
+        self.record = record
         self.labeler: ConversationLabeler | None = None
         self.slot_loop: SlotLoop | None = None
         # The batched engine for several slots, and for the history cache (the
         # one-conversation labeler always recomputes the window).
         if settings.slots > 1 or settings.labeling.history_cache == "reuse":
             labeler = SlotLabeler(model, settings.labeling, settings.slots)
-            self.slot_loop = SlotLoop(labeler, settings.checkpoint_every, self._guard)
+            self.slot_loop = SlotLoop(labeler, settings.checkpoint_every, self._guard, record)
         else:
             self.labeler = ConversationLabeler(model, settings.labeling)
         # What the model reads whole: its context minus <spk> and <audio_end>, one token of
@@ -147,10 +163,7 @@ class ConversationWorker:
         fits = (model.max_context - 3) / model.speech_tokenizer.rate_hz
         self.max_segment_s = min(fits, settings.max_segment_s or fits)
         self.tables = RunTables(settings.output_uri, settings.run, settings.endpoint_url)
-        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dpm-prefetch")
-        # conversation id -> its audio being read ahead (calls may be concurrent: slots > 1)
-        self._prefetched: dict[str, Future] = {}
-        self._lock = threading.Lock()
+        self.audio = ReadAhead(settings.endpoint_url, self.max_segment_s, record)
         self.checkpoints = CheckpointStore(
             settings.output_uri, settings.run.run_id, settings.endpoint_url
         )
@@ -187,11 +200,29 @@ class ConversationWorker:
             utterances failed, or ``failed``), ``rows`` (manifest rows), ``utterances`` and
             ``error_rows`` written, ``audio_s``, ``split_segments`` (segments cut from longer
             VAD regions or RTTM turns), ``chunked`` and ``truncated`` (utterances longer than
-            the context), ``error`` (first message or None) and per-stage ``timings`` (s).
+            the context), ``error`` (first message or None), ``error_types`` (error rows per
+            ``error_type``) and per-stage ``timings`` (s).
         """
-        timings: dict[str, float] = {}
         start = time.perf_counter()
-        rows = list(rows)
+        try:
+            return self._label(conversation_id, list(rows), next_conversation, start)
+        finally:
+            self.record(CONVERSATION_S, time.perf_counter() - start)
+
+    def close(self) -> None:
+        """Stop the prefetch thread (the slot loop's thread is a daemon and idles)."""
+        self.audio.close()
+
+    # ------------------------------------------------------------------ steps
+
+    def _label(
+        self,
+        conversation_id: str,
+        rows: list[UtteranceRow],
+        next_conversation: tuple[str, Sequence[UtteranceRow]] | None,
+        start: float,
+    ) -> dict[str, Any]:
+        timings: dict[str, float] = {}
         summary: dict[str, Any] = {
             "conversation_id": conversation_id,
             "rows": len(rows),
@@ -202,21 +233,22 @@ class ConversationWorker:
             "chunked": 0,
             "truncated": 0,
             "error": None,
+            "error_types": {},
             "timings": timings,
             "pid": os.getpid(),
         }
         problems = conversation_problems(rows)
         rejected = rejected_rows(rows, problems)
         if rejected is None:
-            self._schedule_prefetch(next_conversation)
+            self.audio.read_ahead(next_conversation)
             return self._fail(summary, rows, problem_error_rows(conversation_id, rows, problems))
         errors = problem_error_rows(conversation_id, rejected, problems) if rejected else []
         try:
-            segments, failed = self._segments(conversation_id, rows, timings)
+            segments, failed = self.audio.segments(conversation_id, rows, timings)
         except BadInputError as exc:
-            self._schedule_prefetch(next_conversation)
+            self.audio.read_ahead(next_conversation)
             return self._fail(summary, rows, input_error_rows(conversation_id, rows, exc))
-        self._schedule_prefetch(next_conversation)
+        self.audio.read_ahead(next_conversation)
         # Rows already rejected by the checks are reported once (the read may fail them too).
         bad = {row.utterance_index for row in rejected}
         segments = [seg for seg in segments if seg.utterance_index not in bad]
@@ -244,58 +276,10 @@ class ConversationWorker:
         timings["write_s"] = time.perf_counter() - t0
         timings["total_s"] = time.perf_counter() - start
         summary.update(status="labeled", utterances=len(utterances), error_rows=len(errors))
+        summary["error_types"] = dict(Counter(e.error_type for e in errors))
         if errors:
             summary["error"] = errors[0].message
         return summary
-
-    def close(self) -> None:
-        """Stop the prefetch thread (the slot loop's thread is a daemon and idles)."""
-        self._reader.shutdown(wait=False, cancel_futures=True)
-
-    # ------------------------------------------------------------------ steps
-
-    def _read(self, rows: Sequence[UtteranceRow]) -> tuple[list[Utterance], list[RowFailure]]:
-        endpoint = self.settings.endpoint_url
-        diarizations = {
-            row.rttm_uri: read_rttm(row.rttm_uri, row.audio_uri, endpoint_url=endpoint)
-            for row in rows
-            if row.rttm_uri and row.start_s is None and row.end_s is None
-        }
-        failed: list[RowFailure] = []
-        segments = conversation_segments(
-            rows,
-            endpoint_url=endpoint,
-            max_segment_s=self.max_segment_s,
-            diarizations=diarizations,
-            on_row_error=lambda row, exc: failed.append((row, exc)),
-        )
-        return segments, failed
-
-    def _segments(
-        self, conversation_id: str, rows: Sequence[UtteranceRow], timings: dict[str, float]
-    ) -> tuple[list[Utterance], list[RowFailure]]:
-        t0 = time.perf_counter()
-        with self._lock:
-            prefetched = self._prefetched.pop(conversation_id, None)
-        if prefetched is not None:
-            result = prefetched.result()  # re-raises the read's AudioError, if any
-            timings["prefetch_wait_s"] = time.perf_counter() - t0
-        else:
-            result = self._read(rows)
-            timings["read_s"] = time.perf_counter() - t0
-        return result
-
-    def _schedule_prefetch(self, upcoming: tuple[str, Sequence[UtteranceRow]] | None) -> None:
-        if upcoming is None:
-            return
-        conversation_id, rows = upcoming
-        with self._lock:
-            if conversation_id in self._prefetched:
-                return
-            # Only the newest hint is kept: a hint the driver gave up on is not read twice.
-            for stale in self._prefetched.values():
-                stale.cancel()
-            self._prefetched = {conversation_id: self._reader.submit(self._read, list(rows))}
 
     def _predict(
         self, conversation_id: str, segments: list[Utterance], summary: dict[str, Any]
@@ -306,10 +290,13 @@ class ConversationWorker:
         # No fit check: an utterance longer than the context is read by the labeler's rule.
         inputs = list(tokenize_utterances(segments, tokenizer))
         timings["tokenize_s"] = time.perf_counter() - t0
+        self.record(TOKENIZE_S, timings["tokenize_s"])
         t0 = time.perf_counter()
         key = CheckpointKey(self.model.fingerprint, self._labeling_hash, inputs_digest(inputs))
         resume = self._load_checkpoint(conversation_id, key)
         summary["resumed_from"] = resume.position if resume is not None else 0
+        if resume is not None:
+            self.record(RESUME, 1)
         try:
             if self.slot_loop is not None:  # label_s then includes the wait for a slot
                 save = functools.partial(self._save_checkpoint, conversation_id, key)
@@ -328,8 +315,11 @@ class ConversationWorker:
         labeler = self.labeler
         assert labeler is not None
         every, total = self.settings.checkpoint_every, len(inputs)
+        step_start = time.perf_counter()
 
         def after_utterance(rows: list, slots: dict[str, int], history: list[int]) -> None:
+            nonlocal step_start
+            self.record(STEP_S, time.perf_counter() - step_start)  # not its checkpoint's time
             done = len(rows)
             if self._guard.requested or (every and done % every == 0 and done < total):
                 state = labeler.export_state(rows, slots, history)
@@ -339,12 +329,15 @@ class ConversationWorker:
                     "SIGTERM: conversation %r stops after utterance %d", conversation_id, done
                 )
                 self._guard.exit_now()
+            step_start = time.perf_counter()
 
         self._guard.busy = True
+        self.record(SLOTS_OCCUPIED, 1)
         try:
             return labeler.label_conversation(inputs, resume, after_utterance)
         finally:
             self._guard.busy = False
+            self.record(SLOTS_OCCUPIED, 0)
 
     def _load_checkpoint(
         self, conversation_id: str, key: CheckpointKey
@@ -365,6 +358,7 @@ class ConversationWorker:
     ) -> None:
         try:
             self.checkpoints.save(conversation_id, key, state)
+            self.record(CHECKPOINT, 1)
         except StorageError as exc:
             log.warning("checkpoint of %r not written: %s", conversation_id, exc)
 
@@ -380,16 +374,5 @@ class ConversationWorker:
         summary["file"] = self.tables.write_errors(summary["conversation_id"], errors)
         self._drop_checkpoints(summary["conversation_id"])
         summary.update(status="failed", error_rows=len(errors), error=errors[0].message)
+        summary["error_types"] = dict(Counter(e.error_type for e in errors))
         return summary
-
-
-def inputs_digest(utterances: Sequence[Utterance]) -> str:
-    """A hash of a conversation's input as the labeler sees it (indices, speakers, codes)."""
-    digest = hashlib.sha256()
-    for utt in utterances:
-        digest.update(f"{utt.utterance_index}\x00{utt.speaker}\x00".encode())
-        digest.update(utt.codes().astype("<i8").tobytes())
-    return digest.hexdigest()[:32]
-
-
-RowFailure = tuple[UtteranceRow, BadInputError]

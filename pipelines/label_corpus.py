@@ -68,6 +68,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="conversations each actor labels at once, every utterance step batched across "
         "them (default 8, the benchmark's choice; same rows within 1e-5; 1 = one at a time)",
     )
+    parser.add_argument(
+        "--metrics",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="export Prometheus metrics through Ray's metrics agent, prefixed ray_dpm_ "
+        "(default: on; docs/operations.md lists them; --no-metrics records none)",
+    )
     add_config_arguments(
         parser,
         {
@@ -97,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
                 "gpus_per_actor": args.gpus_per_actor,
                 "cpus_per_actor": args.cpus_per_actor,
                 "slots_per_actor": args.slots_per_actor,
+                "metrics": args.metrics,
             },
             args.overrides,
         )

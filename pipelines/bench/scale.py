@@ -40,8 +40,8 @@ log = logging.getLogger("dpm.bench")
 class NullWorker:
     """A scheduling-only worker: same interface as ConversationWorker, no audio, no model."""
 
-    def __init__(self, settings: WorkerSettings) -> None:
-        self.settings = settings
+    def __init__(self, settings: WorkerSettings, record: Any = None) -> None:
+        self.settings = settings  # record: the metrics callback, unused (nothing is measured)
         self.tables = RunTables(settings.output_uri, settings.run, settings.endpoint_url)
 
     def describe(self) -> dict[str, Any]:

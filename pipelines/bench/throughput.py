@@ -9,7 +9,8 @@ Both sides label the same conversations with the same model and mode:
   including Ray's start, the actors' model loading, and writing the Parquet tables.
 
 ``--slots 1,8`` instead measures the batched engine per K in-process
-(:mod:`pipelines.bench.slots`).
+(:mod:`pipelines.bench.slots`); ``--metrics-cost R`` runs the Ray side R times with the
+Prometheus metrics on and R times off (:mod:`pipelines.bench.metrics_cost`).
 
 Reported: wall times, the ratio, and where the time goes (Ray start, actor start, the
 scheduling phase, and the actors' own per-stage seconds: read, tokenize, label, write).
@@ -33,6 +34,7 @@ import time
 
 import torch
 
+from pipelines.bench.metrics_cost import add_metrics_cost_arguments, run_metrics_cost
 from pipelines.bench.slots import add_slot_arguments, run_slots
 
 log = logging.getLogger("dpm.bench")
@@ -72,6 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--in-process-only", action="store_true", help="skip the Ray side (no cluster started)"
     )
+    add_metrics_cost_arguments(parser)
     add_slot_arguments(parser)
 
 
@@ -126,14 +129,22 @@ def in_process(
     }
 
 
-def on_ray(corpus: str, model_uri: str | None, mode: str, args: argparse.Namespace) -> dict:
+def on_ray(
+    corpus: str,
+    model_uri: str | None,
+    mode: str,
+    args: argparse.Namespace,
+    metrics: bool = True,
+    output: str | None = None,
+) -> dict:
     from pipelines.label import connect, load_config, prepare
 
     config = load_config(
         None,
         {
             "input": corpus,
-            "output": os.path.join(args.workdir, "tables"),
+            "output": output or os.path.join(args.workdir, "tables"),
+            "metrics": metrics,
             "model": model_uri,
             "labeling.mode": mode,
             "address": args.address,
@@ -161,6 +172,7 @@ def on_ray(corpus: str, model_uri: str | None, mode: str, args: argparse.Namespa
         "schedule_s": round(job.timings.get("schedule_s", 0.0), 2),
         "actor_stage_s": {k: round(v, 2) for k, v in sorted(progress.stage_s.items())},
         "utterances": progress.utterances,
+        "conversations": progress.labeled + progress.failed,
         "utterances_per_s": round(progress.utterances / (done - start), 2),
         "steady_utterances_per_s": round(
             progress.utterances / max(job.timings.get("schedule_s", 0.0), 1e-6), 2
@@ -209,6 +221,24 @@ def run(args: argparse.Namespace) -> int:
     model_uri = args.model
     if args.random_model:
         model_uri = save_random_model(args.random_model, os.path.join(args.workdir, "model"))
+    if args.metrics_cost:  # the Ray side only, metrics on against off
+        cost = run_metrics_cost(
+            args.metrics_cost,
+            args.workdir,
+            lambda metrics, output: on_ray(corpus, model_uri, args.mode, args, metrics, output),
+        )
+        report = {
+            "benchmark": "throughput --metrics-cost",
+            "corpus": corpus,
+            "mode": args.mode,
+            "model": args.random_model or args.model or "default",
+            "actors": args.actors,
+            "cpus_per_actor": args.cpus_per_actor,
+            "cpus": os.cpu_count(),
+            "metrics_cost": cost,
+        }
+        print(json.dumps(report, indent=2))
+        return 0
     threads = args.in_process_threads or max(1, int(args.cpus_per_actor))
     local = in_process(corpus, model_uri, args.mode, threads, args.device, args.dtype)
     if args.in_process_only:

@@ -27,6 +27,7 @@ from dpm_worker.storage import redact
 from dpm_worker.tables import RunInfo
 from dpm_worker.worker import WorkerSettings
 from pipelines.label.config import LabelJobConfig
+from pipelines.label.metrics import ActorRecorder
 
 log = logging.getLogger("dpm.label")
 # Environment forwarded to actors: where storage is, never credentials (actors get those from
@@ -91,6 +92,8 @@ def start_actors(config: LabelJobConfig, run: RunInfo, worker_class: type) -> li
         n = config.actors or max(1, int(gpus // config.gpus_per_actor))
     else:
         n = config.actors or max(1, int(cpus // config.cpus_per_actor))
+    # The library's measurements become Ray metrics in the actor (pipelines.label.metrics).
+    extra = {"record": ActorRecorder(run.run_id, run.model_id)} if config.metrics else {}
     settings = WorkerSettings(
         output_uri=config.output,
         run=run,
@@ -112,7 +115,7 @@ def start_actors(config: LabelJobConfig, run: RunInfo, worker_class: type) -> li
         gpus,
     )
     remote_class: Any = ray.remote(worker_class).options(**options)
-    handles = [remote_class.remote(settings) for _ in range(n)]
+    handles = [remote_class.remote(settings, **extra) for _ in range(n)]
     start = time.monotonic()
     try:
         infos = ray.get(

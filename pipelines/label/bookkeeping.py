@@ -75,6 +75,8 @@ class Progress:
     chunked: int = 0
     truncated: int = 0
     actor_deaths: int = 0
+    retries: int = 0  # conversations queued again after a failed attempt
+    error_types: dict[str, int] = field(default_factory=dict)  # error rows per error_type
     stage_s: dict[str, float] = field(default_factory=dict)
 
     def add(self, summary: dict[str, Any]) -> None:
@@ -89,6 +91,8 @@ class Progress:
         self.audio_s += float(summary["audio_s"])
         for name in ("split_segments", "chunked", "truncated"):
             setattr(self, name, getattr(self, name) + int(summary.get(name, 0)))
+        for error_type, rows in summary.get("error_types", {}).items():
+            self.error_types[error_type] = self.error_types.get(error_type, 0) + int(rows)
         for stage, seconds in summary.get("timings", {}).items():
             self.stage_s[stage] = self.stage_s.get(stage, 0.0) + float(seconds)
 
@@ -201,6 +205,11 @@ class Bookkeeping:
         """Some actor is alive or recovering."""
         return any(s.state != "dead" for s in self.slots)
 
+    def levels(self) -> tuple[int, int]:
+        """Conversations waiting on the driver (retries, reserved) and in flight on actors."""
+        queued = len(self.retry) + sum(s.reserved is not None for s in self.slots)
+        return queued, sum(len(s.in_flight) for s in self.slots)
+
     def recovering(self) -> bool:
         return any(s.state == "recovering" for s in self.slots)
 
@@ -299,6 +308,7 @@ class Bookkeeping:
                 error,
             )
             self.retry.append(task)
+            self.progress.retries += 1
 
     def timed_out(self) -> list[ActorSlot]:
         """Actors whose running conversation exceeded the timeout (to be restarted)."""

@@ -63,6 +63,8 @@ class LabelJobConfig:
             actor held (docs/dpm.md).
         dtype: the backbone's dtype in the actors: float32, bfloat16 or float16 (None: bf16 on
             CUDA, else float32).
+        metrics: export Prometheus metrics through Ray's metrics agent (driver and actors;
+            ``pipelines.label.metrics``); false: none are recorded.
         labeling: the labeling mode and DPM hyperparameters.
     """
 
@@ -88,6 +90,7 @@ class LabelJobConfig:
     max_segment_s: float | None = None
     checkpoint_every_utterances: int = 25
     dtype: str | None = None
+    metrics: bool = True
     labeling: LabelingConfig = field(default_factory=LabelingConfig)
 
     def __post_init__(self) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -36,8 +37,9 @@ from dpm_worker.tables import (
 )
 from dpm_worker.worker import ConversationWorker
 from pipelines.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL
-from pipelines.label.actors import start_actors
+from pipelines.label.actors import connect, start_actors
 from pipelines.label.config import LabelJobConfig
+from pipelines.label.metrics import DriverMetrics
 
 log = logging.getLogger("dpm.label")
 
@@ -88,6 +90,7 @@ class LabelJob:
         progress = self.progress = Progress(total_rows=self.total_rows)
         started_at = dt.datetime.now(dt.UTC)
         lost: list[tuple[str, str]] = []
+        metrics: DriverMetrics | None = None
         try:
             pending = self._uncommitted(progress)
             # Peek first: a run with nothing left to label (a quiet night, a finished run)
@@ -95,10 +98,20 @@ class LabelJob:
             first = next(pending, None)
             if first is None:
                 log.info("nothing to label: every conversation is committed or unchanged")
+                # A quiet night on a cluster still reports (DpmNoRunStarted must not fire).
+                if self.config.metrics and (self.config.address or os.environ.get("RAY_ADDRESS")):
+                    connect(self.config.address)
+                    metrics = DriverMetrics(
+                        self.run.run_id, self.run.model_id, started_at.timestamp()
+                    )
             else:
                 clock = time.monotonic()
                 handles = start_actors(self.config, self.run, self.worker_class)
                 self.timings["actors_s"] = time.monotonic() - clock
+                if self.config.metrics:  # the driver has joined Ray: its metrics can export
+                    metrics = DriverMetrics(
+                        self.run.run_id, self.run.model_id, started_at.timestamp()
+                    )
                 scheduler = ConversationScheduler(
                     handles,
                     chain_first(first, pending),
@@ -107,6 +120,7 @@ class LabelJob:
                     max_attempts=self.config.max_attempts,
                     progress_interval_s=self.config.progress_interval_s,
                     conversation_timeout_s=self.config.conversation_timeout_s,
+                    metrics=metrics,
                 )
                 clock = time.monotonic()
                 scheduler.run()
@@ -121,6 +135,8 @@ class LabelJob:
                 f"run {self.run.run_id} stopped: {type(exc).__name__}: {exc}; re-run with "
                 f"--run-id {self.run.run_id} to resume",
             )
+        if metrics is not None:  # the last results and levels (nothing is queued any more)
+            metrics.sync(progress)
         log.info(progress.line())
         if progress.stage_s:
             log.info(
@@ -157,6 +173,8 @@ class LabelJob:
         # Every conversation is committed: checkpoints left by killed writers are litter now.
         CheckpointStore(self.config.output, self.run.run_id, self.tables.endpoint_url).clear()
         counts = self._success_record(progress, started_at)
+        if metrics is not None:
+            metrics.succeeded()
         code = EXIT_PARTIAL if counts["errors"]["conversations"] else EXIT_OK
         return finish(
             code,

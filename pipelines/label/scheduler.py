@@ -24,6 +24,7 @@ from ray.exceptions import ActorDiedError, GetTimeoutError, RayActorError, RayEr
 from dpm_worker.corpus import UtteranceRow
 from dpm_worker.storage import redact
 from pipelines.label.bookkeeping import PROBE_EVERY_S, ActorSlot, Bookkeeping, Hint, Progress, Task
+from pipelines.label.metrics import DriverMetrics
 
 log = logging.getLogger("dpm.label")
 
@@ -42,6 +43,7 @@ class ConversationScheduler:
         conversation_timeout_s: a conversation running longer gets its actor killed
             (and restarted by Ray).
         on_progress: called with each progress line (default: log it).
+        metrics: the driver's Prometheus metrics, synced after every event (None: off).
     """
 
     def __init__(
@@ -55,6 +57,7 @@ class ConversationScheduler:
         progress_interval_s: float = 30.0,
         conversation_timeout_s: float = 3600.0,
         on_progress: Callable[[str], None] | None = None,
+        metrics: DriverMetrics | None = None,
     ) -> None:
         self.book = Bookkeeping(
             handles,
@@ -67,6 +70,7 @@ class ConversationScheduler:
         self.progress = progress
         self.interval = progress_interval_s
         self.on_progress = on_progress or log.info
+        self.metrics = metrics
 
     @property
     def lost(self) -> list[tuple[str, str]]:
@@ -95,6 +99,8 @@ class ConversationScheduler:
                 self._collect(ref)
             for slot in book.timed_out():
                 ray.kill(slot.handle, no_restart=False)  # the failure arrives through ray.wait
+            if self.metrics is not None:
+                self.metrics.sync(self.progress, *book.levels())
             if time.monotonic() >= next_line:
                 self.on_progress(self.progress.line())
                 next_line = time.monotonic() + self.interval

@@ -1,0 +1,99 @@
+"""A worker's audio reader: a conversation's segments read now, or ahead in one background thread.
+
+While a conversation is being labeled, the next one's audio (named by the caller) is read in a
+background thread, so storage latency hides behind compute. Only the newest hint is kept: a
+conversation the driver gave up on is not read twice. A row whose own audio cannot be read is
+handed back as a failure beside the segments (it fails that utterance only); a problem that
+spoils the whole conversation raises (``AudioError``, a ``BadInputError``), also from a read
+done ahead, when its segments are asked for.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from dpm_worker.audio import conversation_segments
+from dpm_worker.corpus import UtteranceRow, read_rttm
+from dpm_worker.errors import BadInputError
+from dpm_worker.telemetry import READ_S, Record, discard
+from dpm_worker.utterance import Utterance
+
+RowFailure = tuple[UtteranceRow, BadInputError]
+
+
+class ReadAhead:
+    """Reads conversations' audio into segments, the next one ahead of time.
+
+    Args:
+        endpoint_url: an explicit S3 endpoint (else the environment's).
+        max_segment_s: the longest VAD or RTTM segment.
+        record: receives each read's seconds (``dpm_worker.telemetry.READ_S``).
+    """
+
+    def __init__(
+        self, endpoint_url: str | None, max_segment_s: float, record: Record = discard
+    ) -> None:
+        self.endpoint_url = endpoint_url
+        self.max_segment_s = max_segment_s
+        self.record = record
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dpm-prefetch")
+        # conversation id -> its audio being read ahead (calls may be concurrent: slots > 1)
+        self._pending: dict[str, Future] = {}
+        self._lock = threading.Lock()
+
+    def read(self, rows: Sequence[UtteranceRow]) -> tuple[list[Utterance], list[RowFailure]]:
+        """The segments of a conversation's rows, and the rows that failed on their own."""
+        start, endpoint = time.perf_counter(), self.endpoint_url
+        diarizations = {
+            row.rttm_uri: read_rttm(row.rttm_uri, row.audio_uri, endpoint_url=endpoint)
+            for row in rows
+            if row.rttm_uri and row.start_s is None and row.end_s is None
+        }
+        failed: list[RowFailure] = []
+        segments = conversation_segments(
+            rows,
+            endpoint_url=endpoint,
+            max_segment_s=self.max_segment_s,
+            diarizations=diarizations,
+            on_row_error=lambda row, exc: failed.append((row, exc)),
+        )
+        self.record(READ_S, time.perf_counter() - start)  # a read that raised is not timed
+        return segments, failed
+
+    def segments(
+        self, conversation_id: str, rows: Sequence[UtteranceRow], timings: dict[str, float]
+    ) -> tuple[list[Utterance], list[RowFailure]]:
+        """The conversation's read: the one done ahead if any, else read now.
+
+        ``timings`` gets ``prefetch_wait_s`` (waiting for the read ahead) or ``read_s``.
+        """
+        t0 = time.perf_counter()
+        with self._lock:
+            prefetched = self._pending.pop(conversation_id, None)
+        if prefetched is not None:
+            result = prefetched.result()  # re-raises the read's AudioError, if any
+            timings["prefetch_wait_s"] = time.perf_counter() - t0
+        else:
+            result = self.read(rows)
+            timings["read_s"] = time.perf_counter() - t0
+        return result
+
+    def read_ahead(self, upcoming: tuple[str, Sequence[UtteranceRow]] | None) -> None:
+        """Start reading ``(conversation_id, rows)`` in the background (None: nothing)."""
+        if upcoming is None:
+            return
+        conversation_id, rows = upcoming
+        with self._lock:
+            if conversation_id in self._pending:
+                return
+            # Only the newest hint is kept: a hint the driver gave up on is not read twice.
+            for stale in self._pending.values():
+                stale.cancel()
+            self._pending = {conversation_id: self._reader.submit(self.read, list(rows))}
+
+    def close(self) -> None:
+        """Stop the background thread (a read in progress finishes on its own)."""
+        self._reader.shutdown(wait=False, cancel_futures=True)
