@@ -1,3 +1,4 @@
+from dpm_worker.training.augment import AugmentConfig, augment_corpus
 from dpm_worker.training.batches import (
     ConversationStream,
     build_stream,
@@ -24,6 +25,8 @@ from dpm_worker.training.validation import score_stream, score_stream_windows, s
 from dpm_worker.training.windows import isolate_rows, sample_starts
 
 __all__ = [
+    "AugmentConfig",
+    "augment_corpus",
     "AuxHeads",
     "ConversationStream",
     "MemoryLoopConfig",
