@@ -81,4 +81,6 @@ def test_baseline_and_model_side_by_side(manifests, tmp_path):
         lo, hi = block["ua_ci"]
         assert lo <= block["ua"] <= hi
     diff = report["model_minus_baseline"]["utterance-baseline_raw"]
-    assert diff["ua_diff"] == pytest.approx(scores["utterance"]["ua"] - scores["baseline_raw"]["ua"])
+    assert diff["ua_diff"] == pytest.approx(
+        scores["utterance"]["ua"] - scores["baseline_raw"]["ua"]
+    )

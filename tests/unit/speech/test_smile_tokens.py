@@ -71,7 +71,9 @@ def test_codebook_fits_reproduces_and_round_trips(fitted, tmp_path):
     tok.save(tmp_path)
     loaded = load_speech_tokenizer(tmp_path)
     assert loaded.fingerprint == tok.fingerprint
-    for a, b in zip(first, [u.audio_ids for u in tokenize_utterances(utterances, loaded)], strict=True):
+    for a, b in zip(
+        first, [u.audio_ids for u in tokenize_utterances(utterances, loaded)], strict=True
+    ):
         np.testing.assert_array_equal(a, b)
     # the front end is part of the fingerprint (a token cache of mel codes is not reused)
     mel = fit_speech_tokenizer(waves, SpeechTokenizerConfig(n_spectral=4, n_energy=4, n_pitch=5))

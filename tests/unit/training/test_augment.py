@@ -18,7 +18,9 @@ from tests.unit.speech.test_speaker_levels import tone
 def source(tmp_path_factory):
     folder = tmp_path_factory.mktemp("src")
     rows = []
-    for i, (f0, emotion) in enumerate([(120, "neutral"), (200, "happy"), (100, "sad"), (180, "angry")]):
+    for i, (f0, emotion) in enumerate(
+        [(120, "neutral"), (200, "happy"), (100, "sad"), (180, "angry")]
+    ):
         sf.write(folder / f"u{i}.wav", tone(f0, 0.3, 0.6), SAMPLE_RATE, subtype="PCM_16")
         rows.append({"conversation_id": "c1", "utterance_index": i, "speaker": "s1",
                      "audio_uri": f"u{i}.wav", "emotion": emotion})  # fmt: skip
@@ -33,7 +35,7 @@ def test_copies_are_new_voices_through_new_lines(source, tmp_path):
     assert len(df) == len(table) == 12
     assert sorted(df.conversation_id.unique()) == ["c1", "c1~aug1", "c1~aug2"]
     assert set(df[df["copy"] == 2].speaker) == {"s1~aug2"}
-    for cid, part in df.groupby("conversation_id"):
+    for _, part in df.groupby("conversation_id"):
         assert list(part.utterance_index) == [0, 1, 2, 3]
         # every source utterance once, with its own label
         assert sorted(part.source_index) == [0, 1, 2, 3]
