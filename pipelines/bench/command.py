@@ -17,6 +17,7 @@ BENCHMARKS: dict[str, str] = {
     "throughput": "the Ray job against the in-process loop on the same corpus",
     "scale": "driver memory while scheduling a manifest of many short conversations",
     "separability": "how far prosody alone separates a corpus's emotions (cross-validated on it)",
+    "model_speed": "end-to-end labeling speed (decode, segment, tokenize, label) of models side by side",
     "real_baseline": "eGeMAPS functionals + logistic regression (raw, speaker-z) beside the model",
     "prosody_baseline": "five-statistic logistic regression: train on one corpus, test on another",
     "long_turns": "UA on utterances longer than the context vs the rest, per rule and mode",
