@@ -32,8 +32,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from dpm_worker.error_rows import input_error_rows, read_conversation, read_segments
 from dpm_worker.errors import BadInputError, ConfigError
 from dpm_worker.memory import (
@@ -53,7 +51,9 @@ from pipelines.eval.results import (
     COMPARISONS,
     ModeResult,
     compare,
+    dtype_name,
     failure_report,
+    json_default,
     score,
     score_groups,
     write_plots,
@@ -89,8 +89,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="re-hash every model file in full (default: sizes, edge hashes, stored fingerprint)",
     )
     parser.add_argument("--window-tokens", type=int, help="n_r (default: labeling.window_tokens)")
-    parser.add_argument("--json", required=True, help="where to write the metrics JSON")
-    parser.add_argument("--predictions", default=None, help="per-utterance Parquet output")
+    parser.add_argument(
+        "--json",
+        required=True,
+        help="where to write the metrics JSON (rows that failed, as dpm label isolates them, "
+        "under 'failed'; the exit code is then 3)",
+    )
+    parser.add_argument(
+        "--predictions",
+        default=None,
+        help="per-utterance Parquet output (failed rows too, with error_type and error)",
+    )
     parser.add_argument("--plots", default=None, help="folder for PNG plots")
     parser.add_argument("--limit-conversations", type=int, default=None, help="first K only")
     parser.add_argument(
@@ -287,8 +296,8 @@ def build_report(
         "corpus": args.corpus,
         "n_conversations": len(set(next(iter(results.values())).conversation_id)),
         "window_tokens": labeling.window_tokens,
-        "dtype": _dtype_name(next(model.model.parameters()).dtype),
-        "memory_dtype": _dtype_name(MEMORY_DTYPE),
+        "dtype": dtype_name(next(model.model.parameters()).dtype),
+        "memory_dtype": dtype_name(MEMORY_DTYPE),
         "slots": args.slots,
         "history_cache": args.history_cache,
         "memory": dataclasses.asdict(labeling.memory),
@@ -352,7 +361,7 @@ def run(args: argparse.Namespace) -> int:
         log.info("eval: %s done in %.1f s", mode, results[mode].seconds)
     report = build_report(model, results, args, labeling, errors)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
+    Path(args.json).write_text(json.dumps(report, indent=2, default=json_default) + "\n")
     if args.predictions:
         write_predictions(results, model.vocab.labels, args.predictions, errors)
     if args.plots:
@@ -379,15 +388,3 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {count:5d}  {message}")
         return EXIT_PARTIAL
     return EXIT_OK
-
-
-def _dtype_name(dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
-def _json_default(value):
-    if isinstance(value, tuple):
-        return list(value)
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"not JSON serializable: {type(value).__name__}")

@@ -275,3 +275,17 @@ def write_plots(report: dict, labels: tuple[str, ...], folder: str) -> None:
     fig.tight_layout()
     fig.savefig(out / "by_position.png", dpi=100)
     plt.close(fig)
+
+
+def dtype_name(dtype) -> str:
+    """``torch.float32`` -> ``float32`` (the JSON's dtype fields)."""
+    return str(dtype).removeprefix("torch.")
+
+
+def json_default(value):
+    """``json.dumps`` for the report's tuples and numpy scalars."""
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
