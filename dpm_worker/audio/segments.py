@@ -31,10 +31,10 @@ Rules, applied to the rows of one conversation in dialogue order:
    its quietest points into the fewest pieces that fit (:func:`split_at_quietest`); each piece
    is its own utterance with its own times, and ``pieces`` says into how many its region was cut.
    Segments from rows with times (the user's segmentation) are never cut here.
-6. Turns on one voice channel: VAD on a mono recording (or one named channel) finds speech
-   regions, not turns (a region spans every speaker who talks without a 0.5 s pause), so its
-   regions are cut the same way into pieces of at most ``turn_max_s`` (``SegmentsConfig``),
-   at the quietest points, which are the pauses between turns. Stereo channels (one speaker
+6. Turns of a mono recording: VAD finds speech regions, not turns (a region spans every
+   speaker who talks without a 0.5 s pause), so a mono recording's regions are cut the same
+   way into pieces of at most ``turn_max_s`` (``SegmentsConfig``), at the quietest points,
+   which are the pauses between turns. Channels of a multi-channel recording (one speaker
    each) and RTTM turns are turns already: only rule 5 applies to them.
 
 A recording whose segments are all silent, or in which VAD finds no speech, raises AudioError.
@@ -74,8 +74,8 @@ class SegmentsConfig:
     """How recordings without a segmentation are cut (module docstring, rule 6).
 
     Args:
-        max_s: the longest segment cut from a VAD region of one voice channel (a mono
-            recording without RTTM), cut at its quietest points; None: regions are cut only
+        max_s: the longest segment cut from a VAD region of a mono recording without RTTM,
+            cut at its quietest points; None: regions are cut only
             to fit the model. Default 4.0 s, chosen on the two AMI excerpts (docs/dpm.md,
             "Recordings without a segmentation"): median segments of 2.25 s and 3.92 s
             against reference turns of 2.19 s and 1.94 s, where uncut regions gave 5.04 s and
@@ -114,7 +114,7 @@ def conversation_segments(
             silent) is passed here with its error and left out; the other rows are read. A
             recording shared by several rows that cannot be decoded still raises: the rest of
             the conversation would be meaningless without it.
-        turn_max_s: the longest segment cut from a VAD region of one voice channel (rule 6;
+        turn_max_s: the longest segment cut from a VAD region of a mono recording (rule 6;
             None: such regions are cut only to fit ``max_segment_s``).
 
     Raises:
@@ -234,7 +234,7 @@ def _vad_rows(
             named = n_channels == 1 or row.channel is not None
             speaker = (row.speaker or UNKNOWN_SPEAKER) if named else f"ch{c}"
             signal = recording.samples[c]
-            longest = one_voice if named else max_segment_s  # rule 6: one channel, many voices
+            longest = one_voice if n_channels == 1 else max_segment_s  # rule 6: mono only
             for start, end in detect_speech(signal, SAMPLE_RATE):
                 turns.append((start, end, speaker, channel, signal, row.audio_uri, longest))
         if len(turns) == before:

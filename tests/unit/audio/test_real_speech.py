@@ -143,3 +143,26 @@ def test_mono_meeting_without_rttm_gives_turn_sized_segments(meeting):
     assert len(segments) > len(regions)
     # Cut at pauses, never dropped: the pieces tile the regions.
     assert durations.sum() == pytest.approx(sum(s.end_s - s.start_s for s in regions), abs=1e-3)
+
+
+def test_stereo_channels_and_rttm_turns_are_not_cut_into_turns(meeting, tmp_path):
+    """``turn_max_s`` applies to mono VAD regions only: channels and RTTM turns are turns."""
+    name, samples, turns = meeting
+    stereo = tmp_path / "stereo.wav"
+    half = samples.size // 2
+    sf.write(stereo, np.stack([samples[:half], samples[half : 2 * half]], axis=1), SAMPLE_RATE)
+    row = UtteranceRow("m", 0, "unknown", str(stereo))
+    spans = [
+        (s.speaker, s.start_s, s.end_s) for s in conversation_segments([row], max_segment_s=15.2)
+    ]
+    assert any(end - start > 2.0 for _, start, end in spans)  # something a 2 s limit would cut
+    assert [
+        (s.speaker, s.start_s, s.end_s)
+        for s in conversation_segments([row], max_segment_s=15.2, turn_max_s=2.0)
+    ] == spans
+    rttm_uri = str(FIXTURES / f"{name}.rttm")
+    diarized = UtteranceRow("m", 0, "unknown", str(FIXTURES / f"{name}.flac"), rttm_uri=rttm_uri)
+    by_rttm = {"diarizations": {rttm_uri: turns}, "max_segment_s": 15.2}
+    assert [(s.start_s, s.end_s) for s in conversation_segments([diarized], **by_rttm)] == [
+        (s.start_s, s.end_s) for s in conversation_segments([diarized], turn_max_s=2.0, **by_rttm)
+    ]
