@@ -83,7 +83,7 @@ class WorkerSettings:
         endpoint_url: an explicit S3 endpoint (else the environment's).
         max_segment_s: the longest VAD or RTTM segment (None: what the model reads whole;
             a larger value is capped at that).
-        segments: how VAD regions of one voice channel are cut into turns.
+        segments: how a mono recording's VAD regions are cut into turns (``max_s``).
         checkpoint_every: write a conversation checkpoint after every this many utterances
             (0: only when preempted); a retried conversation resumes from its newest one.
         slots: conversations labeled at once, each utterance step batched across them
