@@ -209,8 +209,7 @@ def input_manifest(input_uri: str, listing_uri: str) -> str:
     if not folder:
         return input_uri
     table = recordings_manifest(fs, path)
-    uri = listing_uri
-    write_manifest(table, uri)
+    write_manifest(table, listing_uri)
     with_rttm = sum(v is not None for v in table.column("rttm_uri").to_pylist())
     log.info(
         "input %s has no %s: %d files listed as one conversation each (%d with an RTTM "
@@ -219,9 +218,9 @@ def input_manifest(input_uri: str, listing_uri: str) -> str:
         MANIFEST_FILENAME,
         table.num_rows,
         with_rttm,
-        strip_userinfo(uri),
+        strip_userinfo(listing_uri),
     )
-    return uri
+    return listing_uri
 
 
 def _absolute_paths(config: LabelJobConfig) -> LabelJobConfig:
