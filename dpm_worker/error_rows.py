@@ -8,11 +8,76 @@ becomes an error row that names why.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from dpm_worker.corpus import UtteranceRow
+from dpm_worker.audio import conversation_segments
+from dpm_worker.corpus import UtteranceRow, conversation_problems, read_rttm
 from dpm_worker.errors import BadInputError
 from dpm_worker.tables import ErrorRecord
+from dpm_worker.utterance import Utterance
+
+RowFailure = tuple[UtteranceRow, BadInputError]
+SegmentReader = Callable[[Sequence[UtteranceRow]], tuple[list[Utterance], list[RowFailure]]]
+
+
+def read_segments(
+    rows: Sequence[UtteranceRow],
+    *,
+    endpoint_url: str | None = None,
+    max_segment_s: float | None = None,
+    turn_max_s: float | None = None,
+) -> tuple[list[Utterance], list[RowFailure]]:
+    """One conversation's segments as the job reads them: RTTMs read, over-long segments cut,
+    rows that fail alone returned beside the segments (``conversation_segments``).
+
+    Raises:
+        BadInputError: the conversation's input fails as a whole.
+    """
+    diarizations = {
+        row.rttm_uri: read_rttm(row.rttm_uri, row.audio_uri, endpoint_url=endpoint_url)
+        for row in rows
+        if row.rttm_uri and row.start_s is None and row.end_s is None
+    }
+    failed: list[RowFailure] = []
+    segments = conversation_segments(
+        rows,
+        endpoint_url=endpoint_url,
+        max_segment_s=max_segment_s,
+        diarizations=diarizations,
+        on_row_error=lambda row, exc: failed.append((row, exc)),
+        turn_max_s=turn_max_s,
+    )
+    return segments, failed
+
+
+def read_conversation(
+    conversation_id: str, rows: Sequence[UtteranceRow], read: SegmentReader
+) -> tuple[list[Utterance], list[ErrorRecord]]:
+    """The segments to label and the error rows of one conversation (the module's rule).
+
+    The one rule of ``dpm label`` and ``dpm eval``: manifest problems first, then the read
+    (``read``, e.g. :func:`read_segments`); no segments means the conversation failed.
+
+    Returns:
+        ``(segments, errors)``: every manifest row is in exactly one of them (a row segmented
+        by VAD or RTTM may be several segments).
+    """
+    problems = conversation_problems(rows)
+    rejected = rejected_rows(rows, problems)
+    if rejected is None:
+        return [], problem_error_rows(conversation_id, rows, problems)
+    errors = problem_error_rows(conversation_id, rejected, problems) if rejected else []
+    try:
+        segments, failed = read(rows)
+    except BadInputError as exc:
+        return [], input_error_rows(conversation_id, rows, exc)
+    # Rows already rejected by the checks are reported once (the read may fail them too).
+    bad = {row.utterance_index for row in rejected}
+    segments = [seg for seg in segments if seg.utterance_index not in bad]
+    for row, error in failed:
+        if row.utterance_index not in bad:
+            errors.extend(input_error_rows(conversation_id, [row], error))
+    return segments, sort_errors(errors)
 
 
 def rejected_rows(

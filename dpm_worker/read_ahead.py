@@ -15,13 +15,10 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from dpm_worker.audio import conversation_segments
-from dpm_worker.corpus import UtteranceRow, read_rttm
-from dpm_worker.errors import BadInputError
+from dpm_worker.corpus import UtteranceRow
+from dpm_worker.error_rows import RowFailure, read_segments
 from dpm_worker.telemetry import READ_S, Record, discard
 from dpm_worker.utterance import Utterance
-
-RowFailure = tuple[UtteranceRow, BadInputError]
 
 
 class ReadAhead:
@@ -31,13 +28,20 @@ class ReadAhead:
         endpoint_url: an explicit S3 endpoint (else the environment's).
         max_segment_s: the longest VAD or RTTM segment.
         record: receives each read's seconds (``dpm_worker.telemetry.READ_S``).
+        turn_max_s: the longest segment cut from a mono recording's VAD region
+            (``SegmentsConfig.max_s``; None: only ``max_segment_s``).
     """
 
     def __init__(
-        self, endpoint_url: str | None, max_segment_s: float, record: Record = discard
+        self,
+        endpoint_url: str | None,
+        max_segment_s: float,
+        record: Record = discard,
+        turn_max_s: float | None = None,
     ) -> None:
         self.endpoint_url = endpoint_url
         self.max_segment_s = max_segment_s
+        self.turn_max_s = turn_max_s
         self.record = record
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dpm-prefetch")
         # conversation id -> its audio being read ahead (calls may be concurrent: slots > 1)
@@ -46,19 +50,12 @@ class ReadAhead:
 
     def read(self, rows: Sequence[UtteranceRow]) -> tuple[list[Utterance], list[RowFailure]]:
         """The segments of a conversation's rows, and the rows that failed on their own."""
-        start, endpoint = time.perf_counter(), self.endpoint_url
-        diarizations = {
-            row.rttm_uri: read_rttm(row.rttm_uri, row.audio_uri, endpoint_url=endpoint)
-            for row in rows
-            if row.rttm_uri and row.start_s is None and row.end_s is None
-        }
-        failed: list[RowFailure] = []
-        segments = conversation_segments(
+        start = time.perf_counter()
+        segments, failed = read_segments(
             rows,
-            endpoint_url=endpoint,
+            endpoint_url=self.endpoint_url,
             max_segment_s=self.max_segment_s,
-            diarizations=diarizations,
-            on_row_error=lambda row, exc: failed.append((row, exc)),
+            turn_max_s=self.turn_max_s,
         )
         self.record(READ_S, time.perf_counter() - start)  # a read that raised is not timed
         return segments, failed

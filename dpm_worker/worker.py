@@ -36,9 +36,9 @@ from typing import Any
 
 import torch
 
-from dpm_worker.audio import SAMPLE_RATE
-from dpm_worker.corpus import UtteranceRow, conversation_problems
-from dpm_worker.error_rows import input_error_rows, problem_error_rows, rejected_rows, sort_errors
+from dpm_worker.audio import SAMPLE_RATE, SegmentsConfig
+from dpm_worker.corpus import UtteranceRow
+from dpm_worker.error_rows import input_error_rows, read_conversation
 from dpm_worker.errors import BadInputError, ConfigError, StorageError
 from dpm_worker.memory import ConversationLabeler, ConversationState, LabelingConfig, SlotLabeler
 from dpm_worker.preemption import PreemptionGuard
@@ -83,6 +83,7 @@ class WorkerSettings:
         endpoint_url: an explicit S3 endpoint (else the environment's).
         max_segment_s: the longest VAD or RTTM segment (None: what the model reads whole;
             a larger value is capped at that).
+        segments: how a mono recording's VAD regions are cut into turns (``max_s``).
         checkpoint_every: write a conversation checkpoint after every this many utterances
             (0: only when preempted); a retried conversation resumes from its newest one.
         slots: conversations labeled at once, each utterance step batched across them
@@ -100,6 +101,7 @@ class WorkerSettings:
     torch_threads: int = 1
     endpoint_url: str | None = None
     max_segment_s: float | None = None
+    segments: SegmentsConfig = field(default_factory=SegmentsConfig)
     checkpoint_every: int = 25
     verify_weights: bool = False
     slots: int = 1
@@ -158,12 +160,11 @@ class ConversationWorker:
             self.slot_loop = SlotLoop(labeler, settings.checkpoint_every, self._guard, record)
         else:
             self.labeler = ConversationLabeler(model, settings.labeling)
-        # What the model reads whole: its context minus <spk> and <audio_end>, one token of
-        # margin for tokenizers that round up.
-        fits = (model.max_context - 3) / model.speech_tokenizer.rate_hz
-        self.max_segment_s = min(fits, settings.max_segment_s or fits)
+        self.max_segment_s = segment_limit(model, settings.max_segment_s)
         self.tables = RunTables(settings.output_uri, settings.run, settings.endpoint_url)
-        self.audio = ReadAhead(settings.endpoint_url, self.max_segment_s, record)
+        self.audio = ReadAhead(
+            settings.endpoint_url, self.max_segment_s, record, settings.segments.max_s
+        )
         self.checkpoints = CheckpointStore(
             settings.output_uri, settings.run.run_id, settings.endpoint_url
         )
@@ -237,38 +238,26 @@ class ConversationWorker:
             "timings": timings,
             "pid": os.getpid(),
         }
-        problems = conversation_problems(rows)
-        rejected = rejected_rows(rows, problems)
-        if rejected is None:
-            self.audio.read_ahead(next_conversation)
-            return self._fail(summary, rows, problem_error_rows(conversation_id, rows, problems))
-        errors = problem_error_rows(conversation_id, rejected, problems) if rejected else []
-        try:
-            segments, failed = self.audio.segments(conversation_id, rows, timings)
-        except BadInputError as exc:
-            self.audio.read_ahead(next_conversation)
-            return self._fail(summary, rows, input_error_rows(conversation_id, rows, exc))
+        segments, errors = read_conversation(
+            conversation_id, rows, lambda todo: self.audio.segments(conversation_id, todo, timings)
+        )
         self.audio.read_ahead(next_conversation)
-        # Rows already rejected by the checks are reported once (the read may fail them too).
-        bad = {row.utterance_index for row in rejected}
-        segments = [seg for seg in segments if seg.utterance_index not in bad]
-        for row, error in failed:
-            if row.utterance_index not in bad:
-                errors.extend(input_error_rows(conversation_id, [row], error))
+        if not segments:
+            return self._fail(summary, rows, errors)
         n_samples = sum(len(s.samples) for s in segments if s.samples is not None)
         summary["audio_s"] = float(n_samples / SAMPLE_RATE)
         summary["split_segments"] = sum(seg.pieces > 1 for seg in segments)
         try:
-            utterances = self._predict(conversation_id, segments, summary) if segments else []
+            utterances = self._predict(conversation_id, segments, summary)
         except BadInputError as exc:
             return self._fail(summary, rows, input_error_rows(conversation_id, rows, exc))
-        if not utterances:
+        if not utterances:  # (segments without samples only)
             return self._fail(summary, rows, errors)
         summary["chunked"] = sum(u.chunks > 1 for u in utterances)
         summary["truncated"] = sum(u.truncated for u in utterances)
         t0 = time.perf_counter()
         if errors:  # first: the emotions file commits the conversation
-            self.tables.write_errors(conversation_id, sort_errors(errors), partial=True)
+            self.tables.write_errors(conversation_id, errors, partial=True)
         summary["file"] = self.tables.write_emotions(
             conversation_id, utterances, dt.datetime.now(dt.UTC)
         )
@@ -376,3 +365,11 @@ class ConversationWorker:
         summary.update(status="failed", error_rows=len(errors), error=errors[0].message)
         summary["error_types"] = dict(Counter(e.error_type for e in errors))
         return summary
+
+
+def segment_limit(model: Any, requested: float | None) -> float:
+    """The longest VAD or RTTM segment: ``requested``, capped at what ``model`` reads whole
+    (its context minus ``<spk>`` and ``<audio_end>``, one token of margin for tokenizers that
+    round up)."""
+    fits = float((model.max_context - 3) / model.speech_tokenizer.rate_hz)
+    return min(fits, requested or fits)

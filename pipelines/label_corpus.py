@@ -34,7 +34,12 @@ from pipelines.label import finish, load_config, prepare
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--input", help="manifest URI (Parquet/JSONL/CSV or corpus folder)")
+    parser.add_argument(
+        "--input",
+        help="manifest URI (Parquet/JSONL/CSV, or a folder holding manifest.parquet), or a "
+        "folder / s3:// prefix of recordings without one: one conversation per file, stereo "
+        "channels as speakers, a sidecar NAME.rttm as diarization (dpm manifest files)",
+    )
     parser.add_argument("--output", help="output prefix for the tables (folder or s3://...)")
     parser.add_argument("--model", help="model folder or s3:// URI (default: packaged model)")
     parser.add_argument(

@@ -8,12 +8,13 @@ from dpm_worker.audio.decode import (
     read_segment,
     write_audio,
 )
-from dpm_worker.audio.segments import conversation_segments
+from dpm_worker.audio.segments import SegmentsConfig, conversation_segments
 from dpm_worker.audio.vad import detect_speech, split_at_quietest
 
 __all__ = [
     "AudioInfo",
     "SAMPLE_RATE",
+    "SegmentsConfig",
     "conversation_segments",
     "cut_segment",
     "detect_speech",

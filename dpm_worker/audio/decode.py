@@ -261,7 +261,13 @@ def _open_sound(uri: str, endpoint_url: str | None, block_size: int) -> Iterator
                 raise AudioError(
                     f"recording has no audio frames ({snd.format} header, 0 frames)", uri
                 )
-            yield snd
+            try:
+                yield snd
+            except sf.LibsndfileError as exc:  # a sound header, then data that stops or breaks
+                reason = getattr(exc, "error_string", str(exc))
+                raise AudioError(
+                    f"truncated or corrupt {snd.format} audio data (libsndfile: {reason})", uri
+                ) from None
     finally:
         if handle is not None:
             handle.close()

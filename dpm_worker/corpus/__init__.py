@@ -28,6 +28,7 @@ from dpm_worker.corpus.manifest_checks import (
     validate_manifest,
 )
 from dpm_worker.corpus.manifest_files import (
+    MANIFEST_FILENAME,
     ManifestSource,
     count_manifest_rows,
     manifest_fingerprint,
@@ -37,6 +38,7 @@ from dpm_worker.corpus.meld import read_meld
 from dpm_worker.corpus.moods import next_mood
 from dpm_worker.corpus.randomized import RANDOMIZED_SCHEMA, RandomizeConfig
 from dpm_worker.corpus.ravdess import ORDERS, conversation_order, parse_actors, read_ravdess
+from dpm_worker.corpus.recordings import AUDIO_EXTENSIONS, is_audio_name, recordings_manifest
 from dpm_worker.corpus.rttm import SpeakerTurn, parse_rttm, read_rttm
 from dpm_worker.corpus.schema import (
     DEFAULT_LABELS,
@@ -54,6 +56,10 @@ from dpm_worker.corpus.synth_voices import (
 )
 
 __all__ = [
+    "MANIFEST_FILENAME",
+    "AUDIO_EXTENSIONS",
+    "is_audio_name",
+    "recordings_manifest",
     "CODECS",
     "CUES",
     "CUE_MIXES",

@@ -5,6 +5,13 @@
     dpm manifest ravdess ROOT --out manifest.parquet [--actors 19-24] [--mapping 4class|8class]
         [--order shuffled|inertia] [--seed S]
     dpm manifest labels FILE.csv --out manifest.parquet [--mapping FILE]
+    dpm manifest files ROOT --out manifest.parquet
+
+``files``: every file under ROOT (recursive, sorted) is one conversation to segment: stereo
+channels are speakers, a mono recording one unknown speaker cut into turns, a sidecar
+``NAME.rttm`` its diarization (``dpm_worker.corpus.recordings``). It is the manifest that
+``dpm label --input ROOT`` makes itself when ROOT has no manifest.parquet; write it to edit it
+(drop files, name speakers, add gold emotions) and pass it as ``--input``.
 
 ROOT and --out may be local or ``s3://``. The output format follows --out's extension
 (.parquet, .jsonl, .csv). The manifest is validated against the mapping's label set before it
@@ -20,12 +27,14 @@ from typing import Any
 
 from dpm_worker.corpus import (
     ORDERS,
+    is_audio_name,
     load_mapping,
     parse_actors,
     read_iemocap,
     read_labelled,
     read_meld,
     read_ravdess,
+    recordings_manifest,
     validate_manifest,
     write_manifest,
 )
@@ -39,14 +48,15 @@ DEFAULT_MAPPING = {"iemocap": "4class", "meld": "7class", "ravdess": "4class", "
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "corpus",
-        choices=sorted(DEFAULT_MAPPING),
+        choices=[*sorted(DEFAULT_MAPPING), "files"],
         help="the folder's layout; labels: a CSV with columns file, speaker, emotion "
-        "[, conversation] (files relative to the CSV; one conversation per speaker by default)",
+        "[, conversation] (files relative to the CSV; one conversation per speaker by default); "
+        "files: any folder of recordings, one conversation per file",
     )
     parser.add_argument(
         "root",
-        help="IEMOCAP_full_release/, MELD.Raw/ or audio_speech_actors_01-24/ folder, or the "
-        "labels CSV (local or s3://)",
+        help="IEMOCAP_full_release/, MELD.Raw/ or audio_speech_actors_01-24/ folder, the "
+        "labels CSV, or a folder of recordings (local or s3://)",
     )
     parser.add_argument("--out", required=True, help="manifest to write (.parquet/.jsonl/.csv)")
     parser.add_argument(
@@ -89,6 +99,8 @@ def _sessions(text: str | None) -> list[int] | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.corpus == "files":
+        return _files(args)
     only = {"sessions": "iemocap", "audio_dir": "meld", "actors": "ravdess"}
     for option, corpus in only.items():
         if getattr(args, option) is not None and args.corpus != corpus:
@@ -136,4 +148,27 @@ def _write(args: argparse.Namespace, table: Any, summary: DropSummary, labels: l
     if args.summary:
         fs, path = get_filesystem(args.summary, args.endpoint_url)
         fs.pipe_file(path, (json.dumps(summary.to_dict(), indent=2) + "\n").encode("utf-8"))
+    return 0
+
+
+def _files(args: argparse.Namespace) -> int:
+    for flag in ("mapping", "sessions", "audio_dir", "actors", "summary"):
+        if getattr(args, flag) is not None:
+            raise ConfigError(f"--{flag.replace('_', '-')} does not apply to files")
+    fs, root = get_filesystem(args.root, args.endpoint_url)
+    table = recordings_manifest(fs, root)
+    validate_manifest(table, args.out)
+    write_manifest(table, args.out, endpoint_url=args.endpoint_url)
+    uris = table.column("audio_uri").to_pylist()
+    other = [u for u in uris if not is_audio_name(u)]
+    with_rttm = sum(u is not None for u in table.column("rttm_uri").to_pylist())
+    print(
+        f"wrote {table.num_rows} conversations (one per file; {with_rttm} with an RTTM "
+        f"sidecar) to {args.out}"
+    )
+    if other:
+        print(
+            f"{len(other)} file(s) without an audio extension (they become error rows if "
+            f"they do not decode), e.g. {other[0]}"
+        )
     return 0

@@ -14,6 +14,12 @@ Output JSON (accuracies are fractions)::
 Intervals are 95% percentile bootstraps that resample whole conversations. This module is the
 command line, reading and labeling; the scores, comparisons, predictions and plots are
 ``pipelines.eval.results``.
+
+Bad input is isolated exactly as ``dpm label`` isolates it (``dpm_worker.error_rows``): a row
+that fails alone (a silent, truncated or non-audio clip) is left out, a conversation whose
+input fails as a whole loses all its rows, and the rest is scored. The JSON then has
+``"failed": {"rows", "conversations", "by_type", "by_message", "errors": [...]}``, the
+``--predictions`` file has those rows with ``error_type`` and ``error``, and the exit code is 3.
 """
 
 from __future__ import annotations
@@ -26,8 +32,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
+from dpm_worker.error_rows import input_error_rows, read_conversation, read_segments
 from dpm_worker.errors import BadInputError, ConfigError
 from dpm_worker.memory import (
     HISTORY_CACHES,
@@ -38,17 +43,23 @@ from dpm_worker.memory import (
     label_batched,
 )
 from dpm_worker.model import DTYPES, HISTORY_FORMATS
+from dpm_worker.tables import ErrorRecord
 from dpm_worker.utterance import Utterance
+from dpm_worker.worker import segment_limit
 from pipelines.eval.config import add_labeling_arguments, load_labeling_config
 from pipelines.eval.results import (
     COMPARISONS,
     ModeResult,
     compare,
+    dtype_name,
+    failure_report,
+    json_default,
     score,
     score_groups,
     write_plots,
     write_predictions,
 )
+from pipelines.exit_codes import EXIT_OK, EXIT_PARTIAL
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +89,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="re-hash every model file in full (default: sizes, edge hashes, stored fingerprint)",
     )
     parser.add_argument("--window-tokens", type=int, help="n_r (default: labeling.window_tokens)")
-    parser.add_argument("--json", required=True, help="where to write the metrics JSON")
-    parser.add_argument("--predictions", default=None, help="per-utterance Parquet output")
+    parser.add_argument(
+        "--json",
+        required=True,
+        help="where to write the metrics JSON (rows that failed, as dpm label isolates them, "
+        "under 'failed'; the exit code is then 3)",
+    )
+    parser.add_argument(
+        "--predictions",
+        default=None,
+        help="per-utterance Parquet output (failed rows too, with error_type and error)",
+    )
     parser.add_argument("--plots", default=None, help="folder for PNG plots")
     parser.add_argument("--limit-conversations", type=int, default=None, help="first K only")
     parser.add_argument(
@@ -136,9 +156,33 @@ def parse_modes(text: str) -> list[str]:
 def load_conversations(
     corpus: str, model, limit: int | None = None, group_by: tuple[str, ...] = ()
 ) -> list[Conversation]:
-    """Read the manifest, cut each conversation's audio and tokenize it once; keep each
-    utterance's values of the ``group_by`` columns."""
-    from dpm_worker.audio import conversation_segments
+    """:func:`load_corpus` for callers that need every row (benchmarks): the first failed
+    row raises.
+
+    Raises:
+        BadInputError: a row could not be read, with its reason and URI.
+    """
+    conversations, errors = load_corpus(corpus, model, limit, group_by)
+    if errors:
+        first = errors[0]
+        raise BadInputError(
+            f"{len(errors)} row(s) failed; first: {first.conversation_id!r} utterance "
+            f"{first.utterance_index}: {first.error_type}: {first.message}",
+            first.input_uri or corpus,
+        )
+    return conversations
+
+
+def load_corpus(
+    corpus: str, model, limit: int | None = None, group_by: tuple[str, ...] = ()
+) -> tuple[list[Conversation], list[ErrorRecord]]:
+    """Read the manifest, cut each conversation's audio as the job does and tokenize it once;
+    keep each utterance's values of the ``group_by`` columns.
+
+    Returns:
+        The conversations with something to label, and the error rows of the rest (the
+        job's rule, ``dpm_worker.error_rows.read_conversation``).
+    """
     from dpm_worker.corpus import read_manifest, to_rows
     from dpm_worker.speech import tokenize_utterances
 
@@ -153,18 +197,31 @@ def load_conversations(
     for row in to_rows(table):
         by_conv.setdefault(row.conversation_id, []).append(row)
     ids = list(by_conv)[: limit if limit is not None else None]
-    out = []
+    longest = segment_limit(model, None)
+    out, errors = [], []
     for cid in ids:
         rows = by_conv[cid]
         values = {r.utterance_index: _group_values(r, group_by) for r in rows}
-        segments = conversation_segments(rows)
+        segments, failed = read_conversation(
+            cid, rows, lambda todo: read_segments(todo, max_segment_s=longest)
+        )
+        errors.extend(failed)
+        if not segments:
+            continue
         # An utterance longer than the context is read by LabelingConfig.long_utterances.
-        utterances = list(tokenize_utterances(segments, model.speech_tokenizer))
+        try:
+            utterances = list(tokenize_utterances(segments, model.speech_tokenizer))
+        except BadInputError as exc:  # as the job: the conversation fails
+            errors.extend(input_error_rows(cid, rows, exc))
+            continue
         groups = [values.get(u.utterance_index, {}) for u in utterances]
         out.append(Conversation(cid, utterances, groups))
     if not any(u.emotion is not None for c in out for u in c.utterances):
-        raise BadInputError("the corpus has no gold emotion labels to evaluate against", corpus)
-    return out
+        reason = f" ({len(errors)} rows failed; first: {errors[0].message})" if errors else ""
+        raise BadInputError(
+            f"the corpus has no gold emotion labels to evaluate against{reason}", corpus
+        )
+    return out, errors
 
 
 def _group_values(row, columns: tuple[str, ...]) -> dict[str, str | None]:
@@ -226,7 +283,11 @@ def _collect(conversations: list[Conversation], rows: list, seconds: float) -> M
 
 
 def build_report(
-    model, results: dict[str, ModeResult], args: argparse.Namespace, labeling: LabelingConfig
+    model,
+    results: dict[str, ModeResult],
+    args: argparse.Namespace,
+    labeling: LabelingConfig,
+    errors: list[ErrorRecord] = (),  # type: ignore[assignment]
 ) -> dict:
     labels = model.vocab.labels
     report = {
@@ -235,11 +296,12 @@ def build_report(
         "corpus": args.corpus,
         "n_conversations": len(set(next(iter(results.values())).conversation_id)),
         "window_tokens": labeling.window_tokens,
-        "dtype": _dtype_name(next(model.model.parameters()).dtype),
-        "memory_dtype": _dtype_name(MEMORY_DTYPE),
+        "dtype": dtype_name(next(model.model.parameters()).dtype),
+        "memory_dtype": dtype_name(MEMORY_DTYPE),
         "slots": args.slots,
         "history_cache": args.history_cache,
         "memory": dataclasses.asdict(labeling.memory),
+        "failed": failure_report(list(errors)),
         "modes": {
             m: score(r, labels, args.position_bin, args.bootstrap) for m, r in results.items()
         },
@@ -280,15 +342,16 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     model = load_model(args.model, dtype=args.dtype, verify_weights=args.verify_weights)
     start = time.perf_counter()
-    conversations = load_conversations(
+    conversations, errors = load_corpus(
         args.corpus, model, args.limit_conversations, group_columns(args)
     )
     n_utt = sum(len(c.utterances) for c in conversations)
     log.info(
-        "eval: %d conversations, %d utterances tokenized in %.1f s",
+        "eval: %d conversations, %d utterances tokenized in %.1f s; %d rows failed",
         len(conversations),
         n_utt,
         time.perf_counter() - start,
+        len(errors),
     )
     results = {}
     for mode, config in configs.items():
@@ -296,11 +359,11 @@ def run(args: argparse.Namespace) -> int:
             model, conversations, config, args.slots, args.history_cache
         )
         log.info("eval: %s done in %.1f s", mode, results[mode].seconds)
-    report = build_report(model, results, args, labeling)
+    report = build_report(model, results, args, labeling, errors)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
+    Path(args.json).write_text(json.dumps(report, indent=2, default=json_default) + "\n")
     if args.predictions:
-        write_predictions(results, model.vocab.labels, args.predictions)
+        write_predictions(results, model.vocab.labels, args.predictions, errors)
     if args.plots:
         write_plots(report, model.vocab.labels, args.plots)
     for mode, block in report["modes"].items():
@@ -318,16 +381,10 @@ def run(args: argparse.Namespace) -> int:
                 for m, b in group["modes"].items()
             )
             print(f"{column}={value} ({group['n_conversations']} conv) {cells}")
-    return 0
-
-
-def _dtype_name(dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
-def _json_default(value):
-    if isinstance(value, tuple):
-        return list(value)
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+    if errors:
+        failed = report["failed"]
+        print(f"failed: {failed['rows']} rows of {failed['conversations']} conversations")
+        for message, count in failed["by_message"].items():
+            print(f"  {count:5d}  {message}")
+        return EXIT_PARTIAL
+    return EXIT_OK

@@ -10,7 +10,9 @@ Parquet and PNG plots.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,7 @@ from dpm_worker.metrics import (
     position_bins,
     summarize,
 )
+from dpm_worker.tables import ErrorRecord
 
 # Differences reported with intervals, when both modes ran.
 COMPARISONS = (
@@ -156,8 +159,28 @@ def score_groups(
     return out
 
 
-def write_predictions(results: dict[str, ModeResult], labels: tuple[str, ...], uri: str) -> None:
-    """One row per utterance and mode (``--predictions``)."""
+def failure_report(errors: list[ErrorRecord]) -> dict:
+    """The ``failed`` block of the JSON: counts by type and by message, and every row."""
+    by_conv: dict[str, int] = {}
+    for e in errors:
+        by_conv[e.conversation_id] = by_conv.get(e.conversation_id, 0) + 1
+    return {
+        "rows": len(errors),
+        "conversations": len(by_conv),
+        "by_type": dict(Counter(e.error_type for e in errors).most_common()),
+        "by_message": dict(Counter(e.message for e in errors).most_common()),
+        "errors": [asdict(e) for e in errors],
+    }
+
+
+def write_predictions(
+    results: dict[str, ModeResult],
+    labels: tuple[str, ...],
+    uri: str,
+    errors: Sequence[ErrorRecord] = (),
+) -> None:
+    """One row per utterance and mode (``--predictions``); a row that failed is there in every
+    mode with its ``error_type`` and ``error`` (message) and no prediction."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -173,6 +196,8 @@ def write_predictions(results: dict[str, ModeResult], labels: tuple[str, ...], u
             "expressive",
             "confidence",
             "ms",
+            "error_type",
+            "error",
         )
     }
     probs: list[np.ndarray] = []
@@ -186,8 +211,23 @@ def write_predictions(results: dict[str, ModeResult], labels: tuple[str, ...], u
         columns["expressive"] += r.expressive
         columns["confidence"] += [float(p.max()) for p in r.probs]
         columns["ms"] += r.ms
+        columns["error_type"] += [None] * len(r.pred)
+        columns["error"] += [None] * len(r.pred)
         probs += r.probs
-    table = pa.table(columns)
+        for e in errors:
+            for name, value in (
+                ("mode", mode),
+                ("conversation_id", e.conversation_id),
+                ("utterance_index", e.utterance_index),
+                ("error_type", e.error_type),
+                ("error", e.message),
+            ):
+                columns[name].append(value)
+            for name in ("speaker", "gold", "pred", "expressive", "confidence", "ms"):
+                columns[name].append(None)
+            probs.append(np.full(len(labels), np.nan, dtype=np.float32))
+    types = {"error_type": pa.string(), "error": pa.string(), "utterance_index": pa.int32()}
+    table = pa.table({k: pa.array(v, type=types.get(k)) for k, v in columns.items()})
     stacked = np.stack(probs) if probs else np.zeros((0, len(labels)), dtype=np.float32)
     for i, name in enumerate(labels):
         table = table.append_column(f"p_{name}", pa.array(stacked[:, i], pa.float32()))
@@ -235,3 +275,17 @@ def write_plots(report: dict, labels: tuple[str, ...], folder: str) -> None:
     fig.tight_layout()
     fig.savefig(out / "by_position.png", dpi=100)
     plt.close(fig)
+
+
+def dtype_name(dtype) -> str:
+    """``torch.float32`` -> ``float32`` (the JSON's dtype fields)."""
+    return str(dtype).removeprefix("torch.")
+
+
+def json_default(value):
+    """``json.dumps`` for the report's tuples and numpy scalars."""
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")

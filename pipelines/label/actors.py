@@ -103,6 +103,7 @@ def start_actors(config: LabelJobConfig, run: RunInfo, worker_class: type) -> li
         dtype=config.dtype,
         torch_threads=config.threads,
         max_segment_s=config.max_segment_s,
+        segments=config.segments,
         checkpoint_every=config.checkpoint_every_utterances,
         verify_weights=config.verify_weights,
         slots=config.slots_per_actor,

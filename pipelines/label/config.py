@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from dpm_worker.audio import SegmentsConfig
 from dpm_worker.errors import ConfigError
 from dpm_worker.memory import LabelingConfig
 from dpm_worker.tables import validate_run_id
@@ -24,7 +25,9 @@ class LabelJobConfig:
     """The labeling job.
 
     Args:
-        input: the manifest URI (Parquet, JSONL, CSV, or a folder with manifest.parquet).
+        input: the manifest URI (Parquet, JSONL, CSV, or a folder with manifest.parquet), or
+            a folder or bucket prefix of recordings without one (one conversation per file;
+            ``dpm_worker.corpus.recordings``).
         output: the tables' output prefix (local folder or ``s3://bucket/prefix``).
         model: the model folder (None: the packaged default model).
         verify_weights: actors re-hash every model file in full at start (default: a cheap
@@ -55,6 +58,9 @@ class LabelJobConfig:
         device: torch device for the actors (None: CUDA when the actor has a GPU, else CPU).
         max_segment_s: the longest segment cut from a recording by VAD or its RTTM (None:
             what the model reads whole, 15.2 s for the default model; larger is capped).
+        segments: how recordings without a segmentation are cut: ``segments.max_s``, the
+            longest turn cut at pauses from a VAD region of a mono recording without RTTM
+            (default 4.0 s; null: only ``max_segment_s``).
         checkpoint_every_utterances: a conversation checkpoint (memory, history, rows) after
             every this many utterances, so a conversation whose actor died or was preempted
             resumes there (0: only on SIGTERM). Default 25, measured with the default model on
@@ -91,6 +97,7 @@ class LabelJobConfig:
     checkpoint_every_utterances: int = 25
     dtype: str | None = None
     metrics: bool = True
+    segments: SegmentsConfig = field(default_factory=SegmentsConfig)
     labeling: LabelingConfig = field(default_factory=LabelingConfig)
 
     def __post_init__(self) -> None:

@@ -20,7 +20,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from dpm_worker.corpus import count_manifest_rows, iter_conversations
+from dpm_worker.corpus import (
+    MANIFEST_FILENAME,
+    count_manifest_rows,
+    iter_conversations,
+    recordings_manifest,
+    write_manifest,
+)
 from dpm_worker.errors import ConfigError, ModelError
 from dpm_worker.storage import get_filesystem, is_remote
 from dpm_worker.tables import (
@@ -100,8 +106,6 @@ def prepare(config: LabelJobConfig, worker_class: type = ConversationWorker) -> 
     """
     config = _absolute_paths(config)
     model = describe_model(config.model)
-    conversations = iter_conversations(config.input)
-    first = next(conversations, None)  # the first pass checks columns and value types
     check_writable(config.output)
     run_id = config.run_id or (f"nightly-{new_run_id()}" if config.incremental else new_run_id())
     public = public_config(config)
@@ -119,6 +123,9 @@ def prepare(config: LabelJobConfig, worker_class: type = ConversationWorker) -> 
             config=public,
         ),
     )
+    manifest = input_manifest(config.input, probe.record_uri(MANIFEST_FILENAME))
+    conversations = iter_conversations(manifest)
+    first = next(conversations, None)  # the first pass checks columns and value types
     record = probe.read_record("run.json")
     if record is None:
         run_date = dt.datetime.now(dt.UTC).date().isoformat()
@@ -180,11 +187,40 @@ def prepare(config: LabelJobConfig, worker_class: type = ConversationWorker) -> 
         tables,
         stream,
         committed,
-        manifest_rows(config.input),
+        manifest_rows(manifest),
         worker_class,
         key=fp_key,
         previous=previous,
     )
+
+
+def input_manifest(input_uri: str, listing_uri: str) -> str:
+    """The manifest to read: ``input_uri`` itself, or for a folder (or bucket prefix) of
+    recordings without ``manifest.parquet``, the listing of its files
+    (``dpm_worker.corpus.recordings``) written to ``listing_uri``
+    (``OUT/_runs/<run_id>/manifest.parquet``: the run's record of what it labeled). Listed
+    again on a resume, so files added since join the run.
+    """
+    fs, path = get_filesystem(input_uri)
+    try:
+        folder = fs.isdir(path) and not fs.exists(f"{path.rstrip('/')}/{MANIFEST_FILENAME}")
+    except Exception:  # noqa: BLE001 - the manifest reader says what is wrong with the input
+        return input_uri
+    if not folder:
+        return input_uri
+    table = recordings_manifest(fs, path)
+    write_manifest(table, listing_uri)
+    with_rttm = sum(v is not None for v in table.column("rttm_uri").to_pylist())
+    log.info(
+        "input %s has no %s: %d files listed as one conversation each (%d with an RTTM "
+        "sidecar), manifest written to %s",
+        strip_userinfo(input_uri),
+        MANIFEST_FILENAME,
+        table.num_rows,
+        with_rttm,
+        strip_userinfo(listing_uri),
+    )
+    return listing_uri
 
 
 def _absolute_paths(config: LabelJobConfig) -> LabelJobConfig:

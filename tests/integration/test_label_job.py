@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import duckdb
 import numpy as np
@@ -27,6 +26,7 @@ from tests.integration.conftest import (
     run_label,
     upload,
 )
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -341,14 +341,12 @@ def test_driver_then_actor_killed_resume_equals_clean_run(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 300  # the machine may be shared: actors start slowly
-    committed = []
-    while time.monotonic() < deadline and driver.poll() is None:
+
+    def first_commit() -> bool:
         fs.invalidate_cache()
-        committed = fs.glob(f"{path}/emotions/*/*.parquet")
-        if committed:
-            break
-        time.sleep(0.02)
+        return driver.poll() is not None or bool(fs.glob(f"{path}/emotions/*/*.parquet"))
+
+    wait_until(first_commit, 300, "a committed conversation")  # shared machine: slow actors
     assert driver.poll() is None, "the driver finished before it could be killed"
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
@@ -387,22 +385,26 @@ def kill_worker_actor_after_a_commit(fs, path, before, driver, ray_address) -> b
     """Once the resumed run commits a file, SIGKILL its live actor, found by id (state API)."""
     from ray._private.state import actors as gcs_actors  # the GCS table: no dashboard needed
 
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and driver.poll() is None:
+    def kill_after_a_commit() -> str | None:
+        if driver.poll() is not None:
+            return "driver ended"
         fs.invalidate_cache()
-        if set(fs.glob(f"{path}/emotions/*/*.parquet")) - before:
-            table = gcs_actors(actor_state_name="ALIVE")  # this session's cluster (ray.init)
-            alive = [
-                info["Pid"]
-                for info in table.values()
-                if "ConversationWorker" in str(info.get("ActorClassName", ""))
-            ]
-            for pid in alive:
-                os.kill(pid, signal.SIGKILL)  # the process of that actor id, nothing else
-            if alive:
-                return True
-        time.sleep(0.02)
-    return False
+        if not set(fs.glob(f"{path}/emotions/*/*.parquet")) - before:
+            return None
+        table = gcs_actors(actor_state_name="ALIVE")  # this session's cluster (ray.init)
+        alive = [
+            info["Pid"]
+            for info in table.values()
+            if "ConversationWorker" in str(info.get("ActorClassName", ""))
+        ]
+        for pid in alive:
+            os.kill(pid, signal.SIGKILL)  # the process of that actor id, nothing else
+        return "killed" if alive else None
+
+    try:
+        return wait_until(kill_after_a_commit, 180, "a commit of the resumed run") == "killed"
+    except TimeoutError:
+        return False  # the caller still waits for the driver, then fails on it
 
 
 def test_bad_manifest_or_unreachable_output_fail_fast(

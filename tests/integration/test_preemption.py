@@ -1,17 +1,29 @@
 """Preemption on a real Ray actor: SIGTERM mid-conversation writes a checkpoint, the retry
 resumes from it. The signal is sent to the actor's process, found by the actor's id through
-Ray's state API (never by process name)."""
+Ray's state API (never by process name).
+
+No timing guess: the actor holds at utterance ``SIGNAL_AT`` (it says so in a file) until its
+SIGTERM handler has run, so the signal lands mid-conversation however fast or loaded the
+machine is, and the checkpoint it writes is at exactly that position."""
 
 from __future__ import annotations
 
 import os
 import signal
-import time
+from pathlib import Path
 
 import pytest
 
 from dpm_worker.tables import CheckpointStore
-from tests.unit.test_worker_resume import EVERY, TARGETS, long_conversation, settings
+from tests.unit.test_worker_resume import (
+    EVERY,
+    SIGNAL_AT,
+    TARGETS,
+    at_utterance,
+    long_conversation,
+    settings,
+)
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -19,7 +31,7 @@ pytestmark = pytest.mark.integration
 class RandomModelWorker:
     """The library's worker on the tiny random model (no model folder to load)."""
 
-    def __init__(self, worker_settings) -> None:
+    def __init__(self, worker_settings, hold_file: str | None = None) -> None:
         import torch
 
         from dpm_worker.model import EmotionModel
@@ -27,6 +39,13 @@ class RandomModelWorker:
 
         torch.set_num_threads(1)
         self.worker = ConversationWorker(worker_settings, EmotionModel.random(seed=0))
+        if hold_file is not None:
+            at_utterance(self.worker, SIGNAL_AT, lambda: self._hold(hold_file))
+
+    def _hold(self, hold_file: str) -> None:
+        """Say where the conversation is, then wait for the SIGTERM (the guard defers it)."""
+        Path(hold_file).write_text(str(os.getpid()))
+        wait_until(lambda: self.worker._guard.requested, 300, "SIGTERM at the actor")
 
     def guarded(self) -> bool:
         return self.worker._guard.installed
@@ -45,26 +64,24 @@ def test_sigterm_to_actor_checkpoints_and_retry_resumes(ray_address, tmp_path) -
     actor = (
         ray.remote(RandomModelWorker)
         .options(num_cpus=0.5, max_restarts=1, max_task_retries=0)
-        .remote(worker_settings)
+        .remote(worker_settings, str(tmp_path / "held"))
     )
     assert ray.get(actor.guarded.remote(), timeout=120)  # the actor's __init__ ran on main
     task = actor.label.remote("call", rows)
     store = CheckpointStore(str(tmp_path / "out"), "run")
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not os.path.exists(store.folder_uri("call")):
-        time.sleep(0.05)
-    time.sleep(1.0)
+    held = tmp_path / "held"
+    wait_until(held.exists, 300, f"utterance {SIGNAL_AT} labeled by the actor")
+    # The periodic checkpoint at EVERY came first, as in any preemption past it.
+    assert [int(n[:8]) for n in os.listdir(store.folder_uri("call"))] == [EVERY]
     pid = gcs_actors(actor_id=actor._actor_id.hex())["Pid"]
+    assert int(held.read_text()) == pid
     os.kill(pid, signal.SIGTERM)  # as Kubernetes / a spot reclaim would
     with pytest.raises(RayActorError):
         ray.get(task, timeout=120)
     names = os.listdir(store.folder_uri("call"))
     assert len(names) == 1
     position = int(names[0][:8])
-    # Written at the signal: past the first regular checkpoint, which the wait above saw. A
-    # signal that lands in an utterance whose regular checkpoint is due exits right after
-    # that one (it is the same state), so the position may also be a multiple of EVERY.
-    assert position > EVERY
+    assert position == SIGNAL_AT  # written at the signal; it replaced the one at EVERY
     # The retry runs on another actor (Ray does not restart an actor that left through its
     # SIGTERM handler: it counts as an intended exit).
     retry = (

@@ -13,7 +13,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -25,6 +24,7 @@ import pytest
 
 from dpm_worker.storage import get_filesystem
 from tests.integration.conftest import REPO, upload
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -81,6 +81,10 @@ def ray_cluster(local_s3):
         shutil.rmtree(state, ignore_errors=True)
         assert stopped.returncode == 0, stopped.stderr
         assert leftovers == [], f"processes of our cluster survived stop: {leftovers}"
+
+
+def _finished(status: str) -> str | None:
+    return status if status in ("SUCCEEDED", "FAILED", "STOPPED") else None
 
 
 def _job_status(env: dict[str, str], submission_id: str) -> dict:
@@ -155,13 +159,15 @@ def test_ray_job_submit_labels_the_corpus(ray_cluster, local_s3, tiny_model, tin
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
     assert submission_id in submitted.stdout + submitted.stderr
 
-    deadline = time.monotonic() + JOB_TIMEOUT_S
-    status = "PENDING"
-    while time.monotonic() < deadline:
-        status = _job_status(env, submission_id)["status"]
-        if status in ("SUCCEEDED", "FAILED", "STOPPED"):
-            break
-        time.sleep(2)
+    try:
+        status = wait_until(
+            lambda: _finished(_job_status(env, submission_id)["status"]),
+            JOB_TIMEOUT_S,
+            f"end of job {submission_id}",
+            interval_s=1.0,  # each probe is a `ray job status` subprocess
+        )
+    except TimeoutError as exc:
+        status = str(exc)  # the logs below say where it stood
     logs = subprocess.run(
         [RAY, "job", "logs", submission_id],
         env=env,

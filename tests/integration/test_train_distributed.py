@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import pytest
 from dpm_worker.model import EmotionModel, load_model, save_model
 from dpm_worker.training import TrainConfig, build_stream
 from pipelines.train.distributed import TRAIN_STATE, DistributedConfig, train_with_ray
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -98,16 +98,17 @@ def kill_a_worker_once_checkpointed(storage: Path, killed: dict) -> None:
     process of one Ray Train worker actor, found by id in Ray's actor table."""
     from ray._private.state import actors as gcs_actors  # the GCS table: no dashboard needed
 
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
+    def registered() -> list[Path]:
         # Ray Train's checkpoint manager writes this snapshot when it registers a checkpoint:
         # from then on a restarted worker group resumes from it.
         snapshots = list(storage.glob("*/checkpoint_manager_snapshot.json"))
-        if snapshots and json.loads(snapshots[0].read_text()).get("latest_checkpoint_result"):
-            break
-        time.sleep(0.05)
-    else:
-        return
+        ready = snapshots and json.loads(snapshots[0].read_text()).get("latest_checkpoint_result")
+        return snapshots if ready else []
+
+    try:
+        snapshots = wait_until(registered, 600, "a registered Ray Train checkpoint")
+    except TimeoutError:
+        return  # the test then fails on killed being empty
     workers = {
         actor_id: info
         for actor_id, info in gcs_actors().items()

@@ -13,12 +13,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pyarrow.parquet as pq
-import pytest
 
 from dpm_worker.memory import ConversationState
 from dpm_worker.storage import get_filesystem
@@ -32,6 +30,7 @@ from dpm_worker.tables import (
 )
 from dpm_worker.utterance import LabeledUtterance, Utterance
 from tests.integration.conftest import REPO
+from tests.waiting import wait_until
 
 LABELS = ("neutral", "happy", "sad", "angry")
 KEY = CheckpointKey("model", "config", "inputs")
@@ -106,22 +105,39 @@ def test_late_older_checkpoint_never_wins_or_deletes_the_newer(s3_bucket) -> Non
 
 
 KILLED_WRITER = """
-import sys, time
+import os, signal, socket, sys
 from dpm_worker.tables import write_bytes_atomic
-# ~64 MB: the PUT takes long enough on loopback to be killed in the middle.
+
+# The writer stops itself once 8 of the 64 MB have left through its socket, so the parent's
+# SIGKILL lands mid-body on any machine: no guess at how long the upload takes.
+sent, send = 0, socket.socket.send
+def counting_send(self, data, *args):
+    global sent
+    n = send(self, data, *args)
+    sent += n
+    if sent > 8 * 2**20:
+        os.kill(os.getpid(), signal.SIGSTOP)
+    return n
+socket.socket.send = counting_send
 write_bytes_atomic(b"x" * (64 * 1024 * 1024), sys.argv[1], exclusive=True)
 """
+
+
+def stopped(pid: int) -> bool:
+    """Whether the process is stopped (SIGSTOP): state ``T`` in /proc (Linux)."""
+    with open(f"/proc/{pid}/stat") as fh:
+        return fh.read().rsplit(")", 1)[1].split()[0] in ("T", "t")
 
 
 def test_writer_killed_mid_put_leaves_no_torn_object(s3_bucket) -> None:
     uri = f"s3://{s3_bucket}/out/killed.bin"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, uri], env=env)
-    time.sleep(2.0)  # imports done, the body on its way
+    wait_until(lambda: proc.poll() is not None or stopped(proc.pid), 120, "writer mid-PUT")
+    assert proc.poll() is None, "the writer ended before it sent 8 MB"
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     fs, path = get_filesystem(uri)
     fs.invalidate_cache()
-    if fs.exists(path):  # the PUT had finished: then it is whole
-        pytest.skip("the writer finished before the kill; nothing torn to check")
+    assert not fs.exists(path)  # 56 MB of the body never left: nothing, not a torn object
     assert write_bytes_atomic(b"whole", uri, exclusive=True) and read_bytes(uri) == b"whole"
