@@ -18,7 +18,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
@@ -33,6 +32,7 @@ import yaml
 
 from tests.integration.conftest import REPO, run_label
 from tests.integration.test_label_job import read_table
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -84,14 +84,10 @@ def _free_port() -> int:
 
 def wait_for(check: Callable[[], Any], what: str, deadline_s: float = DEADLINE_S) -> Any:
     """Poll ``check`` until it returns something truthy; fail with ``what`` at the deadline."""
-    deadline = time.monotonic() + deadline_s
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {deadline_s:.0f} s waiting for {what}")
-        time.sleep(0.5)  # a polling period, not a wait for something to happen
+    try:
+        return wait_until(check, deadline_s, what, interval_s=0.5)
+    except TimeoutError as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture(scope="module")
