@@ -325,7 +325,7 @@ def test_default_config_keeps_the_invariants() -> None:
     assert not np.array_equal(probs(alone), probs(window.label_conversation(b)))
 
 
-PRIOR = MemoryConfig(lr=3e-2, scope="speaker", write_target="prior")
+PRIOR = MemoryConfig(lr=3e-2, scope="speaker", write_target="prior", prior_weight=1.0)
 
 
 @pytest.mark.parametrize("prior_input", ["speaker", "history"])
