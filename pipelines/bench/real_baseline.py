@@ -160,15 +160,8 @@ def run(args: argparse.Namespace) -> int:
 def _as_result(utterances: list[Utterance], pred: list[str]) -> ModeResult:
     result = ModeResult()
     for u, p in zip(utterances, pred, strict=True):
-        result.conversation_id.append(u.conversation_id)
-        result.utterance_index.append(u.utterance_index)
-        result.position.append(u.utterance_index)
-        result.speaker.append(u.speaker)
-        result.gold.append(u.emotion)
-        result.pred.append(p)
-        result.expressive.append(u.expressive)
-        result.ms.append(0.0)  # not timed: the baseline's cost is the features'
-        result.group.append({})
+        # not timed (ms 0): the baseline's cost is the features'
+        result.add(u, p, position=u.utterance_index)
     return result
 
 

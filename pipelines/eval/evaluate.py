@@ -268,17 +268,10 @@ def _collect(conversations: list[Conversation], rows: list, seconds: float) -> M
     result.seconds = seconds
     for conv, labeled in zip(conversations, rows, strict=True):
         for pos, (item, group) in enumerate(zip(labeled, conv.groups, strict=True)):
-            utt = item.utterance
-            result.conversation_id.append(utt.conversation_id)
-            result.utterance_index.append(utt.utterance_index)
-            result.position.append(pos)
-            result.speaker.append(utt.speaker)
-            result.gold.append(utt.emotion)
-            result.pred.append(item.emotion)
-            result.expressive.append(utt.expressive)
-            result.probs.append(item.probs)
-            result.ms.append(item.ms)
-            result.group.append(group)
+            result.add(
+                item.utterance, item.emotion, position=pos, probs=item.probs, ms=item.ms,
+                group=group,
+            )  # fmt: skip
     return result
 
 

@@ -25,6 +25,7 @@ from dpm_worker.metrics import (
     summarize,
 )
 from dpm_worker.tables import ErrorRecord
+from dpm_worker.utterance import Utterance
 
 # Differences reported with intervals, when both modes ran.
 COMPARISONS = (
@@ -53,6 +54,29 @@ class ModeResult:
     ms: list[float] = field(default_factory=list)
     group: list[dict[str, str | None]] = field(default_factory=list)
     seconds: float = 0.0
+
+    def add(
+        self,
+        utt: Utterance,
+        pred: str,
+        *,
+        position: int,
+        probs: np.ndarray | None = None,
+        ms: float = 0.0,
+        group: dict[str, str | None] | None = None,
+    ) -> None:
+        """Append one utterance's outcome."""
+        self.conversation_id.append(utt.conversation_id)
+        self.utterance_index.append(utt.utterance_index)
+        self.position.append(position)
+        self.speaker.append(utt.speaker)
+        self.gold.append(utt.emotion)
+        self.pred.append(pred)
+        self.expressive.append(utt.expressive)
+        if probs is not None:
+            self.probs.append(probs)
+        self.ms.append(ms)
+        self.group.append(group or {})
 
     def subset(self, keep: list[int]) -> ModeResult:
         """The outcomes of the utterances at ``keep`` (timing scaled to their share)."""
