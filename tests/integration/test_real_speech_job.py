@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dpm_worker.audio import conversation_segments
+from dpm_worker.audio import SegmentsConfig, conversation_segments
 from dpm_worker.corpus import UtteranceRow, read_rttm
 from dpm_worker.storage import get_filesystem
 from tests.integration.conftest import REPO, run_label, upload
@@ -98,12 +98,15 @@ def test_unsegmented_meeting_every_segment_labeled(meetings, ray_address, short_
     for name in MEETINGS:
         rows = emotions[emotions["conversation_id"] == name].sort_values("utterance_index")
         row = UtteranceRow(name, 0, "unknown", str(FIXTURES / f"{name}.flac"))
-        expected = conversation_segments([row], max_segment_s=MAX_SEGMENT_S)
+        # the job's rules: VAD regions cut to what the model reads, then into turns (mono)
+        expected = conversation_segments(
+            [row], max_segment_s=MAX_SEGMENT_S, turn_max_s=SegmentsConfig().max_s
+        )
         assert list(rows["utterance_index"]) == list(range(len(expected)))
         np.testing.assert_allclose(rows["start_s"], [s.start_s for s in expected])
         np.testing.assert_allclose(rows["end_s"], [s.end_s for s in expected])
         assert set(rows["speaker"]) == {"unknown"}
-        assert (rows["end_s"] - rows["start_s"]).max() <= MAX_SEGMENT_S
+        assert (rows["end_s"] - rows["start_s"]).max() <= SegmentsConfig().max_s + 1e-9
     split = emotions[emotions["conversation_id"] == "tst00"]
     assert (split["end_s"] - split["start_s"]).sum() > 25.0  # the long regions are all there
     fs, path = get_filesystem(out)
