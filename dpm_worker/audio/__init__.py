@@ -1,6 +1,7 @@
 from dpm_worker.audio.decode import (
     SAMPLE_RATE,
     AudioInfo,
+    clip_duration,
     cut_segment,
     encode_audio,
     probe_audio,
@@ -14,6 +15,7 @@ from dpm_worker.audio.vad import detect_speech, split_at_quietest
 __all__ = [
     "AudioInfo",
     "SAMPLE_RATE",
+    "clip_duration",
     "conversation_segments",
     "cut_segment",
     "detect_speech",
