@@ -4,10 +4,10 @@ One ``ConversationWorker`` holds the backbone and speech tokenizer, loaded once.
 conversation it reads the audio itself, labels the utterances in dialogue order, writes the
 conversation's Parquet file itself and returns a small summary; audio never leaves the worker.
 While a conversation is being labeled, the next one's audio (named by the caller) is read in a
-background thread (``dpm_worker.read_ahead``), so storage latency hides behind compute. With
-``slots`` > 1 the worker labels several conversations at once, every utterance step batched
-across them (``dpm_worker.slot_loop``); its ``label`` is then called concurrently, one call per
-conversation. What it measures on the way (step, read and tokenize times, checkpoints, occupied
+background thread (``dpm_worker.read_ahead``), so storage latency hides behind compute. The
+worker labels up to ``slots`` conversations at once, every utterance step batched across them
+(``dpm_worker.slot_loop``, the one labeling engine, 1 slot included); with ``slots`` > 1 its
+``label`` is called concurrently, one call per conversation. What it measures on the way (step, read and tokenize times, checkpoints, occupied
 slots) goes to the ``record`` callback (``dpm_worker.telemetry``).
 
 Input problems become error rows. One utterance's own problem (a bad row of a segmented
@@ -28,6 +28,7 @@ import datetime as dt
 import functools
 import logging
 import os
+import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -40,7 +41,7 @@ from dpm_worker.audio import SAMPLE_RATE, SegmentsConfig
 from dpm_worker.corpus import UtteranceRow
 from dpm_worker.error_rows import input_error_rows, read_conversation
 from dpm_worker.errors import BadInputError, ConfigError, StorageError
-from dpm_worker.memory import ConversationLabeler, ConversationState, LabelingConfig, SlotLabeler
+from dpm_worker.memory import ConversationState, LabelingConfig, SlotLabeler
 from dpm_worker.preemption import PreemptionGuard
 from dpm_worker.read_ahead import ReadAhead
 from dpm_worker.slot_loop import SlotJob, SlotLoop
@@ -57,8 +58,6 @@ from dpm_worker.telemetry import (
     CHECKPOINT,
     CONVERSATION_S,
     RESUME,
-    SLOTS_OCCUPIED,
-    STEP_S,
     TOKENIZE_S,
     Record,
     discard,
@@ -87,7 +86,7 @@ class WorkerSettings:
         checkpoint_every: write a conversation checkpoint after every this many utterances
             (0: only when preempted); a retried conversation resumes from its newest one.
         slots: conversations labeled at once, each utterance step batched across them
-            (1: the single-conversation reference path).
+            (1: one at a time; a conversation's rows do not depend on it).
         verify_weights: re-hash every model file in full at start (default: sizes, edge
             hashes and the stored fingerprint, which costs milliseconds for any model size).
     """
@@ -151,15 +150,8 @@ class ConversationWorker:
         self.model = model
         self._guard = PreemptionGuard()  # SIGTERM waits for the step in progress + checkpoints
         self.record = record
-        self.labeler: ConversationLabeler | None = None
-        self.slot_loop: SlotLoop | None = None
-        # The batched engine for several slots, and for the history cache (the
-        # one-conversation labeler always recomputes the window).
-        if settings.slots > 1 or settings.labeling.history_cache == "reuse":
-            labeler = SlotLabeler(model, settings.labeling, settings.slots)
-            self.slot_loop = SlotLoop(labeler, settings.checkpoint_every, self._guard, record)
-        else:
-            self.labeler = ConversationLabeler(model, settings.labeling)
+        labeler = SlotLabeler(model, settings.labeling, settings.slots)
+        self.slot_loop = SlotLoop(labeler, settings.checkpoint_every, self._guard, record)
         self.max_segment_s = segment_limit(model, settings.max_segment_s)
         self.tables = RunTables(settings.output_uri, settings.run, settings.endpoint_url)
         self.audio = ReadAhead(
@@ -286,53 +278,23 @@ class ConversationWorker:
         summary["resumed_from"] = resume.position if resume is not None else 0
         if resume is not None:
             self.record(RESUME, 1)
-        try:
-            if self.slot_loop is not None:  # label_s then includes the wait for a slot
-                save = functools.partial(self._save_checkpoint, conversation_id, key)
-                return self.slot_loop.label(SlotJob(conversation_id, inputs, resume, save))
-            return self._label_alone(conversation_id, inputs, key, resume)
+        try:  # label_s includes the wait for a slot
+            save = functools.partial(self._save_checkpoint, conversation_id, key)
+            return self.slot_loop.label(SlotJob(conversation_id, inputs, resume, save))
+        except SystemExit:
+            # preempted, every conversation checkpointed: the main thread leaves as SIGTERM
+            # would have without the guard (other threads can only raise)
+            if self._guard.requested and threading.current_thread() is threading.main_thread():
+                self._guard.exit_now()
+            raise
         finally:
             timings["label_s"] = time.perf_counter() - t0
-
-    def _label_alone(
-        self,
-        conversation_id: str,
-        inputs: list[Utterance],
-        key: CheckpointKey,
-        resume: ConversationState | None,
-    ) -> list[LabeledUtterance]:
-        labeler = self.labeler
-        assert labeler is not None
-        every, total = self.settings.checkpoint_every, len(inputs)
-        step_start = time.perf_counter()
-
-        def after_utterance(rows: list, slots: dict[str, int], history: list[int]) -> None:
-            nonlocal step_start
-            self.record(STEP_S, time.perf_counter() - step_start)  # not its checkpoint's time
-            done = len(rows)
-            if self._guard.requested or (every and done % every == 0 and done < total):
-                state = labeler.export_state(rows, slots, history)
-                self._save_checkpoint(conversation_id, key, state)
-            if self._guard.requested:
-                log.warning(
-                    "SIGTERM: conversation %r stops after utterance %d", conversation_id, done
-                )
-                self._guard.exit_now()
-            step_start = time.perf_counter()
-
-        self._guard.busy = True
-        self.record(SLOTS_OCCUPIED, 1)
-        try:
-            return labeler.label_conversation(inputs, resume, after_utterance)
-        finally:
-            self._guard.busy = False
-            self.record(SLOTS_OCCUPIED, 0)
 
     def _load_checkpoint(
         self, conversation_id: str, key: CheckpointKey
     ) -> ConversationState | None:
         try:
-            state = self.checkpoints.load(conversation_id, key)
+            state = self.checkpoints.load(conversation_id, key, ConversationState.from_tensors)
         except StorageError as exc:  # a checkpoint only saves time: label from the start
             log.warning(
                 "checkpoints of %r unreadable, labeling from the start: %s", conversation_id, exc
@@ -346,7 +308,8 @@ class ConversationWorker:
         self, conversation_id: str, key: CheckpointKey, state: ConversationState
     ) -> None:
         try:
-            self.checkpoints.save(conversation_id, key, state)
+            tensors, header = state.to_tensors()
+            self.checkpoints.save(conversation_id, key, state.position, tensors, header)
             self.record(CHECKPOINT, 1)
         except StorageError as exc:
             log.warning("checkpoint of %r not written: %s", conversation_id, exc)

@@ -1,6 +1,7 @@
 from dpm_worker.audio.decode import (
     SAMPLE_RATE,
     AudioInfo,
+    clip_duration,
     cut_segment,
     encode_audio,
     probe_audio,
@@ -15,6 +16,7 @@ __all__ = [
     "AudioInfo",
     "SAMPLE_RATE",
     "SegmentsConfig",
+    "clip_duration",
     "conversation_segments",
     "cut_segment",
     "detect_speech",

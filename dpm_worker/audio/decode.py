@@ -87,6 +87,15 @@ def probe_audio(uri: str, *, endpoint_url: str | None = None) -> AudioInfo:
         )
 
 
+def clip_duration(uri: str, *, endpoint_url: str | None = None) -> float:
+    """A recording's duration in seconds, from its header only (``probe_audio``).
+
+    Raises:
+        AudioError: the file is missing, empty, corrupt or in an unsupported format.
+    """
+    return probe_audio(uri, endpoint_url=endpoint_url).duration_s
+
+
 def read_recording(uri: str, *, endpoint_url: str | None = None) -> Recording:
     """Decode a whole recording, all channels, resampled to 16 kHz.
 

@@ -59,14 +59,12 @@ from dpm_worker.audio.decode import (
     read_segment,
 )
 from dpm_worker.audio.vad import detect_speech, split_at_quietest
+from dpm_worker.corpus.schema import UNKNOWN_SPEAKER
 from dpm_worker.errors import AudioError, BadInputError, ConfigError, DiarizationError, SegmentError
 from dpm_worker.utterance import Utterance
 
 if TYPE_CHECKING:
-    from dpm_worker.corpus import SpeakerTurn, UtteranceRow
-
-# As dpm_worker.corpus.UNKNOWN_SPEAKER (not imported: corpus imports audio).
-UNKNOWN_SPEAKER = "unknown"
+    from dpm_worker.corpus.schema import SpeakerTurn, UtteranceRow
 
 
 @dataclass(frozen=True)

@@ -36,17 +36,19 @@ from dpm_worker.corpus.manifest_files import (
 )
 from dpm_worker.corpus.meld import read_meld
 from dpm_worker.corpus.moods import next_mood
-from dpm_worker.corpus.randomized import RANDOMIZED_SCHEMA, RandomizeConfig
+from dpm_worker.corpus.randomized import RANDOMIZED_SCHEMA
 from dpm_worker.corpus.ravdess import ORDERS, conversation_order, parse_actors, read_ravdess
 from dpm_worker.corpus.recordings import AUDIO_EXTENSIONS, is_audio_name, recordings_manifest
-from dpm_worker.corpus.rttm import SpeakerTurn, parse_rttm, read_rttm
+from dpm_worker.corpus.rttm import parse_rttm, read_rttm
 from dpm_worker.corpus.schema import (
     DEFAULT_LABELS,
     MANIFEST_SCHEMA,
     UNKNOWN_SPEAKER,
+    SpeakerTurn,
     UtteranceRow,
 )
-from dpm_worker.corpus.synth import SynthConfig, generate_corpus
+from dpm_worker.corpus.synth import generate_corpus
+from dpm_worker.corpus.synth_config import RandomizeConfig, SynthConfig
 from dpm_worker.corpus.synth_voices import (
     EMOTION_SHIFTS,
     pitch_parameter,

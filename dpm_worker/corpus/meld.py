@@ -1,7 +1,8 @@
 """The MELD reader: ``MELD.Raw`` CSVs and media folders to canonical manifests (CORPORA.md).
 
 Every MELD clip *is* one utterance, so ``start_s = 0.0`` and ``end_s`` is the clip's duration
-from its audio header (a null start/end would mean "segment me by VAD" in the manifest
+from its audio header, read by the caller's ``probe`` (probing audio is ``dpm_worker.audio``'s
+job, e.g. ``clip_duration``; the corpus readers do not import it). A null start/end would mean "segment me by VAD" in the manifest
 contract, which is wrong for MELD). The MP4 media cannot be decoded by libsndfile: audio the
 user extracted beside them (same stem, ``.wav`` or ``.flac``) is used. Clips that have only the
 MP4 fail the whole read with ONE error that counts and lists them and gives the ffmpeg command;
@@ -13,14 +14,13 @@ from __future__ import annotations
 import csv
 import io
 import posixpath
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from types import MappingProxyType
 from typing import Any
 
 import pyarrow as pa
 
-from dpm_worker.audio import probe_audio
 from dpm_worker.corpus.layouts import (
     MELD_7CLASS,
     DropSummary,
@@ -54,10 +54,10 @@ _MELD_EXTRAS = pa.schema(
 )
 
 
-def _clip_duration(audio_uri: str, endpoint_url: str | None) -> float | str:
+def _clip_duration(probe: Callable[[str], float], audio_uri: str) -> float | str:
     """The clip's duration in seconds from its header, or why it cannot be read."""
     try:
-        return probe_audio(audio_uri, endpoint_url=endpoint_url).duration_s
+        return probe(audio_uri)
     except AudioError as exc:
         return exc.reason
 
@@ -94,6 +94,7 @@ def read_meld(
     root: str,
     split: str = "train",
     *,
+    probe: Callable[[str], float],
     mapping: Mapping[str, str] = MELD_7CLASS,
     audio_dir: str | None = None,
     endpoint_url: str | None = None,
@@ -103,6 +104,9 @@ def read_meld(
     Args:
         root: the folder holding ``<split>_sent_emo.csv`` and the media folders.
         split: "train", "dev" or "test".
+        probe: a clip's duration in seconds from its header, raising ``AudioError`` when it
+            cannot be read (``functools.partial(dpm_worker.audio.clip_duration,
+            endpoint_url=...)``).
         mapping: corpus emotion -> model label; emotions not in it are dropped and counted.
         audio_dir: where the extracted ``dia{D}_utt{U}.wav``/``.flac`` files are; default the
             split's media folder (beside the MP4s).
@@ -166,7 +170,7 @@ def read_meld(
     index_in: dict[str, int] = {}
     # Header reads are latency-bound on S3 (one small range GET each): overlap them.
     with ThreadPoolExecutor(max_workers=_PROBE_THREADS) as pool:
-        durations = list(pool.map(lambda k: _clip_duration(k[2], endpoint_url), kept))
+        durations = list(pool.map(lambda k: _clip_duration(probe, k[2]), kept))
     for (row, label, audio_uri), duration in zip(kept, durations, strict=True):
         if isinstance(duration, str):
             unreadable.append(f"{posixpath.basename(audio_uri)} ({duration})")

@@ -8,8 +8,8 @@ import numpy as np
 
 from dpm_worker.corpus.schema import DEFAULT_LABELS
 
-if TYPE_CHECKING:  # type-only: synth imports this module
-    from dpm_worker.corpus.synth import SynthConfig
+if TYPE_CHECKING:
+    from dpm_worker.corpus.synth_config import SynthConfig
 
 
 def next_mood(rng: np.random.Generator, mood: str, partner_mood: str, config: SynthConfig) -> str:

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from dpm_worker.corpus.channel import ChannelConfig, Line, apply_line, draw_line
+from dpm_worker.corpus.channel import Line, apply_line, draw_line
 from dpm_worker.corpus.cues import (
-    CUE_MIXES,
     CueProfile,
     draw_cue_profile,
     insert_pauses,
@@ -34,7 +33,6 @@ from dpm_worker.corpus.cues import (
     tilt,
 )
 from dpm_worker.corpus.engines import (
-    ENGINES,
     EngineVoice,
     SynthRequest,
     select_voices,
@@ -42,12 +40,10 @@ from dpm_worker.corpus.engines import (
 )
 from dpm_worker.corpus.moods import next_mood
 from dpm_worker.corpus.schema import DEFAULT_LABELS, MANIFEST_SCHEMA
+from dpm_worker.corpus.synth_config import RandomizeConfig, SynthConfig
 from dpm_worker.corpus.synth_text import compose_sentence
 from dpm_worker.corpus.synth_voices import LANGUAGES
 from dpm_worker.errors import ConfigError
-
-if TYPE_CHECKING:  # type-only: synth imports this module
-    from dpm_worker.corpus.synth import SynthConfig
 
 RANDOMIZED_SCHEMA = pa.schema(
     list(MANIFEST_SCHEMA)
@@ -69,43 +65,6 @@ RANDOMIZED_SCHEMA = pa.schema(
     ]
 )
 _ROUNDS = 3  # synthesis rounds that re-compose sentences whose audio missed the duration range
-
-
-@dataclass(frozen=True)
-class RandomizeConfig:
-    """What the randomized generator may draw from (the rest is SynthConfig's).
-
-    Args:
-        engines: engines to draw voices from (``espeak``, ``flite``, ``festival``).
-        voice_families: fnmatch patterns of allowed voice families (``espeak:f*``,
-            ``festival:kal``); empty: every family of ``engines``.
-        cue_mixes: cue mixes to draw from (keys of ``cues.CUE_MIXES``).
-        cue_keep_prob: probability that a cue is present in the ``random`` mix.
-        gain_spread_db: half-width of the per-speaker recording gain (dB), on top of the
-            speakers' baseline loudness spread.
-        level_jitter_db: standard deviation of the per-utterance loudness variation (dB).
-        channel: how recording channels vary.
-    """
-
-    engines: tuple[str, ...] = ENGINES
-    voice_families: tuple[str, ...] = ()
-    cue_mixes: tuple[str, ...] = ("random",)
-    cue_keep_prob: float = 0.75
-    gain_spread_db: float = 6.0
-    level_jitter_db: float = 2.0
-    channel: ChannelConfig = field(default_factory=ChannelConfig)
-
-    def __post_init__(self) -> None:
-        select_voices(self.engines, self.voice_families)  # raises when nothing is left
-        bad = [m for m in self.cue_mixes if m not in CUE_MIXES]
-        if not self.cue_mixes or bad:
-            raise ConfigError(f"cue_mixes must be from {sorted(CUE_MIXES)}, got {self.cue_mixes!r}")
-        if not 0.0 <= self.cue_keep_prob <= 1.0:
-            raise ConfigError(f"cue_keep_prob must be in [0, 1], got {self.cue_keep_prob!r}")
-        for name in ("gain_spread_db", "level_jitter_db"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and 0.0 <= value <= 20.0):
-                raise ConfigError(f"{name} must be in [0, 20], got {value!r}")
 
 
 @dataclass(frozen=True)

@@ -15,22 +15,12 @@ from __future__ import annotations
 
 import math
 import posixpath
-from dataclasses import dataclass
 
+from dpm_worker.corpus.schema import SpeakerTurn
 from dpm_worker.errors import DiarizationError, StorageError
 from dpm_worker.storage import get_filesystem, redact
 
 _MIN_FIELDS = 8  # up to the speaker name; the two trailing <NA> are often omitted
-
-
-@dataclass(frozen=True)
-class SpeakerTurn:
-    """One diarized turn: ``speaker`` talks from ``start_s`` to ``end_s`` (seconds)."""
-
-    file_id: str
-    speaker: str
-    start_s: float
-    end_s: float
 
 
 def parse_rttm(text: str, uri: str | None = None) -> list[SpeakerTurn]:

@@ -55,3 +55,13 @@ UNKNOWN_SPEAKER = "unknown"
 
 # The default model's emotion classes: IEMOCAP's 4-class protocol (CORPORA.md).
 DEFAULT_LABELS: tuple[str, ...] = ("neutral", "happy", "sad", "angry")
+
+
+@dataclass(frozen=True)
+class SpeakerTurn:
+    """One diarized turn: ``speaker`` talks from ``start_s`` to ``end_s`` (seconds)."""
+
+    file_id: str
+    speaker: str
+    start_s: float
+    end_s: float

@@ -1,4 +1,9 @@
-from dpm_worker.memory.batched import BatchedLoraLinear, BatchedLoraMemory, lora_delta
+from dpm_worker.memory.batched import (
+    MEMORY_DTYPE,
+    BatchedLoraLinear,
+    BatchedLoraMemory,
+    lora_delta,
+)
 from dpm_worker.memory.cache import HistoryCache
 from dpm_worker.memory.config import (
     HISTORY_CACHES,
@@ -10,9 +15,6 @@ from dpm_worker.memory.config import (
     LabelingConfig,
     MemoryConfig,
 )
-from dpm_worker.memory.engine import BatchedLabeler
-from dpm_worker.memory.labeling import ConversationLabeler, PreparedUtterance
-from dpm_worker.memory.lora import MEMORY_DTYPE, TemporaryLoraMemory
 from dpm_worker.memory.resume import ConversationState, capture_state, restore_state
 from dpm_worker.memory.slots import SlotLabeler, label_batched
 from dpm_worker.memory.step import (
@@ -30,7 +32,6 @@ __all__ = [
     "HISTORY_CACHES",
     "HistoryCache",
     "AudioWrite",
-    "BatchedLabeler",
     "BatchedLoraLinear",
     "BatchedLoraMemory",
     "Padded",
@@ -42,7 +43,6 @@ __all__ = [
     "label_batched",
     "lora_delta",
     "strategy_for",
-    "ConversationLabeler",
     "LONG_UTTERANCES",
     "ConversationState",
     "LabelingConfig",
@@ -51,8 +51,6 @@ __all__ = [
     "MemoryConfig",
     "OPTIMIZERS",
     "PRIOR_INPUTS",
-    "PreparedUtterance",
-    "TemporaryLoraMemory",
     "WRITE_TARGETS",
     "capture_state",
     "restore_state",

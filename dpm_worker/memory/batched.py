@@ -1,9 +1,9 @@
 """Many temporary LoRAs in one backbone: stacked adapters, each row of a batch naming its slot.
 
-The single-conversation memory (:class:`dpm_worker.memory.lora.TemporaryLoraMemory`) is peft's
-LoRA layer and stays the reference this module is tested against. peft's mixed-adapter batches
-(``adapter_names=``) are inference-only and loop over adapters, so a small layer of our own is
-used here: per target linear layer, ``A [S, r, in]`` and ``B [S, out, r]`` for S slots, and a
+The temporary LoRA of DESIGN section 5, for every conversation slot of the labeling engine at
+once (its tests hold it to a reference built from peft's own LoRA layers, ``tests/oracle``).
+peft's mixed-adapter batches (``adapter_names=``) are inference-only and loop over adapters, so
+a small layer of our own is used: per target linear layer, ``A [S, r, in]`` and ``B [S, out, r]`` for S slots, and a
 batch's rows ``x [N, T, in]`` each use the adapter of their slot ``rows[n]``::
 
     y[n] = base(x[n]) + scaling * x[n] @ A[rows[n]]^T @ B[rows[n]]^T
@@ -19,8 +19,15 @@ moments per slot and a step count per slot (bias correction and warm-up follow e
 age, because conversations start at different times); there is no global gradient-norm
 clipping, which would couple slots. Only the slots of a write's rows are updated.
 
-Precision as in the reference: adapters, gradients and optimizer state are float32; the LoRA
-term is computed in float32, added to the base output and cast back to the base dtype.
+Why ``B = 0`` at reset: a LoRA adds ``B @ A @ x``, so with ``B = 0`` the adapted model computes
+exactly the backbone's outputs; a fresh conversation starts from the backbone, bit for bit.
+
+Precision: adapters, gradients and optimizer state are float32 whatever the backbone's dtype
+(``MEMORY_DTYPE``). Under a bf16 backbone a bf16 memory has 8 bits of mantissa, so an update
+smaller than about 1/256 of a weight rounds away and a write at the paper's lr 5e-5 silently does
+nothing. The LoRA term is computed in float32, added to the base output and cast back to the
+base dtype: the frozen backbone's arithmetic stays untouched (bit for bit when the memory is off
+or reset), as peft's ``PeftModel`` does with ``autocast_adapter_dtype``.
 """
 
 from __future__ import annotations
@@ -34,9 +41,10 @@ from torch import nn
 
 from dpm_worker.errors import ConfigError
 from dpm_worker.memory.config import MemoryConfig
-from dpm_worker.memory.lora import MEMORY_DTYPE
 
 ADAM_EPS = 1e-8  # torch.optim.AdamW's default, which the reference uses
+# The temporary adapters' dtype (module docstring: "Precision").
+MEMORY_DTYPE = torch.float32
 
 
 def lora_delta(
@@ -121,6 +129,11 @@ class BatchedLoraMemory:
 
         if n_slots < 1:
             raise ConfigError(f"a batched memory needs n_slots >= 1, got {n_slots}")
+        if any(isinstance(m, BatchedLoraLinear) for m in lm.modules()):
+            raise ConfigError(
+                "the backbone carries another engine's memory already: close() that engine "
+                "first, or give this one its own copy of the model"
+            )
         self.lm, self.config, self.n_slots = lm, config, n_slots
         lora = LoraConfig(
             r=config.rank,
@@ -222,12 +235,11 @@ class BatchedLoraMemory:
         return [t[slot].detach().clone() for t in self.params]
 
     def export_slot(self, slot: int) -> dict[str, torch.Tensor]:
-        """Slot ``slot``'s state as the reference memory keeps one slot's (checkpoints).
+        """Slot ``slot``'s state as named tensors (checkpoints, ``ConversationState``).
 
-        Keys are those of :meth:`TemporaryLoraMemory.state_dict` after its ``slot.<k>.``
-        prefix: ``param.<i>``, ``opt.<i>.<name>`` (AdamW's ``step``, ``exp_avg``,
-        ``exp_avg_sq``) and ``steps``; detached CPU copies. So a conversation checkpointed
-        in a batch resumes alone and the other way round.
+        Keys: ``param.<i>`` (A and B of every layer in turn), ``opt.<i>.<name>`` (AdamW's
+        ``step``, ``exp_avg``, ``exp_avg_sq``) and ``steps``; detached CPU copies (the keys the
+        reference memory in ``tests/oracle`` uses per slot, so each can resume the other's).
         """
         self._check(slot)
         out = {"steps": torch.tensor(self.steps[slot], dtype=torch.int64)}

@@ -51,7 +51,7 @@ class MemoryConfig:
             emotion encoding", issue 4's studies) reads the emotion first, from the memory of
             the earlier turns, then writes the audio loss plus a confidence-weighted
             cross-entropy toward that prediction at ``<audio_end>``. ``prior`` (a speaker's
-            emotional state kept in parameters, see :meth:`TemporaryLoraMemory.write_prior`):
+            emotional state kept in parameters, see :class:`dpm_worker.memory.step.PriorWrite`):
             the adapter learns, at the utterance's speaker token, the emotions the backbone
             read in that speaker's turns; the read multiplies the backbone's own read of the
             utterance by that prior.
@@ -179,7 +179,6 @@ class LabelingConfig:
             conversation's keys and values of its history and computes only the new tokens,
             where the read runs with the memory off (about 2x faster; a sliding window of
             states, not tokens: dpm_worker/memory/cache.py gives the measured difference).
-            The batched engine honours it; ``ConversationLabeler`` always recomputes.
     """
 
     mode: str = "dpm"

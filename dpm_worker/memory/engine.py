@@ -1,22 +1,22 @@
-"""Label many conversations at once: K slots, one utterance of each per batched DPM step.
+"""The labeling engine: K conversation slots, one utterance of each per batched DPM step.
 
-Continuous batching: up to ``slots`` conversations are active; every step takes the next
-utterance of each (ordering within a conversation stays strict), runs one batched
-:func:`~dpm_worker.memory.step.dpm_step`, and a conversation that has no utterance left is
-handed back at once and the next waiting conversation takes its slot (its memory slots reset),
-so a long conversation never holds the others back. Each conversation's rows are those it gets
-alone with :class:`~dpm_worker.memory.labeling.ConversationLabeler` (tested to 1e-5): its
-memory lives only in its own slots and every batch row computes only from its own tokens.
+:class:`SlotEngine` holds what every conversation slot shares (the backbone with the batched
+memory's layers, the step strategy of the mode and write target, the history cache) and walks
+one conversation's utterances: :meth:`SlotEngine.next_row` builds the step row of its next
+utterance (history window + tokens, the memory slot of its speaker, the write's targets),
+:meth:`SlotEngine.remember` takes the utterance into its history. Its driver is
+:class:`~dpm_worker.memory.slots.SlotLabeler` (conversations admitted and released one at a
+time, continuous batching); the memory-loop trainer walks one conversation with these same
+methods and the same step. A conversation's rows do not depend on what else is in the batch:
+its memory lives only in its own slots and every batch row computes only from its own tokens
+(tested against the one-conversation reference in ``tests/oracle`` to 1e-5).
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
-
-import numpy as np
 
 if TYPE_CHECKING:
     from dpm_worker.model import EmotionModel
@@ -24,35 +24,32 @@ if TYPE_CHECKING:
 from dpm_worker.errors import ConfigError, LabelError
 from dpm_worker.memory.batched import BatchedLoraMemory
 from dpm_worker.memory.cache import HistoryCache
-from dpm_worker.memory.config import HISTORY_CACHES, LabelingConfig
-from dpm_worker.memory.step import PriorWrite, StepRow, dpm_step, strategy_for
+from dpm_worker.memory.config import LabelingConfig
+from dpm_worker.memory.step import PriorWrite, StepRow, strategy_for
 from dpm_worker.model import IGNORE, fit_context, history_budget, tail
-from dpm_worker.utterance import LabeledUtterance, Utterance
+from dpm_worker.utterance import Utterance
 
 
 @dataclass
 class ActiveConversation:
-    """A conversation in a slot: its utterances, where it is, its history and its rows
-    (:meth:`BatchedLabeler.begin` makes one; ``next_row`` and ``remember`` walk it)."""
+    """A conversation in a slot: its utterances (or their chunks), where it is, its history
+    (:meth:`SlotEngine.begin` makes one; ``next_row`` and ``remember`` walk it)."""
 
-    index: int
     utterances: Sequence[Utterance]
     position: int = 0
     speakers: dict[str, int] = field(default_factory=dict)
     history: list[int] = field(default_factory=list)
     pending: list[int] = field(default_factory=list)  # history tokens not yet in the cache
-    predictions: list[LabeledUtterance] = field(default_factory=list)
 
 
-class BatchedLabeler:
-    """Labels conversations ``slots`` at a time with one backbone in one mode.
+class SlotEngine:
+    """The batched DPM step of up to ``slots`` conversations with one backbone in one mode.
 
     Args:
         model: the emotion SLLM; in ``dpm`` mode its causal LM gets the batched memory's
             layers wrapped in once, here (the model must not carry the peft memory as well).
-        config: the labeling configuration (as for ``ConversationLabeler``).
+        config: the labeling configuration (its ``history_cache`` included).
         slots: K, the most conversations labeled at once.
-        history_cache: ``recompute`` or ``reuse`` (default: ``config.history_cache``).
         memory_class: the batched memory to build in ``dpm`` mode (the memory-loop trainer's
             order 2 passes one whose writes keep the graph).
     """
@@ -62,16 +59,10 @@ class BatchedLabeler:
         model: EmotionModel,
         config: LabelingConfig,
         slots: int,
-        history_cache: str | None = None,
         memory_class: type[BatchedLoraMemory] = BatchedLoraMemory,
     ) -> None:
-        history_cache = history_cache or config.history_cache
         if slots < 1:
             raise ConfigError(f"slots must be >= 1, got {slots}")
-        if history_cache not in HISTORY_CACHES:
-            raise ConfigError(
-                f"history_cache must be one of {HISTORY_CACHES}, got {history_cache!r}"
-            )
         self.model, self.config, self.slots = model, config, slots
         self.vocab = model.vocab
         self.history_labels = config.history_labels or getattr(model, "history_labels", "none")
@@ -98,51 +89,23 @@ class BatchedLabeler:
             and config.memory.write_target == "prior"
             and config.memory.prior_input == "speaker"
         )
-        if history_cache == "reuse" and memory_off_read:
+        if config.history_cache == "reuse" and memory_off_read:
             self.step.cache = HistoryCache(model.model, self.keep)
-        self.steps_run = 0  # batched steps so far (benchmarks: time per step)
 
     def close(self) -> None:
         """Put the backbone's layers back (only needed to reuse the model otherwise)."""
         if self.memory is not None:
             self.memory.close()
 
-    def label_conversations(
-        self, conversations: Iterable[Sequence[Utterance]]
-    ) -> Iterator[tuple[int, list[LabeledUtterance]]]:
-        """Label conversations (each in dialogue order), yielding ``(input index, rows)`` as
-        each one ends; the order of the yields is the order in which conversations finish."""
-        waiting = iter(enumerate(conversations))
-        active: dict[int, ActiveConversation] = {}
-        exhausted = False
-        while True:
-            while not exhausted and len(active) < self.slots:
-                nxt = next(waiting, None)
-                if nxt is None:
-                    exhausted = True
-                    break
-                slot = min(set(range(self.slots)) - set(active))
-                active[slot] = self.begin(slot, *nxt)
-            done = [s for s, conv in active.items() if conv.position >= len(conv.utterances)]
-            for slot in done:
-                conv = active.pop(slot)
-                self.finish(slot)
-                yield conv.index, conv.predictions
-            if done:
-                continue  # refill the freed slots before the next step
-            if not active:
-                return
-            self._advance(active)
+    # -- one conversation's steps (its driver: SlotLabeler; the memory-loop trainer) ----------
 
-    # -- one conversation's steps (also driven from outside: SlotLabeler, the memory loop) -------
-
-    def begin(self, slot: int, index: int, utterances: Sequence[Utterance]) -> ActiveConversation:
-        """Conversation ``index`` (``utterances``) starts in slot ``slot``."""
+    def begin(self, slot: int, utterances: Sequence[Utterance]) -> ActiveConversation:
+        """A conversation (``utterances``, in dialogue order) starts in slot ``slot``."""
         if self.step.cache is not None:
             self.step.cache.drop(slot)
         # A memory slot is reset when its speaker first speaks (next_row): most conversations use
         # two of the vocabulary's speaker slots, and a reset rewrites every adapted layer.
-        return ActiveConversation(index, utterances)
+        return ActiveConversation(utterances)
 
     def finish(self, slot: int) -> None:
         """Slot ``slot``'s conversation ended: drop what is kept for it."""
@@ -152,36 +115,8 @@ class BatchedLabeler:
             for speaker in range(self.vocab.n_speakers):
                 self.step.forget((slot, speaker))
 
-    def _advance(self, active: dict[int, ActiveConversation]) -> None:
-        """One batched step: the next utterance of every active conversation."""
-        start = time.perf_counter()
-        self.steps_run += 1
-        rows, tokens = [], []
-        for slot, conv in active.items():
-            row, toks = self.next_row(slot, conv)
-            rows.append(row)
-            tokens.append(toks)
-        probs = dpm_step(self.step, rows).float().cpu().numpy()
-        ms = (time.perf_counter() - start) * 1000.0 / len(rows)
-        for (_, conv), row, toks, p in zip(active.items(), rows, tokens, probs, strict=True):
-            utt = conv.utterances[conv.position]
-            best = int(np.argmax(p))
-            label = self.vocab.labels[best]
-            self.remember(conv, toks, label)
-            conv.predictions.append(
-                LabeledUtterance(
-                    utterance=utt,
-                    emotion=label,
-                    confidence=float(p[best]),
-                    probs=p.astype(np.float32),
-                    ms=ms,
-                    context_tokens=len(row.ids),
-                )
-            )
-            conv.position += 1
-
     def next_row(self, slot: int, conv: ActiveConversation) -> tuple[StepRow, list[int]]:
-        """The step row of ``conv``'s next utterance (``ConversationLabeler.prepare``'s input)."""
+        """The step row of ``conv``'s next utterance and the utterance's own tokens."""
         utt = conv.utterances[conv.position]
         speaker = conv.speakers.get(utt.speaker, len(conv.speakers))
         memory_speaker = speaker if self.config.memory.scope == "speaker" else 0
@@ -226,7 +161,9 @@ class BatchedLabeler:
         return out
 
     def remember(self, conv: ActiveConversation, tokens: list[int], label: str) -> None:
-        """``ConversationLabeler.remember``; the step's read already cached ``tokens``."""
+        """Append an utterance's tokens (and its predicted label, if the history has them) to
+        the history; the step's read already cached them. History beyond what the mode reads
+        is dropped, so the memory per utterance stays constant."""
         history, keep = conv.history, self.keep
         history.extend(tokens)
         conv.pending = []

@@ -1,22 +1,24 @@
-"""Conversations that come and go one at a time, labeled together: the batched engine stepped
-from outside, with long utterances, ``prior-ema`` and checkpoints as the reference does them.
+"""The labeling engine's driver: conversations admitted and released one at a time, every
+utterance step batched across them.
 
-:class:`~dpm_worker.memory.engine.BatchedLabeler` takes a list of conversations and hands back
-their rows. A worker that receives conversations one by one (a Ray actor whose calls arrive
-while others run) needs the same engine driven step by step: :meth:`SlotLabeler.admit` puts a
-conversation into a free slot (optionally resuming it from a :class:`ConversationState`),
-:meth:`SlotLabeler.advance` advances every admitted conversation by one model read in one
-batched DPM step, :meth:`SlotLabeler.release` takes a finished one out so the next can take its
-slot at once. Each conversation's rows equal those it gets alone with
-:class:`~dpm_worker.memory.labeling.ConversationLabeler` (tested to 1e-5):
+A worker that receives conversations one by one (a Ray actor whose calls arrive while others
+run) puts a conversation into a free slot with :meth:`SlotLabeler.admit` (optionally resuming
+it from a :class:`ConversationState`), advances every admitted conversation by one model read
+in one batched DPM step with :meth:`SlotLabeler.advance`, and takes a finished one out with
+:meth:`SlotLabeler.release` so the next can take its slot at once; :meth:`export_state` gives a
+conversation's state between utterances. :func:`label_batched` drives it for "these
+conversations, all their rows" (evaluation, benchmarks). Each conversation's rows are those it
+gets alone, whatever shares the batch (tested against the reference in ``tests/oracle``):
 
-- an utterance longer than the context is read in the same chunks (``long_utterances``), one
-  chunk per step, each chunk entering the history with its own read, the utterance's
-  distribution their length-weighted mean;
+- an utterance longer than the context is read in chunks (``long_utterances``), one chunk per
+  step, each chunk entering the history with its own read, the utterance's distribution their
+  length-weighted mean (:mod:`dpm_worker.memory.rows`);
 - ``prior-ema``'s running averages are kept per conversation and speaker;
-- :meth:`SlotLabeler.export_state` gives a conversation's state in the reference's format (its
-  memory slots as ``TemporaryLoraMemory.state_dict`` keys them), so a checkpoint written in a
-  batch resumes alone and the other way round. A state is only taken between utterances.
+- a state holds the conversation's memory slots (``BatchedLoraMemory.export_slot``'s fields
+  under ``slot.<k>.``), so a checkpoint taken in one batch resumes in any other.
+
+DEBUG: one line per utterance labeled (``dpm bench faults`` counts them to measure the work a
+killed actor loses: the lines of a process that was killed survive in its log).
 """
 
 from __future__ import annotations
@@ -35,11 +37,11 @@ if TYPE_CHECKING:
     from dpm_worker.model import EmotionModel
 
 from dpm_worker.errors import BadInputError, ConfigError
+from dpm_worker.memory.batched import BatchedLoraMemory
 from dpm_worker.memory.config import LabelingConfig
-from dpm_worker.memory.engine import ActiveConversation, BatchedLabeler
-from dpm_worker.memory.labeling import ema_read, labeled_row, utterance_parts
-from dpm_worker.memory.labeling import log as labeling_log
-from dpm_worker.memory.resume import RNG_KEY, ConversationState, capture_state, restore_state
+from dpm_worker.memory.engine import ActiveConversation, SlotEngine
+from dpm_worker.memory.resume import ConversationState, capture_state, restore_state
+from dpm_worker.memory.rows import ema_read, labeled_row, utterance_parts
 from dpm_worker.memory.step import dpm_step
 from dpm_worker.utterance import LabeledUtterance, Utterance
 
@@ -68,16 +70,15 @@ class _Conversation:
         return self.total is None
 
 
-class SlotLabeler(BatchedLabeler):
+class SlotLabeler(SlotEngine):
     """Up to ``slots`` conversations labeled together, admitted and released one at a time.
 
     Args:
-        model: the emotion SLLM (its backbone gets the batched memory's layers, as in
-            ``BatchedLabeler``).
-        config: the labeling configuration.
-        slots: the most conversations held at once.
-        history_cache: ``recompute`` (the reference) or ``reuse`` (default:
-            ``config.history_cache``).
+        model: the emotion SLLM (its backbone gets the batched memory's layers, see
+            ``SlotEngine``).
+        config: the labeling configuration (``history_cache`` included).
+        slots: the most conversations held at once (1: one at a time, the same rows).
+        memory_class: the batched memory in ``dpm`` mode (see ``SlotEngine``).
     """
 
     def __init__(
@@ -85,9 +86,9 @@ class SlotLabeler(BatchedLabeler):
         model: EmotionModel,
         config: LabelingConfig,
         slots: int,
-        history_cache: str | None = None,
+        memory_class: type[BatchedLoraMemory] = BatchedLoraMemory,
     ) -> None:
-        super().__init__(model, config, slots, history_cache)
+        super().__init__(model, config, slots, memory_class)
         self._slots: dict[int, _Conversation] = {}
         self._where: dict[Hashable, int] = {}
 
@@ -133,7 +134,7 @@ class SlotLabeler(BatchedLabeler):
             whole = len(pieces) == 1
             parts.extend(utt if whole else dataclasses.replace(utt, audio_ids=p) for p in pieces)
             owner.extend([n] * len(pieces))
-        conv = _Conversation(key, utts, owner, self.begin(slot, 0, parts))
+        conv = _Conversation(key, utts, owner, self.begin(slot, parts))
         if resume is not None:
             try:
                 self._restore(slot, conv, resume)
@@ -177,7 +178,6 @@ class SlotLabeler(BatchedLabeler):
             tokens.append(toks)
         if not rows:
             return [], failed
-        self.steps_run += 1
         probs = dpm_step(self.step, rows).float().cpu().numpy()
         ms = (time.perf_counter() - start) * 1000.0 / len(rows)
         done = []
@@ -188,8 +188,7 @@ class SlotLabeler(BatchedLabeler):
                 p = ema_read(conv.ema, speaker, torch.from_numpy(p), self.config).numpy()
             if self._advance_one(conv, row.ids, toks, p, ms):
                 done.append(conv.key)
-                # The one-conversation labeler's DEBUG line (``dpm bench faults`` counts them).
-                labeling_log.debug(
+                log.debug(
                     "conversation %r: utterance %d of %d labeled",
                     conv.utterances[0].conversation_id,
                     len(conv.rows),
@@ -221,22 +220,22 @@ class SlotLabeler(BatchedLabeler):
             raise ConfigError(f"conversation {key!r} is in the middle of an utterance")
         probs = np.array([r.probs for r in conv.rows], dtype=np.float32)
         probs = probs.reshape(len(conv.rows), len(self.vocab.labels))
-        state = capture_state(
-            None,
+        tensors: dict[str, torch.Tensor] = {}
+        if self.memory is not None:
+            for k in range(self.per_conversation):
+                fields = self.memory.export_slot(slot * self.per_conversation + k)
+                if int(fields["steps"]) == 0:
+                    continue  # never written: equal to its initial value
+                tensors.update({f"slot.{k}.{name}": t for name, t in fields.items()})
+        tensors.update({f"ema.{k}": v.detach().cpu().clone() for k, v in conv.ema.items()})
+        return capture_state(
             probs,
             [r.ms for r in conv.rows],
             [r.context_tokens for r in conv.rows],
             conv.active.speakers,
             conv.active.history,
+            tensors,
         )
-        if self.memory is not None:
-            for k in range(self.per_conversation):
-                fields = self.memory.export_slot(slot * self.per_conversation + k)
-                if int(fields["steps"]) == 0:
-                    continue  # never written: equal to its initial value (as the reference)
-                state.tensors.update({f"slot.{k}.{name}": t for name, t in fields.items()})
-        state.tensors.update({f"ema.{k}": v.detach().cpu().clone() for k, v in conv.ema.items()})
-        return state
 
     # -- internals ------------------------------------------------------------------------------
 
@@ -279,22 +278,16 @@ class SlotLabeler(BatchedLabeler):
 
     def _restore(self, slot: int, conv: _Conversation, state: ConversationState) -> None:
         """Load ``state`` into ``slot`` (memory, RNG, speakers, history, rows, averages)."""
+        # Positions, row shapes and the RNG; the rest is the memory's and the averages'.
+        tensors = restore_state(state, len(conv.utterances), len(self.vocab.labels))
         memory_fields: dict[int, dict[str, torch.Tensor]] = {}
-        for name, tensor in state.tensors.items():
+        for name, tensor in tensors.items():
             head, _, tail = name.partition(".")
             if head == "slot":
                 number, _, field_name = tail.partition(".")
                 if not number.isdigit() or not field_name:
                     raise ConfigError(f"memory state key {name!r} is not slot.<k>.<field>")
                 memory_fields.setdefault(int(number), {})[field_name] = tensor
-        # Positions, row shapes and the RNG, checked and restored as the reference does.
-        rng = {RNG_KEY: state.tensors[RNG_KEY]} if RNG_KEY in state.tensors else {}
-        restore_state(
-            dataclasses.replace(state, tensors=rng),
-            None,
-            len(conv.utterances),
-            len(self.vocab.labels),
-        )
         if memory_fields and self.memory is None:
             raise ConfigError("resume state has memory tensors but the labeler has no memory")
         for k, fields in sorted(memory_fields.items()):
@@ -305,9 +298,7 @@ class SlotLabeler(BatchedLabeler):
                 )
             assert self.memory is not None
             self.memory.import_slot(slot * self.per_conversation + k, fields)
-        conv.ema = {
-            int(name[4:]): t.clone() for name, t in state.tensors.items() if name[:4] == "ema."
-        }
+        conv.ema = {int(name[4:]): t.clone() for name, t in tensors.items() if name[:4] == "ema."}
         active = conv.active
         active.speakers.update(state.speaker_slots)
         active.history.extend(state.history)
@@ -359,18 +350,16 @@ def label_batched(
     config: LabelingConfig,
     conversations: Sequence[Sequence[Utterance]],
     slots: int,
-    history_cache: str | None = None,
 ) -> list[list[LabeledUtterance]]:
     """Every conversation's rows, in input order, labeled ``slots`` conversations at a time.
 
     A :class:`SlotLabeler` under continuous batching (a conversation takes a slot as soon as
-    one frees), so every mode, ``prior-ema`` and long utterances in chunks included, gives the
-    rows :class:`~dpm_worker.memory.ConversationLabeler` gives each conversation alone.
+    one frees); each conversation gets the rows it gets alone, whatever ``slots`` is.
 
     Raises:
         BadInputError: a conversation's utterance cannot be labeled (no audio tokens).
     """
-    labeler = SlotLabeler(model, config, slots, history_cache)
+    labeler = SlotLabeler(model, config, slots)
     out: list[list[LabeledUtterance]] = [[] for _ in conversations]
     pending = list(enumerate(conversations))[::-1]  # popped from the end: input order
     try:

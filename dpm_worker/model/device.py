@@ -1,7 +1,7 @@
 """The device and dtype a backbone runs in.
 
 The backbone may run in bf16 (the default on CUDA, or asked for on any device); the temporary
-LoRA memory stays float32 whatever the backbone's dtype (``dpm_worker.memory.lora``).
+LoRA memory stays float32 whatever the backbone's dtype (``dpm_worker.memory.batched``).
 """
 
 from __future__ import annotations

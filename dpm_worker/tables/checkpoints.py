@@ -5,10 +5,12 @@ Layout under an output URI ``OUT``::
     OUT/_runs/<run_id>/checkpoints/<key>/<position:08d>-<writer>.safetensors
 
 ``<key>`` is the conversation's table key (``conversation_key``), ``position`` the number of
-utterances labeled, ``writer`` a random id. One checkpoint is one object: the tensors (every
-written memory slot's adapter values and optimizer state, the RNG, the rows' probabilities and
-the history tail) in safetensors, and the rest (position, speaker slots, what it is valid for)
-as JSON in the safetensors header. No pickle: loading a checkpoint runs no code.
+utterances labeled, ``writer`` a random id. One checkpoint is one object: a state as the
+labeler hands it out, named tensors (``dpm_worker.memory.ConversationState.to_tensors``: the
+memory's adapters and optimizer state, the RNG, the rows, the history tail) and a JSON header,
+stored as safetensors with the header and what the checkpoint is valid for in its metadata.
+This module knows no memory type: the caller turns the pair back into its state (``parse``).
+No pickle: loading a checkpoint runs no code.
 
 Why it is safe against late writers: every checkpoint has a name of its own and is written in
 one atomic step (one PUT; locally a temporary file and a rename), so none is ever torn or
@@ -26,15 +28,15 @@ import json
 import logging
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any, TypeVar
 
-import numpy as np
 import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 from dpm_worker.errors import StorageError
-from dpm_worker.memory import ConversationState
 from dpm_worker.storage import get_filesystem, join_uri, list_names, redact
 from dpm_worker.tables.schema import validate_run_id
 from dpm_worker.tables.writer import RUNS_DIR, conversation_key, write_bytes_atomic
@@ -44,8 +46,8 @@ log = logging.getLogger(__name__)
 CHECKPOINTS_DIR = "checkpoints"
 CHECKPOINT_FORMAT = "dpm-conversation-checkpoint/1"
 _NAME = re.compile(r"^(\d{8})-([0-9a-f]{12})\.safetensors$")
-# Tensor names of the labeler's own state (the memory's are ``slot.*``, the RNG ``rng.*``).
-_PROBS, _MS, _CONTEXT, _HISTORY = "rows.probs", "rows.ms", "rows.context_tokens", "history"
+Tensors = dict[str, torch.Tensor]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -69,23 +71,16 @@ def checkpoint_name(position: int) -> str:
     return f"{position:08d}-{uuid.uuid4().hex[:12]}.safetensors"
 
 
-def encode_checkpoint(state: ConversationState, key: CheckpointKey) -> bytes:
-    """The bytes of one checkpoint (safetensors, with the JSON state in its header)."""
-    tensors = {name: t.detach().cpu().contiguous() for name, t in state.tensors.items()}
-    tensors[_PROBS] = torch.from_numpy(np.ascontiguousarray(state.probs, dtype=np.float32))
-    tensors[_MS] = torch.tensor(state.ms, dtype=torch.float64)
-    tensors[_CONTEXT] = torch.tensor(state.context_tokens, dtype=torch.int64)
-    tensors[_HISTORY] = torch.tensor(state.history, dtype=torch.int64)
-    meta = {
-        "position": state.position,
-        "speaker_slots": state.speaker_slots,
-        "key": asdict(key),
-    }
+def encode_checkpoint(tensors: Tensors, header: dict[str, Any], key: CheckpointKey) -> bytes:
+    """The bytes of one checkpoint: safetensors, with ``header`` and ``key`` as JSON in its
+    metadata."""
+    tensors = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
+    meta = {**header, "key": asdict(key)}
     return save_tensors(tensors, {"format": CHECKPOINT_FORMAT, "state": json.dumps(meta)})
 
 
-def decode_checkpoint(data: bytes) -> tuple[ConversationState, CheckpointKey]:
-    """Parse :func:`encode_checkpoint`'s bytes.
+def decode_checkpoint(data: bytes) -> tuple[Tensors, dict[str, Any], CheckpointKey]:
+    """Parse :func:`encode_checkpoint`'s bytes: the tensors, the header and the key.
 
     Raises:
         ValueError: the bytes are not a checkpoint of this format.
@@ -100,19 +95,8 @@ def decode_checkpoint(data: bytes) -> tuple[ConversationState, CheckpointKey]:
     if meta.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"not a {CHECKPOINT_FORMAT} file (format {meta.get('format')!r})")
     info = json.loads(meta["state"])
-    probs = tensors.pop(_PROBS).numpy()
-    state = ConversationState(
-        position=int(info["position"]),
-        speaker_slots={str(k): int(v) for k, v in info["speaker_slots"].items()},
-        history=[int(t) for t in tensors.pop(_HISTORY).tolist()],
-        probs=probs,
-        ms=[float(x) for x in tensors.pop(_MS).tolist()],
-        context_tokens=[int(x) for x in tensors.pop(_CONTEXT).tolist()],
-        tensors=tensors,
-    )
-    if state.probs.shape[0] != state.position:
-        raise ValueError(f"position {state.position} but {state.probs.shape[0]} rows")
-    return state, CheckpointKey(**info["key"])
+    key = CheckpointKey(**info.pop("key"))
+    return tensors, info, key
 
 
 class CheckpointStore:
@@ -132,23 +116,49 @@ class CheckpointStore:
         """Where one conversation's checkpoints live."""
         return join_uri(self.root, conversation_key(conversation_id))
 
-    def save(self, conversation_id: str, key: CheckpointKey, state: ConversationState) -> str:
+    def save(
+        self,
+        conversation_id: str,
+        key: CheckpointKey,
+        position: int,
+        tensors: Tensors,
+        header: dict[str, Any],
+    ) -> str:
         """Write a checkpoint (atomic, under a unique name), then drop the older ones.
+
+        Args:
+            conversation_id: the conversation's id.
+            key: what the checkpoint is valid for.
+            position: utterances labeled (newer checkpoints have higher positions).
+            tensors: the state's named tensors.
+            header: the state's JSON-able rest.
 
         Returns:
             The checkpoint's URI.
         """
         folder = self.folder_uri(conversation_id)
-        uri = join_uri(folder, checkpoint_name(state.position))
-        write_bytes_atomic(encode_checkpoint(state, key), uri, self.endpoint_url)
-        for position, name in self._listed(folder):
+        uri = join_uri(folder, checkpoint_name(position))
+        write_bytes_atomic(encode_checkpoint(tensors, header, key), uri, self.endpoint_url)
+        for older, name in self._listed(folder):
             # Only older ones: a slow writer must never delete a newer checkpoint.
-            if position < state.position:
+            if older < position:
                 self._remove(join_uri(folder, name))
         return uri
 
-    def load(self, conversation_id: str, key: CheckpointKey) -> ConversationState | None:
+    def load(
+        self,
+        conversation_id: str,
+        key: CheckpointKey,
+        parse: Callable[[Tensors, dict[str, Any]], T],
+    ) -> T | None:
         """The newest valid checkpoint of a conversation for ``key``, or None.
+
+        Args:
+            conversation_id: the conversation's id.
+            key: what the checkpoint must be valid for.
+            parse: turns a checkpoint's tensors and header into the caller's state; a
+                ``ValueError`` (or ``KeyError``, ``TypeError``) from it makes the checkpoint
+                unreadable.
 
         An unreadable checkpoint is skipped for the next older one; a checkpoint for another
         key (model, labeling config or input) is ignored, with a log line naming what differs.
@@ -158,13 +168,14 @@ class CheckpointStore:
             uri = join_uri(folder, name)
             fs, path = get_filesystem(uri, self.endpoint_url)
             try:
-                state, found = decode_checkpoint(fs.cat_file(path))
+                tensors, header, found = decode_checkpoint(fs.cat_file(path))
+                state = parse(tensors, header) if found == key else None
             except FileNotFoundError:
                 continue  # deleted by a newer writer meanwhile
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 log.warning("checkpoint %s is unreadable, skipped: %s", redact(uri), exc)
                 continue
-            if found != key:
+            if state is None:
                 differs = [f for f in asdict(key) if getattr(found, f) != getattr(key, f)]
                 log.warning(
                     "checkpoint of conversation %r at utterance %d ignored: its %s differs "

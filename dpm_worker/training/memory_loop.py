@@ -2,7 +2,7 @@
 
 Why: a backbone trained only on plain windows reads a temporary-LoRA shift mostly as noise
 (docs/dpm.md): small writes change nothing, larger ones hurt. Here each training conversation
-is labeled by the ``dpm`` labeling engine itself (:class:`BatchedLabeler`'s rows, one
+is labeled by the ``dpm`` labeling engine itself (:class:`SlotLabeler`'s rows, one
 conversation at a time, and its DPM step, :mod:`dpm_worker.memory.step`: per utterance a write
 to the speaker's temporary LoRA and the read at ``<audio_end>``, in the write target's order),
 with the step's ``training`` set: the read keeps its graph and its cross-entropy against the
@@ -31,10 +31,10 @@ import torch.nn.functional as F
 
 from dpm_worker.errors import ConfigError, check_fields
 from dpm_worker.memory import (
-    BatchedLabeler,
     BatchedLoraMemory,
     LabelingConfig,
     MemoryConfig,
+    SlotLabeler,
     StepRow,
     label_batched,
 )
@@ -150,11 +150,10 @@ class MemoryLoopTrainer:
         # A clean copy before the adapters go in: checkpoints are saved from it.
         self._clean_lm = copy.deepcopy(model.model)
         # The labeling engine, one conversation at a time, its step keeping the reads' graph.
-        self.engine = BatchedLabeler(
+        self.engine = SlotLabeler(
             model,
             self.labeling,
             slots=1,
-            history_cache="recompute",
             memory_class=GraphLoraMemory if config.order == 2 else BatchedLoraMemory,
         )
         if self.engine.memory is None:  # pragma: no cover - mode dpm always builds one
@@ -252,7 +251,7 @@ class MemoryLoopTrainer:
         change its adapters, the backbone's optimizer may step)."""
         engine = self.engine
         losses: dict[str, list[float]] = {"read": [], "plain": []}
-        active = engine.begin(0, 0, conv.utterances)
+        active = engine.begin(0, conv.utterances)
         if self.chain is not None:
             self.chain.reset()
         self._set_backbone_trainable(True)

@@ -1,6 +1,6 @@
 """Scoring token streams with a backbone: validation during training and quick measurements.
 
-The product's evaluation is ``dpm eval`` (the labeling loop, :mod:`dpm_worker.memory.labeling`).
+The product's evaluation is ``dpm eval`` (the labeling engine, :mod:`dpm_worker.memory.slots`).
 This module scores already tokenized conversations without it, for two uses:
 
 - :func:`score_stream`: exact ``utterance`` / ``window`` / ``full`` inputs per utterance

@@ -1,7 +1,7 @@
 """What ``dpm bench faults`` sees of a labeling job from outside: per-utterance trace lines in
 the actors' own log files, and the actors themselves through Ray's state API.
 
-The labeler logs one DEBUG line per utterance labeled (``dpm_worker.memory.labeling``). The bench
+The labeler logs one DEBUG line per utterance labeled (``dpm_worker.memory.slots``). The bench
 turns that logger on in every worker of the jobs it drives (:func:`trace_utterances`, run by
 Ray as the job's ``worker_process_setup_hook``). Ray writes each worker's stderr to its own
 file under the session's ``logs/`` folder, named with the worker's pid, line by line, so the
@@ -31,7 +31,7 @@ WORKER_CLASS = "ConversationWorker"
 
 def trace_utterances() -> None:
     """Ray worker setup hook: the labeler's per-utterance DEBUG lines go to stderr."""
-    logger = logging.getLogger("dpm_worker.memory.labeling")
+    logger = logging.getLogger("dpm_worker.memory.slots")
     logger.setLevel(logging.DEBUG)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"{TRACE_MARK} %(process)d %(message)s"))

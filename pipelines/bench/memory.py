@@ -30,7 +30,7 @@ import time
 import numpy as np
 
 from dpm_worker.errors import ConfigError
-from dpm_worker.memory import MODES, ConversationLabeler, LabelingConfig
+from dpm_worker.memory import MODES, LabelingConfig, SlotLabeler
 from dpm_worker.utterance import Utterance
 from pipelines.eval import add_labeling_arguments, load_labeling_config
 
@@ -89,22 +89,28 @@ def measure(model, conversation: list[Utterance], config: LabelingConfig) -> dic
     import psutil
 
     process = psutil.Process()
-    labeler = ConversationLabeler(model, config)
+    labeler = SlotLabeler(model, config, 1)
     rss: list[float] = []
     cpu: list[float] = []
 
-    def feed():
-        # label_conversation asks for utterance i + 1 only once utterance i is done, so the
-        # samples taken here bracket each utterance exactly.
-        for utterance in conversation:
-            start = time.thread_time()
-            yield utterance
-            cpu.append((time.thread_time() - start) * 1000.0)
-            rss.append(process.memory_info().rss / 2**20)
+    def run(key: str, utterances: list[Utterance], sample: bool) -> list:
+        # One conversation, one step at a time: the samples taken when a step completes an
+        # utterance bracket that utterance exactly (its chunks included).
+        labeler.admit(key, utterances)
+        start = time.thread_time()
+        while not labeler.finished(key):
+            done, failed = labeler.advance()
+            if failed:
+                raise failed[key]
+            if done and sample:
+                cpu.append((time.thread_time() - start) * 1000.0)
+                rss.append(process.memory_info().rss / 2**20)
+                start = time.thread_time()
+        return labeler.release(key)
 
     try:
-        labeler.label_conversation(conversation[:4])  # warm-up: allocator, adapter creation
-        preds = labeler.label_conversation(feed())
+        run("warm-up", conversation[:4], False)  # allocator, first adapter writes
+        preds = run("measured", conversation, True)
     finally:
         labeler.close()
     wall = np.array([p.ms for p in preds])

@@ -1,4 +1,4 @@
-"""``dpm bench throughput --slots 1,8``: utterances per second of the batched engine per K.
+"""``dpm bench throughput --slots 1,8``: utterances per second of the labeling engine per K.
 
 In-process, on a fixed synthetic token corpus (random speech codes, ``--conversations`` x
 ``--utterances`` utterances of ``--utterance-tokens`` codes, seed 0: the labeling cost depends
@@ -9,8 +9,8 @@ unless told otherwise. Printed JSON::
      "slots": {"1": {"utterances_per_second": U, "ms_per_step": M, "gflops": G,
                      "fraction_of_peak": R}, ...}, "speedup_vs_baseline": {...}}
 
-``baseline`` is today's engine: one conversation at a time through the peft reference path
-(``ConversationLabeler``) with the history recomputed. ``gflops`` counts the matmul FLOPs of
+``baseline`` is one conversation at a time with the history recomputed (the engine with one
+slot and ``recompute``: what batching and the history cache are measured against). ``gflops`` counts the matmul FLOPs of
 the forward and backward passes (``torch.utils.flop_counter`` over the ops' shapes, in a
 second, untimed run of the same work) per second of the timed run; ``matmul_gflops`` is this
 machine's float32 matmul rate measured in the same process with the same threads.
@@ -19,6 +19,7 @@ machine's float32 matmul rate measured in the same process with the same threads
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from collections.abc import Callable
 
@@ -119,7 +120,7 @@ def run_slots(args: argparse.Namespace, model_uri: str | None = None) -> dict:
     """Every variant timed in interleaved rounds (the machine's load hits all alike), on the
     model folder ``model_uri`` (default: the packaged model) with ``args.device`` and
     ``args.dtype``."""
-    from dpm_worker.memory import BatchedLabeler, ConversationLabeler
+    from dpm_worker.memory import label_batched
     from dpm_worker.model import load_model
 
     try:
@@ -136,33 +137,19 @@ def run_slots(args: argparse.Namespace, model_uri: str | None = None) -> dict:
     corpus = token_corpus(n_conv, args.utterances, args.utterance_tokens, model.vocab.n_audio)
     n_utt = n_conv * args.utterances
 
-    # peft leaves its layer wrappers in a model it was injected into (the batched memory wraps
-    # plain nn.Linear layers), so the reference path gets its own copy of the model
-    reference = load_model(model_uri, device=device, dtype=dtype)
-
-    def baseline() -> int:
-        labeler = ConversationLabeler(reference, config)
-        try:
-            for conv in corpus:
-                labeler.label_conversation(conv)
-        finally:
-            labeler.close()
-        return n_utt
-
     def batched(k: int, cache: str) -> Callable[[], int]:
+        setting = dataclasses.replace(config, history_cache=cache)
+
         def work() -> int:
-            labeler = BatchedLabeler(model, config, k, cache)
-            try:
-                for _ in labeler.label_conversations(corpus):
-                    pass
-            finally:
-                labeler.close()
-            return labeler.steps_run
+            label_batched(model, setting, corpus, k)
+            # batched steps: every conversation has the same utterances (none in chunks), so
+            # each group of K starts and ends together
+            return -(-n_conv // k) * args.utterances
 
         return work
 
     # beside the default: batching alone (K max, recompute) and reuse alone (K 1, reuse)
-    variants: dict[str, Callable[[], int]] = {"baseline": baseline}
+    variants: dict[str, Callable[[], int]] = {"baseline": batched(1, "recompute")}
     variants.update({str(k): batched(k, args.history_cache) for k in ks})
     variants["batching_alone"] = batched(max(ks), "recompute")
     variants["reuse_alone"] = batched(1, "reuse")
@@ -212,12 +199,12 @@ def run_slots(args: argparse.Namespace, model_uri: str | None = None) -> dict:
     }
     if args.profile:
         report["time_split"] = {
-            "baseline": time_split(baseline),
+            "baseline": time_split(variants["baseline"]),
             str(max(ks)): time_split(variants[str(max(ks))]),
         }
     report["note"] = (
-        "baseline: today's engine (one conversation at a time, peft memory, history "
-        "recomputed); slots: the batched engine with history_cache "
+        "baseline: one conversation at a time, history recomputed; slots: K conversations "
+        "at once, history_cache "
         + args.history_cache
         + "; each variant timed in every round, interleaved, median round reported; "
         "gflops: forward+backward matmul FLOPs (shapes) per second; time_split: shares of the "

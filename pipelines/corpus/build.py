@@ -22,9 +22,11 @@ FILE.json`` also writes it as JSON.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from typing import Any
 
+from dpm_worker.audio import clip_duration
 from dpm_worker.corpus import (
     ORDERS,
     is_audio_name,
@@ -133,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
         table, summary = read_meld(
             args.root,
             args.split,
+            probe=functools.partial(clip_duration, endpoint_url=args.endpoint_url),
             mapping=mapping,
             audio_dir=args.audio_dir,
             endpoint_url=args.endpoint_url,

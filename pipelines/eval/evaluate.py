@@ -34,14 +34,7 @@ from pathlib import Path
 
 from dpm_worker.error_rows import input_error_rows, read_conversation, read_segments
 from dpm_worker.errors import BadInputError, ConfigError
-from dpm_worker.memory import (
-    HISTORY_CACHES,
-    MEMORY_DTYPE,
-    MODES,
-    ConversationLabeler,
-    LabelingConfig,
-    label_batched,
-)
+from dpm_worker.memory import HISTORY_CACHES, MEMORY_DTYPE, MODES, LabelingConfig, label_batched
 from dpm_worker.model import DTYPES, HISTORY_FORMATS
 from dpm_worker.tables import ErrorRecord
 from dpm_worker.utterance import Utterance
@@ -120,15 +113,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--slots",
         type=int,
-        default=1,
-        help="conversations labeled at once by the batched engine (%(default)s: one at a time)",
+        default=8,
+        help="conversations labeled at once, every utterance step batched across them "
+        "(%(default)s: the choice of `dpm bench throughput --slots 1,8`, as for `dpm label`'s "
+        "slots_per_actor: about 3x the utterances per second of one at a time on a 2-core "
+        "CPU, docs/dpm.md 'Throughput'; a conversation's rows do not depend on it, within "
+        "1e-5)",
     )
     parser.add_argument(
         "--history-cache",
         choices=HISTORY_CACHES,
         default=None,
-        help="reuse each conversation's history keys and values (batched engine; default: "
-        "the config's labeling.history_cache, recompute)",
+        help="sets labeling.history_cache: reuse each conversation's history keys and values "
+        "(default: the config's, recompute)",
     )
     parser.add_argument(
         "--dtype",
@@ -233,34 +230,13 @@ def _group_values(row, columns: tuple[str, ...]) -> dict[str, str | None]:
 
 
 def label_conversations(
-    model,
-    conversations: list[Conversation],
-    config: LabelingConfig,
-    slots: int = 1,
-    history_cache: str | None = None,
+    model, conversations: list[Conversation], config: LabelingConfig, slots: int = 8
 ) -> ModeResult:
-    """Label every conversation with one configuration and collect the per-utterance results.
-
-    ``slots`` 1 with ``recompute`` (``history_cache``, default ``config.history_cache``) is
-    the single-conversation reference path; otherwise the batched engine labels ``slots``
-    conversations at once (``dpm_worker.memory.engine``).
-    """
-    history_cache = history_cache or config.history_cache
-    if slots > 1 or history_cache != "recompute":
-        start = time.perf_counter()
-        inputs = [c.utterances for c in conversations]
-        batched = label_batched(model, config, inputs, slots, history_cache)
-        return _collect(conversations, batched, time.perf_counter() - start)
-    labeler = ConversationLabeler(model, config)
-    rows, seconds = [], 0.0
-    try:
-        for conv in conversations:
-            start = time.perf_counter()
-            rows.append(labeler.label_conversation(conv.utterances))
-            seconds += time.perf_counter() - start
-    finally:
-        labeler.close()
-    return _collect(conversations, rows, seconds)
+    """Label every conversation with one configuration (the labeling engine, ``slots``
+    conversations at once) and collect the per-utterance results."""
+    start = time.perf_counter()
+    rows = label_batched(model, config, [c.utterances for c in conversations], slots)
+    return _collect(conversations, rows, time.perf_counter() - start)
 
 
 def _collect(conversations: list[Conversation], rows: list, seconds: float) -> ModeResult:
@@ -292,7 +268,7 @@ def build_report(
         "dtype": dtype_name(next(model.model.parameters()).dtype),
         "memory_dtype": dtype_name(MEMORY_DTYPE),
         "slots": args.slots,
-        "history_cache": args.history_cache,
+        "history_cache": labeling.history_cache,
         "memory": dataclasses.asdict(labeling.memory),
         "failed": failure_report(list(errors)),
         "modes": {
@@ -322,6 +298,7 @@ def run(args: argparse.Namespace) -> int:
         {
             "labeling.window_tokens": args.window_tokens,
             "labeling.history_labels": args.history_labels,
+            "labeling.history_cache": args.history_cache,
         },
     )
     modes = parse_modes(args.mode)
@@ -348,9 +325,7 @@ def run(args: argparse.Namespace) -> int:
     )
     results = {}
     for mode, config in configs.items():
-        results[mode] = label_conversations(
-            model, conversations, config, args.slots, args.history_cache
-        )
+        results[mode] = label_conversations(model, conversations, config, args.slots)
         log.info("eval: %s done in %.1f s", mode, results[mode].seconds)
     report = build_report(model, results, args, labeling, errors)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -37,7 +37,6 @@ from dpm_worker.model import (
     build_backbone,
     extend_base_model,
     load_model,
-    save_model,
 )
 from dpm_worker.speech import SpeechTokenizerConfig, fit_speech_tokenizer, load_speech_tokenizer
 from dpm_worker.training import (
@@ -50,17 +49,14 @@ from dpm_worker.training import (
     iter_waveforms,
     place_for_training,
     resolve_device,
-    score_stream,
-    score_stream_windows,
     split_conversations,
-    summarize_scores,
     tokenize_corpus,
     train,
 )
 from pipelines.config import add_config_arguments, build_dataclass, check_sections, merge_tree
+from pipelines.train.outputs import LoraSettings, save, validate
 
 log = logging.getLogger("dpm.train")
-TRAINING_RECORD = "training.json"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -106,20 +102,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         },
         "train.lr=3e-4 lora.r=16",
     )
-
-
-@dataclasses.dataclass(frozen=True)
-class LoraSettings:
-    """LoRA of the base-model regime (the paper: r=64, alpha=64, all linear layers)."""
-
-    r: int = 64
-    alpha: int = 64
-    dropout: float = 0.0
-    merge: bool = True
-
-    def __post_init__(self) -> None:
-        if self.r < 1 or self.alpha < 1 or not 0 <= self.dropout < 1:
-            raise ConfigError(f"invalid lora settings: {self}")
 
 
 SECTIONS = ("model", "tokenizer", "train", "lora", "labels", "memory_loop", "memory", "distributed")
@@ -372,29 +354,3 @@ def check_labels(grouped: dict[str, list[dict]], labels: tuple[str, ...], corpus
         raise LabelError(
             f"corpus labels {unknown} are not in the model's label set {labels}", corpus
         )
-
-
-def validate(model: EmotionModel, streams, window: int) -> dict:
-    """Utterance-mode (exact) and windowed (W/2..W context) scores on the validation split."""
-    labels = model.vocab.labels
-    utt = [score_stream(model, s, "utterance", 0, batch_size=32) for s in streams]
-    win = [score_stream_windows(model, s, window) for s in streams]
-    out = {}
-    for name, probs in (("utterance", utt), ("window", win)):
-        summary = summarize_scores(streams, probs, labels)
-        summary.pop("confusion", None)
-        summary.pop("per_class", None)
-        out[name] = summary
-    return out
-
-
-def save(model: EmotionModel, lora: LoraSettings | None, out: str, record: dict) -> None:
-    """Save the current weights (LoRA merged into a copy when extending a base model)."""
-    extra = {TRAINING_RECORD: json.dumps(record, indent=2, default=str) + "\n"}
-    if lora is None:
-        save_model(model, out, extra_files=extra)
-        return
-    import copy
-
-    merged = copy.deepcopy(model.model).merge_and_unload()  # type: ignore[operator]  # a PeftModel
-    save_model(dataclasses.replace(model, model=merged), out, extra_files=extra)

@@ -47,7 +47,7 @@ from dpm_worker.training import (
     sample_starts,
 )
 from pipelines.label import connect
-from pipelines.train.backbone import LoraSettings, save, validate
+from pipelines.train.outputs import LoraSettings, save, validate
 from pipelines.train.sharding import (
     clip_grad_norm,
     full_model_state,

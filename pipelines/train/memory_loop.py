@@ -20,7 +20,7 @@ from typing import Any
 
 from dpm_worker.model import EmotionModel
 from dpm_worker.training import ConversationStream, MemoryLoopTrainer, training_conversation
-from pipelines.train.backbone import save
+from pipelines.train.outputs import save
 
 log = logging.getLogger("dpm.train")
 

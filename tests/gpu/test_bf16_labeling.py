@@ -14,13 +14,13 @@ import pytest
 import torch
 
 from dpm_worker.memory import (
-    ConversationLabeler,
     LabelingConfig,
     MemoryConfig,
-    TemporaryLoraMemory,
 )
 from dpm_worker.model import EmotionModel
 from dpm_worker.utterance import Utterance
+from tests.oracle.labeling import ConversationLabeler
+from tests.oracle.lora import TemporaryLoraMemory
 
 pytestmark = pytest.mark.gpu
 

@@ -126,7 +126,8 @@ def test_a_bad_row_fails_alone_and_the_rest_is_labeled(tmp_path, model):
     # Every row of a conversation whose recording cannot be decoded fails (shared recording).
     broken = tmp_path / "broken.flac"
     broken.write_bytes(b"fLaC" + bytes(500))
-    failed = make_worker(tmp_path, model).label("broken", rows_for("broken", str(broken)))
+    other = make_worker(tmp_path, EmotionModel.random(seed=0))  # a worker owns its model
+    failed = other.label("broken", rows_for("broken", str(broken)))
     assert failed["status"] == "failed" and failed["error_rows"] == 3
 
 

@@ -1,8 +1,8 @@
 """A long conversation whose worker dies mid-way resumes from its newest checkpoint.
 
 The death is simulated in the test, not in the library: the test wraps the worker's labeler so
-that the process "dies" (SystemExit, as Ray's SIGTERM handler raises) right after utterance
-120; a fresh worker with a fresh model then labels the same conversation.
+that the process "dies" (SystemExit in every caller, as Ray's SIGTERM handler raises) right
+after utterance 120; a fresh worker with a fresh model then labels the same conversation.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -65,17 +66,27 @@ def probabilities(frame: pd.DataFrame) -> np.ndarray:
 def at_utterance(worker: ConversationWorker, n: int, action: Callable[[], None]) -> None:
     """Run ``action`` when ``worker`` has labeled utterance ``n`` of a conversation, before the
     worker's own work after it (a checkpoint that is due, its SIGTERM check)."""
-    original = worker.labeler.label_conversation
+    labeler = worker.slot_loop.labeler
+    original = labeler.advance
 
-    def label_conversation(inputs, resume=None, after_utterance=None):
-        def after(rows_so_far, slots, history):
-            if len(rows_so_far) == n:
-                action()
-            after_utterance(rows_so_far, slots, history)
+    def advance():
+        done, failed = original()
+        if any(labeler.position(key) == n for key in done):
+            action()
+        return done, failed
 
-        return original(inputs, resume, after)
+    labeler.advance = advance  # type: ignore[method-assign]
 
-    worker.labeler.label_conversation = label_conversation  # type: ignore[method-assign]
+
+def sigterm_now(worker: ConversationWorker) -> None:
+    """A real SIGTERM to this process, returning once the worker's guard has taken it (Python
+    runs the handler in the main thread, which waits for the rows meanwhile)."""
+    os.kill(os.getpid(), signal.SIGTERM)
+    deadline = time.monotonic() + 60
+    while not worker.slot_loop.guard.requested:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the SIGTERM handler did not run within 60 s")
+        time.sleep(0.001)
 
 
 @pytest.fixture(scope="module")
@@ -105,10 +116,19 @@ def clean_tables(tmp_path_factory):
     return clean_table
 
 
-def die() -> None:
-    raise SystemExit(1)  # the process ends here, as Ray's SIGTERM handler ends it
+def die(worker: ConversationWorker) -> Callable[[], None]:
+    """The process ends here (as Ray's SIGTERM handler ends it): every caller with it."""
+
+    def action() -> None:
+        for job in worker.slot_loop._jobs.values():
+            job.rows.set_exception(SystemExit(1))
+        raise SystemExit(1)  # the loop's thread ends here; nothing after it runs
+
+    return action
 
 
+# the simulated death ends the slot loop's thread with SystemExit, as the process would end
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 @pytest.mark.parametrize("target", sorted(TARGETS))
 def test_killed_after_120_resumes_from_100_and_equals_uninterrupted(
     tmp_path, target, clean_tables
@@ -118,7 +138,9 @@ def test_killed_after_120_resumes_from_100_and_equals_uninterrupted(
 
     out = tmp_path / "out"
     first = ConversationWorker(settings(out, "run", memory), EmotionModel.random(seed=0))
-    at_utterance(first, KILL_AFTER, die)  # 120 is no checkpoint position: nothing is saved there
+    at_utterance(
+        first, KILL_AFTER, die(first)
+    )  # 120 is no checkpoint position: nothing is saved there
     with pytest.raises(SystemExit):
         first.label("call", rows)
     store = CheckpointStore(str(out), "run")
@@ -144,7 +166,7 @@ import signal, sys, torch
 from dpm_worker.model import EmotionModel
 from dpm_worker.worker import ConversationWorker
 from tests.unit.test_worker_resume import (
-    long_conversation, settings, TARGETS, SIGNAL_AT, at_utterance
+    long_conversation, settings, TARGETS, SIGNAL_AT, at_utterance, sigterm_now
 )
 from pathlib import Path
 torch.set_num_threads(1)
@@ -153,7 +175,7 @@ worker = ConversationWorker(
     settings(folder / "out", "run", TARGETS["prior"]), EmotionModel.random(seed=0)
 )
 # a real SIGTERM, raised while the worker is busy
-at_utterance(worker, SIGNAL_AT, lambda: signal.raise_signal(signal.SIGTERM))
+at_utterance(worker, SIGNAL_AT, lambda: sigterm_now(worker))
 print("ready", flush=True)
 worker.label("call", long_conversation(folder))
 print("finished", flush=True)
@@ -198,11 +220,12 @@ def test_sigterm_mid_conversation_checkpoints_before_exit_and_retry_resumes(
     np.testing.assert_allclose(probabilities(got), probabilities(want), rtol=0, atol=1e-6)
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_checkpoint_of_another_labeling_config_is_not_resumed(tmp_path, caplog) -> None:
     rows = long_conversation(tmp_path, n=60)
     out = tmp_path / "out"
     first = ConversationWorker(settings(out, "run", TARGETS["prior"]), EmotionModel.random(seed=0))
-    at_utterance(first, 30, die)
+    at_utterance(first, 30, die(first))
     with pytest.raises(SystemExit):
         first.label("call", rows)
     other = MemoryConfig(steps_per_utterance=1, lr=0.1)  # same run id, another config

@@ -7,7 +7,7 @@ import json
 import pytest
 import soundfile as sf
 
-from dpm_worker.audio import read_segment
+from dpm_worker.audio import clip_duration, read_segment
 from dpm_worker.corpus import (
     IEMOCAP_4CLASS,
     MANIFEST_SCHEMA,
@@ -148,7 +148,7 @@ def test_iemocap_errors_name_the_file(tmp_path):
 
 
 def test_meld_dialogue_order_and_whole_clip_segments(meld_root):
-    table, summary = read_meld(str(meld_root), "train")
+    table, summary = read_meld(str(meld_root), "train", probe=clip_duration)
     validate_manifest(table, "meld")
     assert _by_conversation(table, "utterance_id") == {"train_dia0": [0, 1, 2, 3],
                                                         "train_dia1": [0, 1, 2, 3]}  # fmt: skip
@@ -166,7 +166,7 @@ def test_meld_dialogue_order_and_whole_clip_segments(meld_root):
 
 
 def test_meld_csv_quoting_and_non_ascii_survive(meld_root):
-    table, _ = read_meld(str(meld_root), "train")
+    table, _ = read_meld(str(meld_root), "train", probe=clip_duration)
     texts = table["text"].to_pylist()
     assert 'He said "no", then left.' in texts
     assert "Caf\u00e9 au lait, anyone?" in texts
@@ -180,7 +180,7 @@ def test_meld_csv_quoting_and_non_ascii_survive(meld_root):
 
 
 def test_meld_four_class_mapping_counts_dropped_codes(meld_root):
-    table, summary = read_meld(str(meld_root), "train", mapping=MELD_4CLASS)
+    table, summary = read_meld(str(meld_root), "train", probe=clip_duration, mapping=MELD_4CLASS)
     validate_manifest(table, "meld", labels=FOUR)
     assert summary.dropped_codes == {"surprise": 1, "fear": 1}
     assert sorted(set(table["emotion"].to_pylist())) == ["angry", "happy", "neutral", "sad"]
@@ -191,7 +191,7 @@ def test_meld_four_class_mapping_counts_dropped_codes(meld_root):
 
 @pytest.mark.parametrize("split", ["dev", "test"])
 def test_meld_other_splits_use_their_media_folders(meld_root, split):
-    table, _ = read_meld(str(meld_root), split)
+    table, _ = read_meld(str(meld_root), split, probe=clip_duration)
     assert set(table["conversation_id"].to_pylist()) == {f"{split}_dia0"}
     assert all(f"/{MELD_MEDIA_DIRS[split]}/" in uri for uri in table["audio_uri"].to_pylist())
 
@@ -199,7 +199,7 @@ def test_meld_other_splits_use_their_media_folders(meld_root, split):
 def test_meld_mp4_only_lists_every_clip_and_says_how_to_extract(tmp_path):
     root = build_meld_tree(tmp_path, extracted=False)
     with pytest.raises(BadInputError) as info:
-        read_meld(str(root), "train")
+        read_meld(str(root), "train", probe=clip_duration)
     message = str(info.value)
     assert "8 MELD clip(s) have only the MP4" in message
     assert "dia0_utt0.mp4" in message and "and 3 more" in message
@@ -212,36 +212,36 @@ def test_meld_audio_dir_option_and_unreadable_clip(tmp_path, meld_root):
     audio.mkdir()
     for src in (meld_root / "dev_splits_complete").glob("*.wav"):
         (audio / src.name).write_bytes(src.read_bytes())
-    table, _ = read_meld(str(meld_root), "dev", audio_dir=str(audio))
+    table, _ = read_meld(str(meld_root), "dev", probe=clip_duration, audio_dir=str(audio))
     assert all(uri.startswith(str(audio)) for uri in table["audio_uri"].to_pylist())
     (audio / "dia0_utt1.wav").write_bytes(b"RIFF\x00\x00")
     with pytest.raises(AudioError, match="1 extracted clip.*dia0_utt1.wav"):
-        read_meld(str(meld_root), "dev", audio_dir=str(audio))
+        read_meld(str(meld_root), "dev", probe=clip_duration, audio_dir=str(audio))
 
 
 def test_meld_bad_csv(tmp_path):
     root = build_meld_tree(tmp_path)
     with pytest.raises(ConfigError, match="unknown MELD split"):
-        read_meld(str(root), "validation")
+        read_meld(str(root), "validation", probe=clip_duration)
     csv_path = root / "train_sent_emo.csv"
     lines = csv_path.read_text(encoding="utf-8").splitlines()
     csv_path.write_text("\n".join(lines[:3] + [lines[2]]) + "\n", encoding="utf-8")
     with pytest.raises(BadInputError, match="line 4: dia0_utt1 repeats line 3"):
-        read_meld(str(root), "train")
+        read_meld(str(root), "train", probe=clip_duration)
     csv_path.write_text(lines[0].replace("Emotion", "Emo") + "\n", encoding="utf-8")
     with pytest.raises(BadInputError, match=r"misses column\(s\) \['Emotion'\]") as info:
-        read_meld(str(root), "train")
+        read_meld(str(root), "train", probe=clip_duration)
     assert info.value.uri == str(csv_path)
     (root / "test_sent_emo.csv").unlink()
     with pytest.raises(BadInputError, match="test_sent_emo.csv not found"):
-        read_meld(str(root), "test")
+        read_meld(str(root), "test", probe=clip_duration)
 
 
 def test_meld_cp1252_csv_is_decoded(tmp_path):
     root = build_meld_tree(tmp_path)
     path = root / "dev_sent_emo.csv"
     path.write_bytes(path.read_text(encoding="utf-8").encode("cp1252"))
-    table, _ = read_meld(str(root), "dev")
+    table, _ = read_meld(str(root), "dev", probe=clip_duration)
     assert table["text"].to_pylist()[0] == "Oh, it\u2019s so sad."
 
 

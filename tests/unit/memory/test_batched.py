@@ -11,14 +11,14 @@ import torch
 from dpm_worker.errors import ConfigError
 from dpm_worker.memory import (
     BatchedLoraMemory,
-    ConversationLabeler,
     LabelingConfig,
     MemoryConfig,
-    TemporaryLoraMemory,
     label_batched,
 )
 from dpm_worker.model import EmotionModel
 from dpm_worker.utterance import Utterance
+from tests.oracle.labeling import ConversationLabeler
+from tests.oracle.lora import TemporaryLoraMemory
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -202,15 +202,16 @@ def test_history_reuse_equals_recompute_while_the_window_holds_the_whole_history
     convs = conversations(4, seed=3)
     model = EmotionModel.random(seed=0, max_context=1024)
     recompute = label_batched(model, config, convs, 1)
-    reuse = label_batched(model, config, convs, 3, "reuse")
+    reuse = label_batched(model, replace(config, history_cache="reuse"), convs, 3)
     check_same(reuse, [np.stack([r.probs for r in c]) for c in recompute])
 
 
 def test_history_reuse_batched_equals_reuse_alone_with_a_sliding_window() -> None:
     config = LabelingConfig(mode="dpm", window_tokens=40)
     convs = conversations(5, seed=4)
-    one = label_batched(make_model(), config, convs, 1, "reuse")
-    three = label_batched(make_model(), config, convs, 3, "reuse")
+    reusing = replace(config, history_cache="reuse")
+    one = label_batched(make_model(), reusing, convs, 1)
+    three = label_batched(make_model(), reusing, convs, 3)
     check_same(three, [np.stack([r.probs for r in c]) for c in one])
     recompute = label_batched(make_model(), config, convs, 3)
     # a sliding window: reuse reads states, not tokens (dpm_worker.memory.cache), so it differs
@@ -219,4 +220,4 @@ def test_history_reuse_batched_equals_reuse_alone_with_a_sliding_window() -> Non
         for a, b in zip(one, recompute, strict=True)
     )
     with pytest.raises(ConfigError):
-        label_batched(make_model(), config, convs, 3, "sometimes")
+        label_batched(make_model(), replace(config, history_cache="sometimes"), convs, 3)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dpm_worker.memory import MEMORY_DTYPE, MemoryConfig, TemporaryLoraMemory
+from dpm_worker.memory import MEMORY_DTYPE, MemoryConfig
 from dpm_worker.model import EmotionModel
+from tests.oracle.lora import TemporaryLoraMemory
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

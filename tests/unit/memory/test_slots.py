@@ -11,13 +11,13 @@ import pytest
 
 from dpm_worker.errors import ConfigError
 from dpm_worker.memory import (
-    ConversationLabeler,
     LabelingConfig,
     MemoryConfig,
     SlotLabeler,
     label_batched,
 )
 from dpm_worker.utterance import Utterance
+from tests.oracle.labeling import ConversationLabeler
 from tests.unit.memory.test_batched import TARGETS, conversations, make_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -184,7 +184,7 @@ def test_label_batched_equals_alone_with_prior_ema_and_long_utterances(name: str
 def test_slot_labeler_logs_one_debug_line_per_utterance(caplog) -> None:
     """``dpm bench faults`` counts recomputed utterances by these lines, with any slots."""
     convs = with_long_utterances(conversations(3, seed=8))
-    with caplog.at_level(logging.DEBUG, logger="dpm_worker.memory.labeling"):
+    with caplog.at_level(logging.DEBUG, logger="dpm_worker.memory.slots"):
         label_batched(make_model(), CONFIGS["prior"], convs, 2)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().endswith(" labeled")]
     assert len(lines) == sum(len(c) for c in convs)

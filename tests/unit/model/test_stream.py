@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from dpm_worker.memory import ConversationLabeler, LabelingConfig
+from dpm_worker.memory import LabelingConfig
 from dpm_worker.model import EmotionModel, fit_context, history_budget, tail, utterance_start
 from dpm_worker.training import build_stream, score_stream
 from dpm_worker.utterance import Utterance
+from tests.oracle.labeling import ConversationLabeler
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -95,7 +95,7 @@ def test_trace_counts_utterances_per_attempt_and_lost_work(tmp_path) -> None:
 
 
 def test_trace_hook_writes_the_labelers_debug_lines(capsys) -> None:
-    logger = logging.getLogger("dpm_worker.memory.labeling")
+    logger = logging.getLogger("dpm_worker.memory.slots")
     saved = (logger.level, list(logger.handlers), logger.propagate)
     try:
         trace_utterances()

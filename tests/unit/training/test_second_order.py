@@ -12,10 +12,10 @@ import torch.nn.functional as F
 
 from dpm_worker.errors import ConfigError
 from dpm_worker.memory import (
-    BatchedLabeler,
     BatchedLoraMemory,
     LabelingConfig,
     MemoryConfig,
+    SlotLabeler,
     StepRow,
     label_batched,
 )
@@ -38,16 +38,16 @@ SGD = MemoryConfig(lr=0.05, optimizer="sgd", scope="speaker", write_target="audi
                    steps_per_utterance=2, weight_decay=0.01, warmup_steps=1)  # fmt: skip
 
 
-def engine_for(memory: MemoryConfig, graph: bool, seed: int = 3) -> BatchedLabeler:
+def engine_for(memory: MemoryConfig, graph: bool, seed: int = 3) -> SlotLabeler:
     """The labeling engine on one conversation, with the graph-keeping memory or the plain one."""
     config = LabelingConfig(mode="dpm", window_tokens=32, memory=memory)
     kind = GraphLoraMemory if graph else BatchedLoraMemory
-    return BatchedLabeler(EmotionModel.random(seed=seed), config, 1, "recompute", kind)
+    return SlotLabeler(EmotionModel.random(seed=seed), config, 1, kind)
 
 
-def rows_of(engine: BatchedLabeler, conv: TrainingConversation) -> list[StepRow]:
+def rows_of(engine: SlotLabeler, conv: TrainingConversation) -> list[StepRow]:
     """The engine's step rows of every utterance (history as labeling builds it; label 0)."""
-    active = engine.begin(0, 0, conv.utterances)
+    active = engine.begin(0, conv.utterances)
     out = []
     for _ in conv.utterances:
         row, tokens = engine.next_row(0, active)
@@ -113,13 +113,13 @@ def test_the_gradient_flows_through_the_last_m_writes_only() -> None:
     conv = toy_conversation(4, n=2 * n)
     gold = torch.tensor([1])
 
-    def grads(engine: BatchedLabeler, logits: torch.Tensor) -> torch.Tensor:
+    def grads(engine: SlotLabeler, logits: torch.Tensor) -> torch.Tensor:
         params = [p for name, p in engine.model.model.named_parameters() if "lora_" not in name]
         g = torch.autograd.grad(F.cross_entropy(logits[None], gold), params, allow_unused=True)
         return torch.cat([(x if x is not None else torch.zeros_like(p)).flatten()
                           for x, p in zip(g, params, strict=True)])  # fmt: skip
 
-    def graph_engine() -> tuple[BatchedLabeler, list[StepRow]]:
+    def graph_engine() -> tuple[SlotLabeler, list[StepRow]]:
         engine = engine_for(SGD, True, seed=5)
         engine.step.training = True
         for name, p in engine.model.model.named_parameters():

@@ -1,48 +1,16 @@
-"""Label one conversation in dialogue order: the four modes of DESIGN section 5 and a closed-form
-baseline, one code path.
+"""The reference labeler: one conversation at a time through peft's LoRA, slow and obvious.
 
-Modes differ only in what goes into the model's input for utterance i, and whether a write to
-the temporary LoRA memory precedes the read:
-
-=========  ===============================================  =======================
-mode       input for utterance i                            memory
-=========  ===============================================  =======================
-utterance  ``tokens_i``                                     none
-window     ``history[-n_r:] + tokens_i``                    none
-full       ``history + tokens_i`` up to ``max_context``     none
-dpm        ``history[-n_r:] + tokens_i``                    write, then read
-prior-ema  ``history[-n_r:] + tokens_i``                    a running average
-=========  ===============================================  =======================
-
-``tokens_i`` is ``<spk> audio... <audio_end>``; the emotion is always read at ``<audio_end>``
-(the last input position). In ``dpm`` mode with the default ``prior`` memory the emitted read
-is the backbone's read of that input times the speaker's prior, which is read from the memory
-of the speaker's earlier turns before this utterance is written into it (``memory.py``).
-``prior-ema`` is the closed form of that idea with no adapter (issue 11): the window read times
-the running average of the same speaker's earlier window reads, ``p ∝ r_i × m^beta`` and then
-``m ← (1 - a) m + a r_i`` (``ema_rate`` a, ``ema_weight`` beta), so every table shows what the
-parameter memory adds beyond it.
-
-The input is built by ``dpm_worker.model.fit_context`` (shared with training): an input longer
-than the model's ``max_context`` loses its oldest history tokens first. An utterance that alone
-is longer than the context is read by ``LabelingConfig.long_utterances``:
-
-- ``chunks`` (default): its audio is cut into the fewest equal chunks that fit; each chunk is
-  read in turn as a turn of the same speaker (history and memory carry across them, so the
-  memory has written the first chunks when the last is read) and the utterance's distribution
-  is the chunks' mean weighted by their length. Its row says how many chunks it took.
-- ``truncate``: ``fit_context``'s rule, only its last audio tokens that fit are read (its
-  speaker token kept at the front, ``<audio_end>`` at the end); its row says it was truncated.
-
-Chosen by measurement on a synthetic corpus with long turns (docs/dpm.md, "Long turns"). The
-utterances come and go as the records of ``dpm_worker.utterance``, so each keeps its identity
-from the manifest to the table row.
+The product labels with the batched slot engine (:class:`dpm_worker.memory.SlotLabeler`); this
+is the independent implementation of the same algorithm that the engine's tests hold it to
+(rows within 1e-5, every mode, write target, long-utterance rule and resume). It shares only
+the model, its vocabulary and ``fit_context`` with the engine: its memory is peft's LoRA
+(:mod:`tests.oracle.lora`), its writes one optimizer per adapter, its reads one unpadded pass.
+The modes and the long-utterance rules are described in :mod:`dpm_worker.memory.rows`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -51,9 +19,7 @@ import numpy as np
 import torch
 
 from dpm_worker.errors import ConfigError, LabelError
-from dpm_worker.memory.config import LabelingConfig
-from dpm_worker.memory.lora import TemporaryLoraMemory
-from dpm_worker.memory.resume import ConversationState, capture_state, restore_state
+from dpm_worker.memory import ConversationState, LabelingConfig, capture_state, restore_state
 from dpm_worker.model import (
     IGNORE,
     EmotionModel,
@@ -62,10 +28,7 @@ from dpm_worker.model import (
     tail,
 )
 from dpm_worker.utterance import LabeledUtterance, Utterance
-
-# DEBUG: one line per utterance labeled (``dpm bench faults`` counts them to measure the work
-# a killed actor loses: the lines of a process that was killed survive in its log).
-log = logging.getLogger(__name__)
+from tests.oracle.lora import TemporaryLoraMemory
 
 
 @dataclass(frozen=True)
@@ -167,12 +130,6 @@ class ConversationLabeler:
                     total += read * (len(part) / len(codes))
                 ms = (time.perf_counter() - start) * 1000.0
                 predictions.append(self._row(utt, total.astype(np.float32), ms, len(step.ids)))
-                log.debug(
-                    "conversation %r: utterance %d of %d labeled",
-                    utt.conversation_id,
-                    len(predictions),
-                    len(utts),
-                )
                 if after_utterance is not None:
                     after_utterance(predictions, slots, history)
         finally:
@@ -189,24 +146,23 @@ class ConversationLabeler:
     ) -> ConversationState:
         """A copy of the labeling state (call from ``after_utterance``; see ConversationState)."""
         probs = np.array([p.probs for p in predictions], dtype=np.float32)
-        rows = ([p.ms for p in predictions], [p.context_tokens for p in predictions])
         probs = probs.reshape(len(predictions), len(self.vocab.labels))
-        state = capture_state(self.memory, probs, *rows, slots, history)
-        state.tensors.update({f"ema.{k}": v.detach().cpu().clone() for k, v in self._ema.items()})
-        return state
+        tensors = self.memory.state_dict() if self.memory is not None else {}
+        tensors.update({f"ema.{k}": v.detach().cpu().clone() for k, v in self._ema.items()})
+        rows = ([p.ms for p in predictions], [p.context_tokens for p in predictions])
+        return capture_state(probs, *rows, slots, history, tensors)
 
     def _restore(
         self, state: ConversationState, utts: Sequence[Utterance], slots: dict, history: list
     ) -> list[LabeledUtterance]:
         """Load ``state`` into the memory, RNG, slots and history; returns its rows."""
-        ema = {k: v for k, v in state.tensors.items() if k.startswith("ema.")}
-        tensors = {k: v for k, v in state.tensors.items() if k not in ema}
-        restore_state(
-            dataclasses.replace(state, tensors=tensors),
-            self.memory,
-            len(utts),
-            len(self.vocab.labels),
-        )
+        tensors = restore_state(state, len(utts), len(self.vocab.labels))
+        ema = {k: v for k, v in tensors.items() if k.startswith("ema.")}
+        memory = {k: v for k, v in tensors.items() if k not in ema}
+        if self.memory is not None:
+            self.memory.load_state_dict(memory)
+        elif memory:
+            raise ConfigError("resume state has memory tensors but the labeler has no memory")
         self._ema.update({int(k[4:]): v.clone() for k, v in ema.items()})
         slots.update(state.speaker_slots)
         history.extend(state.history)

@@ -1,4 +1,5 @@
-"""Invariants of the DPM loop (DESIGN section 5) on tiny random backbones."""
+"""The reference labeler (tests/oracle) keeps the invariants of DESIGN section 5 itself, so that
+the engine, held to it row for row (test_batched, test_slots), keeps them too."""
 
 from __future__ import annotations
 
@@ -10,13 +11,13 @@ import torch
 
 from dpm_worker.errors import ConfigError, LabelError
 from dpm_worker.memory import (
-    ConversationLabeler,
     LabelingConfig,
     MemoryConfig,
-    TemporaryLoraMemory,
 )
 from dpm_worker.model import EmotionModel
 from dpm_worker.utterance import Utterance
+from tests.oracle.labeling import ConversationLabeler
+from tests.oracle.lora import TemporaryLoraMemory
 
 # The paper's variant (audio writes, then read) with a large lr so that one write visibly moves
 # a random model's outputs (the tests must fail if the memory did nothing).

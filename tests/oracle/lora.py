@@ -1,4 +1,7 @@
-"""Dynamic Parameter Memory: the temporary LoRA that is trained on each utterance as it goes by.
+"""The reference memory: the temporary LoRA as peft's own adapters, one optimizer per slot.
+
+The product's memory is :class:`dpm_worker.memory.BatchedLoraMemory` (slots stacked in one
+layer); this is the independent implementation it is tested against (same seeded adapters).
 
 DESIGN section 5. The backbone stays frozen. A low-rank adapter (peft LoRA) is injected into it
 once; for every conversation its weights are copied back to their initial values in place and
@@ -35,14 +38,10 @@ import torch
 from torch import nn
 
 from dpm_worker.errors import ConfigError
-from dpm_worker.memory.config import (
-    MemoryConfig,
-)
+from dpm_worker.memory import MEMORY_DTYPE, MemoryConfig
 from dpm_worker.model import IGNORE
 
 ADAPTER_PREFIX = "dpm_memory"
-# The temporary adapters' dtype (module docstring: "Precision").
-MEMORY_DTYPE = torch.float32
 # Unique adapter names per memory object: two memories on one backbone never share adapters.
 _MEMORY_IDS = itertools.count()
 
