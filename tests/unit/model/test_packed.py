@@ -64,8 +64,13 @@ def test_packed_read_of_the_default_model_and_in_bf16() -> None:
         half = lm.to(torch.bfloat16)
         got, want = last_token_logits(half, seqs).float(), padded(half, seqs).float()
     assert got.dtype == torch.float32
-    assert torch.equal(got.argmax(-1), want.argmax(-1))
-    assert (got - want).abs().max() < 0.1  # bf16 rounding (a step is 1/32 at |logit| ~4)
+    bound = 0.1  # bf16 rounding (a step is 1/32 at |logit| ~4)
+    assert (got - want).abs().max() < bound
+    # the top token agrees wherever the reference's top two are further apart than two reads
+    # within the bound can move them (near-ties over 2,300 tokens may flip either way)
+    top2 = want.topk(2, dim=-1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 2 * bound
+    assert torch.equal(got.argmax(-1)[clear], want.argmax(-1)[clear])
 
 
 def test_packed_refuses_empty_rows_and_other_architectures() -> None:
