@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from dpm_worker.memory import LabelingConfig, MemoryConfig
 from dpm_worker.model import EmotionModel
 from dpm_worker.tables import EMOTIONS, CheckpointStore, RunInfo, read_run_table
 from dpm_worker.worker import ConversationWorker, WorkerSettings
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 REPO = Path(__file__).resolve().parents[2]
@@ -82,11 +82,7 @@ def sigterm_now(worker: ConversationWorker) -> None:
     """A real SIGTERM to this process, returning once the worker's guard has taken it (Python
     runs the handler in the main thread, which waits for the rows meanwhile)."""
     os.kill(os.getpid(), signal.SIGTERM)
-    deadline = time.monotonic() + 60
-    while not worker.slot_loop.guard.requested:
-        if time.monotonic() > deadline:
-            raise TimeoutError("the SIGTERM handler did not run within 60 s")
-        time.sleep(0.001)
+    wait_until(lambda: worker.slot_loop.guard.requested, 60, "SIGTERM handling", interval_s=0.001)
 
 
 @pytest.fixture(scope="module")
