@@ -94,14 +94,18 @@ def state(position: int) -> ConversationState:
 
 def test_late_older_checkpoint_never_wins_or_deletes_the_newer(s3_bucket) -> None:
     store = CheckpointStore(f"s3://{s3_bucket}/out", "zombie-run")
-    store.save("conv", KEY, state(25))
-    newer = store.save("conv", KEY, state(50))  # the retry, further on
-    late = store.save("conv", KEY, state(25))  # the zombie's late checkpoint
-    loaded = store.load("conv", KEY)
+
+    def save(position: int) -> str:
+        return store.save("conv", KEY, position, *state(position).to_tensors())
+
+    save(25)
+    newer = save(50)  # the retry, further on
+    late = save(25)  # the zombie's late checkpoint
+    loaded = store.load("conv", KEY, ConversationState.from_tensors)
     assert loaded is not None and loaded.position == 50
     assert read_bytes(newer) and read_bytes(late)  # neither deleted the other
     store.delete("conv")
-    assert store.load("conv", KEY) is None
+    assert store.load("conv", KEY, ConversationState.from_tensors) is None
 
 
 KILLED_WRITER = """
