@@ -20,6 +20,10 @@ import torch
 
 from dpm_worker.errors import ConfigError, LabelError
 from dpm_worker.memory import ConversationState, LabelingConfig, capture_state, restore_state
+
+# the output row, the chunking rule and prior-ema are the engine's own: the oracle checks the
+# algorithm (the temporary LoRA written and read by peft), not the formatting of its rows
+from dpm_worker.memory.rows import ema_read, labeled_row, utterance_parts
 from dpm_worker.model import (
     IGNORE,
     EmotionModel,
@@ -304,49 +308,3 @@ class ConversationLabeler:
         mask &= positions >= 1  # position 0 has nothing before it to predict it from
         labels = torch.where(mask, tokens, torch.full_like(tokens, IGNORE))
         return labels.unsqueeze(0).to(self.model.device)
-
-
-def labeled_row(
-    utt: Utterance,
-    probs: np.ndarray,
-    labels: Sequence[str],
-    ms: float,
-    context_tokens: int,
-    parts: Sequence[np.ndarray],
-    max_context: int,
-) -> LabeledUtterance:
-    """An utterance's output row: the most probable label and how the utterance was read."""
-    best = int(np.argmax(probs))
-    probs = np.asarray(probs, dtype=np.float32)
-    truncated = len(parts[-1]) + 2 > max_context
-    return LabeledUtterance(
-        utt, labels[best], float(probs[best]), probs, ms, context_tokens, len(parts), truncated
-    )
-
-
-def utterance_parts(
-    audio_ids: np.ndarray, max_context: int, long_utterances: str
-) -> list[np.ndarray]:
-    """The parts an utterance is read in: itself, or under ``chunks`` the fewest equal chunks
-    whose tokens (with ``<spk>`` and ``<audio_end>``) fit the context."""
-    room = max_context - 2
-    if long_utterances != "chunks" or len(audio_ids) <= room:
-        return [audio_ids]
-    return np.array_split(audio_ids, -(-len(audio_ids) // room))
-
-
-def ema_read(
-    averages: dict[int, torch.Tensor], speaker_slot: int, read: torch.Tensor, config: LabelingConfig
-) -> torch.Tensor:
-    """``prior-ema``: ``read`` times the speaker's running average of its earlier reads, which
-    then takes ``read`` in (``averages`` is updated in place)."""
-    average = averages.get(speaker_slot)
-    a = config.ema_rate
-    if average is None:
-        averages[speaker_slot] = read.clone()
-        return read
-    averages[speaker_slot] = (1.0 - a) * average + a * read
-    logits = torch.log(read.clamp_min(1e-12)) + config.ema_weight * torch.log(
-        average.clamp_min(1e-12)
-    )
-    return torch.softmax(logits, dim=-1)
