@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import sys
+import time
 from dataclasses import dataclass, field
 
 TRACE_MARK = "DPM-TRACE"
@@ -152,6 +153,36 @@ def worker_actors() -> dict[str, dict]:
         for actor_id, info in table.items()
         if info.get("ActorClassName") == WORKER_CLASS
     }
+
+
+def process_ended(pid: int) -> bool:
+    """True once ``pid`` runs no more: gone, or a zombie its parent has not reaped yet (a
+    process that can no longer write a trace line)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    except OSError:  # no /proc (not Linux): ask the kernel whether the pid exists
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+    return state in ("Z", "X")
+
+
+def wait_processes_ended(pids: set[int], timeout_s: float, poll_s: float = 0.05) -> set[int]:
+    """Wait until every pid in ``pids`` has ended or ``timeout_s`` passed; the pids still
+    running."""
+    deadline = time.monotonic() + timeout_s
+    running = {pid for pid in pids if not process_ended(pid)}
+    while running and time.monotonic() < deadline:
+        time.sleep(poll_s)
+        running = {pid for pid in running if not process_ended(pid)}
+    return running
 
 
 def alive_pids(exclude_actors: set[str], exclude_pids: set[int]) -> dict[int, str]:

@@ -37,11 +37,19 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.bench.fault_tables import compare_tables, run_state
-from pipelines.bench.fault_trace import TraceLog, alive_pids, traced_env, worker_actors
+from pipelines.bench.fault_trace import (
+    TraceLog,
+    alive_pids,
+    traced_env,
+    wait_processes_ended,
+    worker_actors,
+)
 
 log = logging.getLogger("dpm.bench")
 REPO = Path(__file__).resolve().parents[2]
 POLL_S = 0.05
+# longest the bench waits for killed or orphaned actor processes to end
+ACTORS_END_TIMEOUT_S = 120.0
 SETTINGS_KEYS = ("utterances_total", "conversations", "utterances_per_conversation")
 
 
@@ -143,7 +151,15 @@ class FaultBench:
         t0 = time.monotonic()
         faults_code, driver_runs = self.faulted_run(faults_out)
         faults_s = time.monotonic() - t0
-        time.sleep(1.0)  # the last lines of actors that outlived a driver
+        # Actors outlive a killed driver until Ray stops them, and may label on meanwhile:
+        # count their lines once every actor process seen has ended (a dead process writes
+        # nothing more), however slow the machine.
+        self.trace.scan()
+        running = wait_processes_ended(set(self.trace.positions), ACTORS_END_TIMEOUT_S)
+        if running:
+            log.warning(
+                "actor processes %s still running; their last lines may be missing", sorted(running)
+            )
         self.trace.scan()
         faults_computed = self.trace.lines - clean_computed
         tables = compare_tables(clean_out, faults_out)
@@ -250,7 +266,7 @@ class FaultBench:
     def kill_actor(self, pid: int, actor_id: str) -> None:
         os.kill(pid, signal.SIGKILL)  # the pid of this actor id, from Ray's state API
         self.killed_pids.add(pid)
-        time.sleep(0.2)
+        wait_processes_ended({pid}, ACTORS_END_TIMEOUT_S, POLL_S)
         self.trace.scan()  # its last lines: where it really stopped
         self.events.append(
             {

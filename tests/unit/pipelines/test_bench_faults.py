@@ -11,7 +11,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.bench.fault_tables import compare_tables
-from pipelines.bench.fault_trace import TRACE_MARK, TraceLog, trace_utterances
+from pipelines.bench.fault_trace import (
+    TRACE_MARK,
+    TraceLog,
+    process_ended,
+    trace_utterances,
+    wait_processes_ended,
+)
 
 LABELS = ("neutral", "happy", "sad", "angry")
 
@@ -108,3 +114,22 @@ def test_trace_hook_writes_the_labelers_debug_lines(capsys) -> None:
     assert err.startswith(TRACE_MARK) and err.endswith(
         'conversation "c\'1": utterance 3 of 9 labeled'
     )
+
+
+def test_a_killed_process_counts_as_ended_before_it_is_reaped() -> None:
+    """The bench counts a killed actor's trace lines once its process has ended; a zombie (dead,
+    not yet reaped by its parent) can write nothing more, so it has ended too."""
+    import signal
+    import subprocess
+
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        assert not process_ended(child.pid)
+        assert wait_processes_ended({child.pid}, timeout_s=0.2) == {child.pid}
+        child.send_signal(signal.SIGKILL)
+        # not waited for yet: a zombie until ``child.wait()``
+        assert wait_processes_ended({child.pid}, timeout_s=30.0) == set()
+    finally:
+        child.kill()
+        child.wait()
+    assert process_ended(child.pid)
