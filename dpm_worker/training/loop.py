@@ -16,6 +16,7 @@ speaker's earlier ``<audio_end>`` states) that the main emotion read-out then re
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -57,6 +58,10 @@ class TrainConfig:
         label_noise: with ``predicted``, probability that a history emotion token is replaced by
             a random label, so the model learns not to trust (and copy) its own past labels.
         val_fraction: fraction of conversations held out for validation.
+        val_group: a regular expression over conversation ids; conversations with the same
+            match are held out together (``actor_\\d+``: a RAVDESS actor's orders and
+            augmented copies), so validation reads speakers training never heard. Empty: each
+            conversation on its own.
         evals_per_epoch: validation (and checkpoint) passes per epoch.
         seed: seeds the split, the windows and the initialisation.
         threads: torch CPU threads.
@@ -86,6 +91,7 @@ class TrainConfig:
     history_labels: str = "none"
     label_noise: float = 0.3
     val_fraction: float = 0.1
+    val_group: str = ""
     evals_per_epoch: int = 1
     seed: int = 0
     threads: int = 2
@@ -109,6 +115,7 @@ class TrainConfig:
             "history_labels": self.history_labels in HISTORY_FORMATS,
             "label_noise": 0 <= self.label_noise <= 1,
             "val_fraction": 0 < self.val_fraction < 1,
+            "val_group": _compiles(self.val_group),
             "evals_per_epoch": self.evals_per_epoch >= 1,
             "threads": self.threads >= 1,
             "device": self.device.split(":")[0] in ("auto", "cpu", "cuda"),
@@ -116,6 +123,15 @@ class TrainConfig:
             "grad_accum_steps": self.grad_accum_steps >= 1,
         }
         check_fields("train", self, checks)
+
+
+def _compiles(pattern: str) -> bool:
+    """Whether ``pattern`` is a valid regular expression."""
+    try:
+        re.compile(pattern)
+    except re.error:
+        return False
+    return True
 
 
 class AuxHeads(torch.nn.Module):

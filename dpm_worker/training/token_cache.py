@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -24,6 +25,7 @@ from tqdm import tqdm
 
 from dpm_worker.audio import conversation_segments
 from dpm_worker.corpus import iter_conversations, manifest_fingerprint
+from dpm_worker.errors import ConfigError
 from dpm_worker.speech import SpeechTokenizer, tokenize_utterances
 from dpm_worker.storage import cache_root as dpm_cache_root
 from dpm_worker.utterance import Utterance
@@ -158,14 +160,44 @@ def group_conversations(dataset: datasets.Dataset) -> dict[str, list[dict]]:
 
 
 def split_conversations(
-    ids: Sequence[str], val_fraction: float, seed: int
+    ids: Sequence[str], val_fraction: float, seed: int, group: str = ""
 ) -> tuple[list[str], list[str]]:
     """Seeded split by conversation (never by utterance: a conversation's speakers and moods
-    must not leak from training into validation). At least one conversation on each side."""
+    must not leak from training into validation). At least one conversation on each side.
+
+    ``group``: a regular expression; conversations whose ids give the same match (its first
+    capture group if it has one, else the whole match) go to the same side, e.g. ``actor_\\d+``
+    keeps an actor's augmented copies and orderings out of validation while the actor trains.
+    Ids without a match are groups of their own. Validation takes whole groups, in seeded
+    order, until it holds ``val_fraction`` of the conversations.
+    """
     order = sorted(ids)
     rng = np.random.default_rng(seed)
-    rng.shuffle(order)
-    n_val = (
-        min(len(order) - 1, max(1, int(round(len(order) * val_fraction)))) if len(order) > 1 else 0
-    )
-    return sorted(order[n_val:]), sorted(order[:n_val])
+    if not group:
+        rng.shuffle(order)
+        n_val = (
+            min(len(order) - 1, max(1, int(round(len(order) * val_fraction))))
+            if len(order) > 1
+            else 0
+        )
+        return sorted(order[n_val:]), sorted(order[:n_val])
+    pattern = re.compile(group)
+    groups: dict[str, list[str]] = {}
+    for conversation in order:
+        match = pattern.search(conversation)
+        key = (match.group(1) if pattern.groups else match.group(0)) if match else conversation
+        groups.setdefault(f"m:{key}" if match else f"c:{key}", []).append(conversation)
+    keys = sorted(groups)
+    rng.shuffle(keys)
+    target = max(1, int(round(len(order) * val_fraction)))
+    val: list[str] = []
+    for key in keys[:-1]:  # the last group always trains
+        if len(val) >= target:
+            break
+        val.extend(groups[key])
+    if not val and len(order) > 1:
+        raise ConfigError(
+            f"train.val_group {group!r} puts all {len(order)} conversations in one group: "
+            "validation needs a second one"
+        )
+    return sorted(set(order) - set(val)), sorted(val)

@@ -163,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
     progress = not args.no_progress
 
     ids = conversation_ids(args.corpus)
-    train_ids, val_ids = split_conversations(ids, cfg.val_fraction, cfg.seed)
+    train_ids, val_ids = split_conversations(ids, cfg.val_fraction, cfg.seed, cfg.val_group)
     log.info("%d conversations: %d train, %d validation", len(ids), len(train_ids), len(val_ids))
 
     init = load_model(args.init_model, device="cpu") if args.init_model else None
