@@ -9,6 +9,11 @@ and tested on another, in two variants:
   conversation (in each manifest on its own), the field's standard speaker normalisation. It
   sees all of a speaker's utterances, as a batch job can.
 
+``--features codes`` swaps the functionals for the histogram of the model's own speech codes
+in each utterance (its spectral codes, loudness levels and pitch levels, each as shares of the
+utterance's blocks): what a linear reader gets from exactly the tokens the model reads. A
+model below it is losing what its front end gives it.
+
 The model (``--model``, default the packaged one) is scored on the test manifest in the same
 run, mode by mode, and every mode is compared with both baselines on the same utterances
 (paired bootstrap over conversations), so the JSON holds the bar and the model side by side.
@@ -26,6 +31,7 @@ import numpy as np
 from dpm_worker.audio import SAMPLE_RATE
 from dpm_worker.errors import BadInputError, ConfigError
 from dpm_worker.speech.smile import egemaps_functionals
+from dpm_worker.speech.tokenizer import SpeechTokenizerConfig
 from dpm_worker.training import iter_waveforms
 from dpm_worker.utterance import Utterance
 from pipelines.bench.command import print_report
@@ -33,6 +39,7 @@ from pipelines.eval.config import add_labeling_arguments
 from pipelines.eval.results import ModeResult, compare, score
 
 VARIANTS = ("raw", "speaker_z")
+FEATURES = ("functionals", "codes")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,6 +52,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the model's modes scored on --test (%(default)s); 'none' scores no model",
     )
     parser.add_argument("--slots", type=int, default=8, help="model: conversations at once")
+    parser.add_argument(
+        "--features",
+        choices=FEATURES,
+        default="functionals",
+        help="the baseline's features: eGeMAPS functionals, or the histogram of the model's "
+        "own speech codes (%(default)s)",
+    )
     parser.add_argument("--c", type=float, default=0.5, help="inverse regularisation C")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for the model")
@@ -65,6 +79,41 @@ def corpus_functionals(
     if not kept:
         raise BadInputError(f"no utterances labelled with one of {list(labels)}", manifest)
     return np.stack(rows), kept
+
+
+def corpus_code_histograms(
+    manifest: str, conversations: list, model, labels: tuple[str, ...]
+) -> tuple[np.ndarray, list[Utterance]]:
+    """Per gold-labelled utterance of ``conversations`` (``manifest`` tokenized by ``model``),
+    the shares of its blocks in each spectral code, loudness level and pitch level of the
+    model's product codebook (``[n, S + E + P]``), and the utterances."""
+    config = getattr(model.speech_tokenizer, "config", None)
+    if not isinstance(config, SpeechTokenizerConfig):
+        raise ConfigError("--features codes needs a model with the built-in product codebook")
+    rows, kept = [], []
+    for conversation in conversations:
+        for utt in _labelled(iter(conversation.utterances), labels):
+            if utt.audio_ids is not None:
+                rows.append(code_histogram(utt.audio_ids, config))
+                kept.append(utt)
+    if not kept:
+        raise BadInputError(f"no utterances labelled with one of {list(labels)}", manifest)
+    return np.stack(rows), kept
+
+
+def code_histogram(codes: np.ndarray, config: SpeechTokenizerConfig) -> np.ndarray:
+    """The factors of product codes (``(spectral * E + energy) * P + pitch``) as histograms,
+    each normalised to shares of the blocks."""
+    codes = np.asarray(codes, dtype=np.int64)
+    pitch = codes % config.n_pitch
+    energy = (codes // config.n_pitch) % config.n_energy
+    spectral = codes // (config.n_pitch * config.n_energy)
+    parts = [
+        np.bincount(spectral, minlength=config.n_spectral),
+        np.bincount(energy, minlength=config.n_energy),
+        np.bincount(pitch, minlength=config.n_pitch),
+    ]
+    return np.concatenate(parts).astype(np.float64) / max(1, codes.size)
 
 
 def _labelled(utterances: Iterator[Utterance], labels: tuple[str, ...]) -> Iterator[Utterance]:
@@ -106,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
     if args.c <= 0:
         raise ConfigError(f"--c must be > 0, got {args.c}")
     model = None
-    if modes:
+    if modes or args.features == "codes":
         import torch
 
         from dpm_worker.model import load_model
@@ -114,10 +163,22 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
         model = load_model(args.model)
     labels = model.vocab.labels if model is not None else ("neutral", "happy", "sad", "angry")
-    print(f"real_baseline: functionals of {args.train}", file=sys.stderr, flush=True)
-    x_train, u_train = corpus_functionals(args.train, labels)
-    print(f"real_baseline: functionals of {args.test}", file=sys.stderr, flush=True)
-    x_test, u_test = corpus_functionals(args.test, labels)
+
+    tokenized: dict[str, list] = {}  # manifest -> conversations as the model reads them
+
+    def conversations_of(manifest: str) -> list:
+        if manifest not in tokenized:
+            tokenized[manifest] = load_conversations(manifest, model)
+        return tokenized[manifest]
+
+    def features(manifest: str) -> tuple[np.ndarray, list[Utterance]]:
+        print(f"real_baseline: {args.features} of {manifest}", file=sys.stderr, flush=True)
+        if args.features == "codes":
+            return corpus_code_histograms(manifest, conversations_of(manifest), model, labels)
+        return corpus_functionals(manifest, labels)
+
+    x_train, u_train = features(args.train)
+    x_test, u_test = features(args.test)
     gold_train = [str(u.emotion) for u in u_train]
     inputs = {
         "raw": (x_train, x_test),
@@ -128,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
         pred = fit_predict(train, gold_train, test, args.c)
         results[f"baseline_{variant}"] = _as_result(u_test, pred)
     if model is not None:
-        conversations = load_conversations(args.test, model)
+        conversations = conversations_of(args.test)
         keys = [(u.conversation_id, u.utterance_index) for u in u_test]
         for mode in modes:
             config = dataclasses.replace(labeling, mode=mode)
@@ -141,6 +202,7 @@ def run(args: argparse.Namespace) -> int:
         "model": None if model is None else model.model_id,
         "n_train": len(u_train),
         "n_test": len(u_test),
+        "features": args.features,
         "c": args.c,
         "scores": {
             name: _brief(score(r, labels, 10, args.bootstrap)) for name, r in results.items()

@@ -84,3 +84,35 @@ def test_baseline_and_model_side_by_side(manifests, tmp_path):
     assert diff["ua_diff"] == pytest.approx(
         scores["utterance"]["ua"] - scores["baseline_raw"]["ua"]
     )
+
+
+def test_code_histogram_counts_each_factor_of_the_product_code():
+    from dpm_worker.speech.tokenizer import SpeechTokenizerConfig
+    from pipelines.bench.real_baseline import code_histogram
+
+    config = SpeechTokenizerConfig(n_spectral=3, n_energy=2, n_pitch=4)
+    # (spectral, energy, pitch) -> (s * E + e) * P + p
+    triples = [(0, 1, 3), (2, 0, 0), (2, 1, 1), (2, 1, 1)]
+    codes = np.array([(s * 2 + e) * 4 + p for s, e, p in triples])
+    hist = code_histogram(codes, config)
+    assert hist.shape == (3 + 2 + 4,)
+    np.testing.assert_allclose(hist[:3], [0.25, 0.0, 0.75])
+    np.testing.assert_allclose(hist[3:5], [0.25, 0.75])
+    np.testing.assert_allclose(hist[5:], [0.25, 0.5, 0.0, 0.25])
+
+
+def test_baseline_on_the_models_own_codes(manifests, tmp_path):
+    """``--features codes``: the regression reads the histogram of the packaged model's codes
+    of the same utterances the model reads (no model mode: ``--mode none``)."""
+    from dpm_worker.model import load_model
+
+    train, test = manifests
+    out = tmp_path / "codes.json"
+    code = main(["bench", "real_baseline", "--train", str(train), "--test", str(test),
+                 "--features", "codes", "--mode", "none", "--bootstrap", "20",
+                 "--json", str(out)])  # fmt: skip
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["features"] == "codes" and report["n_train"] == 72 and report["n_test"] == 36
+    assert set(report["scores"]) == {"baseline_raw", "baseline_speaker_z"}
+    assert report["model"] == load_model(None).model_id
