@@ -12,7 +12,7 @@ and tested on another, in two variants:
 ``--features codes`` swaps the functionals for the histogram of the model's own speech codes
 in each utterance (its spectral codes, loudness levels and pitch levels, each as shares of the
 utterance's blocks): what a linear reader gets from exactly the tokens the model reads. A
-model below it is losing what its front end gives it.
+model below it reads less than its own codes carry.
 
 The model (``--model``, default the packaged one) is scored on the test manifest in the same
 run, mode by mode, and every mode is compared with both baselines on the same utterances
