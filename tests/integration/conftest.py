@@ -76,8 +76,10 @@ def tiny_corpus(tmp_path_factory):
     return folder
 
 
-def run_label(*args: str, env: dict | None = None, module: bool = False, timeout: float = 120):
-    """Run the labeling CLI in a subprocess; returns the CompletedProcess."""
+def run_label(*args: str, env: dict | None = None, module: bool = False, timeout: float = 900):
+    """Run the labeling CLI in a subprocess; returns the CompletedProcess. The timeout only
+    guards against a hang (a loaded machine starts actors slowly): the job's own actor start
+    deadline is the product default, 600 s."""
     command = (
         [sys.executable, "-m", "pipelines.label_corpus"]
         if module

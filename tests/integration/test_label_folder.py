@@ -75,7 +75,7 @@ def test_label_a_local_folder_of_recordings(tmp_path, ray_address, tiny_model) -
     out = str(tmp_path / "out")
     result = run_label(
         "--input", str(folder), "--output", out, "--model", tiny_model, "--address",
-        ray_address, "--run-id", "folder", *JOB, timeout=600,
+        ray_address, "--run-id", "folder", *JOB, timeout=900,
     )  # fmt: skip
     check_run(out, result)
     # The listing the run labeled is kept with the run, and is what `dpm manifest files` writes.
@@ -111,6 +111,6 @@ def test_label_an_s3_prefix_of_recordings(tmp_path, s3_bucket, ray_address, tiny
     out = f"s3://{s3_bucket}/out"
     result = run_label(
         "--input", prefix, "--output", out, "--model", tiny_model, "--address", ray_address,
-        "--run-id", "bucket", *JOB, timeout=600,
+        "--run-id", "bucket", *JOB, timeout=900,
     )  # fmt: skip
     check_run(out, result)

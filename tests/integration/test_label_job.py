@@ -39,7 +39,6 @@ JOB = [  # the clean run: one conversation at a time per actor, the reference of
     "--slots-per-actor",
     "1",
     "progress_interval_s=2",
-    "actor_start_timeout_s=120",
 ]
 
 
@@ -85,7 +84,7 @@ def clean_run(local_s3, ray_address, tiny_model, s3_corpus):
         "--run-id",
         "clean",
         *JOB,
-        timeout=300,  # a shared machine may take minutes to start the actors
+        timeout=900,  # a shared machine may take minutes to start the actors
     )
     return out, result
 
@@ -291,8 +290,7 @@ def test_slots_per_actor_writes_the_tables_of_one_slot(
         "--slots-per-actor",
         "3",
         "progress_interval_s=2",
-        "actor_start_timeout_s=120",
-        timeout=300,
+        timeout=900,
     )
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     clean = comparable(read_table(clean_run[0], "emotions"))

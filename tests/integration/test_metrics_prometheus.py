@@ -189,9 +189,8 @@ def test_prometheus_counts_equal_the_tables(ray_cluster, prometheus, tiny_model,
             *("--address", ray_cluster["env"]["RAY_ADDRESS"], "--run-id", RUN_ID),
             *("--actors", "2", "--cpus-per-actor", "0.5", "--slots-per-actor", "1"),
             "progress_interval_s=2",
-            "actor_start_timeout_s=120",
             env={k: v for k, v in ray_cluster["env"].items() if k.startswith(("RAY_", "DPM_"))},
-            timeout=300,
+            timeout=900,
         )
 
     result = label()

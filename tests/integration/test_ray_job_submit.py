@@ -148,7 +148,6 @@ def test_ray_job_submit_labels_the_corpus(ray_cluster, local_s3, tiny_model, tin
             "1",
             "--cpus-per-actor",
             "0.5",
-            "actor_start_timeout_s=120",
         ],
         cwd=REPO,
         env=env,

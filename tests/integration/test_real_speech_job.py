@@ -22,7 +22,7 @@ pytestmark = pytest.mark.integration
 
 # One small actor: the cluster has 2 CPUs shared with the test process (and, on a loaded
 # machine, model loading can take minutes).
-JOB = ["--actors", "1", "--cpus-per-actor", "0.5", "actor_start_timeout_s=400"]
+JOB = ["--actors", "1", "--cpus-per-actor", "0.5"]
 
 FIXTURES = REPO / "tests" / "fixtures" / "real_speech"
 MEETINGS = ("dev00", "tst00")
