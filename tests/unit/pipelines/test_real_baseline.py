@@ -65,14 +65,18 @@ def manifests(tmp_path_factory):
     return base / "train.parquet", base / "test.parquet"
 
 
-def test_baseline_and_model_side_by_side(manifests, tmp_path):
+def run_bench(manifests, out, *options: str) -> dict:
+    """``dpm bench real_baseline`` on the fixture manifests; its JSON report."""
     train, test = manifests
-    out = tmp_path / "rb.json"
-    code = main(["bench", "real_baseline", "--train", str(train), "--test", str(test),
-                 "--mode", "utterance", "--slots", "2", "--bootstrap", "50",
-                 "--json", str(out)])  # fmt: skip
-    assert code == 0
-    report = json.loads(out.read_text())
+    args = ["bench", "real_baseline", "--train", str(train), "--test", str(test), *options]
+    assert main([*args, "--json", str(out)]) == 0
+    return json.loads(out.read_text())
+
+
+def test_baseline_and_model_side_by_side(manifests, tmp_path):
+    report = run_bench(
+        manifests, tmp_path / "rb.json", "--mode", "utterance", "--slots", "2", "--bootstrap", "50"
+    )
     assert report["n_train"] == 72 and report["n_test"] == 36
     scores = report["scores"]
     assert set(scores) == {"baseline_raw", "baseline_speaker_z", "utterance"}
@@ -106,13 +110,10 @@ def test_baseline_on_the_models_own_codes(manifests, tmp_path):
     of the same utterances the model reads (no model mode: ``--mode none``)."""
     from dpm_worker.model import load_model
 
-    train, test = manifests
-    out = tmp_path / "codes.json"
-    code = main(["bench", "real_baseline", "--train", str(train), "--test", str(test),
-                 "--features", "codes", "--mode", "none", "--bootstrap", "20",
-                 "--json", str(out)])  # fmt: skip
-    assert code == 0
-    report = json.loads(out.read_text())
+    report = run_bench(
+        manifests, tmp_path / "codes.json", "--features", "codes", "--mode", "none",
+        "--bootstrap", "20",
+    )  # fmt: skip
     assert report["features"] == "codes" and report["n_train"] == 72 and report["n_test"] == 36
     assert set(report["scores"]) == {"baseline_raw", "baseline_speaker_z"}
     assert report["model"] == load_model(None).model_id
