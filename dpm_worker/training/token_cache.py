@@ -172,23 +172,17 @@ def split_conversations(
     order, until it holds ``val_fraction`` of the conversations.
     """
     order = sorted(ids)
-    rng = np.random.default_rng(seed)
-    if not group:
-        rng.shuffle(order)
-        n_val = (
-            min(len(order) - 1, max(1, int(round(len(order) * val_fraction))))
-            if len(order) > 1
-            else 0
-        )
-        return sorted(order[n_val:]), sorted(order[:n_val])
-    pattern = re.compile(group)
-    groups: dict[str, list[str]] = {}
+    pattern = re.compile(group) if group else None
+    groups: dict[tuple[str, str], list[str]] = {}  # ungrouped ids are groups of one
     for conversation in order:
-        match = pattern.search(conversation)
-        key = (match.group(1) if pattern.groups else match.group(0)) if match else conversation
-        groups.setdefault(f"m:{key}" if match else f"c:{key}", []).append(conversation)
+        match = pattern.search(conversation) if pattern else None
+        if match is None:
+            key = ("c", conversation)
+        else:
+            key = ("m", match.group(1) if match.re.groups else match.group(0))
+        groups.setdefault(key, []).append(conversation)
     keys = sorted(groups)
-    rng.shuffle(keys)
+    np.random.default_rng(seed).shuffle(keys)
     target = max(1, int(round(len(order) * val_fraction)))
     val: list[str] = []
     for key in keys[:-1]:  # the last group always trains

@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
@@ -92,7 +92,7 @@ def corpus_code_histograms(
         raise ConfigError("--features codes needs a model with the built-in product codebook")
     rows, kept = [], []
     for conversation in conversations:
-        for utt in _labelled(iter(conversation.utterances), labels):
+        for utt in _labelled(conversation.utterances, labels):
             if utt.audio_ids is not None:
                 rows.append(code_histogram(utt.audio_ids, config))
                 kept.append(utt)
@@ -116,7 +116,7 @@ def code_histogram(codes: np.ndarray, config: SpeechTokenizerConfig) -> np.ndarr
     return np.concatenate(parts).astype(np.float64) / max(1, codes.size)
 
 
-def _labelled(utterances: Iterator[Utterance], labels: tuple[str, ...]) -> Iterator[Utterance]:
+def _labelled(utterances: Iterable[Utterance], labels: tuple[str, ...]) -> Iterator[Utterance]:
     return (u for u in utterances if u.emotion in labels)
 
 
