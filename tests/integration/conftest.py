@@ -21,9 +21,17 @@ ACCESS_KEY = "AKIADPMTEST7C21E5B84"
 REPO = Path(__file__).resolve().parents[2]
 
 
+# Every cluster the tests start runs its workers at the raylet's own priority. Ray's default
+# (nice 15) left each actor about 4% of a core beside two ordinary CPU-bound processes
+# (measured with `ps` under two `while 1: pass` loops), so jobs crawled into the 900 s per-test
+# guard. At nice 0 the actors get a fair share of a loaded machine; what the tests check does
+# not change.
+FAIR_SHARE = {"RAY_worker_niceness": "0"}
+
 # What the cluster and every CLI subprocess run with; the test process's own environment is
 # restored right after the cluster starts, so other tests see no difference.
 CLUSTER_ENV = {
+    **FAIR_SHARE,
     "RAY_AUTH_MODE": "disabled",
     "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
     "AWS_ACCESS_KEY_ID": ACCESS_KEY,

@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from tests.integration.conftest import REPO, run_label
+from tests.integration.conftest import FAIR_SHARE, REPO, run_label
 from tests.integration.test_label_job import read_table
 from tests.waiting import wait_until
 
@@ -56,6 +56,7 @@ def ray_cluster():
     state = tempfile.mkdtemp(prefix="dpmpm-", dir="/tmp")  # short: Ray's unix sockets live here
     env = {
         **os.environ,
+        **FAIR_SHARE,
         "DPM_RAY_STATE_DIR": state,
         "DPM_RAY_CPUS": "2",
         "RAY_metrics_report_interval_ms": REPORT_MS,

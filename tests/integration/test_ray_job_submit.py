@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dpm_worker.storage import get_filesystem
-from tests.integration.conftest import REPO, upload
+from tests.integration.conftest import FAIR_SHARE, REPO, upload
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -51,7 +51,7 @@ def ray_cluster(local_s3):
     endpoint and the dummy credentials (as a real node gets them from its instance role)."""
     # Short path: Ray keeps unix sockets under it (108-byte limit).
     state = tempfile.mkdtemp(prefix="dpmrj-", dir="/tmp")
-    env = {**os.environ, "DPM_RAY_STATE_DIR": state, "DPM_RAY_CPUS": "2"}
+    env = {**os.environ, **FAIR_SHARE, "DPM_RAY_STATE_DIR": state, "DPM_RAY_CPUS": "2"}
     env.pop("RAY_ADDRESS", None)
     started = subprocess.run(
         ["bash", str(REPO / "infra" / "ray_local.sh"), "start"],
