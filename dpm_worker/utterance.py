@@ -40,6 +40,8 @@ class Utterance:
         audio_ids: int64 speech-tokenizer codes (None until tokenized).
         pieces: how many utterances the VAD region or diarized turn it comes from was cut
             into to fit the model (1: it was read whole).
+        acoustic: float64 acoustic summary (``dpm_worker.speech.summary``), set by tokenizing
+            for a model with an acoustic head (None otherwise).
     """
 
     conversation_id: str
@@ -54,6 +56,7 @@ class Utterance:
     samples: np.ndarray | None = None
     audio_ids: np.ndarray | None = None
     pieces: int = 1
+    acoustic: np.ndarray | None = None
 
     def codes(self) -> np.ndarray:
         """The speech codes.
@@ -96,9 +99,12 @@ class LabeledUtterance:
 
 
 def inputs_digest(utterances: Sequence[Utterance]) -> str:
-    """A hash of a conversation's input as the labeler sees it (indices, speakers, codes)."""
+    """A hash of a conversation's input as the labeler sees it (indices, speakers, codes, and
+    acoustic summaries where there are any)."""
     digest = hashlib.sha256()
     for utt in utterances:
         digest.update(f"{utt.utterance_index}\x00{utt.speaker}\x00".encode())
         digest.update(utt.codes().astype("<i8").tobytes())
+        if utt.acoustic is not None:
+            digest.update(np.asarray(utt.acoustic, dtype="<f8").tobytes())
     return digest.hexdigest()[:32]

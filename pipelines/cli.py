@@ -30,6 +30,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "augmented copies of a labelled corpus for training (new voices through new lines)",
     ),
     "train": ("pipelines.train.backbone", "train the emotion speech-LLM backbone"),
+    "head": (
+        "pipelines.train.acoustic_head",
+        "fit a model's acoustic head (prosody statistics read beside the LLM) into a new folder",
+    ),
     "eval": (
         "pipelines.eval.evaluate",
         "label a gold-labelled manifest in-process and report metrics",

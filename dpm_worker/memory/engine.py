@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import torch
+
 if TYPE_CHECKING:
     from dpm_worker.model import EmotionModel
 
@@ -144,9 +146,17 @@ class SlotEngine:
                 labels=self._labels(ids, start) if labelled else None,
                 conversation=slot,
                 new_ids=[*conv.pending, *tokens],
+                head=self._head(utt),
             ),
             tokens,
         )
+
+    def _head(self, utt: Utterance) -> torch.Tensor | None:
+        """The acoustic head's weighted log-probabilities for ``utt`` (None without a head)."""
+        head = self.model.acoustic_head
+        if head is None or utt.acoustic is None:
+            return None
+        return torch.from_numpy(head.weight * head.log_probs(utt.acoustic)[0]).float()
 
     def _labels(self, ids: list[int], start: int) -> list[int]:
         """Write targets: the utterance's audio tokens (+ the history's emotion tokens)."""

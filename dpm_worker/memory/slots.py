@@ -14,6 +14,8 @@ gets alone, whatever shares the batch (tested against the reference in ``tests/o
   step, each chunk entering the history with its own read, the utterance's distribution their
   length-weighted mean (:mod:`dpm_worker.memory.rows`);
 - ``prior-ema``'s running averages are kept per conversation and speaker;
+- a model's acoustic head (``dpm_worker.model.acoustic_head``) is fused into every read of
+  an utterance (each chunk's) by the step, so ``prior-ema`` averages fused reads;
 - a state holds the conversation's memory slots (``BatchedLoraMemory.export_slot``'s fields
   under ``slot.<k>.``), so a checkpoint taken in one batch resumes in any other.
 
@@ -127,6 +129,11 @@ class SlotLabeler(SlotEngine):
             raise ConfigError(f"all {self.slots} slots are taken")
         slot = min(set(range(self.slots)) - set(self._slots))
         utts = list(utterances)
+        if self.model.acoustic_head is not None and any(u.acoustic is None for u in utts):
+            raise ConfigError(
+                f"conversation {key!r}: the model has an acoustic head but utterances were "
+                "tokenized without acoustic summaries (tokenize with the model's tokenizer)"
+            )
         parts: list[Utterance] = []
         owner: list[int] = []
         for n, utt in enumerate(utts):

@@ -14,6 +14,10 @@ strategy                           step
                                    speaker's prior, which the write then updates
 =================================  ====================================================
 
+A model with an acoustic head (``dpm_worker.model.acoustic_head``) gives each row the head's
+weighted log-probabilities; every strategy fuses them into its read (:meth:`Step.with_head`),
+and ``prior`` fuses them before its write, so the speaker's prior learns the fused reads.
+
 Rows are left-padded to a common length with an attention mask and position ids that start at
 0 on each row's first real token, so every row's ``<audio_end>`` is the last column and each row
 computes what it would alone (up to float rounding). The memory is a
@@ -56,6 +60,9 @@ class StepRow:
         labels: the write's targets, aligned with ``ids`` (``IGNORE`` where the loss is off).
         conversation: the conversation's slot (its history cache, with ``reuse``).
         new_ids: the tokens of ``ids`` not yet in the history cache (``reuse``).
+        head: ``[n_labels]`` the model's acoustic head's log-probabilities for the utterance
+            times its weight (``dpm_worker.model.acoustic_head``), added to the read before
+            anything uses it (None: no head).
     """
 
     ids: list[int]
@@ -65,6 +72,7 @@ class StepRow:
     labels: list[int] | None = None
     conversation: int = 0
     new_ids: list[int] | None = None
+    head: torch.Tensor | None = None
 
 
 @dataclass
@@ -147,6 +155,16 @@ class Step:
             return last_token_logits(self.lm, seqs)
         return Padded.of(seqs, self.device).logits(self.lm, 1)[:, -1]
 
+    def with_head(self, rows: Sequence[StepRow], read: torch.Tensor) -> torch.Tensor:
+        """``read`` (``[N, n_labels]`` log-probabilities) fused with each row's acoustic head,
+        renormalised: ``p ∝ p_read × p_head ** weight`` (unchanged without a head)."""
+        if all(r.head is None for r in rows):
+            return read
+        bias = torch.stack(
+            [torch.zeros(read.shape[1]) if r.head is None else r.head.float() for r in rows]
+        )
+        return torch.log_softmax(read + bias.to(read.device), dim=-1)
+
     def __call__(self, rows: Sequence[StepRow]) -> torch.Tensor:
         """``[N, n_labels]`` emotion distributions of the rows (one step: writes and reads)."""
         return self.log_probs(rows).exp()
@@ -165,7 +183,7 @@ class ReadOnly(Step):
     """Modes ``utterance``, ``window``, ``full`` (and ``dpm`` with 0 steps): the backbone's read."""
 
     def log_probs(self, rows: Sequence[StepRow]) -> torch.Tensor:
-        return torch.log_softmax(self.backbone_read(rows), dim=-1)
+        return self.with_head(rows, torch.log_softmax(self.backbone_read(rows), dim=-1))
 
 
 class AudioWrite(Step):
@@ -183,7 +201,7 @@ class AudioWrite(Step):
         if base is not None:
             confident = base.detach().exp().max(dim=-1).values >= cfg.read_gate
             read = torch.where(confident[:, None], base, read)
-        return read
+        return self.with_head(rows, read)
 
     def rewrite(self, rows: Sequence[StepRow], targets: torch.Tensor | None) -> None:
         self.write(rows)
@@ -271,7 +289,8 @@ class PriorWrite(Step):
             at = torch.tensor([c - first for c in spk_col], device=logits.device)
             at_spk = logits[torch.arange(len(rows), device=logits.device), at]
             own_logits = logits[:, -1]
-        own = torch.log_softmax(own_logits, dim=-1)
+        # the prior learns the model's read: the backbone's, fused with the acoustic head
+        own = self.with_head(rows, torch.log_softmax(own_logits, dim=-1))
         self.written = own.detach().exp()
         prior = self.write(rows, prefixes, at_spk, self.written)
         read = torch.log_softmax(own + cfg.prior_weight * prior, dim=-1)

@@ -1,3 +1,4 @@
+from dpm_worker.model.acoustic_head import AcousticHead, fit_acoustic_head, load_acoustic_head
 from dpm_worker.model.backbone import (
     HISTORY_FORMATS,
     MODEL_META,
@@ -5,17 +6,16 @@ from dpm_worker.model.backbone import (
     BackboneConfig,
     EmotionModel,
     build_backbone,
-    default_model_path,
     extend_base_model,
-    load_model,
-    save_model,
 )
 from dpm_worker.model.device import DTYPES, pick_device
 from dpm_worker.model.folder import MANIFEST_NAME, write_file_manifest
+from dpm_worker.model.loading import default_model_path, load_model, save_model
 from dpm_worker.model.stream import IGNORE, fit_context, history_budget, tail, utterance_start
 from dpm_worker.model.vocab import StreamVocab
 
 __all__ = [
+    "AcousticHead",
     "IGNORE",
     "HISTORY_FORMATS",
     "BackboneConfig",
@@ -28,8 +28,10 @@ __all__ = [
     "build_backbone",
     "default_model_path",
     "extend_base_model",
+    "fit_acoustic_head",
     "fit_context",
     "history_budget",
+    "load_acoustic_head",
     "load_model",
     "pick_device",
     "save_model",

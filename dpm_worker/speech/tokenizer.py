@@ -30,6 +30,7 @@ from dpm_worker.errors import ConfigError
 from dpm_worker.speech.features import BlockFeatures, block_count, compute_block_features
 from dpm_worker.speech.smile import SPECTRAL_DIM, smile_batch_features
 from dpm_worker.speech.speaker_levels import SpeakerLevels, relative_features
+from dpm_worker.speech.summary import utterance_summaries
 
 TOKENIZER_CONFIG = "speech_tokenizer.json"
 TOKENIZER_WEIGHTS = "speech_tokenizer.safetensors"
@@ -146,6 +147,9 @@ class BuiltinSpeechTokenizer:
     """
 
     kind = "builtin-product"
+    # Set by a model with an acoustic head: tokenize_utterances then also gives every
+    # utterance its acoustic summary (``Utterance.acoustic``).
+    summaries = False
 
     def __init__(
         self,
@@ -274,6 +278,24 @@ class BuiltinSpeechTokenizer:
         ``levels`` and ``speakers`` as in :meth:`encode_batch`."""
         if self.config.speaker_relative:
             feats = self._relative(feats, counts, levels, speakers)
+        return self._codes(feats, counts)
+
+    @torch.no_grad()
+    def quantize_with_summaries(
+        self,
+        feats: BlockFeatures,
+        counts: list[int],
+        *,
+        levels: SpeakerLevels | None = None,
+        speakers: Sequence[Hashable] | None = None,
+    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """:meth:`quantize`'s codes and each wave's acoustic summary (``speech/summary.py``),
+        pooled from the same (speaker-relative) block features the codes quantize."""
+        if self.config.speaker_relative:
+            feats = self._relative(feats, counts, levels, speakers)
+        return self._codes(feats, counts), utterance_summaries(feats, counts)
+
+    def _codes(self, feats: BlockFeatures, counts: list[int]) -> list[np.ndarray]:
         spectral_of = feats.spectral
         if self.spectral_norm is not None:
             spectral_of = (spectral_of - self.spectral_norm[0]) / self.spectral_norm[1]

@@ -35,8 +35,9 @@ def tokenize_utterances(
 ) -> Iterator[Utterance]:
     """The utterances with their speech codes, in the order given, tokenized in batches.
 
-    Each yielded utterance is the input's with ``audio_ids`` (int64 codes) set and its
-    samples dropped (the codes replace them; a long conversation's audio is not kept twice).
+    Each yielded utterance is the input's with ``audio_ids`` (int64 codes) set (and its
+    ``acoustic`` summary when the tokenizer's ``summaries`` is on: a model with an acoustic
+    head turns it on) and its samples dropped (the codes replace them; a long conversation's audio is not kept twice).
     Utterances are gathered until their audio reaches ``batch_seconds`` and encoded with one
     ``tokenizer.encode_batch`` call (the codes ``encode`` gives one by one), so at most one
     batch of samples is held beyond what the caller holds.
@@ -78,6 +79,12 @@ def tokenize_utterances(
                 levels.add_stacked(_speakers(batch), feats, counts)
                 featurized.append((batch, feats, counts))
             for batch, feats, counts in featurized:
+                if getattr(tokenizer, "summaries", False):
+                    codes_of, summaries = tokenizer.quantize_with_summaries(  # type: ignore[attr-defined]
+                        feats, counts, levels=levels, speakers=_speakers(batch)
+                    )
+                    yield from _with_codes(batch, codes_of, check_fits, summaries)
+                    continue
                 codes_of = tokenizer.quantize(  # type: ignore[attr-defined]
                     feats, counts, levels=levels, speakers=_speakers(batch)
                 )
@@ -148,6 +155,14 @@ def _encode(
     levels: SpeakerLevels | None,
 ) -> Iterator[Utterance]:
     waves = [utt.samples for utt in batch if utt.samples is not None]
+    if getattr(tokenizer, "summaries", False):
+        feats, counts = tokenizer.block_features(waves)  # type: ignore[attr-defined]
+        speakers = None if levels is None else _speakers(batch)
+        codes_of, summaries = tokenizer.quantize_with_summaries(  # type: ignore[attr-defined]
+            feats, counts, levels=levels, speakers=speakers
+        )
+        yield from _with_codes(batch, codes_of, check_fits, summaries)
+        return
     if levels is None:
         codes_of = tokenizer.encode_batch(waves)
     else:
@@ -159,10 +174,13 @@ def _with_codes(
     batch: list[Utterance],
     codes_of: list[np.ndarray],
     check_fits: Callable[[int, str], None] | None,
+    summaries: list[np.ndarray] | None = None,
 ) -> Iterator[Utterance]:
-    """The batch's utterances with their codes instead of their samples (fit-checked)."""
-    for utt, codes in zip(batch, codes_of, strict=True):
+    """The batch's utterances with their codes (and acoustic summaries, when given) instead
+    of their samples (fit-checked)."""
+    for n, (utt, codes) in enumerate(zip(batch, codes_of, strict=True)):
         codes = np.asarray(codes, dtype=np.int64)
         if check_fits is not None:
             check_fits(len(codes) + FRAME_TOKENS, utt.audio_uri)
-        yield dataclasses.replace(utt, samples=None, audio_ids=codes)
+        acoustic = None if summaries is None else summaries[n]
+        yield dataclasses.replace(utt, samples=None, audio_ids=codes, acoustic=acoustic)

@@ -29,6 +29,7 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,10 +172,15 @@ def load_conversations(
 
 
 def load_corpus(
-    corpus: str, model, limit: int | None = None, group_by: tuple[str, ...] = ()
+    corpus: str,
+    model,
+    limit: int | None = None,
+    group_by: tuple[str, ...] = (),
+    keep: Callable[[str], bool] | None = None,
 ) -> tuple[list[Conversation], list[ErrorRecord]]:
     """Read the manifest, cut each conversation's audio as the job does and tokenize it once;
-    keep each utterance's values of the ``group_by`` columns.
+    keep each utterance's values of the ``group_by`` columns. ``keep``: which conversation ids
+    to read (all by default).
 
     Returns:
         The conversations with something to label, and the error rows of the rest (the
@@ -193,10 +199,14 @@ def load_corpus(
     by_conv: dict[str, list] = {}
     for row in to_rows(table):
         by_conv.setdefault(row.conversation_id, []).append(row)
-    ids = list(by_conv)[: limit if limit is not None else None]
+    ids = [c for c in by_conv if keep is None or keep(c)][: limit if limit is not None else None]
     longest = segment_limit(model, None)
     out, errors = [], []
-    for cid in ids:
+    last_log = time.monotonic()
+    for n, cid in enumerate(ids):
+        if time.monotonic() - last_log > 30.0:  # progress on long corpora
+            log.info("read and tokenized %d of %d conversations", n, len(ids))
+            last_log = time.monotonic()
         rows = by_conv[cid]
         values = {r.utterance_index: _group_values(r, group_by) for r in rows}
         segments, failed = read_conversation(

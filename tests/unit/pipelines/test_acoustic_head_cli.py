@@ -1,0 +1,84 @@
+"""``dpm head``: fit a model's acoustic head on training speakers, choose its weight on
+validation speakers, write the model with it; ``dpm eval`` then reads it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from dpm_worker.corpus import read_ravdess, write_manifest
+from dpm_worker.model import EmotionModel, load_model, save_model
+from dpm_worker.speech import BuiltinSpeechTokenizer
+from pipelines.cli import main
+from pipelines.exit_codes import EXIT_USAGE
+from pipelines.train.acoustic_head import balanced_accuracy, parse_weights
+from tests.fixtures.corpus_trees import build_ravdess_tree
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """RAVDESS-layout fixture (pitch by emotion, plus the actor's number in Hz): actors 1-4
+    to fit, 5 to test (108 training takes are too few for the summary's 90 dimensions to
+    learn that spectral detail moves with the voice, so the test voice stays near theirs)."""
+    base = tmp_path_factory.mktemp("head")
+    root = build_ravdess_tree(base, actors=(1, 2, 3, 4, 5))
+    train, _ = read_ravdess(str(root), actors=[1, 2, 3, 4])
+    test, _ = read_ravdess(str(root), actors=[5])
+    write_manifest(train, str(base / "train.parquet"))
+    write_manifest(test, str(base / "test.parquet"))
+    # levels relative to each actor's own (the shipped codebook's references)
+    model = EmotionModel.random(seed=0)
+    config = dataclasses.replace(
+        model.speech_tokenizer.config,
+        speaker_relative=True,
+        speaker_reference="conversation",
+        spectral_relative=True,
+    )
+    tokenizer = BuiltinSpeechTokenizer.random(config, seed=0)
+    save_model(dataclasses.replace(model, speech_tokenizer=tokenizer), str(base / "model"))
+    return base
+
+
+def test_head_is_fitted_chosen_on_unseen_speakers_and_read_by_eval(corpus, capsys):
+    out = corpus / "with_head"
+    args = ["head", "--corpus", str(corpus / "train.parquet"), "--model", str(corpus / "model")]
+    args += ["--out", str(out), "--val-group", "actor_(\\d+)", "--val-fraction", "0.25"]
+    assert main([*args, "--mode", "utterance", "--model-id", "tiny+head"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["train_conversations"] == 3 and len(report["val_conversations"]) == 1
+    assert report["train_utterances"] == 3 * 36 and report["val_utterances"] == 36
+    assert report["val_ua_head_alone"] > 0.9  # pitch says the emotion in the fixture
+    by_weight = {float(w): ua for w, ua in report["val_ua_by_weight"].items()}
+    assert report["weight"] > 0 and by_weight[report["weight"]] == max(by_weight.values())
+    model = load_model(str(out))
+    assert model.model_id == "tiny+head" and model.acoustic_head is not None
+    assert model.acoustic_head.weight == report["weight"]
+
+    scores = {}
+    for name, folder in (("bare", corpus / "model"), ("head", out)):
+        target = corpus / f"eval_{name}.json"
+        argv = ["eval", "--corpus", str(corpus / "test.parquet"), "--model", str(folder)]
+        assert main([*argv, "--mode", "utterance", "--json", str(target)]) == 0
+        scores[name] = json.loads(target.read_text())["modes"]["utterance"]["ua"]
+    assert scores["head"] > 0.9 and scores["head"] - scores["bare"] > 0.3
+
+
+def test_bad_arguments_exit_2(corpus, tmp_path):
+    base = ["head", "--corpus", str(corpus / "train.parquet"), "--out", str(tmp_path / "o")]
+    base += ["--model", str(corpus / "model")]
+    assert main([*base, "--weights", "1,x"]) == EXIT_USAGE
+    assert main([*base, "--conversations", "no_such_conversation"]) == EXIT_USAGE
+    assert not (tmp_path / "o").exists()
+
+
+def test_weights_and_balanced_accuracy():
+    assert parse_weights("0, 0.5,2") == [0.0, 0.5, 2.0]
+    with pytest.raises(Exception, match="numbers >= 0"):
+        parse_weights("-1")
+    gold = ["a", "a", "a", "b"]
+    assert balanced_accuracy(gold, ["a", "a", "a", "a"], ("a", "b")) == 0.5
+    assert balanced_accuracy(gold, ["a", "a", "b", "b"], ("a", "b")) == pytest.approx(5 / 6)
