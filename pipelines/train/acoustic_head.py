@@ -36,7 +36,7 @@ from dpm_worker.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_WEIGHTS = "0,0.25,0.5,0.75,1,1.5,2,3"
+DEFAULT_WEIGHTS = "0,0.25,0.5,1,1.5,2,3,4,6,10"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
