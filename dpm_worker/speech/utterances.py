@@ -37,7 +37,8 @@ def tokenize_utterances(
 
     Each yielded utterance is the input's with ``audio_ids`` (int64 codes) set (and its
     ``acoustic`` summary when the tokenizer's ``summaries`` is on: a model with an acoustic
-    head turns it on) and its samples dropped (the codes replace them; a long conversation's audio is not kept twice).
+    head turns it on) and its samples dropped (the codes replace them; a long conversation's
+    audio is not kept twice).
     Utterances are gathered until their audio reaches ``batch_seconds`` and encoded with one
     ``tokenizer.encode_batch`` call (the codes ``encode`` gives one by one), so at most one
     batch of samples is held beyond what the caller holds.

@@ -93,16 +93,6 @@ def parse_weights(text: str) -> list[float]:
     return weights
 
 
-def balanced_accuracy(gold: list[str], predicted: list[str], labels: tuple[str, ...]) -> float:
-    """Unweighted accuracy: the mean over the labels present in ``gold`` of their recall."""
-    recalls = []
-    for label in labels:
-        idx = [i for i, g in enumerate(gold) if g == label]
-        if idx:
-            recalls.append(sum(predicted[i] == label for i in idx) / len(idx))
-    return float(np.mean(recalls)) if recalls else float("nan")
-
-
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -161,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
         log.info("validation with weight %s", w)
         labeled = label_batched(model, config, [c.utterances for c in held], 8)
         predicted = [r.emotion for rows in labeled for r in rows if r.utterance.emotion is not None]
-        by_weight[w] = round(balanced_accuracy(gold, predicted, model.labels), 4)
+        by_weight[w] = round(_ua(gold, predicted, model.labels), 4)
     chosen = max(weights, key=lambda w: (by_weight[w], -w))
     info = {
         "corpus": args.corpus,
@@ -170,10 +160,11 @@ def run(args: argparse.Namespace) -> int:
         "train_utterances": len(fit_rows),
         "val_conversations": sorted(val),
         "val_utterances": len(gold),
+        "failed_rows": len(errors),  # rows that could not be read or tokenized, left out
         "c": args.c,
         "mode": args.mode,
         "val_ua_head_alone": round(
-            balanced_accuracy(gold, [model.labels[i] for i in alone.argmax(axis=1)], model.labels),
+            _ua(gold, [model.labels[i] for i in alone.argmax(axis=1)], model.labels),
             4,
         ),
         "val_ua_by_weight": {str(w): ua for w, ua in by_weight.items()},
@@ -189,3 +180,10 @@ def run(args: argparse.Namespace) -> int:
     json.dump({"model_id": model.model_id, "out": args.out, **info}, sys.stdout, indent=2)
     print()
     return 0
+
+
+def _ua(gold: list[str], predicted: list[str], labels: tuple[str, ...]) -> float:
+    """Unweighted accuracy (mean recall over the labels present), as ``dpm eval`` scores it."""
+    from dpm_worker.metrics import confusion_matrix, ua_from_confusion
+
+    return float(ua_from_confusion(confusion_matrix(gold, predicted, labels)))
