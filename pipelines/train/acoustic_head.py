@@ -51,7 +51,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="regular expression: only conversation ids it finds (re.search) are read "
         "(default: all)",
     )
-    parser.add_argument("--val-fraction", type=float, default=0.12, help="(%(default)s)")
+    parser.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.12,
+        help="share of the conversations held out to choose the weight, as train.val_fraction "
+        "(%(default)s; pass the backbone's)",
+    )
     parser.add_argument(
         "--val-group",
         default="",
