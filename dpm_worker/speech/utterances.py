@@ -15,6 +15,7 @@ import numpy as np
 
 from dpm_worker.audio import SAMPLE_RATE
 from dpm_worker.errors import ConfigError, SegmentError
+from dpm_worker.speech.features import BlockFeatures
 from dpm_worker.speech.speaker_levels import ConversationLevels, SpeakerLevels
 from dpm_worker.speech.tokenizer import SpeechTokenizer
 from dpm_worker.utterance import Utterance
@@ -80,16 +81,7 @@ def tokenize_utterances(
                 levels.add_stacked(_speakers(batch), feats, counts)
                 featurized.append((batch, feats, counts))
             for batch, feats, counts in featurized:
-                if getattr(tokenizer, "summaries", False):
-                    codes_of, summaries = tokenizer.quantize_with_summaries(  # type: ignore[attr-defined]
-                        feats, counts, levels=levels, speakers=_speakers(batch)
-                    )
-                    yield from _with_codes(batch, codes_of, check_fits, summaries)
-                    continue
-                codes_of = tokenizer.quantize(  # type: ignore[attr-defined]
-                    feats, counts, levels=levels, speakers=_speakers(batch)
-                )
-                yield from _with_codes(batch, codes_of, check_fits)
+                yield from _coded(batch, tokenizer, feats, counts, levels, check_fits)
     else:
         # running references, across batches and conversations
         running = SpeakerLevels(spectral=_spectral_relative(tokenizer))
@@ -158,16 +150,33 @@ def _encode(
     waves = [utt.samples for utt in batch if utt.samples is not None]
     if getattr(tokenizer, "summaries", False):
         feats, counts = tokenizer.block_features(waves)  # type: ignore[attr-defined]
-        speakers = None if levels is None else _speakers(batch)
-        codes_of, summaries = tokenizer.quantize_with_summaries(  # type: ignore[attr-defined]
-            feats, counts, levels=levels, speakers=speakers
-        )
-        yield from _with_codes(batch, codes_of, check_fits, summaries)
+        yield from _coded(batch, tokenizer, feats, counts, levels, check_fits)
         return
     if levels is None:
         codes_of = tokenizer.encode_batch(waves)
     else:
         codes_of = tokenizer.encode_batch(waves, levels=levels, speakers=_speakers(batch))  # type: ignore[call-arg]
+    yield from _with_codes(batch, codes_of, check_fits)
+
+
+def _coded(
+    batch: list[Utterance],
+    tokenizer: SpeechTokenizer,
+    feats: BlockFeatures,
+    counts: list[int],
+    levels: SpeakerLevels | None,
+    check_fits: Callable[[int, str], None] | None,
+) -> Iterator[Utterance]:
+    """The batch's featurized utterances coded (and summarized when the tokenizer's
+    ``summaries`` is on) against ``levels`` (None: each wave its own reference)."""
+    speakers = None if levels is None else _speakers(batch)
+    if getattr(tokenizer, "summaries", False):
+        codes_of, summaries = tokenizer.quantize_with_summaries(  # type: ignore[attr-defined]
+            feats, counts, levels=levels, speakers=speakers
+        )
+        yield from _with_codes(batch, codes_of, check_fits, summaries)
+        return
+    codes_of = tokenizer.quantize(feats, counts, levels=levels, speakers=speakers)  # type: ignore[attr-defined]
     yield from _with_codes(batch, codes_of, check_fits)
 
 
