@@ -10,11 +10,8 @@ from dpm_worker.speech.cosyvoice import (
 )
 from dpm_worker.speech.features import compute_block_features
 from dpm_worker.speech.loading import load_speech_tokenizer
-from dpm_worker.speech.tokenizer import (
-    BuiltinSpeechTokenizer,
-    SpeechTokenizer,
-    SpeechTokenizerConfig,
-)
+from dpm_worker.speech.tokenizer import BuiltinSpeechTokenizer, SpeechTokenizer
+from dpm_worker.speech.tokenizer_config import SpeechTokenizerConfig
 from dpm_worker.speech.utterances import FRAME_TOKENS, tokenize_utterances
 
 __all__ = [

@@ -11,7 +11,8 @@ from dpm_worker.errors import ConfigError
 from dpm_worker.speech.features import BlockFeatures, block_count, compute_block_features
 from dpm_worker.speech.smile import smile_block_features
 from dpm_worker.speech.speaker_levels import ConversationLevels, SpeakerLevels, relative_features
-from dpm_worker.speech.tokenizer import BuiltinSpeechTokenizer, SpeechTokenizerConfig
+from dpm_worker.speech.tokenizer import BuiltinSpeechTokenizer
+from dpm_worker.speech.tokenizer_config import SpeechTokenizerConfig
 
 
 def fit_speech_tokenizer(

@@ -31,7 +31,7 @@ import numpy as np
 from dpm_worker.audio import SAMPLE_RATE
 from dpm_worker.errors import BadInputError, ConfigError
 from dpm_worker.speech.smile import egemaps_functionals
-from dpm_worker.speech.tokenizer import SpeechTokenizerConfig
+from dpm_worker.speech.tokenizer_config import SpeechTokenizerConfig
 from dpm_worker.training import iter_waveforms
 from dpm_worker.utterance import Utterance
 from pipelines.bench.command import print_report

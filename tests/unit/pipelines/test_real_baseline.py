@@ -91,7 +91,7 @@ def test_baseline_and_model_side_by_side(manifests, tmp_path):
 
 
 def test_code_histogram_counts_each_factor_of_the_product_code():
-    from dpm_worker.speech.tokenizer import SpeechTokenizerConfig
+    from dpm_worker.speech.tokenizer_config import SpeechTokenizerConfig
     from pipelines.bench.real_baseline import code_histogram
 
     config = SpeechTokenizerConfig(n_spectral=3, n_energy=2, n_pitch=4)
