@@ -138,12 +138,17 @@ def fit_acoustic_head(
     *,
     c: float = 0.5,
     weight: float = 1.0,
+    sample_weight: np.ndarray | None = None,
     info: dict[str, Any] | None = None,
 ) -> AcousticHead:
     """A class-balanced logistic regression (L2, ``c``) on standardised ``summaries``.
 
+    ``sample_weight`` (default: all alike) weighs the rows, in the standardisation too; the
+    classes are then balanced so that each carries the same total weight.
+
     Raises:
-        ConfigError: an emotion outside ``labels``, or a label with no example.
+        ConfigError: an emotion outside ``labels``, a label with no weighed example, or
+            weights that are not finite and >= 0.
     """
     from sklearn.linear_model import LogisticRegression
 
@@ -151,15 +156,22 @@ def fit_acoustic_head(
     unknown = sorted(set(emotions) - set(labels))
     if unknown:
         raise ConfigError(f"emotions {unknown} are not among the model's labels {labels}")
-    missing = [label for label in labels if label not in emotions]
+    y = np.array([labels.index(e) for e in emotions])
+    w = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, np.float64)
+    if w.shape != y.shape or not np.all(np.isfinite(w)) or np.any(w < 0):
+        raise ConfigError("sample weights must be one finite number >= 0 per summary")
+    per_class = np.bincount(y, weights=w, minlength=len(labels))
+    missing = [label for label, total in zip(labels, per_class, strict=True) if total <= 0]
     if missing:
         raise ConfigError(f"no training example of {missing}")
-    y = np.array([labels.index(e) for e in emotions])
-    mean = x.mean(axis=0)
-    scale = x.std(axis=0)
+    w = w * (w.sum() / (len(labels) * per_class))[y]  # every class the same total
+    mean = np.average(x, axis=0, weights=w)
+    scale = np.sqrt(np.average((x - mean) ** 2, axis=0, weights=w))
     scale[scale == 0] = 1.0
-    clf = LogisticRegression(C=c, class_weight="balanced", max_iter=5000)
-    clf.fit((x - mean) / scale, y)
+    clf = LogisticRegression(C=c, max_iter=5000)
+    # weights summing to the rows that count: a row at weight 0 changes nothing, not even the
+    # regularisation's strength against the data
+    clf.fit((x - mean) / scale, y, sample_weight=w * (np.count_nonzero(w) / w.sum()))
     return AcousticHead(
         labels=tuple(labels),
         mean=mean,

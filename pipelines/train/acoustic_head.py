@@ -10,13 +10,18 @@ each utterance's acoustic summary, read beside the speech-LLM and fused into its
 2. ``--conversations`` (a regular expression over conversation ids) picks the ones the head
    reads, on both sides of the split (e.g. only the real speech of a mixed corpus).
 3. The head is fitted on the training side's summaries (the model's tokenizer, so its speaker
-   references). The model with the head labels the validation side in ``--mode`` once per
-   candidate of ``--weights`` (the memory learns the fused reads, so each weight needs its
-   own pass); the weight with the best UA is kept (ties: the smaller).
+   references), each class weighing the same. ``--share REGEX=F`` gives the training
+   conversations REGEX finds the share F of that weight (the rest 1 - F): a second domain
+   (synthetic speech beside real) can come in at a small share without outvoting the first.
+4. The model with the head labels the validation side in ``--mode`` once per candidate weight
+   of ``--weights`` and share of ``--share`` (the memory learns the fused reads, so each needs
+   its own pass). The candidate with the best UA on the ``--select`` conversations is kept; among
+   those within ``--tolerance`` of it, the one with the best UA on the other validation
+   conversations (then the better select UA, the smaller weight).
 
 Output: the model folder at ``--out`` (its files, the head's two, the source's
 ``training.json``), and a JSON summary on stdout: data sizes, the head alone's validation UA,
-UA per candidate weight, the chosen weight.
+UA per candidate, the chosen weight and share.
 """
 
 from __future__ import annotations
@@ -74,6 +79,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="candidate fusion weights, chosen by validation UA (%(default)s)",
     )
     parser.add_argument(
+        "--share",
+        default=None,
+        metavar="REGEX=F[,F...]",
+        help="training conversations whose id REGEX finds carry the share F of the fit's "
+        "weight, the rest 1 - F (e.g. '^s[er]_=0,0.05,0.1': synthetic speech at a small "
+        "share); several shares are candidates, chosen with the weight (default: every "
+        "utterance weighs the same)",
+    )
+    parser.add_argument(
+        "--select",
+        default="",
+        help="regular expression: the validation conversations whose UA chooses the candidate "
+        "(default: all); the others break near-ties and are reported",
+    )
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.01,
+        help="select UA within which the other validation conversations decide (%(default)s)",
+    )
+    parser.add_argument(
         "--mode",
         default="dpm",
         help="labeling mode whose reads the weight is chosen against (%(default)s: the job's)",
@@ -82,6 +108,54 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--model-id", default=None, help="id of the new model (default: MODEL+head)"
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (%(default)s)")
+
+
+def parse_share(text: str | None) -> tuple[re.Pattern[str] | None, list[float | None]]:
+    """``"REGEX=0,0.1"`` -> (compiled REGEX, ``[0.0, 0.1]``); None -> (None, ``[None]``).
+
+    Raises:
+        ConfigError: no ``=``, a bad expression, or a share outside [0, 1).
+    """
+    if text is None:
+        return None, [None]
+    pattern, sep, values = text.rpartition("=")
+    if not sep or not pattern:
+        raise ConfigError(f"--share must be REGEX=F[,F...], got {text!r}")
+    try:
+        compiled = re.compile(pattern)
+        shares: list[float | None] = [float(v) for v in values.split(",") if v.strip()]
+    except re.error as exc:
+        raise ConfigError(f"--share: {pattern!r} is not a regular expression: {exc}") from None
+    except ValueError:
+        raise ConfigError(f"--share needs numbers after '=', got {values!r}") from None
+    if not shares or any(not 0.0 <= f < 1.0 for f in shares):  # type: ignore[operator]
+        raise ConfigError(f"--share values must be in [0, 1), got {values!r}")
+    return compiled, shares
+
+
+def share_weights(in_share: np.ndarray, share: float | None) -> np.ndarray | None:
+    """Per-row weights giving the rows ``in_share`` the share ``share`` of the total (None: all
+    alike).
+
+    Raises:
+        ConfigError: the share's side or the other is empty.
+    """
+    if share is None:
+        return None
+    n_in = int(in_share.sum())
+    if n_in == 0 or n_in == in_share.size:
+        side = "no" if n_in == 0 else "every"
+        raise ConfigError(f"--share finds {side} training utterance; it needs both sides")
+    return np.where(in_share, share / n_in, (1.0 - share) / (in_share.size - n_in))
+
+
+def choose(candidates: list[dict], tolerance: float) -> dict:
+    """The candidate (``select`` and ``rest`` UA, ``weight``) with the best ``select`` UA; among
+    those within ``tolerance`` of it, the best ``rest`` UA, then ``select``, then the smaller
+    weight."""
+    best = max(c["select"] for c in candidates)
+    near = [c for c in candidates if c["select"] >= best - tolerance]
+    return max(near, key=lambda c: (c["rest"] or 0.0, c["select"], -c["weight"]))
 
 
 def parse_weights(text: str) -> list[float]:
@@ -103,17 +177,20 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from dpm_worker.corpus import read_manifest
-    from dpm_worker.memory import LabelingConfig, label_batched
+    from dpm_worker.memory import LabelingConfig
     from dpm_worker.model import default_model_path, fit_acoustic_head, load_model, save_model
     from dpm_worker.training.token_cache import split_conversations
     from pipelines.eval.evaluate import load_corpus
 
     weights = parse_weights(args.weights)
+    share_pattern, shares = parse_share(args.share)
     config = LabelingConfig(mode=args.mode)
     try:
-        pattern = re.compile(args.conversations)
+        pattern, select = re.compile(args.conversations), re.compile(args.select)
     except re.error as exc:
-        raise ConfigError(f"--conversations is not a regular expression: {exc}") from None
+        raise ConfigError(f"--conversations/--select: not a regular expression: {exc}") from None
+    if not 0.0 <= args.tolerance < 1.0:
+        raise ConfigError(f"--tolerance must be in [0, 1), got {args.tolerance}")
     torch.set_num_threads(args.threads)
     model = load_model(args.model)
     if not hasattr(model.speech_tokenizer, "quantize_with_summaries"):
@@ -127,56 +204,78 @@ def run(args: argparse.Namespace) -> int:
     train_ids, val_ids = split_conversations(ids, args.val_fraction, args.seed, args.val_group)
     train = {c for c in train_ids if pattern.search(c)}
     val = {c for c in val_ids if pattern.search(c)}
-    if not train or not val:
+    if not train or not val or not any(select.search(c) for c in val):
         raise ConfigError(
-            f"--conversations {args.conversations!r} leaves {len(train)} training and "
-            f"{len(val)} validation conversations; the head needs both"
+            f"--conversations {args.conversations!r} / --select {args.select!r} leave "
+            f"{len(train)} training and {len(val)} validation conversations "
+            f"({sum(bool(select.search(c)) for c in val)} selecting); the head needs all three"
         )
+    if share_pattern is not None and len({c for c in train if share_pattern.search(c)}) in (
+        0,
+        len(train),
+    ):
+        raise ConfigError(f"--share {args.share!r} must find some training conversations, not all")
     start = time.perf_counter()
     log.info("tokenizing %d + %d conversations", len(train), len(val))
     conversations, errors = load_corpus(args.corpus, model, keep=lambda c: c in train or c in val)
     log.info("tokenized in %.0f s (%d rows failed)", time.perf_counter() - start, len(errors))
-    fit_rows = [u for c in conversations if c.conversation_id in train for u in c.utterances]
-    fit_rows = [u for u in fit_rows if u.emotion is not None and u.acoustic is not None]
-    head = fit_acoustic_head(
-        np.stack([u.acoustic for u in fit_rows if u.acoustic is not None]),
-        [str(u.emotion) for u in fit_rows],
-        model.labels,
-        c=args.c,
-    )
+    fit_rows = [
+        (c.conversation_id, u)
+        for c in conversations
+        if c.conversation_id in train
+        for u in c.utterances
+        if u.emotion is not None and u.acoustic is not None
+    ]
+    summaries = np.stack([u.acoustic for _, u in fit_rows])  # type: ignore[misc]
+    emotions = [str(u.emotion) for _, u in fit_rows]
+    in_share = np.array([bool(share_pattern and share_pattern.search(c)) for c, _ in fit_rows])
     held = [c for c in conversations if c.conversation_id in val]
-    gold = [str(u.emotion) for c in held for u in c.utterances if u.emotion is not None]
-    alone = head.log_probs(
-        np.stack(
-            [u.acoustic for c in held for u in c.utterances if u.emotion is not None]  # type: ignore[misc]
-        )
-    )
-    by_weight = {}
-    for w in weights:  # each weight labels the validation side: the memory learns its reads
-        model.attach_head(dataclasses.replace(head, weight=w))
-        log.info("validation with weight %s", w)
-        labeled = label_batched(model, config, [c.utterances for c in held], 8)
-        predicted = [r.emotion for rows in labeled for r in rows if r.utterance.emotion is not None]
-        by_weight[w] = round(_ua(gold, predicted, model.labels), 4)
-    chosen = max(weights, key=lambda w: (by_weight[w], -w))
+    sides = {
+        side: [c for c in held if bool(select.search(c.conversation_id)) == (side == "select")]
+        for side in ("select", "rest")
+    }
+    candidates = []
+    for share in shares:
+        head = fit_acoustic_head(
+            summaries, emotions, model.labels, c=args.c,
+            sample_weight=share_weights(in_share, share),
+        )  # fmt: skip
+        for w in weights:  # each candidate labels the validation side: the memory learns it
+            model.attach_head(dataclasses.replace(head, weight=w))
+            log.info("validation with share %s, weight %s", share, w)
+            ua = {side: _validate(model, config, convs) for side, convs in sides.items()}
+            candidates.append({"share": share, "weight": w, "head": head, **ua})
+    chosen = choose(candidates, args.tolerance)
+    head = chosen["head"]
+    alone = {
+        side: _ua_of(head.log_probs(np.stack([u.acoustic for u in _gold(convs)])), convs, model)
+        for side, convs in sides.items()
+        if convs
+    }
     info = {
         "corpus": args.corpus,
         "conversations": args.conversations,
         "train_conversations": len(train),
         "train_utterances": len(fit_rows),
         "val_conversations": sorted(val),
-        "val_utterances": len(gold),
+        "val_utterances": sum(len(_gold(convs)) for convs in sides.values()),
+        "select": args.select,
         "failed_rows": len(errors),  # rows that could not be read or tokenized, left out
         "c": args.c,
         "mode": args.mode,
-        "val_ua_head_alone": round(
-            _ua(gold, [model.labels[i] for i in alone.argmax(axis=1)], model.labels),
-            4,
-        ),
-        "val_ua_by_weight": {str(w): ua for w, ua in by_weight.items()},
-        "weight": chosen,
+        "share": args.share,
+        "val_ua_head_alone": alone["select"],
+        "val_ua_head_alone_rest": alone.get("rest"),
+        "val_ua_by_weight": {
+            str(c["weight"]): c["select"] for c in candidates if c["share"] == chosen["share"]
+        },
+        "candidates": [
+            {k: c[k] for k in ("share", "weight", "select", "rest")} for c in candidates
+        ],
+        "weight": chosen["weight"],
+        "chosen_share": chosen["share"],
     }
-    model.attach_head(dataclasses.replace(head, weight=chosen, info=info))
+    model.attach_head(dataclasses.replace(head, weight=chosen["weight"], info=info))
     model.model_id = args.model_id or f"{model.model_id}+head"
     extra = {}
     source = Path(args.model) if args.model else default_model_path()
@@ -186,6 +285,29 @@ def run(args: argparse.Namespace) -> int:
     json.dump({"model_id": model.model_id, "out": args.out, **info}, sys.stdout, indent=2)
     print()
     return 0
+
+
+def _gold(conversations: list) -> list:
+    """The gold-labelled utterances of ``conversations``."""
+    return [u for c in conversations for u in c.utterances if u.emotion is not None]
+
+
+def _validate(model, config, conversations: list) -> float | None:
+    """UA of ``model`` labeling ``conversations`` (None without any)."""
+    from dpm_worker.memory import label_batched
+
+    if not conversations:
+        return None
+    labeled = label_batched(model, config, [c.utterances for c in conversations], 8)
+    predicted = [r.emotion for rows in labeled for r in rows if r.utterance.emotion is not None]
+    return round(_ua([str(u.emotion) for u in _gold(conversations)], predicted, model.labels), 4)
+
+
+def _ua_of(log_probs: np.ndarray, conversations: list, model) -> float:
+    """UA of the head's reads ``log_probs`` of the gold utterances of ``conversations``."""
+    gold = [str(u.emotion) for u in _gold(conversations)]
+    predicted = [model.labels[i] for i in log_probs.argmax(axis=1)]
+    return round(_ua(gold, predicted, model.labels), 4)
 
 
 def _ua(gold: list[str], predicted: list[str], labels: tuple[str, ...]) -> float:

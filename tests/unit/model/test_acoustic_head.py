@@ -152,3 +152,24 @@ def test_a_head_with_other_labels_is_refused():
     )  # fmt: skip
     with pytest.raises(ModelError, match="labels"):
         model.attach_head(other)
+
+
+def test_rows_at_weight_zero_change_nothing():
+    x, y = _data()
+    rng = np.random.default_rng(5)
+    noise = rng.normal(0, 50, (20, x.shape[1]))
+    noisy_y = [LABELS[i % 4] for i in range(20)]
+    alone = fit_acoustic_head(x, y, LABELS)
+    weights = np.concatenate([np.ones(len(y)), np.zeros(20)])
+    with_zero = fit_acoustic_head(
+        np.concatenate([x, noise]), [*y, *noisy_y], LABELS, sample_weight=weights
+    )
+    for name in ("mean", "scale"):
+        np.testing.assert_allclose(getattr(with_zero, name), getattr(alone, name), rtol=1e-9)
+    # the same strictly convex problem: the same optimum, up to the solver's tolerance
+    for name in ("coef", "intercept"):
+        np.testing.assert_allclose(
+            getattr(with_zero, name), getattr(alone, name), rtol=1e-2, atol=1e-2
+        )
+    with pytest.raises(ConfigError, match="sample weights"):
+        fit_acoustic_head(x, y, LABELS, sample_weight=-np.ones(len(y)))

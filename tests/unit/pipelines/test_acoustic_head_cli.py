@@ -72,6 +72,9 @@ def test_bad_arguments_exit_2(corpus, tmp_path):
     base += ["--model", str(corpus / "model")]
     assert main([*base, "--weights", "1,x"]) == EXIT_USAGE
     assert main([*base, "--conversations", "no_such_conversation"]) == EXIT_USAGE
+    assert main([*base, "--select", "no_such_conversation"]) == EXIT_USAGE
+    assert main([*base, "--share", "actor=1.5"]) == EXIT_USAGE
+    assert main([*base, "--share", "no_such_conversation=0.1"]) == EXIT_USAGE
     assert not (tmp_path / "o").exists()
 
 
@@ -79,3 +82,60 @@ def test_weights_parse():
     assert parse_weights("0, 0.5,2") == [0.0, 0.5, 2.0]
     with pytest.raises(Exception, match="numbers >= 0"):
         parse_weights("-1")
+
+
+def test_a_share_weighs_a_domain_and_is_chosen_with_the_weight(corpus, tmp_path, capsys):
+    from dpm_worker.corpus import read_manifest
+    from dpm_worker.training.token_cache import split_conversations
+
+    table = read_manifest(str(corpus / "train.parquet"))
+    ids = sorted(set(table.column("conversation_id").to_pylist()))
+    train_ids, _ = split_conversations(ids, 0.25, 0, "actor_(\\d+)")
+    minor = sorted(train_ids)[0]  # one training conversation as the "other domain"
+    args = ["head", "--corpus", str(corpus / "train.parquet"), "--model", str(corpus / "model")]
+    args += ["--out", str(tmp_path / "m"), "--val-group", "actor_(\\d+)", "--val-fraction", "0.25"]
+    args += ["--share", f"^{minor}$=0,0.3", "--weights", "0,1", "--mode", "utterance"]
+    assert main(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    got = {(c["share"], c["weight"]) for c in report["candidates"]}
+    assert got == {(0.0, 0.0), (0.0, 1.0), (0.3, 0.0), (0.3, 1.0)}
+    best = max(c["select"] for c in report["candidates"])
+    chosen = [
+        c
+        for c in report["candidates"]
+        if (c["share"], c["weight"]) == (report["chosen_share"], report["weight"])
+    ]
+    assert chosen[0]["select"] == best and all(c["rest"] is None for c in report["candidates"])
+    assert load_model(str(tmp_path / "m")).acoustic_head.info["chosen_share"] in (0.0, 0.3)
+
+
+def test_choose_lets_the_other_domain_break_near_ties():
+    from pipelines.train.acoustic_head import choose
+
+    a = {"select": 0.73, "rest": 0.38, "weight": 4.0}
+    b = {"select": 0.725, "rest": 0.60, "weight": 4.0}
+    c = {"select": 0.70, "rest": 0.90, "weight": 1.0}
+    assert choose([a, b, c], 0.01) is b  # c is too far below on the selecting side
+    assert choose([a, b, c], 0.0) is a
+    d = {"select": 0.73, "rest": None, "weight": 2.0}
+    e = {"select": 0.73, "rest": None, "weight": 1.0}
+    assert choose([d, e], 0.01) is e  # no other side: best select UA, then the smaller weight
+
+
+def test_share_parses_and_weighs():
+    import numpy as np
+
+    from pipelines.train.acoustic_head import parse_share, share_weights
+
+    pattern, shares = parse_share("^s[er]_=0, 0.05")
+    assert pattern.search("se_conv_1") and not pattern.search("rs_ravdess_actor_01")
+    assert shares == [0.0, 0.05]
+    assert parse_share(None) == (None, [None])
+    for bad in ("0.1", "x=1", "x=-0.1", "x=a", "(=0.1"):
+        with pytest.raises(Exception, match="--share"):
+            parse_share(bad)
+    w = share_weights(np.array([True, False, False, False]), 0.2)
+    assert w.tolist() == pytest.approx([0.2, 0.8 / 3, 0.8 / 3, 0.8 / 3])
+    assert share_weights(np.array([True, False]), None) is None
+    with pytest.raises(Exception, match="no training utterance"):
+        share_weights(np.array([False, False]), 0.1)
