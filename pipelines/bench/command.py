@@ -19,6 +19,7 @@ BENCHMARKS: dict[str, str] = {
     "separability": "how far prosody alone separates a corpus's emotions (cross-validated on it)",
     "model_speed": "end-to-end labeling speed (decode, segment, tokenize, label) of models side by side",
     "real_baseline": "eGeMAPS functionals + logistic regression (raw, speaker-z) beside the model",
+    "memory_headroom": "what an oracle memory of persisting moods adds to a model's own reads",
     "prosody_baseline": "five-statistic logistic regression: train on one corpus, test on another",
     "long_turns": "UA on utterances longer than the context vs the rest, per rule and mode",
     "faults": "a labeling job with K actor kills and a driver restart against a clean run",
