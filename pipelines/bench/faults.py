@@ -48,6 +48,8 @@ from pipelines.bench.fault_trace import (
 log = logging.getLogger("dpm.bench")
 REPO = Path(__file__).resolve().parents[2]
 POLL_S = 0.05
+# how often the actor table (slow on a loaded machine) is re-read while the traces are polled
+ALIVE_REFRESH_S = 1.0
 # longest the bench waits for killed or orphaned actor processes to end
 ACTORS_END_TIMEOUT_S = 120.0
 SETTINGS_KEYS = ("utterances_total", "conversations", "utterances_per_conversation")
@@ -222,12 +224,14 @@ class FaultBench:
             if target is None:  # the run finished first
                 log.warning("the run ended before the %s kill", kind)
                 break
-            pid, actor_id = target
+            pid, actor_id = target  # stopped (SIGSTOP) where the trace says it is
             if kind == "actor":
                 self.kill_actor(pid, actor_id)
                 continue
-            # The driver: its actors die with it (Ray kills a dead owner's actors).
+            # The driver: its actors die with it (Ray kills a dead owner's actors, with SIGTERM,
+            # which a stopped process would never handle).
             position = self.trace.positions.get(pid)
+            os.kill(pid, signal.SIGCONT)
             self.old_actors |= set(alive_pids(self.old_actors, self.killed_pids).values())
             driver.send_signal(signal.SIGKILL)
             driver.wait()
@@ -238,30 +242,58 @@ class FaultBench:
 
     def wait_mid_conversation(self, driver: subprocess.Popen) -> tuple[int, str] | None:
         """An actor a random 1..C-3 utterances past its conversation's last checkpoint (not
-        its first interval), and at least two utterances before its next one: the actor goes
-        on while the kill is prepared (the state API is slow on a loaded machine), and a kill
-        that lands on a checkpoint would not be the mid-interval kill this bench measures."""
+        its first interval), and at least two utterances before its next one, returned
+        *stopped* (SIGSTOP) so the kill lands where its trace says; None if the run ended.
+
+        The traces are polled every ``POLL_S``; the actor table, slow on a loaded machine, only
+        every ``ALIVE_REFRESH_S`` (a small model labels a whole interval in less time than one
+        read of it). A candidate is stopped, its trace read again, and resumed if it moved out
+        of the window meanwhile."""
         every = self.args.checkpoint_every or 25
         margin = 2 if every > 3 else 0
         past = self.rng.randint(1, max(1, every - 1 - margin))
         deadline = time.monotonic() + self.args.timeout_s
+        alive: dict[int, str] = {}
+        read_at = -ALIVE_REFRESH_S
         while driver.poll() is None and time.monotonic() < deadline:
-            alive = sorted(alive_pids(self.old_actors, self.killed_pids).items())
-            self.trace.scan()  # after the (slow) state API call: positions as fresh as can be
-            candidates = []
-            for pid, actor_id in alive:
-                position = self.trace.positions.get(pid)
-                if position is None or position.done >= position.total:
-                    continue
-                # Past its first checkpoint, so the retry has one to resume from (a kill in
-                # the first interval would only show a restart from utterance 0).
-                first = every if position.total > every + past else 0
-                if position.done >= first and past <= position.done % every < every - margin:
-                    candidates.append((pid, actor_id))
+            if time.monotonic() - read_at >= ALIVE_REFRESH_S:
+                alive = alive_pids(self.old_actors, self.killed_pids)
+                read_at = time.monotonic()
+            self.trace.scan()
+            candidates = [
+                (pid, actor_id)
+                for pid, actor_id in sorted(alive.items())
+                if self.in_window(pid, every, past, margin)
+            ]
             if candidates:
-                return self.rng.choice(candidates)
+                pid, actor_id = self.rng.choice(candidates)
+                if self.stopped_in_window(pid, every, past, margin):
+                    return pid, actor_id
             time.sleep(POLL_S)
         return None
+
+    def in_window(self, pid: int, every: int, past: int, margin: int) -> bool:
+        """Whether ``pid``'s conversation is ``past``..``every - margin - 1`` utterances past a
+        checkpoint, and past its first one (so the retry has one to resume from: a kill in the
+        first interval would only show a restart from utterance 0)."""
+        position = self.trace.positions.get(pid)
+        if position is None or position.done >= position.total:
+            return False
+        first = every if position.total > every + past else 0
+        return position.done >= first and past <= position.done % every < every - margin
+
+    def stopped_in_window(self, pid: int, every: int, past: int, margin: int) -> bool:
+        """Stop ``pid`` and read its trace again: True if it is still in the window (left
+        stopped), else resumed and False."""
+        try:
+            os.kill(pid, signal.SIGSTOP)
+        except ProcessLookupError:  # ended since the actor table was read
+            return False
+        self.trace.scan()  # its last lines before the stop
+        if self.in_window(pid, every, past, margin):
+            return True
+        os.kill(pid, signal.SIGCONT)
+        return False
 
     def kill_actor(self, pid: int, actor_id: str) -> None:
         os.kill(pid, signal.SIGKILL)  # the pid of this actor id, from Ray's state API
