@@ -7,11 +7,19 @@ Ray as the job's ``worker_process_setup_hook``). Ray writes each worker's stderr
 file under the session's ``logs/`` folder, named with the worker's pid, line by line, so the
 lines of an actor that was killed are all there: counting them gives the utterances computed,
 and the last line of an actor gives the position of the conversation it is labeling.
+
+The same hook lets the bench *hold* an actor where it wants to kill it. A tiny model labels a
+whole checkpoint interval in tens of milliseconds, faster than anything outside can watch, so
+the bench does not chase the actors: it arms a hold (:func:`arm_hold`: ``every``, ``past``) in
+a folder the workers know from ``$DPM_BENCH_HOLD``, and an actor that has just labeled an
+utterance ``past`` after a checkpoint (past the first one) reports itself there and waits,
+labeling nothing, until the bench kills it or releases it (:func:`release`).
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
 import glob
 import json
 import logging
@@ -22,22 +30,86 @@ import time
 from dataclasses import dataclass, field
 
 TRACE_MARK = "DPM-TRACE"
-_LINE = re.compile(
-    rf"^{TRACE_MARK} (?P<pid>\d+) conversation (?P<conv>.+): utterance (?P<done>\d+) of "
-    r"(?P<total>\d+) labeled$"
-)
+_MESSAGE = r"conversation (?P<conv>.+): utterance (?P<done>\d+) of (?P<total>\d+) labeled$"
+_LINE = re.compile(rf"^{TRACE_MARK} (?P<pid>\d+) {_MESSAGE}")
+# the folder where the bench arms holds and held actors report (inherited by the workers)
+HOLD_ENV = "DPM_BENCH_HOLD"
+ARM_FILE = "arm.json"
+HELD_PREFIX = "held-"
+# an actor never waits longer than this for a bench that may have died
+HOLD_MAX_S = 300.0
 _PID = re.compile(r"-(\d+)\.err$")
 WORKER_CLASS = "ConversationWorker"
 
 
 def trace_utterances() -> None:
-    """Ray worker setup hook: the labeler's per-utterance DEBUG lines go to stderr."""
+    """Ray worker setup hook: the labeler's per-utterance DEBUG lines go to stderr (and an
+    armed hold stops the actor after the line, module docstring)."""
     logger = logging.getLogger("dpm_worker.memory.slots")
     logger.setLevel(logging.DEBUG)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _TraceHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"{TRACE_MARK} %(process)d %(message)s"))
     logger.addHandler(handler)
     logger.propagate = False
+
+
+class _TraceHandler(logging.StreamHandler):
+    def emit(self, record: logging.LogRecord) -> None:
+        super().emit(record)  # the line is written (and flushed) before any hold
+        folder = os.environ.get(HOLD_ENV)
+        match = re.match(_MESSAGE, record.getMessage())
+        if folder and match:
+            hold_if_armed(folder, str(match["conv"]), int(match["done"]), int(match["total"]))
+
+
+def hold_if_armed(folder: str, conversation: str, done: int, total: int) -> None:
+    """Wait here while the bench holds this process: its hold is armed, this utterance is
+    ``past`` after a checkpoint (past the first, when the conversation has room for it) and
+    not the last, and the bench has not released it."""
+    arm_path = os.path.join(folder, ARM_FILE)
+    try:
+        with open(arm_path, encoding="utf-8") as f:
+            arm = json.load(f)
+    except (OSError, ValueError):
+        return
+    every, past = int(arm["every"]), int(arm["past"])
+    first = every if total > every + past else 0
+    if done >= total or done < first or done % every != past:
+        return
+    held = os.path.join(folder, f"{HELD_PREFIX}{os.getpid()}")
+    with open(held, "w", encoding="utf-8") as f:
+        json.dump({"conversation": conversation, "done": done, "total": total}, f)
+    deadline = time.monotonic() + HOLD_MAX_S
+    while os.path.exists(held) and os.path.exists(arm_path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def arm_hold(folder: str, every: int, past: int) -> None:
+    """Hold the next actors to label an utterance ``past`` after a checkpoint."""
+    tmp = os.path.join(folder, ARM_FILE + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump({"every": every, "past": past}, f)
+    os.replace(tmp, os.path.join(folder, ARM_FILE))  # never seen half written
+
+
+def held_pids(folder: str) -> set[int]:
+    """The processes waiting in a hold."""
+    return {
+        int(name[len(HELD_PREFIX) :])
+        for name in os.listdir(folder)
+        if name.startswith(HELD_PREFIX) and name[len(HELD_PREFIX) :].isdigit()
+    }
+
+
+def release(folder: str, pid: int | None = None) -> None:
+    """Let ``pid`` go on (or, with None, disarm and let every held process go on)."""
+    if pid is None:
+        for name in (ARM_FILE, *(f"{HELD_PREFIX}{p}" for p in held_pids(folder))):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(folder, name))
+        return
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(folder, f"{HELD_PREFIX}{pid}"))
 
 
 def traced_env() -> dict[str, str]:

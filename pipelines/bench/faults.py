@@ -11,7 +11,8 @@ generates a synthetic corpus of long conversations (or takes ``--corpus``), then
   driver itself is killed (SIGKILL) and started again with the same ``--run-id``, which resumes
   the run. A kill lands a random 1..C-3 utterances after the conversation's last checkpoint
   position and at least 2 before the next (C = ``--checkpoint-every``; after the first
-  checkpoint, so there is one to resume from), read from the actors' per-utterance trace lines
+  checkpoint, so there is one to resume from): the actor that gets there first waits in a hold
+  the bench armed, and its per-utterance trace lines say where it stands
   (:mod:`pipelines.bench.fault_trace`).
 
 Reported: the rows of the faulted run's emotion table against the clean one's
@@ -28,6 +29,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -38,8 +40,12 @@ from typing import Any
 
 from pipelines.bench.fault_tables import compare_tables, run_state
 from pipelines.bench.fault_trace import (
+    HOLD_ENV,
     TraceLog,
     alive_pids,
+    arm_hold,
+    held_pids,
+    release,
     traced_env,
     wait_processes_ended,
     worker_actors,
@@ -48,8 +54,6 @@ from pipelines.bench.fault_trace import (
 log = logging.getLogger("dpm.bench")
 REPO = Path(__file__).resolve().parents[2]
 POLL_S = 0.05
-# how often the actor table (slow on a loaded machine) is re-read while the traces are polled
-ALIVE_REFRESH_S = 1.0
 # longest the bench waits for killed or orphaned actor processes to end
 ACTORS_END_TIMEOUT_S = 120.0
 SETTINGS_KEYS = ("utterances_total", "conversations", "utterances_per_conversation")
@@ -122,6 +126,9 @@ class FaultBench:
         self.args = args
         self.corpus = corpus
         self.rng = random.Random(args.seed)
+        # where kills are prepared (fault_trace's holds); the workers inherit the variable
+        self.hold = tempfile.mkdtemp(prefix="dpm-bench-hold-")
+        os.environ[HOLD_ENV] = self.hold
         self.env = start_cluster()
         import ray
 
@@ -138,6 +145,8 @@ class FaultBench:
         import ray
 
         ray.shutdown()  # stops exactly the cluster this process started
+        os.environ.pop(HOLD_ENV, None)
+        shutil.rmtree(self.hold, ignore_errors=True)
 
     def run(self) -> dict[str, Any]:
         args = self.args
@@ -224,14 +233,15 @@ class FaultBench:
             if target is None:  # the run finished first
                 log.warning("the run ended before the %s kill", kind)
                 break
-            pid, actor_id = target  # stopped (SIGSTOP) where the trace says it is
+            pid, actor_id = target  # held where the trace says it is
             if kind == "actor":
                 self.kill_actor(pid, actor_id)
+                release(self.hold)  # any other held actor goes on
                 continue
-            # The driver: its actors die with it (Ray kills a dead owner's actors, with SIGTERM,
-            # which a stopped process would never handle).
+            # The driver: its actors die with it (Ray kills a dead owner's actors). They go on
+            # from the hold first, so the driver dies under running actors.
             position = self.trace.positions.get(pid)
-            os.kill(pid, signal.SIGCONT)
+            release(self.hold)
             self.old_actors |= set(alive_pids(self.old_actors, self.killed_pids).values())
             driver.send_signal(signal.SIGKILL)
             driver.wait()
@@ -241,59 +251,33 @@ class FaultBench:
         return driver.wait(timeout=args.timeout_s), drivers
 
     def wait_mid_conversation(self, driver: subprocess.Popen) -> tuple[int, str] | None:
-        """An actor a random 1..C-3 utterances past its conversation's last checkpoint (not
-        its first interval), and at least two utterances before its next one, returned
-        *stopped* (SIGSTOP) so the kill lands where its trace says; None if the run ended.
+        """An actor held a random 1..C-3 utterances past its conversation's last checkpoint
+        (not its first interval), so at least two before its next one; None if the run ended
+        first.
 
-        The traces are polled every ``POLL_S``; the actor table, slow on a loaded machine, only
-        every ``ALIVE_REFRESH_S`` (a small model labels a whole interval in less time than one
-        read of it). A candidate is stopped, its trace read again, and resumed if it moved out
-        of the window meanwhile."""
+        The actors are not chased (a small model labels an interval faster than the trace can
+        be watched): the hold is armed and the first actor to reach such a position waits in
+        it (:mod:`pipelines.bench.fault_trace`) while the bench reads the actor table, slow
+        on a loaded machine. A held process that is not a current actor of the run is let go.
+        """
         every = self.args.checkpoint_every or 25
         margin = 2 if every > 3 else 0
         past = self.rng.randint(1, max(1, every - 1 - margin))
+        arm_hold(self.hold, every, past)
         deadline = time.monotonic() + self.args.timeout_s
-        alive: dict[int, str] = {}
-        read_at = -ALIVE_REFRESH_S
         while driver.poll() is None and time.monotonic() < deadline:
-            if time.monotonic() - read_at >= ALIVE_REFRESH_S:
+            held = held_pids(self.hold)
+            if held:
                 alive = alive_pids(self.old_actors, self.killed_pids)
-                read_at = time.monotonic()
-            self.trace.scan()
-            candidates = [
-                (pid, actor_id)
-                for pid, actor_id in sorted(alive.items())
-                if self.in_window(pid, every, past, margin)
-            ]
-            if candidates:
-                pid, actor_id = self.rng.choice(candidates)
-                if self.stopped_in_window(pid, every, past, margin):
-                    return pid, actor_id
+                for pid in held - set(alive):
+                    release(self.hold, pid)
+                targets = sorted((pid, alive[pid]) for pid in held if pid in alive)
+                if targets:
+                    self.trace.scan()  # the held lines are written: positions are exact
+                    return self.rng.choice(targets)
             time.sleep(POLL_S)
+        release(self.hold)
         return None
-
-    def in_window(self, pid: int, every: int, past: int, margin: int) -> bool:
-        """Whether ``pid``'s conversation is ``past``..``every - margin - 1`` utterances past a
-        checkpoint, and past its first one (so the retry has one to resume from: a kill in the
-        first interval would only show a restart from utterance 0)."""
-        position = self.trace.positions.get(pid)
-        if position is None or position.done >= position.total:
-            return False
-        first = every if position.total > every + past else 0
-        return position.done >= first and past <= position.done % every < every - margin
-
-    def stopped_in_window(self, pid: int, every: int, past: int, margin: int) -> bool:
-        """Stop ``pid`` and read its trace again: True if it is still in the window (left
-        stopped), else resumed and False."""
-        try:
-            os.kill(pid, signal.SIGSTOP)
-        except ProcessLookupError:  # ended since the actor table was read
-            return False
-        self.trace.scan()  # its last lines before the stop
-        if self.in_window(pid, every, past, margin):
-            return True
-        os.kill(pid, signal.SIGCONT)
-        return False
 
     def kill_actor(self, pid: int, actor_id: str) -> None:
         os.kill(pid, signal.SIGKILL)  # the pid of this actor id, from Ray's state API
