@@ -28,10 +28,12 @@ import re
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 TRACE_MARK = "DPM-TRACE"
 _MESSAGE = r"conversation (?P<conv>.+): utterance (?P<done>\d+) of (?P<total>\d+) labeled$"
 _LINE = re.compile(rf"^{TRACE_MARK} (?P<pid>\d+) {_MESSAGE}")
+_MESSAGE_RE = re.compile(_MESSAGE)
 # the folder where the bench arms holds and held actors report (inherited by the workers)
 HOLD_ENV = "DPM_BENCH_HOLD"
 ARM_FILE = "arm.json"
@@ -47,19 +49,27 @@ def trace_utterances() -> None:
     armed hold stops the actor after the line, module docstring)."""
     logger = logging.getLogger("dpm_worker.memory.slots")
     logger.setLevel(logging.DEBUG)
-    handler = _TraceHandler(sys.stderr)
+    handler = _TraceHandler(sys.stderr, os.environ.get(HOLD_ENV))
     handler.setFormatter(logging.Formatter(f"{TRACE_MARK} %(process)d %(message)s"))
     logger.addHandler(handler)
     logger.propagate = False
 
 
 class _TraceHandler(logging.StreamHandler):
+    """Writes the trace lines; with a hold folder (``$DPM_BENCH_HOLD`` at the worker's start),
+    then waits in an armed hold (:func:`hold_if_armed`)."""
+
+    def __init__(self, stream: Any, hold: str | None) -> None:
+        super().__init__(stream)
+        self.hold = hold
+
     def emit(self, record: logging.LogRecord) -> None:
         super().emit(record)  # the line is written (and flushed) before any hold
-        folder = os.environ.get(HOLD_ENV)
-        match = re.match(_MESSAGE, record.getMessage())
-        if folder and match:
-            hold_if_armed(folder, str(match["conv"]), int(match["done"]), int(match["total"]))
+        if self.hold is None:
+            return
+        match = _MESSAGE_RE.match(record.getMessage())
+        if match:
+            hold_if_armed(self.hold, str(match["conv"]), int(match["done"]), int(match["total"]))
 
 
 def hold_if_armed(folder: str, conversation: str, done: int, total: int) -> None:

@@ -110,17 +110,12 @@ def previous_gold_reads(
     return out
 
 
-def with_predictions(result: ModeResult, pred: list[str]) -> ModeResult:
-    """``result`` with its predictions replaced."""
-    return dataclasses.replace(result, pred=list(pred))
-
-
 def oracle_results(
     reads: ModeResult, labels: tuple[str, ...], stay: float
 ) -> dict[str, tuple[ModeResult, float]]:
     """``filter`` and ``previous_gold`` (module docstring) at their best ``tau`` on ``reads``:
     name -> (result, tau)."""
-    from dpm_worker.metrics import confusion_matrix, ua_from_confusion
+    from dpm_worker.metrics import summarize
 
     if len(reads.probs) != len(reads.pred):
         raise BadInputError("the model's reads carry no probabilities", "")
@@ -131,7 +126,7 @@ def oracle_results(
     gold = [str(reads.gold[i]) for i in scored]
 
     def ua(pred: list[str]) -> float:
-        return float(ua_from_confusion(confusion_matrix(gold, [pred[i] for i in scored], labels)))
+        return float(summarize(gold, [pred[i] for i in scored], labels)["ua"])
 
     def decide(tau: float, kind: str) -> list[str]:
         pred = list(reads.pred)
@@ -146,9 +141,9 @@ def oracle_results(
 
     best: dict[str, tuple[ModeResult, float]] = {}
     for kind in ("filter", "previous_gold"):
-        candidates = [(ua(decide(tau, kind)), -tau, tau) for tau in TAUS]
-        _, _, tau = max(candidates)
-        best[kind] = (with_predictions(reads, decide(tau, kind)), tau)
+        decided = {tau: decide(tau, kind) for tau in TAUS}
+        tau = max(TAUS, key=lambda t: (ua(decided[t]), -t))  # ties: the smaller tau
+        best[kind] = (dataclasses.replace(reads, pred=decided[tau]), tau)
     return best
 
 

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from dpm_worker.errors import ConfigError
+from dpm_worker.metrics import summarize
 
 log = logging.getLogger(__name__)
 
@@ -300,18 +301,12 @@ def _validate(model, config, conversations: list) -> float | None:
         return None
     labeled = label_batched(model, config, [c.utterances for c in conversations], 8)
     predicted = [r.emotion for rows in labeled for r in rows if r.utterance.emotion is not None]
-    return round(_ua([str(u.emotion) for u in _gold(conversations)], predicted, model.labels), 4)
+    gold = [str(u.emotion) for u in _gold(conversations)]
+    return round(summarize(gold, predicted, model.labels)["ua"], 4)
 
 
 def _ua_of(log_probs: np.ndarray, conversations: list, model) -> float:
     """UA of the head's reads ``log_probs`` of the gold utterances of ``conversations``."""
     gold = [str(u.emotion) for u in _gold(conversations)]
     predicted = [model.labels[i] for i in log_probs.argmax(axis=1)]
-    return round(_ua(gold, predicted, model.labels), 4)
-
-
-def _ua(gold: list[str], predicted: list[str], labels: tuple[str, ...]) -> float:
-    """Unweighted accuracy (mean recall over the labels present), as ``dpm eval`` scores it."""
-    from dpm_worker.metrics import confusion_matrix, ua_from_confusion
-
-    return float(ua_from_confusion(confusion_matrix(gold, predicted, labels)))
+    return round(summarize(gold, predicted, model.labels)["ua"], 4)
