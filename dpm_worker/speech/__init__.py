@@ -1,4 +1,4 @@
-from dpm_worker.speech.codebook_fit import fit_speech_tokenizer
+from dpm_worker.speech.codebook_fit import fit_encoder_tokenizer, fit_speech_tokenizer
 from dpm_worker.speech.cosyvoice import (
     INSTALL_HINT,
     TOKENIZER_CONFIG,
@@ -8,6 +8,16 @@ from dpm_worker.speech.cosyvoice import (
     fetch_weights,
     s3tokenizer_available,
 )
+from dpm_worker.speech.encoder import SpeechEncoder, log_mel, mel_filters
+from dpm_worker.speech.encoder_tokenizer import KIND as ENCODER_KIND
+from dpm_worker.speech.encoder_tokenizer import EncoderTokenizer, EncoderTokenizerConfig
+from dpm_worker.speech.encoder_weights import (
+    ENCODERS,
+    WHISPER_BASE,
+    EncoderWeights,
+    encoder_folder,
+    encoder_weights,
+)
 from dpm_worker.speech.features import compute_block_features
 from dpm_worker.speech.loading import load_speech_tokenizer
 from dpm_worker.speech.tokenizer import BuiltinSpeechTokenizer, SpeechTokenizer
@@ -15,6 +25,18 @@ from dpm_worker.speech.tokenizer_config import SpeechTokenizerConfig
 from dpm_worker.speech.utterances import FRAME_TOKENS, tokenize_utterances
 
 __all__ = [
+    "ENCODERS",
+    "ENCODER_KIND",
+    "EncoderTokenizer",
+    "EncoderTokenizerConfig",
+    "EncoderWeights",
+    "SpeechEncoder",
+    "WHISPER_BASE",
+    "encoder_folder",
+    "encoder_weights",
+    "fit_encoder_tokenizer",
+    "log_mel",
+    "mel_filters",
     "BuiltinSpeechTokenizer",
     "CosyVoiceTokenizer",
     "CosyVoiceTokenizerConfig",

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 
 from dpm_worker.errors import ConfigError
+from dpm_worker.speech.encoder_tokenizer import EncoderTokenizer, EncoderTokenizerConfig
+from dpm_worker.speech.encoder_weights import encoder_weights
 from dpm_worker.speech.features import BlockFeatures, block_count, compute_block_features
 from dpm_worker.speech.smile import smile_block_features
 from dpm_worker.speech.speaker_levels import ConversationLevels, SpeakerLevels, relative_features
@@ -121,3 +123,73 @@ def frame_features(wave: np.ndarray, config: SpeechTokenizerConfig) -> BlockFeat
     block = int(round(config.sample_rate / config.rate_hz))
     padded = np.pad(wave, (0, block_count(wave.size, block) * block - wave.size))
     return smile_block_features(padded, config.sample_rate, config.rate_hz)
+
+
+def fit_encoder_tokenizer(
+    waves: Iterable[np.ndarray],
+    config: EncoderTokenizerConfig | None = None,
+    *,
+    speakers: Iterable[Hashable],
+    seed: int = 0,
+    max_frames: int = 200_000,
+) -> EncoderTokenizer:
+    """Fit the encoder tokenizer's units and references on training waveforms.
+
+    The unit frames are standardised by their mean and spread over the training frames and
+    clustered with MiniBatchKMeans into ``config.n_units``. The summary reference is the corpus
+    mean of the raw summaries and the mean *within-speaker* variance (what one speaker's
+    utterances spread by, the right prior for a speaker seen only a few times).
+
+    Args:
+        waves: float32 mono 16 kHz training waveforms.
+        config: the tokenizer's shape.
+        speakers: one key per wave naming its speaker (e.g. ``(conversation_id, speaker)``).
+        seed: seeds k-means and the frame subsample.
+        max_frames: at most this many unit frames (uniformly subsampled) are clustered.
+
+    Raises:
+        ConfigError: fewer frames than units.
+    """
+    from sklearn.cluster import MiniBatchKMeans
+
+    config = config or EncoderTokenizerConfig()
+    width = encoder_weights(config.encoder).width
+    # an unfitted tokenizer with unit frame norms: its block_features give the raw material
+    blank = EncoderTokenizer(
+        config,
+        torch.zeros(config.n_units, width),
+        torch.stack([torch.zeros(width), torch.ones(width)]),
+        torch.zeros(2, config.summary_dim(width)),
+    )
+    frames, summaries, keys = [], [], []
+    for wave, key in zip(waves, speakers, strict=True):
+        feats, _ = blank.block_features([np.asarray(wave, dtype=np.float32)])
+        frames.append(feats.frames[0])
+        summaries.append(feats.summaries[0])
+        keys.append(key)
+    every = np.concatenate(frames).astype(np.float64)
+    if len(every) < config.n_units:
+        raise ConfigError(f"{len(every)} unit frames cannot fit {config.n_units} units")
+    mean, std = every.mean(axis=0), every.std(axis=0) + 1e-6
+    rng = np.random.default_rng(seed)
+    pick = (
+        every
+        if len(every) <= max_frames
+        else every[rng.choice(len(every), max_frames, replace=False)]
+    )
+    kmeans = MiniBatchKMeans(
+        n_clusters=config.n_units, random_state=seed, batch_size=4096, n_init=3
+    ).fit((pick - mean) / std)
+    table = np.stack(summaries)
+    by_speaker: dict[Hashable, list[int]] = {}
+    for i, key in enumerate(keys):
+        by_speaker.setdefault(key, []).append(i)
+    spreads = [table[rows].var(axis=0) for rows in by_speaker.values() if len(rows) > 1]
+    within = np.mean(spreads, axis=0) if spreads else table.var(axis=0)
+    return EncoderTokenizer(
+        config,
+        torch.from_numpy(kmeans.cluster_centers_).float(),
+        torch.from_numpy(np.stack([mean, std])).float(),
+        torch.from_numpy(np.stack([table.mean(axis=0), within + 1e-12])),
+        encoder=blank.encoder,
+    )

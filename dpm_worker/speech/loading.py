@@ -9,6 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 from dpm_worker.errors import ConfigError, ModelError
+from dpm_worker.speech.encoder_tokenizer import KIND as ENCODER_KIND
+from dpm_worker.speech.encoder_tokenizer import EncoderTokenizer, EncoderTokenizerConfig
 from dpm_worker.speech.tokenizer import (
     TOKENIZER_CONFIG,
     TOKENIZER_WEIGHTS,
@@ -41,6 +43,8 @@ def load_speech_tokenizer(
         from dpm_worker.speech.cosyvoice import CosyVoiceTokenizer
 
         return CosyVoiceTokenizer.from_config(data, config_path.parent, device=device)
+    if kind == ENCODER_KIND:
+        return _load_encoder_tokenizer(data, config_path)
     if kind != BuiltinSpeechTokenizer.kind:
         raise ModelError(f"unknown speech tokenizer type {kind!r}", str(config_path))
     weights_path = config_path.parent / TOKENIZER_WEIGHTS
@@ -59,3 +63,22 @@ def load_speech_tokenizer(
         )
     except (ConfigError, KeyError, TypeError) as exc:
         raise ModelError(f"speech tokenizer files do not match: {exc}", str(path)) from exc
+
+
+def _load_encoder_tokenizer(data: dict, config_path: Path) -> EncoderTokenizer:
+    """The encoder tokenizer saved beside ``config_path`` (its encoder is built on first use)."""
+    weights_path = config_path.parent / TOKENIZER_WEIGHTS
+    if not weights_path.is_file():
+        raise ModelError(
+            f"speech tokenizer weights {TOKENIZER_WEIGHTS} are missing", str(weights_path)
+        )
+    try:
+        tensors = load_file(str(weights_path))
+        return EncoderTokenizer(
+            EncoderTokenizerConfig(type=ENCODER_KIND, **data),
+            tensors["centroids"],
+            tensors["frame_norm"],
+            tensors["summary_norm"],
+        )
+    except (ConfigError, KeyError, TypeError) as exc:
+        raise ModelError(f"speech tokenizer files do not match: {exc}", str(config_path)) from exc

@@ -28,7 +28,7 @@ from safetensors.torch import save_file
 from dpm_worker.errors import ConfigError
 from dpm_worker.speech.features import BlockFeatures, block_count, compute_block_features
 from dpm_worker.speech.smile import smile_batch_features
-from dpm_worker.speech.speaker_levels import SpeakerLevels, relative_features
+from dpm_worker.speech.speaker_levels import ConversationLevels, SpeakerLevels, relative_features
 from dpm_worker.speech.summary import utterance_summaries
 from dpm_worker.speech.tokenizer_config import SpeechTokenizerConfig
 
@@ -308,6 +308,10 @@ class BuiltinSpeechTokenizer:
     def new_levels(self) -> SpeakerLevels:
         """Empty running levels of the kind this codebook's references need."""
         return SpeakerLevels(spectral=self.config.spectral_relative)
+
+    def new_conversation_levels(self) -> ConversationLevels:
+        """Empty references of one conversation (``speaker_reference: conversation``)."""
+        return ConversationLevels(spectral=self.config.spectral_relative)
 
     def save(self, folder: str | Path) -> list[Path]:
         """Write ``speech_tokenizer.json`` and ``.safetensors`` into ``folder``; return the paths."""

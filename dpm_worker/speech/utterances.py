@@ -16,7 +16,7 @@ import numpy as np
 from dpm_worker.audio import SAMPLE_RATE
 from dpm_worker.errors import ConfigError, SegmentError
 from dpm_worker.speech.features import BlockFeatures
-from dpm_worker.speech.speaker_levels import ConversationLevels, SpeakerLevels
+from dpm_worker.speech.speaker_levels import SpeakerLevels
 from dpm_worker.speech.tokenizer import SpeechTokenizer
 from dpm_worker.utterance import Utterance
 
@@ -72,7 +72,7 @@ def tokenize_utterances(
             yield from _encode(batch, tokenizer, check_fits, None)
     elif getattr(tokenizer, "speaker_reference", "running") == "conversation":
         for conversation in _conversations(utterances):
-            levels = ConversationLevels(spectral=_spectral_relative(tokenizer))
+            levels = tokenizer.new_conversation_levels()  # type: ignore[attr-defined]
             featurized = []
             for batch in _batches(conversation, limit):
                 feats, counts = tokenizer.block_features(  # type: ignore[attr-defined]

@@ -30,7 +30,7 @@ from dpm_worker.model import HISTORY_FORMATS, IGNORE, EmotionModel
 from dpm_worker.training.batches import Batch, ConversationStream, make_batch
 from dpm_worker.training.precision import autocast, autocast_dtype
 from dpm_worker.training.schedule import lr_at
-from dpm_worker.training.windows import isolate_rows, sample_starts
+from dpm_worker.training.windows import corpus_shares, isolate_rows, sample_starts
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,13 @@ class TrainConfig:
             match are held out together (``actor_\\d+``: a RAVDESS actor's orders and
             augmented copies), so validation reads speakers training never heard. Empty: each
             conversation on its own.
+        corpus_pattern: a regular expression over conversation ids whose first capture group
+            (else the whole match) names a conversation's corpus; training windows are then
+            drawn so that every corpus gets its weight's share of them (within a corpus, in
+            proportion to conversation length). Ids without a match form one corpus ``""``.
+            Empty: no corpora, windows in proportion to length (as before).
+        corpus_weights: ``NAME=WEIGHT`` entries; a corpus not named weighs 1, so the default
+            balances the corpora (a corpus with ten times the audio gets the same share).
         evals_per_epoch: validation (and checkpoint) passes per epoch.
         seed: seeds the split, the windows and the initialisation.
         threads: torch CPU threads.
@@ -92,6 +99,8 @@ class TrainConfig:
     label_noise: float = 0.3
     val_fraction: float = 0.1
     val_group: str = ""
+    corpus_pattern: str = ""
+    corpus_weights: tuple[str, ...] = ()
     evals_per_epoch: int = 1
     seed: int = 0
     threads: int = 2
@@ -116,6 +125,8 @@ class TrainConfig:
             "label_noise": 0 <= self.label_noise <= 1,
             "val_fraction": 0 < self.val_fraction < 1,
             "val_group": _compiles(self.val_group),
+            "corpus_pattern": _compiles(self.corpus_pattern),
+            "corpus_weights": _weights_parse(self.corpus_weights),
             "evals_per_epoch": self.evals_per_epoch >= 1,
             "threads": self.threads >= 1,
             "device": self.device.split(":")[0] in ("auto", "cpu", "cuda"),
@@ -123,6 +134,14 @@ class TrainConfig:
             "grad_accum_steps": self.grad_accum_steps >= 1,
         }
         check_fields("train", self, checks)
+
+
+def _weights_parse(entries: tuple[str, ...]) -> bool:
+    """Whether every entry is ``NAME=WEIGHT`` with a weight >= 0."""
+    try:
+        return all(float(e.rpartition("=")[2]) >= 0 and "=" in e for e in entries)
+    except ValueError:
+        return False
 
 
 def _compiles(pattern: str) -> bool:
@@ -223,6 +242,7 @@ def train(
 
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
+    shares = corpus_shares(train_streams, config.corpus_pattern, config.corpus_weights)
     tokens_total = sum(len(s.tokens) for s in train_streams)
     per_step = config.window_tokens * config.batch_size * config.grad_accum_steps
     steps_per_epoch = max(1, math.ceil(tokens_total / per_step))
@@ -251,7 +271,7 @@ def train(
         for _micro in range(config.grad_accum_steps):
             streams, starts = sample_starts(
                 train_streams, config.window_tokens, config.batch_size, rng,
-                config.aligned_fraction,
+                config.aligned_fraction, shares,
             )  # fmt: skip
             starts, lengths = isolate_rows(streams, starts, config.isolated_fraction, rng)
             batch = make_batch(

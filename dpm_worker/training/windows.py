@@ -5,11 +5,13 @@ A window is a slice of one conversation stream; these choose which slices a batc
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from dpm_worker.errors import ConfigError
 from dpm_worker.model import utterance_start
 
 if TYPE_CHECKING:  # the stream type only
@@ -22,8 +24,10 @@ def sample_starts(
     n: int,
     rng: np.random.Generator,
     aligned_fraction: float = 0.0,
+    shares: np.ndarray | None = None,
 ) -> tuple[list[ConversationStream], list[int]]:
-    """``n`` random windows: a conversation drawn in proportion to its length, then a start.
+    """``n`` random windows: a conversation drawn in proportion to its length (or with the
+    probabilities ``shares``, :func:`corpus_shares`), then a start.
 
     A start is uniform over token positions, or, with probability ``aligned_fraction``, the
     first token of a random utterance: the window's first utterance is then read with no
@@ -31,8 +35,10 @@ def sample_starts(
     with a history that starts on an utterance boundary. Without aligned starts, a model
     almost never sees a context-free utterance in training.
     """
-    lengths = np.array([len(s.tokens) for s in streams], dtype=np.float64)
-    picks = rng.choice(len(streams), size=n, p=lengths / lengths.sum())
+    if shares is None:
+        lengths = np.array([len(s.tokens) for s in streams], dtype=np.float64)
+        shares = lengths / lengths.sum()
+    picks = rng.choice(len(streams), size=n, p=shares)
     starts = []
     for i in picks:
         stream = streams[i]
@@ -43,6 +49,36 @@ def sample_starts(
         else:
             starts.append(int(rng.integers(0, max(1, len(stream.tokens) - window + 1))))
     return [streams[i] for i in picks], starts
+
+
+def corpus_shares(
+    streams: Sequence[ConversationStream], pattern: str, weights: Sequence[str]
+) -> np.ndarray | None:
+    """Each stream's probability of being drawn when corpora are weighed (``TrainConfig``'s
+    ``corpus_pattern`` / ``corpus_weights``): a corpus's streams share its weight's part, each
+    in proportion to its length. None without a pattern (draws in proportion to length).
+
+    Raises:
+        ConfigError: every corpus weighs 0.
+    """
+    if not pattern:
+        return None
+    regex = re.compile(pattern)
+    named = {k: float(v) for k, _, v in (w.rpartition("=") for w in weights)}
+    corpus = []
+    for stream in streams:
+        match = regex.search(stream.conversation_id)
+        corpus.append(
+            "" if match is None else (match.group(1) if regex.groups else match.group(0)) or ""
+        )
+    lengths = np.array([len(s.tokens) for s in streams], dtype=np.float64)
+    shares = np.zeros(len(streams))
+    for name in set(corpus):
+        rows = np.array([c == name for c in corpus])
+        shares[rows] = named.get(name, 1.0) * lengths[rows] / lengths[rows].sum()
+    if shares.sum() <= 0:
+        raise ConfigError(f"train.corpus_weights {list(weights)} give every corpus weight 0")
+    return shares / shares.sum()
 
 
 def isolate_rows(

@@ -38,7 +38,14 @@ from dpm_worker.model import (
     extend_base_model,
     load_model,
 )
-from dpm_worker.speech import SpeechTokenizerConfig, fit_speech_tokenizer, load_speech_tokenizer
+from dpm_worker.speech import (
+    ENCODER_KIND,
+    EncoderTokenizerConfig,
+    SpeechTokenizerConfig,
+    fit_encoder_tokenizer,
+    fit_speech_tokenizer,
+    load_speech_tokenizer,
+)
 from dpm_worker.training import (
     MemoryLoopConfig,
     TrainConfig,
@@ -92,7 +99,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser,
         {
             "model": "BackboneConfig",
-            "tokenizer": "SpeechTokenizerConfig",
+            "tokenizer": "SpeechTokenizerConfig, or EncoderTokenizerConfig with type: whisper-units",
             "train": "TrainConfig (epochs, lr, window_tokens, ...)",
             "lora": "r, alpha, dropout, merge",
             "labels": "the emotion labels",
@@ -131,7 +138,7 @@ def load_settings(args: argparse.Namespace) -> dict[str, Any]:
     model_values["history_labels"] = train_cfg.history_labels
     return {
         "model": build_dataclass(BackboneConfig, model_values, "model."),
-        "tokenizer": build_dataclass(SpeechTokenizerConfig, tree.get("tokenizer"), "tokenizer."),
+        "tokenizer": _tokenizer_config(tree.get("tokenizer")),
         "train": train_cfg,
         "lora": build_dataclass(LoraSettings, tree.get("lora"), "lora."),
         "labels": tuple(tree.get("labels") or DEFAULT_LABELS),
@@ -145,6 +152,14 @@ def load_settings(args: argparse.Namespace) -> dict[str, Any]:
         # Ray Train (pipelines/train/distributed.py): only with --workers or --address.
         "distributed": _distributed(tree, args),
     }
+
+
+def _tokenizer_config(values: dict[str, Any] | None) -> Any:
+    """``tokenizer.type: whisper-units`` -> the encoder tokenizer's config; else the built-in
+    codebook's."""
+    if (values or {}).get("type") == ENCODER_KIND:
+        return build_dataclass(EncoderTokenizerConfig, values, "tokenizer.")
+    return build_dataclass(SpeechTokenizerConfig, values, "tokenizer.")
 
 
 def _distributed(tree: dict[str, Any], args: argparse.Namespace) -> Any:
@@ -285,9 +300,14 @@ def _fmt(value: float | None) -> str:
 
 
 def fit_tokenizer(
-    corpus: str, train_ids: set[str], config: SpeechTokenizerConfig, seed: int, limit: int
+    corpus: str,
+    train_ids: set[str],
+    config: SpeechTokenizerConfig | EncoderTokenizerConfig,
+    seed: int,
+    limit: int,
 ):
-    """Fit the codebook on the first ``limit`` utterances of the training split."""
+    """Fit the codebook (or the encoder's units) on the first ``limit`` utterances of the
+    training split."""
     waves, speakers = [], []
     for utt in iter_waveforms(corpus, train_ids):
         if utt.samples is not None:
@@ -296,6 +316,8 @@ def fit_tokenizer(
         if len(waves) >= limit:
             break
     log.info("fitting the speech tokenizer on %d utterances", len(waves))
+    if isinstance(config, EncoderTokenizerConfig):
+        return fit_encoder_tokenizer(waves, config, seed=seed, speakers=speakers)
     return fit_speech_tokenizer(waves, config, seed=seed, speakers=speakers)
 
 

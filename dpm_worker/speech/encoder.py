@@ -1,0 +1,159 @@
+"""The frozen pretrained speech encoder: Whisper's encoder run by CTranslate2.
+
+The field's speech-LLMs (Qwen2-Audio, SALMONN) hear through Whisper's encoder, pretrained on
+hundreds of thousands of hours; a probe on its pooled final states read RAVDESS actors it never
+heard at 0.85-0.86 UA where every hand-made descriptor stopped near 0.77 (DESIGN section 4).
+
+- Input: float32 mono 16 kHz waves. Whisper's log-mel (400-sample Hann window, 160 hop, 80 Slaney
+  mel bands, log10 clipped 8 decades below the wave's maximum, ``(x + 4) / 4``) is computed here
+  in torch, per wave and unpadded: Whisper pads to 30 s, which would make every state depend on
+  a half-minute of silence and cost 30 s of compute for a 3 s turn; CTranslate2's ``encode``
+  takes unpadded inputs (T mel frames -> T / 2 states, 50 Hz).
+- Waves longer than 30 s (the encoder's positions) are encoded in 30 s pieces, joined.
+- Device: int8 on CPU; bfloat16 (compute capability 8+) or float16 on CUDA. The encoder is
+  built with ``intra_threads`` set, which also sets torch's thread count in this process, so
+  torch's count is put back after it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dpm_worker.errors import ConfigError, ModelError
+from dpm_worker.speech.encoder_weights import EncoderWeights, encoder_folder
+
+SAMPLE_RATE = 16_000
+N_FFT = 400
+HOP = 160
+STATE_RATE_HZ = SAMPLE_RATE / HOP / 2  # 50 states per second
+MAX_FRAMES = 3000  # 30 s of mel frames: the encoder's 1500 positions
+MIN_FRAMES = 4  # two states, one 25 Hz unit
+
+
+def mel_filters(n_mels: int) -> torch.Tensor:
+    """``[n_mels, N_FFT // 2 + 1]`` Slaney-scale mel filters over 0-8 kHz (Whisper's)."""
+    from transformers.audio_utils import mel_filter_bank
+
+    bank = mel_filter_bank(
+        num_frequency_bins=N_FFT // 2 + 1,
+        num_mel_filters=n_mels,
+        min_frequency=0.0,
+        max_frequency=SAMPLE_RATE / 2,
+        sampling_rate=SAMPLE_RATE,
+        norm="slaney",
+        mel_scale="slaney",
+    )
+    return torch.from_numpy(np.ascontiguousarray(bank.T)).float()
+
+
+def log_mel(wave: np.ndarray, filters: torch.Tensor) -> np.ndarray:
+    """Whisper's log-mel of one unpadded wave: ``[n_mels, frames]`` float32, frames even and at
+    least :data:`MIN_FRAMES` (a shorter wave is zero-padded to that)."""
+    samples = torch.as_tensor(np.ascontiguousarray(wave, dtype=np.float32))
+    if samples.ndim != 1:
+        raise ConfigError(
+            f"the encoder expects a mono 1-D waveform, got shape {tuple(samples.shape)}"
+        )
+    need = MIN_FRAMES * HOP
+    if samples.shape[0] < need:
+        samples = torch.nn.functional.pad(samples, (0, need - samples.shape[0]))
+    spec = torch.stft(samples, N_FFT, HOP, window=torch.hann_window(N_FFT), return_complex=True)[
+        :, :-1
+    ]
+    mel = filters @ spec.abs().square()
+    logs = mel.clamp(min=1e-10).log10()
+    logs = torch.maximum(logs, logs.max() - 8.0)
+    logs = (logs + 4.0) / 4.0
+    frames = logs.shape[1] - logs.shape[1] % 2
+    return logs[:, :frames].numpy()
+
+
+def pick_compute_type(device: str) -> str:
+    """int8 on CPU; bfloat16 where the GPU supports it, else float16."""
+    if device == "cpu":
+        return "int8"
+    major, _ = torch.cuda.get_device_capability()
+    return "bfloat16" if major >= 8 else "float16"
+
+
+class SpeechEncoder:
+    """Whisper's encoder, frozen: waves -> ``[T, width]`` float32 states at 50 Hz.
+
+    Args:
+        weights: which pinned encoder.
+        device: ``cpu``, ``cuda`` or ``auto`` (CUDA when available).
+        threads: CPU threads of the encoder (the worker's share of the machine).
+        cache_dir: where the joined weights are kept (``encoder_weights.default_cache_dir``).
+
+    Raises:
+        ModelError: the weights are missing or fail their hash (``encoder_folder``), or
+            CTranslate2 is not installed.
+    """
+
+    def __init__(
+        self,
+        weights: EncoderWeights,
+        *,
+        device: str = "auto",
+        threads: int = 1,
+        cache_dir: str | Path | None = None,
+    ) -> None:
+        # CTranslate2 brings its own OpenMP runtime; its idle threads spin by default and slow
+        # every torch op in the process 40-80x when torch runs more than one thread (measured).
+        # Passive waiting is read when its runtime loads, i.e. at this import.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        try:
+            import ctranslate2
+        except ImportError as exc:  # pragma: no cover - a dependency of the project
+            raise ModelError(
+                "the speech encoder needs ctranslate2: pip install ctranslate2"
+            ) from exc
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device not in ("cpu", "cuda"):
+            raise ConfigError(f"encoder device must be cpu, cuda or auto, got {device!r}")
+        self.weights = weights
+        self.device = device
+        self.compute_type = pick_compute_type(device)
+        self.folder = encoder_folder(weights, cache_dir)
+        torch_threads = torch.get_num_threads()
+        self._model = ctranslate2.models.Whisper(
+            str(self.folder),
+            device=device,
+            compute_type=self.compute_type,
+            intra_threads=max(1, int(threads)),
+        )
+        torch.set_num_threads(torch_threads)
+        self._ct2 = ctranslate2
+        self._filters = mel_filters(weights.n_mels)
+
+    @property
+    def width(self) -> int:
+        return self.weights.width
+
+    def states(self, waves: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Each wave's encoder states, ``[frames // 2, width]`` float32 (50 Hz).
+
+        Waves are encoded one by one, unpadded (on CPU one at a time is as fast as a padded
+        batch and gives each wave the states it has alone); a wave over 30 s in 30 s pieces.
+        """
+        out = []
+        for wave in waves:
+            mel = log_mel(wave, self._filters)
+            pieces = [
+                self._encode(mel[:, start : start + MAX_FRAMES])
+                for start in range(0, mel.shape[1], MAX_FRAMES)
+                if mel.shape[1] - start >= 2
+            ]
+            out.append(np.concatenate(pieces, axis=0))
+        return out
+
+    def _encode(self, mel: np.ndarray) -> np.ndarray:
+        view = self._ct2.StorageView.from_array(np.ascontiguousarray(mel[None], dtype=np.float32))
+        states = self._model.encode(view, to_cpu=True)
+        return np.asarray(states, dtype=np.float32)[0]
