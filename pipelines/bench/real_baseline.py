@@ -9,7 +9,9 @@ and tested on another, in two variants:
   conversation (in each manifest on its own), the field's standard speaker normalisation. It
   sees all of a speaker's utterances, as a batch job can.
 
-``--features codes`` swaps the functionals for the histogram of the model's own speech codes
+``--features encoder`` swaps the functionals for the pretrained speech encoder's pooled states
+(the linear probe on the same ears a v10+ model hears with), ``encoder+functionals`` puts both
+side by side (``pipelines/bench/references.py``). ``--features codes`` swaps the functionals for the histogram of the model's own speech codes
 in each utterance (its spectral codes, loudness levels and pitch levels, each as shares of the
 utterance's blocks): what a linear reader gets from exactly the tokens the model reads. A
 model below it reads less than its own codes carry.
@@ -24,22 +26,20 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from collections.abc import Iterable, Iterator
 
 import numpy as np
 
-from dpm_worker.audio import SAMPLE_RATE
 from dpm_worker.errors import BadInputError, ConfigError
-from dpm_worker.speech.smile import egemaps_functionals
 from dpm_worker.speech.tokenizer_config import SpeechTokenizerConfig
-from dpm_worker.training import iter_waveforms
 from dpm_worker.utterance import Utterance
 from pipelines.bench.command import print_report
+from pipelines.bench.references import FEATURES as REFERENCE_FEATURES
+from pipelines.bench.references import corpus_features, fit_predict, labelled, speaker_z
 from pipelines.eval.config import add_labeling_arguments
 from pipelines.eval.results import ModeResult, compare, score
 
 VARIANTS = ("raw", "speaker_z")
-FEATURES = ("functionals", "codes")
+FEATURES = (*REFERENCE_FEATURES, "codes")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,29 +56,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--features",
         choices=FEATURES,
         default="functionals",
-        help="the baseline's features: eGeMAPS functionals, or the histogram of the model's "
-        "own speech codes (%(default)s)",
+        help="the baseline's features: eGeMAPS functionals, the pretrained encoder's pooled "
+        "states (the linear probe on the ears v10+ hear with), both, or the histogram of the "
+        "model's own speech codes (%(default)s)",
     )
     parser.add_argument("--c", type=float, default=0.5, help="inverse regularisation C")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for the model")
     parser.add_argument("--json", default=None, help="also write the JSON here")
     add_labeling_arguments(parser)
-
-
-def corpus_functionals(
-    manifest: str, labels: tuple[str, ...]
-) -> tuple[np.ndarray, list[Utterance]]:
-    """``[n, 88]`` functionals of every gold-labelled utterance in ``labels``, and the
-    utterances (samples dropped)."""
-    rows, kept = [], []
-    for utt in _labelled(iter_waveforms(manifest), labels):
-        assert utt.samples is not None  # iter_waveforms decodes every utterance
-        rows.append(egemaps_functionals(utt.samples, SAMPLE_RATE))
-        kept.append(dataclasses.replace(utt, samples=None))
-    if not kept:
-        raise BadInputError(f"no utterances labelled with one of {list(labels)}", manifest)
-    return np.stack(rows), kept
 
 
 def corpus_code_histograms(
@@ -92,7 +78,7 @@ def corpus_code_histograms(
         raise ConfigError("--features codes needs a model with the built-in product codebook")
     rows, kept = [], []
     for conversation in conversations:
-        for utt in _labelled(conversation.utterances, labels):
+        for utt in labelled(conversation.utterances, labels):
             if utt.audio_ids is not None:
                 rows.append(code_histogram(utt.audio_ids, config))
                 kept.append(utt)
@@ -114,36 +100,6 @@ def code_histogram(codes: np.ndarray, config: SpeechTokenizerConfig) -> np.ndarr
         np.bincount(pitch, minlength=config.n_pitch),
     ]
     return np.concatenate(parts).astype(np.float64) / max(1, codes.size)
-
-
-def _labelled(utterances: Iterable[Utterance], labels: tuple[str, ...]) -> Iterator[Utterance]:
-    return (u for u in utterances if u.emotion in labels)
-
-
-def speaker_z(features: np.ndarray, utterances: list[Utterance]) -> np.ndarray:
-    """Each row z-normalised over the rows of its (conversation, speaker)."""
-    out = np.empty_like(features)
-    keys = [(u.conversation_id, u.speaker) for u in utterances]
-    for key in set(keys):
-        rows = [i for i, k in enumerate(keys) if k == key]
-        block = features[rows]
-        std = block.std(axis=0)
-        out[rows] = (block - block.mean(axis=0)) / np.where(std > 1e-9, std, 1.0)
-    return out
-
-
-def fit_predict(train: np.ndarray, gold: list[str], test: np.ndarray, c: float) -> list[str]:
-    """Standardise, fit a class-balanced logistic regression, predict the test rows."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    model = make_pipeline(
-        StandardScaler(),
-        LogisticRegression(C=c, class_weight="balanced", max_iter=5000),
-    )
-    model.fit(np.nan_to_num(train), gold)
-    return [str(p) for p in model.predict(np.nan_to_num(test))]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -175,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"real_baseline: {args.features} of {manifest}", file=sys.stderr, flush=True)
         if args.features == "codes":
             return corpus_code_histograms(manifest, conversations_of(manifest), model, labels)
-        return corpus_functionals(manifest, labels)
+        return corpus_features(manifest, labels, args.features)
 
     x_train, u_train = features(args.train)
     x_test, u_test = features(args.test)

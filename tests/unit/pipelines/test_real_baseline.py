@@ -9,7 +9,7 @@ import pytest
 
 from dpm_worker.corpus import read_ravdess, write_manifest
 from dpm_worker.utterance import Utterance
-from pipelines.bench.real_baseline import fit_predict, speaker_z
+from pipelines.bench.references import fit_predict, speaker_z
 from pipelines.cli import main
 from tests.fixtures.corpus_trees import build_ravdess_tree
 
@@ -117,3 +117,26 @@ def test_baseline_on_the_models_own_codes(manifests, tmp_path):
     assert report["features"] == "codes" and report["n_train"] == 72 and report["n_test"] == 36
     assert set(report["scores"]) == {"baseline_raw", "baseline_speaker_z"}
     assert report["model"] == load_model(None).model_id
+
+
+def test_the_encoder_probe_is_a_reference_too(manifests, tmp_path):
+    report = run_bench(
+        manifests, tmp_path / "enc.json", "--features", "encoder", "--mode", "none",
+        "--bootstrap", "20",
+    )  # fmt: skip
+    assert report["features"] == "encoder" and report["n_test"] == 36
+    assert set(report["scores"]) == {"baseline_raw", "baseline_speaker_z"}
+
+
+def test_corpus_groups_weigh_alike_however_many_takes_they_hold():
+    """Replicating one corpus's rows three times leaves a group-weighted fit unchanged."""
+    rng = np.random.default_rng(2)
+    labels = np.array(["neutral", "happy", "sad", "angry"])
+    a, b = rng.normal(0, 1, (40, 5)), rng.normal(0.5, 1, (40, 5))
+    ya, yb = list(labels[np.arange(40) % 4]), list(labels[(np.arange(40) + 1) % 4])
+    test = rng.normal(0, 1, (30, 5))
+    once = fit_predict(np.concatenate([a, b]), ya + yb, test, 0.5, ["a"] * 40 + ["b"] * 40)
+    thrice = fit_predict(
+        np.concatenate([a, a, a, b]), ya * 3 + yb, test, 0.5, ["a"] * 120 + ["b"] * 40
+    )
+    assert once == thrice
