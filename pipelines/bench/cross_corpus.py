@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     modes = parse_modes(args.mode)
     labeling = load_labeling_config(args, {})
     report: dict[str, Any] = {"tests": {}, "models": dict(models), "modes": modes}
-    results = {name: {} for name, _ in tests}  # test -> row label -> ModeResult
+    results: dict[str, dict[str, ModeResult]] = {name: {} for name, _ in tests}
     for feature in features:
         _references(feature, tests, trains, args.c, results)
     for label, folder in models:
