@@ -4,7 +4,8 @@ Each model labels the same manifest in this process on ``--threads`` torch threa
 default), the whole way a worker does it: decode and resample the audio, cut the segments (VAD
 where the manifest has no times), tokenize, and label in ``--mode``. The models take turns,
 ``--repeats`` times each, so machine load falls on all of them alike; each model's speed is its
-median over its turns, in audio hours labeled per hour, with the ratio to the first model.
+median over its turns, in audio hours labeled per hour, with the ratio to the first model, and
+the seconds of that median turn per stage (read, tokenize, label).
 """
 
 from __future__ import annotations
@@ -48,13 +49,20 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     models = {path: load_model(None if path == "default" else path) for path in paths}
     seconds: dict[str, list[float]] = {path: [] for path in paths}
+    stages: dict[str, list[dict[str, float]]] = {path: [] for path in paths}
     audio_s = 0.0
     for _ in range(args.repeats):
         for path, model in models.items():
             start = time.perf_counter()
-            conversations = load_conversations(args.corpus, model, args.limit_conversations)
+            timings: dict[str, float] = {}
+            conversations = load_conversations(
+                args.corpus, model, args.limit_conversations, timings=timings
+            )
+            labeled = time.perf_counter()
             label_conversations(model, conversations, labeling)
+            timings["label"] = time.perf_counter() - labeled
             seconds[path].append(time.perf_counter() - start)
+            stages[path].append(timings)
             audio_s = sum(
                 len(u.audio_ids) / model.speech_tokenizer.rate_hz
                 for c in conversations
@@ -73,9 +81,18 @@ def run(args: argparse.Namespace) -> int:
                 "seconds": seconds[path],
                 "audio_hours_per_hour": audio_s / statistics.median(seconds[path]),
                 "speed_ratio_to_first": first / statistics.median(seconds[path]),
+                # the turn of median time: read (decode, resample, segment), tokenize (the
+                # speech front end: features or encoder, codes, summaries), label (LLM, memory)
+                "stage_seconds": _median_turn(seconds[path], stages[path]),
             }
             for path in paths
         },
     }
     print_report(report, args.json)
     return 0
+
+
+def _median_turn(seconds: list[float], stages: list[dict[str, float]]) -> dict[str, float]:
+    """The stage times of the turn whose total is the median."""
+    order = sorted(range(len(seconds)), key=seconds.__getitem__)
+    return {k: round(v, 3) for k, v in stages[order[len(order) // 2]].items()}

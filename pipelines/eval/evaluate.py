@@ -152,7 +152,11 @@ def parse_modes(text: str) -> list[str]:
 
 
 def load_conversations(
-    corpus: str, model, limit: int | None = None, group_by: tuple[str, ...] = ()
+    corpus: str,
+    model,
+    limit: int | None = None,
+    group_by: tuple[str, ...] = (),
+    timings: dict[str, float] | None = None,
 ) -> list[Conversation]:
     """:func:`load_corpus` for callers that need every row (benchmarks): the first failed
     row raises.
@@ -160,7 +164,7 @@ def load_conversations(
     Raises:
         BadInputError: a row could not be read, with its reason and URI.
     """
-    conversations, errors = load_corpus(corpus, model, limit, group_by)
+    conversations, errors = load_corpus(corpus, model, limit, group_by, timings=timings)
     if errors:
         first = errors[0]
         raise BadInputError(
@@ -177,10 +181,12 @@ def load_corpus(
     limit: int | None = None,
     group_by: tuple[str, ...] = (),
     keep: Callable[[str], bool] | None = None,
+    timings: dict[str, float] | None = None,
 ) -> tuple[list[Conversation], list[ErrorRecord]]:
     """Read the manifest, cut each conversation's audio as the job does and tokenize it once;
     keep each utterance's values of the ``group_by`` columns. ``keep``: which conversation ids
-    to read (all by default).
+    to read (all by default). ``timings``: seconds spent reading (decode, resample, segment)
+    and tokenizing are added to its ``read`` and ``tokenize`` entries.
 
     Returns:
         The conversations with something to label, and the error rows of the rest (the
@@ -209,10 +215,12 @@ def load_corpus(
             last_log = time.monotonic()
         rows = by_conv[cid]
         values = {r.utterance_index: _group_values(r, group_by) for r in rows}
+        started = time.perf_counter()
         segments, failed = read_conversation(
             cid, rows, lambda todo: read_segments(todo, max_segment_s=longest)
         )
         errors.extend(failed)
+        read = time.perf_counter()
         if not segments:
             continue
         # An utterance longer than the context is read by LabelingConfig.long_utterances.
@@ -221,6 +229,10 @@ def load_corpus(
         except BadInputError as exc:  # as the job: the conversation fails
             errors.extend(input_error_rows(cid, rows, exc))
             continue
+        finally:
+            if timings is not None:
+                timings["read"] = timings.get("read", 0.0) + read - started
+                timings["tokenize"] = timings.get("tokenize", 0.0) + time.perf_counter() - read
         groups = [values.get(u.utterance_index, {}) for u in utterances]
         out.append(Conversation(cid, utterances, groups))
     if not any(u.emotion is not None for c in out for u in c.utterances):

@@ -29,6 +29,9 @@ def test_two_models_take_turns_on_one_corpus(tmp_path):
     assert first["speed_ratio_to_first"] == 1.0
     for block in (first, second):
         assert len(block["seconds"]) == 2 and block["audio_hours_per_hour"] > 0
+        stages = block["stage_seconds"]
+        assert set(stages) == {"read", "tokenize", "label"}
+        assert 0 < sum(stages.values()) <= max(block["seconds"]) + 1e-3
     assert second["model_id"] == first["model_id"]
 
 
