@@ -170,6 +170,10 @@ class EncoderTokenizer:
         self.summary_norm = summary_norm.double().contiguous()
         self._encoder = encoder
 
+    def __getstate__(self) -> dict:
+        # the built encoder (a CTranslate2 model) does not pickle; a copy builds its own
+        return {**self.__dict__, "_encoder": None}
+
     @property
     def encoder(self) -> SpeechEncoder:
         """The encoder, built on first use (loading a model folder does not load it)."""

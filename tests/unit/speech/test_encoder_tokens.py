@@ -131,3 +131,11 @@ def test_fingerprint_ignores_where_it_runs_but_not_what_it_codes(tokenizer):
 def test_bad_config_names_the_field(field, value):
     with pytest.raises(ConfigError, match=f"tokenizer.{field}"):
         EncoderTokenizerConfig(**{field: value})
+
+
+def test_a_pickled_tokenizer_builds_its_own_encoder(tokenizer, waves):
+    import pickle
+
+    copy = pickle.loads(pickle.dumps(tokenizer))
+    assert copy._encoder is None and copy.fingerprint == tokenizer.fingerprint
+    np.testing.assert_array_equal(copy.encode(waves[0]), tokenizer.encode(waves[0]))
