@@ -23,7 +23,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("pipelines.corpus.synth", "generate the synthetic conversational emotion corpus"),
     "manifest": (
         "pipelines.corpus.build",
-        "turn an IEMOCAP/MELD/RAVDESS folder or a CSV of labelled files into a manifest",
+        "turn an IEMOCAP/MELD/RAVDESS/EMOVO/TurEV-DB folder or a CSV of labelled files into a "
+        "manifest",
     ),
     "augment": (
         "pipelines.corpus.augment",
