@@ -39,6 +39,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "pipelines.eval.evaluate",
         "label a gold-labelled manifest in-process and report metrics",
     ),
+    "calibrate": (
+        "pipelines.eval.calibrate",
+        "fit a model's temperature on labelled speech and save a calibrated copy",
+    ),
     "label": ("pipelines.label_corpus", "the Ray job: label a corpus into Parquet emotion tables"),
     "merge": (
         "pipelines.corpus.merge",
