@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from dpm_worker.errors import ConfigError, ModelError
-from dpm_worker.memory import LabelingConfig, label_batched
+from dpm_worker.memory import LabelingConfig, SlotLabeler, label_batched
 from dpm_worker.metrics import expected_calibration_error
 from dpm_worker.model import (
     CALIBRATION_FILE,
@@ -110,3 +110,27 @@ def test_save_calibrated_copies_the_folder_and_changes_only_the_confidence(tmp_p
     for rows, ref in zip(hot, base, strict=True):
         expect = apply_temperature(np.stack([r.probs for r in ref]), 2.0)
         np.testing.assert_allclose(np.stack([r.probs for r in rows]), expect, atol=1e-6)
+
+
+def test_a_resumed_conversation_is_calibrated_once():
+    """Rows restored from a checkpoint were emitted calibrated already: they come back as
+    they were, and the rows labeled after the resume get the temperature once."""
+    from tests.unit.memory.test_slots import CONFIGS, run_slots
+
+    def hot_model() -> EmotionModel:
+        model = make_model()
+        model.calibration = Calibration(3.0)
+        return model
+
+    config = CONFIGS["prior"]
+    convs = [c + c for c in conversations(2, seed=8)]
+    reference = label_batched(hot_model(), config, convs, 2)
+    first = SlotLabeler(hot_model(), config, 2)
+    run_slots(first, convs, stop_after=4)
+    states = {k: first.export_state(k) for k in first.keys}
+    assert all(0 < s.position < len(convs[k]) for k, s in states.items())
+    done = run_slots(SlotLabeler(hot_model(), config, 2), convs, states)
+    for n, rows in enumerate(reference):
+        got, want = np.stack([r.probs for r in done[n]]), np.stack([r.probs for r in rows])
+        np.testing.assert_allclose(got, want, atol=1e-5)
+        assert [r.emotion for r in done[n]] == [r.emotion for r in rows]
