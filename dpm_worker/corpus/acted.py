@@ -15,14 +15,17 @@ VAD-segmented, ``dpm_worker/audio/segments.py`` rule 2).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 
+from dpm_worker.corpus.layouts import DropSummary
 from dpm_worker.errors import ConfigError
+from dpm_worker.storage import join_uri
 
 ORDERS: tuple[str, ...] = ("shuffled", "inertia")
+K = TypeVar("K")
 
 
 def conversation_order(
@@ -78,6 +81,37 @@ def order_conversation(
     """
     sequence = conversation_order([r["emotion"] for r in records], order, rng, stay=stay)
     return [{**records[position], "utterance_index": i} for i, position in enumerate(sequence)]
+
+
+def add_conversation(
+    records: list[dict[str, Any]],
+    takes: Sequence[dict[str, Any]],
+    order: str,
+    rng: np.random.Generator,
+    summary: DropSummary,
+    *,
+    stay: float = 0.7,
+) -> None:
+    """Append one speaker's takes to ``records`` as a conversation in a drawn order
+    (:func:`order_conversation`), counted as kept in ``summary``."""
+    for record in order_conversation(takes, order, rng, stay=stay):
+        summary.count_kept(record["emotion"])
+        records.append(record)
+    summary.conversations += 1
+
+
+def locate_layout(
+    fs: Any, base: str, root: str, nested: str, find: Callable[[Any, str], dict[K, str]]
+) -> tuple[dict[K, str], str, str]:
+    """A corpus layout's folders (``find``) at ``base``, or in its child ``nested`` when the
+    parent folder was given; returns them with the base path and root URI they are under."""
+    found = find(fs, base)
+    if not found:
+        inner = join_uri(base, nested)
+        found = find(fs, inner)
+        if found:
+            return found, inner, join_uri(root, nested)
+    return found, base, root
 
 
 def parse_speakers(text: str | None, known: Sequence[str]) -> list[str] | None:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from dpm_worker.corpus.acted import order_conversation
+from dpm_worker.corpus.acted import add_conversation, locate_layout
 from dpm_worker.corpus.layouts import (
     EMOVO_4CLASS,
     DropSummary,
@@ -81,12 +81,7 @@ def read_emovo(
     """
     root = root_uri(root)
     fs, base = get_filesystem(root, endpoint_url)
-    found = _speaker_folders(fs, base)
-    if not found:
-        nested = join_uri(base, "EMOVO")
-        found = _speaker_folders(fs, nested)
-        if found:
-            base, root = nested, join_uri(root, "EMOVO")
+    found, base, root = locate_layout(fs, base, root, "EMOVO", _speaker_folders)
     if not found:
         raise BadInputError("no f1 .. m3 folders found; expected EMOVO's layout", root)
     wanted = [s for s in EMOVO_SPEAKERS if s in found and (speakers is None or s in speakers)]
@@ -130,10 +125,7 @@ def read_emovo(
             empty.append(folder)
             continue
         rng = np.random.default_rng([seed, EMOVO_SPEAKERS.index(speaker) + 1])
-        for record in order_conversation(takes, order, rng, stay=stay):
-            summary.count_kept(record["emotion"])
-            records.append(record)
-        summary.conversations += 1
+        add_conversation(records, takes, order, rng, summary, stay=stay)
     if empty:
         raise BadInputError(f"no speech files in {examples(empty)}", root)
     return manifest_table(records, _EMOVO_EXTRAS), summary

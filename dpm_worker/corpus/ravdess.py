@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from dpm_worker.corpus.acted import order_conversation
+from dpm_worker.corpus.acted import add_conversation, locate_layout
 from dpm_worker.corpus.layouts import (
     RAVDESS_4CLASS,
     DropSummary,
@@ -112,12 +112,7 @@ def read_ravdess(
     """
     root = root_uri(root)
     fs, base = get_filesystem(root, endpoint_url)
-    found = _actor_folders(fs, base)
-    if not found:
-        nested = join_uri(base, "audio_speech_actors_01-24")
-        found = _actor_folders(fs, nested)
-        if found:
-            base, root = nested, join_uri(root, "audio_speech_actors_01-24")
+    found, base, root = locate_layout(fs, base, root, "audio_speech_actors_01-24", _actor_folders)
     if not found:
         raise BadInputError(
             "no Actor_NN folders found; expected RAVDESS's audio_speech_actors_01-24 layout",
@@ -167,10 +162,7 @@ def read_ravdess(
             empty.append(folder)
             continue
         rng = np.random.default_rng([seed, actor])
-        for record in order_conversation(takes, order, rng, stay=stay):
-            summary.count_kept(record["emotion"])
-            records.append(record)
-        summary.conversations += 1
+        add_conversation(records, takes, order, rng, summary, stay=stay)
     if empty:
         raise BadInputError(f"no speech files in {examples(empty)}", root)
     return manifest_table(records, _RAVDESS_EXTRAS), summary

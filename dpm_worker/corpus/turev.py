@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from dpm_worker.corpus.acted import order_conversation
+from dpm_worker.corpus.acted import add_conversation, locate_layout
 from dpm_worker.corpus.layouts import (
     TUREV_4CLASS,
     TUREV_EMOTIONS,
@@ -77,12 +77,7 @@ def read_turev(
     """
     root = root_uri(root)
     fs, base = get_filesystem(root, endpoint_url)
-    found = _emotion_folders(fs, base)
-    if not found:
-        nested = join_uri(base, "Sound Source")
-        found = _emotion_folders(fs, nested)
-        if found:
-            base, root = nested, join_uri(root, "Sound Source")
+    found, base, root = locate_layout(fs, base, root, "Sound Source", _emotion_folders)
     if not found:
         raise BadInputError(
             "no Angry/ Calm/ Happy/ Sad/ folders found; expected TurEV-DB's Sound Source layout",
@@ -122,10 +117,7 @@ def read_turev(
     records: list[dict[str, Any]] = []
     for speaker in sorted(takes):
         rng = np.random.default_rng([seed, int(speaker)])
-        for record in order_conversation(takes[speaker], order, rng, stay=stay):
-            summary.count_kept(record["emotion"])
-            records.append(record)
-        summary.conversations += 1
+        add_conversation(records, takes[speaker], order, rng, summary, stay=stay)
     return manifest_table(records, _TUREV_EXTRAS), summary
 
 
