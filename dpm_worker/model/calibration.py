@@ -1,9 +1,9 @@
 """A model's calibration: one temperature on the emotion distribution it emits.
 
 Why: a model trained with cross-entropy on a few speakers is overconfident where it has not
-heard the speakers or the language (measured: dpm-default-v9 is >= 0.99 confident on 77% of
-unseen RAVDESS actors' utterances and right on 76% of them), and analytics users threshold on
-``confidence``. A temperature ``T`` fitted on labelled speech of the target domain
+heard the speakers or the language (measured, dpm mode: dpm-default-v9 is >= 0.99 confident
+on 74% of unseen RAVDESS actors' utterances and right on 84% of those; ECE 0.19), and
+analytics users threshold on ``confidence``. A temperature ``T`` fitted on labelled speech of the target domain
 (``dpm calibrate``, the NLL of the gold labels) makes confidence mean what it says:
 
     p_T ∝ p ** (1 / T)
