@@ -3,10 +3,15 @@
 - WA (weighted accuracy): plain accuracy over utterances.
 - UA (unweighted accuracy): mean per-class recall over the classes present in the gold labels.
 - WF1: per-class F1 weighted by gold support.
+- ECE (expected calibration error): the top label's confidence against how often it is right,
+  in ``ECE_BINS`` equal-width confidence bins, ``sum_b n_b / N * |accuracy_b - confidence_b|``.
+  0 when a confidence of 0.9 is right 90% of the time; what a user who thresholds the
+  ``confidence`` column relies on.
 
 Utterances of one conversation are not independent (a speaker's mood persists), so intervals
 resample whole conversations (a cluster bootstrap). Everything a resample needs is the sum of
-per-conversation confusion matrices, which makes thousands of resamples one matrix product.
+per-conversation confusion matrices (or, for ECE, of per-conversation bin sums), which makes
+thousands of resamples one matrix product.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from dpm_worker.errors import LabelError
+
+ECE_BINS = 10
 
 
 def confusion_matrix(gold: Sequence[str], pred: Sequence[str], labels: Sequence[str]) -> np.ndarray:
@@ -92,6 +99,68 @@ def summarize(gold: Sequence[str], pred: Sequence[str], labels: Sequence[str]) -
     }
 
 
+def calibration_bins(
+    probs: np.ndarray, gold: Sequence[int] | np.ndarray, n_bins: int = ECE_BINS
+) -> np.ndarray:
+    """``[n_bins, 3]`` sums per top-label confidence bin: count, confidence, correct.
+
+    Args:
+        probs: ``[N, C]`` emitted distributions.
+        gold: ``[N]`` the gold label's index in each row's label order.
+        n_bins: equal-width bins over [0, 1] (a confidence of exactly 1 is in the last).
+    """
+    gold_a = np.asarray(gold, dtype=np.int64)
+    if n_bins < 1:
+        raise LabelError(f"n_bins must be >= 1, got {n_bins}")
+    out = np.zeros((n_bins, 3), dtype=np.float64)
+    if len(gold_a) == 0:
+        return out
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 2 or probs.shape[0] != len(gold_a):
+        raise LabelError(f"probs of shape {probs.shape} for {len(gold_a)} gold labels")
+    confidence = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == gold_a).astype(np.float64)
+    which = np.clip((confidence * n_bins).astype(np.int64), 0, n_bins - 1)
+    np.add.at(out, which, np.stack([np.ones_like(confidence), confidence, correct], axis=1))
+    return out
+
+
+def ece_from_bins(bins: np.ndarray) -> np.ndarray:
+    """ECE of one ``[B, 3]`` bin table or a stack ``[..., B, 3]`` (nan when empty)."""
+    total = bins[..., 0].sum(axis=-1)
+    gap = np.abs(bins[..., 2] - bins[..., 1]).sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, gap / np.maximum(total, 1e-300), np.nan)
+
+
+def expected_calibration_error(
+    probs: np.ndarray, gold: Sequence[int] | np.ndarray, n_bins: int = ECE_BINS
+) -> float:
+    """ECE of the top label (module docstring) of ``[N, C]`` distributions against the gold
+    labels' indices; nan when there are none."""
+    return float(ece_from_bins(calibration_bins(probs, gold, n_bins)))
+
+
+def group_calibration_bins(
+    groups: Sequence[str],
+    probs: np.ndarray,
+    gold: Sequence[int] | np.ndarray,
+    n_bins: int = ECE_BINS,
+) -> np.ndarray:
+    """One ``[B, 3]`` bin table per group (conversation), in first-seen order: ``[G, B, 3]``,
+    for :func:`bootstrap_interval` with ``metric="ece"``."""
+    keys: dict[str, int] = {}
+    for g in groups:
+        keys.setdefault(g, len(keys))
+    index = np.asarray([keys[g] for g in groups], dtype=np.int64)
+    probs = np.asarray(probs, dtype=np.float64)
+    gold_a = np.asarray(gold, dtype=np.int64)
+    tables = [
+        calibration_bins(probs[index == k], gold_a[index == k], n_bins) for k in keys.values()
+    ]
+    return np.stack(tables) if tables else np.zeros((0, n_bins, 3))
+
+
 def position_bins(max_position: int, width: int = 10) -> list[tuple[int, int]]:
     """``[(0, width), (width, 2*width), ...]`` covering positions ``0..max_position``."""
     if width < 1:
@@ -150,9 +219,10 @@ def bootstrap_interval(
     """Percentile bootstrap over groups of a metric, or of the difference ``a - b``.
 
     Args:
-        cms_a: ``[G, C, C]`` per-group confusion matrices of system a.
+        cms_a: ``[G, C, C]`` per-group confusion matrices of system a (``[G, B, 3]`` bin
+            tables of :func:`group_calibration_bins` for ``ece``).
         cms_b: the same groups' matrices of system b (paired resampling), or None.
-        metric: ``ua`` or ``wa``.
+        metric: ``ua``, ``wa`` or ``ece``.
         n_boot: resamples.
         seed: the resampling seed.
         level: coverage of the interval.
@@ -160,9 +230,9 @@ def bootstrap_interval(
     Returns:
         ``{"value", "lo", "hi"}``: the point estimate on all groups and the interval.
     """
-    fn = {"ua": ua_from_confusion, "wa": wa_from_confusion}.get(metric)
+    fn = {"ua": ua_from_confusion, "wa": wa_from_confusion, "ece": ece_from_bins}.get(metric)
     if fn is None:
-        raise LabelError(f"metric must be 'ua' or 'wa', got {metric!r}")
+        raise LabelError(f"metric must be 'ua', 'wa' or 'ece', got {metric!r}")
     n_groups = cms_a.shape[0]
     if n_groups == 0:
         return {"value": float("nan"), "lo": float("nan"), "hi": float("nan")}
@@ -170,11 +240,11 @@ def bootstrap_interval(
     # Multinomial counts = how often each group is drawn in a resample of n_groups groups.
     weights = rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=n_boot)
     flat_a = cms_a.reshape(n_groups, -1).astype(np.float64)
-    c = cms_a.shape[-1]
+    shape = cms_a.shape[1:]
 
     def stat(flat: np.ndarray) -> tuple[float, np.ndarray]:
-        full = fn(flat.sum(axis=0).reshape(c, c))
-        boots = fn((weights @ flat).reshape(n_boot, c, c))
+        full = fn(flat.sum(axis=0).reshape(shape))
+        boots = fn((weights @ flat).reshape(n_boot, *shape))
         return float(full), boots
 
     value, boots = stat(flat_a)

@@ -247,6 +247,9 @@ class ConversationWorker:
             return self._fail(summary, rows, errors)
         summary["chunked"] = sum(u.chunks > 1 for u in utterances)
         summary["truncated"] = sum(u.truncated for u in utterances)
+        # what the run checks read (dpm_worker/tables/run_checks.py)
+        summary["label_counts"] = dict(Counter(u.emotion for u in utterances))
+        summary["confidence_sum"] = float(sum(u.confidence for u in utterances))
         t0 = time.perf_counter()
         if errors:  # first: the emotions file commits the conversation
             self.tables.write_errors(conversation_id, errors, partial=True)

@@ -23,7 +23,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("pipelines.corpus.synth", "generate the synthetic conversational emotion corpus"),
     "manifest": (
         "pipelines.corpus.build",
-        "turn an IEMOCAP/MELD/RAVDESS folder or a CSV of labelled files into a manifest",
+        "turn an IEMOCAP/MELD/RAVDESS/EMOVO/TurEV-DB folder or a CSV of labelled files into a "
+        "manifest",
     ),
     "augment": (
         "pipelines.corpus.augment",
@@ -37,6 +38,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "eval": (
         "pipelines.eval.evaluate",
         "label a gold-labelled manifest in-process and report metrics",
+    ),
+    "calibrate": (
+        "pipelines.eval.calibrate",
+        "fit a model's temperature on labelled speech and save a calibrated copy",
     ),
     "label": ("pipelines.label_corpus", "the Ray job: label a corpus into Parquet emotion tables"),
     "merge": (

@@ -2,8 +2,9 @@
 
 The readers themselves live in :mod:`dpm_worker.corpus.iemocap` (``read_iemocap``),
 :mod:`dpm_worker.corpus.meld` (``read_meld``), :mod:`dpm_worker.corpus.ravdess`
-(``read_ravdess``) and :mod:`dpm_worker.corpus.labelled` (``read_labelled``, a CSV of labelled
-files). Corpus emotion
+(``read_ravdess``), :mod:`dpm_worker.corpus.emovo` (``read_emovo``),
+:mod:`dpm_worker.corpus.turev` (``read_turev``) and :mod:`dpm_worker.corpus.labelled`
+(``read_labelled``, a CSV of labelled files). Corpus emotion
 codes go through a mapping table to the model's label set; an unmapped code is dropped and
 counted in a :class:`DropSummary`, never relabeled. Roots may be local folders or ``s3://``.
 """
@@ -46,11 +47,23 @@ RAVDESS_4CLASS: Mapping[str, str] = MappingProxyType(
     {"neutral": "neutral", "calm": "neutral", "happy": "happy", "sad": "sad", "angry": "angry"}
 )
 RAVDESS_8CLASS: Mapping[str, str] = MappingProxyType({e: e for e in RAVDESS_EMOTIONS})
+EMOVO_CODES: tuple[str, ...] = ("neu", "gio", "tri", "rab", "dis", "pau", "sor")
+# CORPORA.md: joy -> happy, sadness -> sad, anger -> angry; disgust, fear, surprise dropped.
+EMOVO_4CLASS: Mapping[str, str] = MappingProxyType(
+    {"neu": "neutral", "gio": "happy", "tri": "sad", "rab": "angry"}
+)
+TUREV_EMOTIONS: tuple[str, ...] = ("angry", "calm", "happy", "sad")  # the folders, lower-cased
+# CORPORA.md: calm -> neutral.
+TUREV_4CLASS: Mapping[str, str] = MappingProxyType(
+    {"calm": "neutral", "happy": "happy", "sad": "sad", "angry": "angry"}
+)
 MAPPINGS: Mapping[str, Mapping[str, Mapping[str, str]]] = MappingProxyType(
     {
         "iemocap": MappingProxyType({"4class": IEMOCAP_4CLASS}),
         "meld": MappingProxyType({"7class": MELD_7CLASS, "4class": MELD_4CLASS}),
         "ravdess": MappingProxyType({"4class": RAVDESS_4CLASS, "8class": RAVDESS_8CLASS}),
+        "emovo": MappingProxyType({"4class": EMOVO_4CLASS}),
+        "turev": MappingProxyType({"4class": TUREV_4CLASS}),
     }
 )
 EXAMPLES = 5  # how many offending items an error message lists

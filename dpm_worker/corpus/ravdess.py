@@ -3,16 +3,8 @@
 RAVDESS (Livingstone & Russo 2018, CC BY-NC-SA 4.0) is acted speech: 24 actors, each saying two
 statements in eight emotions, one 48 kHz file per take named ``03-01-EE-II-SS-RR-AA.wav``
 (CORPORA.md). It has no dialogue order, so the reader writes one conversation per actor whose
-order is drawn from a seed, in one of two ways:
-
-- ``shuffled``: a seeded permutation of the actor's files. Only the voice is shared between
-  neighbours; what context or memory can learn is the speaker's habit.
-- ``inertia``: a seeded Markov chain over the actor's emotions that stays with probability
-  ``stay`` (0.7), as moods persist in real dialogue; each drawn emotion takes the next of the
-  actor's files of that emotion (shuffled, without repeats) until all are used.
-
-Each file is one utterance (its row has no times: a conversation of many whole files is never
-VAD-segmented, ``dpm_worker/audio/segments.py`` rule 2).
+order is drawn from a seed (``shuffled`` or ``inertia``, :mod:`dpm_worker.corpus.acted`). Each
+file is one utterance.
 """
 
 from __future__ import annotations
@@ -24,6 +16,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from dpm_worker.corpus.acted import add_conversation, locate_layout
 from dpm_worker.corpus.layouts import (
     RAVDESS_4CLASS,
     DropSummary,
@@ -35,7 +28,6 @@ from dpm_worker.corpus.layouts import (
 from dpm_worker.errors import BadInputError, ConfigError
 from dpm_worker.storage import get_filesystem, join_uri
 
-ORDERS: tuple[str, ...] = ("shuffled", "inertia")
 # modality 03 = audio-only, vocal channel 01 = speech; the song and video files are not speech
 _NAME = re.compile(r"^03-01-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)\.wav$")
 _ACTOR_DIR = re.compile(r"^Actor_(\d\d)$")
@@ -60,6 +52,7 @@ _RAVDESS_EXTRAS = pa.schema(
         ("intensity", pa.string()),
         ("statement", pa.int16()),
         ("repetition", pa.int16()),
+        ("corpus", pa.string()),
     ]
 )
 
@@ -85,39 +78,6 @@ def parse_actors(text: str | None) -> list[int] | None:
     return sorted(actors)
 
 
-def conversation_order(
-    labels: Sequence[str], order: str, rng: np.random.Generator, *, stay: float = 0.7
-) -> list[int]:
-    """A permutation of ``range(len(labels))``: the dialogue order of one actor's files.
-
-    Args:
-        labels: each file's emotion label.
-        order: ``shuffled`` or ``inertia`` (module docstring).
-        rng: the conversation's generator.
-        stay: ``inertia``'s probability of staying with the current emotion while it has files.
-    """
-    if order not in ORDERS:
-        raise ConfigError(f"order must be one of {ORDERS}, got {order!r}")
-    if not 0.0 <= stay <= 1.0:
-        raise ConfigError(f"stay must be in [0, 1], got {stay!r}")
-    if order == "shuffled":
-        return [int(i) for i in rng.permutation(len(labels))]
-    pools: dict[str, list[int]] = {}
-    for i in rng.permutation(len(labels)):
-        pools.setdefault(labels[int(i)], []).append(int(i))
-    emotions = sorted(pools)
-    current = emotions[int(rng.integers(len(emotions)))] if emotions else ""
-    picked: list[int] = []
-    while len(picked) < len(labels):
-        # one uniform draw per step whatever happens, so the chain's draws stay aligned
-        u = float(rng.random())
-        others = [e for e in emotions if e != current and pools[e]]
-        if not pools[current] or (u >= stay and others):
-            current = others[int(rng.integers(len(others)))]
-        picked.append(pools[current].pop())
-    return picked
-
-
 def read_ravdess(
     root: str,
     *,
@@ -136,7 +96,7 @@ def read_ravdess(
         mapping: RAVDESS emotion name (``neutral calm happy sad angry fearful disgust
             surprised``, the file name's codes 01-08) -> label; files of other emotions are
             dropped and counted.
-        order: ``shuffled`` or ``inertia`` (module docstring).
+        order: ``shuffled`` or ``inertia`` (:mod:`dpm_worker.corpus.acted`).
         seed: seeds every actor's order (actor ``a`` uses ``[seed, a]``).
         stay: ``inertia``'s probability of keeping the emotion.
         endpoint_url: an explicit S3 endpoint.
@@ -144,7 +104,7 @@ def read_ravdess(
     Returns:
         The manifest (conversation_id ``ravdess_actor_AA``, speaker ``actor_AA``, rows in the
         drawn order) with extras utterance_id, actor, gender, corpus_label (the emotion's
-        name), intensity, statement, repetition; and the drop summary.
+        name), intensity, statement, repetition, corpus (``ravdess``); and the drop summary.
 
     Raises:
         BadInputError: no Actor_NN folders, a requested actor missing, or a folder with no
@@ -152,12 +112,7 @@ def read_ravdess(
     """
     root = root_uri(root)
     fs, base = get_filesystem(root, endpoint_url)
-    found = _actor_folders(fs, base)
-    if not found:
-        nested = join_uri(base, "audio_speech_actors_01-24")
-        found = _actor_folders(fs, nested)
-        if found:
-            base, root = nested, join_uri(root, "audio_speech_actors_01-24")
+    found, base, root = locate_layout(fs, base, root, "audio_speech_actors_01-24", _actor_folders)
     if not found:
         raise BadInputError(
             "no Actor_NN folders found; expected RAVDESS's audio_speech_actors_01-24 layout",
@@ -187,19 +142,9 @@ def read_ravdess(
             if label is None:
                 summary.count_code(emotion)
                 continue
-            takes.append((name, label, emotion, intensity, int(statement), int(repetition)))
-        if not takes:
-            empty.append(folder)
-            continue
-        rng = np.random.default_rng([seed, actor])
-        sequence = conversation_order([t[1] for t in takes], order, rng, stay=stay)
-        for index, position in enumerate(sequence):
-            name, label, emotion, intensity, statement, repetition = takes[position]
-            summary.count_kept(label)
-            records.append(
+            takes.append(
                 {
                     "conversation_id": f"ravdess_actor_{actor:02d}",
-                    "utterance_index": index,
                     "speaker": f"actor_{actor:02d}",
                     "audio_uri": join_uri(root, folder, name),
                     "emotion": label,
@@ -208,11 +153,16 @@ def read_ravdess(
                     "gender": "male" if actor % 2 else "female",
                     "corpus_label": emotion,
                     "intensity": "strong" if intensity == "02" else "normal",
-                    "statement": statement,
-                    "repetition": repetition,
+                    "statement": int(statement),
+                    "repetition": int(repetition),
+                    "corpus": "ravdess",
                 }
             )
-        summary.conversations += 1
+        if not takes:
+            empty.append(folder)
+            continue
+        rng = np.random.default_rng([seed, actor])
+        add_conversation(records, takes, order, rng, summary, stay=stay)
     if empty:
         raise BadInputError(f"no speech files in {examples(empty)}", root)
     return manifest_table(records, _RAVDESS_EXTRAS), summary

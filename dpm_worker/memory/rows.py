@@ -52,9 +52,15 @@ def labeled_row(
     context_tokens: int,
     parts: Sequence[np.ndarray],
     max_context: int,
+    best: int | None = None,
 ) -> LabeledUtterance:
-    """An utterance's output row: the most probable label and how the utterance was read."""
-    best = int(np.argmax(probs))
+    """An utterance's output row: the most probable label and how the utterance was read.
+
+    ``best``: the label's index when it is known already (the argmax of the distribution
+    before calibration, which a temperature keeps even where float32 rounding would tie);
+    None takes the argmax of ``probs``.
+    """
+    best = int(np.argmax(probs)) if best is None else best
     probs = np.asarray(probs, dtype=np.float32)
     truncated = len(parts[-1]) + 2 > max_context
     return LabeledUtterance(

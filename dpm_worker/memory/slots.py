@@ -271,16 +271,28 @@ class SlotLabeler(SlotEngine):
             return False
         probs = conv.total.astype(np.float32)
         conv.total = None
-        conv.rows.append(self._labeled(utt, probs, conv.ms, len(ids)))
+        best = int(np.argmax(probs))
+        calibration = self.model.calibration
+        if calibration is not None:
+            # The one place a model's temperature meets its output: after the step, the head,
+            # the memory and the chunks, for every mode (dpm_worker/model/calibration.py).
+            # Resumed rows are emitted already and are not calibrated again (_restore).
+            probs = calibration.apply(probs)
+        conv.rows.append(self._labeled(utt, probs, conv.ms, len(ids), best))
         conv.ms = 0.0
         return True
 
     def _labeled(
-        self, utt: Utterance, probs: np.ndarray, ms: float, context_tokens: int
+        self,
+        utt: Utterance,
+        probs: np.ndarray,
+        ms: float,
+        context_tokens: int,
+        best: int | None = None,
     ) -> LabeledUtterance:
         parts = self._parts(utt)
         return labeled_row(
-            utt, probs, self.vocab.labels, ms, context_tokens, parts, self.max_context
+            utt, probs, self.vocab.labels, ms, context_tokens, parts, self.max_context, best
         )
 
     def _restore(self, slot: int, conv: _Conversation, state: ConversationState) -> None:

@@ -8,14 +8,26 @@ from dpm_worker.model.backbone import (
     build_backbone,
     extend_base_model,
 )
+from dpm_worker.model.calibration import (
+    CALIBRATION_FILE,
+    Calibration,
+    apply_temperature,
+    fit_temperature,
+    load_calibration,
+)
 from dpm_worker.model.device import DTYPES, pick_device
 from dpm_worker.model.folder import MANIFEST_NAME, write_file_manifest
-from dpm_worker.model.loading import default_model_path, load_model, save_model
+from dpm_worker.model.loading import default_model_path, load_model, save_calibrated, save_model
 from dpm_worker.model.stream import IGNORE, fit_context, history_budget, tail, utterance_start
 from dpm_worker.model.vocab import StreamVocab
 
 __all__ = [
     "AcousticHead",
+    "CALIBRATION_FILE",
+    "Calibration",
+    "apply_temperature",
+    "fit_temperature",
+    "load_calibration",
     "IGNORE",
     "HISTORY_FORMATS",
     "BackboneConfig",
@@ -34,6 +46,7 @@ __all__ = [
     "load_acoustic_head",
     "load_model",
     "pick_device",
+    "save_calibrated",
     "save_model",
     "tail",
     "utterance_start",

@@ -19,6 +19,7 @@ import transformers
 
 from dpm_worker.errors import ConfigError, LabelError, ModelError
 from dpm_worker.model.acoustic_head import AcousticHead
+from dpm_worker.model.calibration import Calibration
 from dpm_worker.model.vocab import StreamVocab
 from dpm_worker.speech import (
     BuiltinSpeechTokenizer,
@@ -128,6 +129,8 @@ class EmotionModel:
     text_tokenizer: Any = field(default=None, repr=False)
     # read beside the LLM and fused into every utterance's distribution (model/acoustic_head.py)
     acoustic_head: AcousticHead | None = None
+    # a temperature on each utterance's emitted distribution (model/calibration.py)
+    calibration: Calibration | None = None
 
     def __post_init__(self) -> None:
         if self.acoustic_head is not None:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from dpm_worker.errors import ModelError, StorageError
+from dpm_worker.model.calibration import CALIBRATION_FILE
 from dpm_worker.storage import cache_root, get_filesystem, is_remote, join_uri, redact
 
 MANIFEST_NAME = "dpm_manifest.json"
@@ -88,10 +89,13 @@ def write_file_manifest(folder: Path) -> dict:
 
 
 def fingerprint_of(files: dict) -> str:
-    """sha256 over the weight files' names and hashes (what decides the model's outputs)."""
+    """sha256 over the weight files' names and hashes (what decides the model's outputs), and
+    the calibration's when there is one: it changes the emitted probabilities, so resumed and
+    incremental runs must not mix rows from before and after it. Folders without it keep the
+    fingerprint they always had."""
     digest = hashlib.sha256()
     for name in sorted(files):
-        if name.endswith(WEIGHT_SUFFIX):
+        if name.endswith(WEIGHT_SUFFIX) or name == CALIBRATION_FILE:
             digest.update(f"{name}:{files[name]['sha256']}\n".encode())
     return digest.hexdigest()
 

@@ -2,13 +2,15 @@
 
 A model folder holds ``config.json`` + ``model.safetensors`` (save_pretrained), the text
 tokenizer files, the speech tokenizer (``speech_tokenizer.*``), the acoustic head when the
-model has one (``acoustic_head.*``), ``dpm_model.json`` (stream vocabulary, trained context,
+model has one (``acoustic_head.*``), its calibration when it has one (``calibration.json``,
+:mod:`dpm_worker.model.calibration`), ``dpm_model.json`` (stream vocabulary, trained context,
 history format) and ``dpm_manifest.json`` (written last, see :mod:`dpm_worker.model.folder`).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -18,6 +20,7 @@ from dpm_worker.errors import ConfigError, ModelError
 from dpm_worker.model import folder as checkpoint
 from dpm_worker.model.acoustic_head import load_acoustic_head
 from dpm_worker.model.backbone import MODEL_META, EmotionModel, build_text_tokenizer
+from dpm_worker.model.calibration import CALIBRATION_FILE, Calibration, load_calibration
 from dpm_worker.model.device import pick_device
 from dpm_worker.model.vocab import StreamVocab
 from dpm_worker.speech import load_speech_tokenizer
@@ -51,6 +54,8 @@ def save_model(model: EmotionModel, uri: str, *, extra_files: dict[str, str] | N
     model.speech_tokenizer.save(staged)
     if model.acoustic_head is not None:
         model.acoustic_head.save(staged)
+    if model.calibration is not None:
+        model.calibration.save(staged)
     meta = {
         "format_version": 1,
         "model_id": model.model_id,
@@ -60,6 +65,48 @@ def save_model(model: EmotionModel, uri: str, *, extra_files: dict[str, str] | N
     }
     (staged / MODEL_META).write_text(json.dumps(meta, indent=2) + "\n")
     checkpoint.commit_folder(staged, uri)
+
+
+def save_calibrated(
+    source: str | None,
+    calibration: Calibration,
+    uri: str,
+    *,
+    model_id: str | None = None,
+    endpoint_url: str | None = None,
+) -> None:
+    """Copy a model folder to ``uri`` with ``calibration`` added (replacing one it had).
+
+    Every other file is copied byte for byte (weights, head, card, records), so the copy's
+    outputs differ from the source's only by the temperature; its fingerprint differs because
+    the manifest covers ``calibration.json``.
+
+    Args:
+        source: the model folder (None: the packaged default), local or ``s3://``.
+        calibration: what to add.
+        uri: the new folder (local or ``s3://``), complete only once its manifest lands.
+        model_id: a new model id for ``dpm_model.json`` (None: the source's).
+        endpoint_url: an explicit S3 endpoint.
+
+    Raises:
+        ModelError: the source is not a complete model folder.
+    """
+    source = str(default_model_path()) if source is None else source
+    if is_remote(source):
+        folder, _ = checkpoint.fetch_folder(source, endpoint_url=endpoint_url)
+    else:
+        folder = Path(source)
+        checkpoint.verify_folder(folder)
+    staged = checkpoint.staging_folder(uri)
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.name not in (checkpoint.MANIFEST_NAME, CALIBRATION_FILE):
+            shutil.copyfile(path, staged / path.name)
+    if model_id is not None:
+        meta = json.loads((staged / MODEL_META).read_text())
+        meta["model_id"] = model_id
+        (staged / MODEL_META).write_text(json.dumps(meta, indent=2) + "\n")
+    calibration.save(staged)
+    checkpoint.commit_folder(staged, uri, endpoint_url=endpoint_url)
 
 
 def load_model(
@@ -151,4 +198,5 @@ def load_model(
         history_labels=str(meta.get("history_labels", "none")),
         text_tokenizer=text_tokenizer,
         acoustic_head=load_acoustic_head(folder),
+        calibration=load_calibration(folder),
     )

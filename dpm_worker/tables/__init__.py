@@ -18,6 +18,7 @@ from dpm_worker.tables.fingerprints import (
     write_fingerprints,
 )
 from dpm_worker.tables.report import SECTIONS, gold_metrics, render_html
+from dpm_worker.tables.run_checks import RunChecks, RunWarning, run_warnings
 from dpm_worker.tables.run_results import latest_committed_run, read_run, split_run_uri
 from dpm_worker.tables.schema import (
     ErrorRecord,
@@ -43,6 +44,7 @@ from dpm_worker.tables.writer import (
 )
 
 __all__ = [
+    "run_warnings",
     "CHECKPOINTS_DIR",
     "CheckpointKey",
     "CheckpointStore",
@@ -55,7 +57,9 @@ __all__ = [
     "KEY_RECORD",
     "PreviousFingerprints",
     "RunInfo",
+    "RunChecks",
     "RunTables",
+    "RunWarning",
     "SECTIONS",
     "SUCCESS_NAME",
     "check_writable",

@@ -3,8 +3,9 @@
 What an operator or analyst wants to see after a run: how the labels are distributed per
 conversation and along the dialogue (a model stuck on one label shows up at once), how
 confident the model is, and, when the corpus has gold labels, the confusion matrix and the
-accuracy by dialogue position (where DPM should help: late in long conversations). The
-figures are drawn in ``report_figures``.
+accuracy by dialogue position (where DPM should help: late in long conversations), and the
+ECE of the confidence. A run out of its depth (label collapse, low confidence; ``run_checks``)
+is flagged in a warnings section at the top. The figures are drawn in ``report_figures``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dpm_worker.metrics import by_position, summarize
+from dpm_worker.metrics import by_position, expected_calibration_error, summarize
 from dpm_worker.tables.report_figures import (
     dialogue_positions,
     plot_accuracy_by_position,
@@ -29,9 +30,12 @@ from dpm_worker.tables.report_figures import (
     plot_labels_per_conversation,
     position_bins_for,
 )
+from dpm_worker.tables.run_checks import RunChecks, RunWarning, run_warnings
 from dpm_worker.tables.run_results import RunResults
+from dpm_worker.tables.schema import probability_column
 
 MAX_ERROR_ROWS_SHOWN = 20
+# Always there (gold: when the run has gold labels); "warnings" comes first when a check fires.
 SECTIONS = (
     "summary",
     "labels-per-conversation",
@@ -54,7 +58,27 @@ def gold_metrics(emotions: pd.DataFrame, labels: Sequence[str]) -> dict[str, Any
         positions.tolist(), gold, pred, labels, position_bins_for(positions)
     )
     out["excluded"] = int(emotions["gold_emotion"].notna().sum() - len(scored))
+    columns = [probability_column(label) for label in labels]
+    if all(c in scored for c in columns):
+        probs = scored[columns].to_numpy(dtype=np.float64)
+        gold_index = [list(labels).index(g) for g in gold]
+        out["ece"] = expected_calibration_error(probs, gold_index)
     return out
+
+
+def report_warnings(results: RunResults) -> list[RunWarning]:
+    """The run checks on all of the run's emotion rows, with the thresholds the run was
+    configured with (``config.checks`` of ``run.json``; the defaults when it has none)."""
+    emotions = results.emotions
+    if not len(emotions):
+        return []
+    configured = (results.run_record.get("config") or {}).get("checks") or {}
+    try:
+        checks = RunChecks(**configured)
+    except (TypeError, ValueError):
+        checks = RunChecks()
+    counts = emotions["emotion"].astype(str).value_counts().to_dict()
+    return run_warnings(counts, float(emotions["confidence"].sum()), checks)
 
 
 # --------------------------------------------------------------------------- HTML
@@ -65,6 +89,7 @@ h1{font-size:1.5em} h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-t
 table{border-collapse:collapse;margin:.6em 0} td,th{border:1px solid #ddd;padding:.25em .6em;
 text-align:left;font-size:.9em} th{background:#f4f4f4} img{max-width:100%}
 .note{color:#666;font-size:.9em} pre{background:#f7f7f7;padding:.6em;overflow-x:auto}
+.warn{background:#fff4e5;border-left:4px solid #e67e00;padding:.6em 1.6em}
 """
 
 
@@ -131,7 +156,18 @@ def summary_rows(results: RunResults) -> list[tuple[str, Any]]:
 def render_html(results: RunResults) -> str:
     """The whole report as one HTML string (no external files or network references)."""
     labels, emotions = results.labels, results.emotions
-    parts = [_section("summary", "Summary", _table(summary_rows(results), ("", "")))]
+    parts = []
+    warnings = report_warnings(results)
+    if warnings:
+        items = "".join(f"<li>{html.escape(w.message)}</li>" for w in warnings)
+        parts.append(
+            _section(
+                "warnings",
+                "Warnings: this run may be out of its depth",
+                f'<ul class="warn">{items}</ul>',
+            )
+        )
+    parts.append(_section("summary", "Summary", _table(summary_rows(results), ("", ""))))
     if len(emotions):
         parts.append(
             _section(
@@ -170,6 +206,10 @@ def render_html(results: RunResults) -> str:
                 ("WA (accuracy)", f"{metrics['wa']:.3f}"),
                 ("UA (mean per-class recall)", f"{metrics['ua']:.3f}"),
                 ("weighted F1", f"{metrics['wf1']:.3f}"),
+                (
+                    "ECE of the confidence (10 bins, top label)",
+                    f"{metrics['ece']:.3f}" if "ece" in metrics else "-",
+                ),
                 ("gold labels outside the label set (not scored)", metrics["excluded"]),
             ],
             ("metric", "value"),

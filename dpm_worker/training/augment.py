@@ -30,11 +30,11 @@ import pyarrow as pa
 import soundfile as sf
 
 from dpm_worker.audio import SAMPLE_RATE, conversation_segments
+from dpm_worker.corpus.acted import ORDERS, conversation_order
 from dpm_worker.corpus.channel import ChannelConfig, apply_line, draw_line
 from dpm_worker.corpus.cues import sox_pitch_tempo
 from dpm_worker.corpus.manifest import iter_conversations
 from dpm_worker.corpus.manifest_files import write_manifest
-from dpm_worker.corpus.ravdess import ORDERS, conversation_order
 from dpm_worker.corpus.schema import MANIFEST_SCHEMA
 from dpm_worker.errors import ConfigError
 from dpm_worker.storage import get_filesystem, join_uri

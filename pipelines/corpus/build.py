@@ -4,8 +4,15 @@
     dpm manifest meld ROOT --split train --out manifest.parquet [--mapping 7class|4class|FILE]
     dpm manifest ravdess ROOT --out manifest.parquet [--actors 19-24] [--mapping 4class|8class]
         [--order shuffled|inertia] [--seed S]
+    dpm manifest emovo ROOT --out manifest.parquet [--speakers f1,m2] [--order ...] [--seed S]
+    dpm manifest turev ROOT --out manifest.parquet [--speakers 1157,1234] [--order ...] [--seed S]
     dpm manifest labels FILE.csv --out manifest.parquet [--mapping FILE]
     dpm manifest files ROOT --out manifest.parquet
+
+``ravdess``, ``emovo``, ``turev``: acted corpora, one conversation per speaker in a seeded
+order (``dpm_worker.corpus.acted``); a ``corpus`` column names the corpus of each row. EMOVO's
+stereo files are read from channel 0 (two microphones on one voice, never two speakers).
+TurEV-DB is CC BY-NC-ND: validation only, never training data for shipped weights.
 
 ``files``: every file under ROOT (recursive, sorted) is one conversation to segment: stereo
 channels are speakers, a mono recording one unknown speaker cut into turns, a sidecar
@@ -24,18 +31,24 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+from collections.abc import Callable
 from typing import Any
 
 from dpm_worker.audio import clip_duration
 from dpm_worker.corpus import (
+    EMOVO_SPEAKERS,
     ORDERS,
+    TUREV_SPEAKERS,
     is_audio_name,
     load_mapping,
     parse_actors,
+    parse_speakers,
+    read_emovo,
     read_iemocap,
     read_labelled,
     read_meld,
     read_ravdess,
+    read_turev,
     recordings_manifest,
     validate_manifest,
     write_manifest,
@@ -44,7 +57,20 @@ from dpm_worker.corpus.layouts import DropSummary
 from dpm_worker.errors import ConfigError
 from dpm_worker.storage import get_filesystem
 
-DEFAULT_MAPPING = {"iemocap": "4class", "meld": "7class", "ravdess": "4class", "labels": None}
+DEFAULT_MAPPING = {
+    "iemocap": "4class",
+    "meld": "7class",
+    "ravdess": "4class",
+    "emovo": "4class",
+    "turev": "4class",
+    "labels": None,
+}
+ACTED: dict[str, Callable[..., tuple[Any, DropSummary]]] = {
+    "ravdess": read_ravdess,
+    "emovo": read_emovo,
+    "turev": read_turev,
+}
+SPEAKERS = {"emovo": EMOVO_SPEAKERS, "turev": TUREV_SPEAKERS}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,26 +83,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "root",
-        help="IEMOCAP_full_release/, MELD.Raw/ or audio_speech_actors_01-24/ folder, the "
-        "labels CSV, or a folder of recordings (local or s3://)",
+        help="IEMOCAP_full_release/, MELD.Raw/, audio_speech_actors_01-24/, EMOVO/ or "
+        "TurEV-DB's 'Sound Source/' folder, the labels CSV, or a folder of recordings "
+        "(local or s3://)",
     )
     parser.add_argument("--out", required=True, help="manifest to write (.parquet/.jsonl/.csv)")
     parser.add_argument(
         "--mapping",
         default=None,
         help="corpus code -> label mapping: a built-in name (iemocap: 4class; meld: 7class, "
-        "4class; ravdess: 4class, 8class) or a .json/.yaml file; default iemocap 4class, "
-        "meld 7class, ravdess 4class (neutral+calm, happy, sad, angry), labels as written",
+        "4class; ravdess: 4class, 8class; emovo, turev: 4class) or a .json/.yaml file; "
+        "default iemocap 4class, meld 7class, ravdess 4class (neutral+calm, happy, sad, "
+        "angry), emovo 4class (neu gio tri rab), turev 4class (calm -> neutral), labels as "
+        "written",
     )
     parser.add_argument("--actors", default=None, help="RAVDESS actors, e.g. 1-18 or 19-24")
+    parser.add_argument(
+        "--speakers",
+        default=None,
+        help=f"EMOVO speakers (of {','.join(EMOVO_SPEAKERS)}) or TurEV-DB speakers (of "
+        f"{','.join(TUREV_SPEAKERS)}), comma-separated; default all",
+    )
     parser.add_argument(
         "--order",
         default="shuffled",
         choices=ORDERS,
-        help="RAVDESS dialogue order of each actor's files: shuffled (a seeded permutation) or "
-        "inertia (a seeded Markov chain over emotions that stays with probability 0.7)",
+        help="RAVDESS/EMOVO/TurEV-DB dialogue order of each speaker's files: shuffled (a seeded "
+        "permutation) or inertia (a seeded Markov chain over emotions that stays with "
+        "probability 0.7)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="RAVDESS: seeds the order")
+    parser.add_argument("--seed", type=int, default=0, help="RAVDESS/EMOVO/TurEV-DB: the order")
     parser.add_argument("--sessions", default=None, help="IEMOCAP sessions, e.g. 1,2,3")
     parser.add_argument(
         "--split", default="train", choices=["train", "dev", "test"], help="MELD split"
@@ -103,10 +139,15 @@ def _sessions(text: str | None) -> list[int] | None:
 def run(args: argparse.Namespace) -> int:
     if args.corpus == "files":
         return _files(args)
-    only = {"sessions": "iemocap", "audio_dir": "meld", "actors": "ravdess"}
-    for option, corpus in only.items():
-        if getattr(args, option) is not None and args.corpus != corpus:
-            raise ConfigError(f"--{option.replace('_', '-')} applies to {corpus} only")
+    only = {
+        "sessions": ("iemocap",),
+        "audio_dir": ("meld",),
+        "actors": ("ravdess",),
+        "speakers": ("emovo", "turev"),
+    }
+    for option, corpora in only.items():
+        if getattr(args, option) is not None and args.corpus not in corpora:
+            raise ConfigError(f"--{option.replace('_', '-')} applies to {'/'.join(corpora)} only")
     spec = args.mapping or DEFAULT_MAPPING[args.corpus]
     if spec is None:  # labels without --mapping: the CSV's emotions as they are
         table, summary = read_labelled(args.root, endpoint_url=args.endpoint_url)
@@ -115,10 +156,15 @@ def run(args: argparse.Namespace) -> int:
     if args.corpus == "labels":
         table, summary = read_labelled(args.root, mapping=mapping, endpoint_url=args.endpoint_url)
         return _write(args, table, summary, sorted(set(mapping.values())))
-    if args.corpus == "ravdess":
-        table, summary = read_ravdess(
+    if args.corpus in ACTED:
+        chosen = (
+            {"actors": parse_actors(args.actors)}
+            if args.corpus == "ravdess"
+            else {"speakers": parse_speakers(args.speakers, SPEAKERS[args.corpus])}
+        )
+        table, summary = ACTED[args.corpus](
             args.root,
-            actors=parse_actors(args.actors),
+            **chosen,
             mapping=mapping,
             order=args.order,
             seed=args.seed,
@@ -155,7 +201,7 @@ def _write(args: argparse.Namespace, table: Any, summary: DropSummary, labels: l
 
 
 def _files(args: argparse.Namespace) -> int:
-    for flag in ("mapping", "sessions", "audio_dir", "actors", "summary"):
+    for flag in ("mapping", "sessions", "audio_dir", "actors", "speakers", "summary"):
         if getattr(args, flag) is not None:
             raise ConfigError(f"--{flag.replace('_', '-')} does not apply to files")
     fs, root = get_filesystem(args.root, args.endpoint_url)

@@ -6,7 +6,8 @@ so the modes differ only in the labeling loop (a fair comparison). Modes are DES
 
 Output JSON (accuracies are fractions)::
 
-    {"model": ID, "modes": {MODE: {"n", "wa", "ua", "wf1", "per_class", "expressive_accuracy",
+    {"model": ID, "modes": {MODE: {"n", "wa", "ua", "wf1", "ece", "ece_ci": [lo, hi],
+     "mean_confidence", "per_class", "expressive_accuracy",
      "subtle_accuracy", "utterances_per_second", "by_position": [{"from", "to", "ua",
      "ms_per_utterance", ...}], "ua_ci": [lo, hi], ...}},
      "comparisons": {"dpm-window": {"ua_diff", "lo", "hi", "subtle_ua_diff", ...}, ...}}
@@ -135,6 +136,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="backbone dtype (default: bfloat16 on CUDA, else float32); the memory stays float32",
     )
     add_labeling_arguments(parser)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def group_columns(args: argparse.Namespace) -> tuple[str, ...]:
@@ -359,7 +364,7 @@ def run(args: argparse.Namespace) -> int:
     for mode, block in report["modes"].items():
         print(
             f"{mode:10s} n={block['n']} WA={block['wa']:.3f} UA={block['ua']:.3f} "
-            f"WF1={block['wf1']:.3f} subtle={block['subtle_accuracy']} "
+            f"WF1={block['wf1']:.3f} ECE={_fmt(block['ece'])} subtle={block['subtle_accuracy']} "
             f"utt/s={block['utterances_per_second']:.1f}"
         )
     for name, c in report["comparisons"].items():

@@ -2,7 +2,8 @@
 
 :class:`ModeResult` holds the per-utterance outcomes of a mode over the corpus; :func:`score`
 turns it into the mode's JSON block (WA/UA/WF1, expressive and subtle subsets, speed, accuracy
-by dialogue position, a UA interval) and :func:`compare` into the paired differences between two
+by dialogue position, a UA interval, the top label's ECE with its interval and the mean
+confidence) and :func:`compare` into the paired differences between two
 modes (:data:`COMPARISONS`). Intervals are 95% percentile bootstraps that resample whole
 conversations. :func:`write_predictions` and :func:`write_plots` write the optional per-utterance
 Parquet and PNG plots.
@@ -20,6 +21,8 @@ import numpy as np
 from dpm_worker.metrics import (
     bootstrap_interval,
     by_position,
+    expected_calibration_error,
+    group_calibration_bins,
     group_confusions,
     position_bins,
     summarize,
@@ -115,6 +118,7 @@ def score(result: ModeResult, labels: tuple[str, ...], bin_width: int, n_boot: i
     _, cms = group_confusions(_pick(result.conversation_id, idx), gold, pred, labels)
     ci = bootstrap_interval(cms, n_boot=n_boot)
     out["ua_ci"] = [ci["lo"], ci["hi"]]
+    out.update(calibration_scores(result, idx, labels, n_boot))
     for subset, key in (("expressive", "expressive"), ("subtle", "subtle")):
         sub = _scored(result, subset)
         if len(sub) == 0:
@@ -134,6 +138,24 @@ def score(result: ModeResult, labels: tuple[str, ...], bin_width: int, n_boot: i
         row["ms_per_utterance"] = float(ms[sel].mean()) if sel.any() else None
     out["by_position"] = rows
     return out
+
+
+def calibration_scores(
+    result: ModeResult, idx: np.ndarray, labels: tuple[str, ...], n_boot: int
+) -> dict:
+    """``ece`` (10 bins, top label; ``dpm_worker.metrics``), its conversation-bootstrap
+    ``ece_ci`` and ``mean_confidence`` of the scored utterances (None without distributions)."""
+    if len(result.probs) != len(result.pred) or len(idx) == 0:
+        return {"ece": None, "ece_ci": None, "mean_confidence": None}
+    probs = np.stack(_pick(result.probs, idx)).astype(np.float64)
+    gold = [labels.index(g) for g in _pick(result.gold, idx)]
+    bins = group_calibration_bins(_pick(result.conversation_id, idx), probs, gold)
+    ci = bootstrap_interval(bins, metric="ece", n_boot=n_boot)
+    return {
+        "ece": expected_calibration_error(probs, gold),
+        "ece_ci": [ci["lo"], ci["hi"]],
+        "mean_confidence": float(probs.max(axis=1).mean()),
+    }
 
 
 def compare(a: ModeResult, b: ModeResult, labels: tuple[str, ...], n_boot: int) -> dict:

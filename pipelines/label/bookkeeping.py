@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dpm_worker.corpus import UtteranceRow
+from dpm_worker.tables import RunChecks, RunWarning, run_warnings
 
 log = logging.getLogger("dpm.label")
 PROBE_EVERY_S = 1.0
@@ -77,6 +78,9 @@ class Progress:
     actor_deaths: int = 0
     retries: int = 0  # conversations queued again after a failed attempt
     error_types: dict[str, int] = field(default_factory=dict)  # error rows per error_type
+    # what the run checks read (dpm_worker/tables/run_checks.py): labels emitted, confidence
+    label_counts: dict[str, int] = field(default_factory=dict)
+    confidence_sum: float = 0.0
     stage_s: dict[str, float] = field(default_factory=dict)
 
     def add(self, summary: dict[str, Any]) -> None:
@@ -91,10 +95,17 @@ class Progress:
         self.audio_s += float(summary["audio_s"])
         for name in ("split_segments", "chunked", "truncated"):
             setattr(self, name, getattr(self, name) + int(summary.get(name, 0)))
+        for label, count in summary.get("label_counts", {}).items():
+            self.label_counts[label] = self.label_counts.get(label, 0) + int(count)
+        self.confidence_sum += float(summary.get("confidence_sum", 0.0))
         for error_type, rows in summary.get("error_types", {}).items():
             self.error_types[error_type] = self.error_types.get(error_type, 0) + int(rows)
         for stage, seconds in summary.get("timings", {}).items():
             self.stage_s[stage] = self.stage_s.get(stage, 0.0) + float(seconds)
+
+    def warnings(self, checks: RunChecks) -> list[RunWarning]:
+        """This session's run warnings (label collapse, low confidence)."""
+        return run_warnings(self.label_counts, self.confidence_sum, checks)
 
     def line(self) -> str:
         elapsed = max(time.monotonic() - self.started, 1e-6)

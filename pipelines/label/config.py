@@ -16,7 +16,7 @@ from typing import Any
 from dpm_worker.audio import SegmentsConfig
 from dpm_worker.errors import ConfigError
 from dpm_worker.memory import LabelingConfig
-from dpm_worker.tables import validate_run_id
+from dpm_worker.tables import RunChecks, validate_run_id
 from pipelines.config import build_dataclass, merge_tree
 
 
@@ -72,6 +72,9 @@ class LabelJobConfig:
         metrics: export Prometheus metrics through Ray's metrics agent (driver and actors;
             ``pipelines.label.metrics``); false: none are recorded.
         labeling: the labeling mode and DPM hyperparameters.
+        checks: when a run warns that it is out of its depth (one label takes most utterances,
+            or the confidence is low; ``dpm_worker.tables.RunChecks``, docs/operations.md
+            "When a run warns").
     """
 
     input: str
@@ -99,6 +102,7 @@ class LabelJobConfig:
     metrics: bool = True
     segments: SegmentsConfig = field(default_factory=SegmentsConfig)
     labeling: LabelingConfig = field(default_factory=LabelingConfig)
+    checks: RunChecks = field(default_factory=RunChecks)
 
     def __post_init__(self) -> None:
         for name in ("input", "output"):

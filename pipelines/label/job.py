@@ -14,7 +14,7 @@ import datetime as dt
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from dpm_worker.corpus import UtteranceRow
@@ -31,6 +31,7 @@ from dpm_worker.tables import (
     PreviousFingerprints,
     RunInfo,
     RunTables,
+    RunWarning,
     conversation_key,
     labeling_hash,
     write_fingerprints,
@@ -172,15 +173,19 @@ class LabelJob:
             )
         # Every conversation is committed: checkpoints left by killed writers are litter now.
         CheckpointStore(self.config.output, self.run.run_id, self.tables.endpoint_url).clear()
-        counts = self._success_record(progress, started_at)
+        warnings = progress.warnings(self.config.checks)
+        for warning in warnings:
+            log.warning("run %s: %s", self.run.run_id, warning.message)
+        counts = self._success_record(progress, started_at, warnings)
         if metrics is not None:
             metrics.succeeded()
         code = EXIT_PARTIAL if counts["errors"]["conversations"] else EXIT_OK
+        warned = "".join(f"; WARNING {w.message}" for w in warnings)
         return finish(
             code,
             f"{head}; run totals: {counts['emotions']['rows']} emotion rows, "
             f"{counts['errors']['rows']} error rows; tables: {where} and "
-            f"{self.tables.table_uri(ERRORS)}",
+            f"{self.tables.table_uri(ERRORS)}{warned}",
         )
 
     def _uncommitted(self, progress: Any) -> Iterator[tuple[str, list[UtteranceRow]]]:
@@ -199,7 +204,9 @@ class LabelJob:
             self.fingerprints[conversation_id] = fingerprint
             yield conversation_id, rows
 
-    def _success_record(self, progress: Any, started_at: dt.datetime) -> dict[str, Any]:
+    def _success_record(
+        self, progress: Any, started_at: dt.datetime, warnings: Sequence[RunWarning] = ()
+    ) -> dict[str, Any]:
         emotions = [f for f in self.tables.run_files(EMOTIONS) if COMPACT_MARK not in f]
         errors = [f for f in self.tables.run_files(ERRORS) if COMPACT_MARK not in f]
         journal = self.tables.read_record("compaction.json") or {}
@@ -241,7 +248,15 @@ class LabelJob:
                 "phase_seconds": {k: round(v, 3) for k, v in self.timings.items()},
                 "actor_deaths": progress.actor_deaths,
                 "stage_seconds": {k: round(v, 3) for k, v in progress.stage_s.items()},
+                "label_counts": dict(sorted(progress.label_counts.items())),
+                "mean_confidence": (
+                    round(progress.confidence_sum / progress.utterances, 6)
+                    if progress.utterances
+                    else None
+                ),
             },
+            # this session's run checks (dpm_worker/tables/run_checks.py)
+            "warnings": [w.to_dict() for w in warnings],
             "started_at": started_at.isoformat(),
             "finished_at": dt.datetime.now(dt.UTC).isoformat(),
             "model_fingerprint": self.run.model_fingerprint,

@@ -278,6 +278,7 @@ def run(args: argparse.Namespace) -> int:
     }
     model.attach_head(dataclasses.replace(head, weight=chosen["weight"], info=info))
     model.model_id = args.model_id or f"{model.model_id}+head"
+    model.calibration = None  # a new head makes new distributions: calibrate them again
     extra = {}
     source = Path(args.model) if args.model else default_model_path()
     if (source / "training.json").exists():

@@ -48,6 +48,8 @@ def validate(model: EmotionModel, streams, window: int) -> dict:
 def save(model: EmotionModel, lora: LoraSettings | None, out: str, record: dict) -> None:
     """Save the current weights (LoRA merged into a copy when extending a base model)."""
     extra = {TRAINING_RECORD: json.dumps(record, indent=2, default=str) + "\n"}
+    # new weights make new distributions: a temperature of the initial model does not carry
+    model = dataclasses.replace(model, calibration=None)
     if lora is None:
         save_model(model, out, extra_files=extra)
         return

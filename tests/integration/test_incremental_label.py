@@ -53,9 +53,18 @@ def test_nightly_labels_only_new_and_changed_conversations(
 
     # Night 0: a plain full run over the first 3 conversations also records fingerprints.
     publish(ids[:3])
-    base = label("--run-id", "base")
+    # thresholds any run crosses (the top label has >= 1/4 of 4 labels; a mean confidence is
+    # below 1): the run checks warn in the final line and in _SUCCESS, and the run commits
+    checks = ["checks.label_share=0.2", "checks.mean_confidence=1.0", "checks.min_utterances=1"]
+    base = label(*checks, "--run-id", "base")  # (right after JOB's own KEY=VALUE)
     assert base.returncode == 0, base.stdout + base.stderr[-3000:]
-    assert success(out, "base")["this_session"]["labeled"] == 3
+    record = success(out, "base")
+    assert record["this_session"]["labeled"] == 3
+    assert [w["kind"] for w in record["warnings"]] == ["label_collapse", "low_confidence"]
+    assert record["warnings"][0]["threshold"] == 0.2
+    assert sum(record["this_session"]["label_counts"].values()) == record["emotions"]["rows"]
+    assert "; WARNING label collapse: " in last_line(base)
+    assert "; WARNING low confidence: " in last_line(base)
 
     # Night 1: 2 new conversations in the bucket -> exactly those 2 are labeled.
     publish(ids)
@@ -65,6 +74,7 @@ def test_nightly_labels_only_new_and_changed_conversations(
     assert "2 conversations labeled" in line and "3 unchanged since the last committed" in line
     record = success(out, "night1")
     assert record["this_session"]["labeled"] == 2 and record["incremental"]["unchanged"] == 3
+    assert isinstance(record["warnings"], list)
     assert record["incremental"]["previous_runs"] == ["base"]
 
     # Night 2, unchanged input, default run id: nothing to do, no actor started, and it says so.

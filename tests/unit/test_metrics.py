@@ -92,3 +92,29 @@ def test_bootstrap_interval_covers_a_known_gap() -> None:
     _, cms_b = group_confusions(groups, gold, b, LABELS)
     diff = bootstrap_interval(cms_a, cms_b, n_boot=1000)
     assert 0.0 < diff["lo"] < diff["value"] < diff["hi"] < 1.0
+
+
+def test_ece_by_hand_and_its_conversation_bootstrap():
+    from dpm_worker.metrics import (
+        calibration_bins,
+        ece_from_bins,
+        expected_calibration_error,
+        group_calibration_bins,
+    )
+
+    # 0.95 sure and right 2 of 4 times (bin 9); 0.55 sure and right 1 of 2 (bin 5);
+    # a confidence of exactly 1.0 falls in the last bin.
+    probs = np.array([[0.95, 0.05]] * 4 + [[0.55, 0.45]] * 2 + [[1.0, 0.0]], dtype=np.float64)
+    gold = [0, 0, 1, 1, 0, 1, 0]
+    bins = calibration_bins(probs, gold)
+    assert bins[9].tolist() == pytest.approx([5, 4.8, 3]) and bins[5].tolist() == [2, 1.1, 1]
+    expected = (abs(3 - 4.8) + abs(1 - 1.1)) / 7
+    assert expected_calibration_error(probs, gold) == pytest.approx(expected)
+    assert expected_calibration_error(np.eye(3), [0, 1, 2]) == 0.0
+    assert np.isnan(expected_calibration_error(np.zeros((0, 2)), []))
+    groups = ["a", "a", "b", "b", "c", "c", "c"]
+    per_group = group_calibration_bins(groups, probs, gold)
+    assert per_group.shape == (3, 10, 3) and np.allclose(per_group.sum(axis=0), bins)
+    assert ece_from_bins(per_group).shape == (3,)
+    ci = bootstrap_interval(per_group, metric="ece", n_boot=500)
+    assert ci["value"] == pytest.approx(expected) and ci["lo"] <= ci["value"] <= ci["hi"]

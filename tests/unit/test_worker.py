@@ -172,3 +172,26 @@ def test_settings_validate():
         WorkerSettings("out", run_info(), torch_threads=0)
     with pytest.raises(ConfigError, match="mode"):
         WorkerSettings("out", run_info(mode="window"), labeling=LabelingConfig(mode="dpm"))
+
+
+def test_a_calibrated_model_writes_tempered_probabilities_and_the_same_labels(tmp_path):
+    """The table ``dpm label`` writes gets the temperature that ``dpm eval`` applies (both
+    label through the SlotLabeler); the summary carries what the run checks read."""
+    from dpm_worker.model import Calibration, apply_temperature
+
+    uri = recording(tmp_path / "c.wav", seconds=6.0)
+    tables = {}
+    for name, calibration in (("plain", None), ("hot", Calibration(4.0))):
+        model = EmotionModel.random(seed=0)
+        model.calibration = calibration
+        summary = make_worker(tmp_path / name, model).label("c", rows_for("c", uri, n=5))
+        tables[name] = read_run_table(str(tmp_path / name / "out"), EMOTIONS).to_pylist()
+        assert sum(summary["label_counts"].values()) == 5
+        confidence = sum(r["confidence"] for r in tables[name])
+        assert summary["confidence_sum"] == pytest.approx(confidence, rel=1e-6)
+    columns = [f"p_{label}" for label in DEFAULT_LABELS]
+    plain = np.array([[r[c] for c in columns] for r in tables["plain"]])
+    hot = np.array([[r[c] for c in columns] for r in tables["hot"]])
+    np.testing.assert_allclose(hot, apply_temperature(plain, 4.0), atol=1e-6)
+    assert [r["emotion"] for r in tables["hot"]] == [r["emotion"] for r in tables["plain"]]
+    assert [r["confidence"] for r in tables["hot"]] == pytest.approx(hot.max(axis=1).tolist())

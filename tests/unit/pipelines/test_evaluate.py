@@ -11,7 +11,8 @@ import pytest
 import soundfile as sf
 
 from dpm_worker.corpus import DEFAULT_LABELS
-from dpm_worker.model import EmotionModel, save_model
+from dpm_worker.metrics import expected_calibration_error
+from dpm_worker.model import EmotionModel, apply_temperature, load_model, save_model
 from pipelines import cli
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -101,6 +102,8 @@ def test_eval_writes_the_json_contract_predictions_and_plots(setup) -> None:
         assert [(r["from"], r["to"]) for r in block["by_position"]] == [(0, 3), (3, 6)]
         assert all(r["ms_per_utterance"] > 0 for r in block["by_position"])
         assert block["ua_ci"][0] <= block["ua"] <= block["ua_ci"][1]
+        assert 0 <= block["ece"] <= 1 and 0.25 <= block["mean_confidence"] <= 1
+        assert block["ece_ci"][0] <= block["ece"] + 1e-12 <= block["ece_ci"][1] + 2e-12
     diff = report["comparisons"]["dpm-window"]
     assert diff["lo"] <= diff["ua_diff"] <= diff["hi"]
     assert diff["ua_diff"] == pytest.approx(
@@ -114,6 +117,11 @@ def test_eval_writes_the_json_contract_predictions_and_plots(setup) -> None:
     assert {f"p_{x}" for x in DEFAULT_LABELS} <= set(table.column_names)
     probs = np.stack([table[f"p_{x}"].to_numpy() for x in DEFAULT_LABELS], axis=1)
     assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    # the JSON's ECE is the top label's, 10 bins, over the predictions written
+    dpm = table.to_pandas()["mode"].to_numpy() == "dpm"
+    gold = [DEFAULT_LABELS.index(g) for g in np.asarray(table["gold"].to_pylist())[dpm]]
+    ece = expected_calibration_error(probs[dpm], gold)
+    assert report["modes"]["dpm"]["ece"] == pytest.approx(ece, abs=1e-6)
     assert (root / "plots" / "confusion.png").stat().st_size > 1000
     assert (root / "plots" / "by_position.png").stat().st_size > 1000
 
@@ -186,3 +194,39 @@ def test_bench_memory_reports_both_ends_per_mode(setup, capsys) -> None:
     assert report["modes"]["dpm"]["context_last20"] <= 64 + 127
     assert report["modes"]["full"]["context_last20"] > report["modes"]["full"]["context_first20"]
     assert cli.main([*args, "--utterances", "10"]) == 2
+
+
+def test_calibrate_fits_a_temperature_that_eval_then_applies(setup, tmp_path, capsys) -> None:
+    """``dpm calibrate`` on a corpus twice the fixture's size (36 utterances), then ``dpm
+    eval`` of the new folder: the same labels, the fitted temperature on every probability."""
+    table = pq.read_table(setup / "manifest.parquet")
+    twice = pa.concat_tables([table, table.set_column(
+        0, "conversation_id", pa.array([f"{c}b" for c in table["conversation_id"].to_pylist()])
+    )])  # fmt: skip
+    pq.write_table(twice, setup / "twice.parquet")
+    out, summary = tmp_path / "calibrated", tmp_path / "cal.json"
+    args = ["calibrate", "--model", str(setup / "model"), "--corpus", str(setup / "twice.parquet"),
+            "--mode", "window", "labeling.window_tokens=32"]  # fmt: skip
+    assert cli.main([*args, "--out", str(out), "--json", str(summary)]) == 0
+    fit = json.loads(summary.read_text())
+    assert fit["n"] == 36 and fit["mode"] == "window" and fit["temperature"] > 0
+    assert fit["nll_after"] <= fit["nll_before"] + 1e-9
+    model = load_model(str(out))
+    assert model.calibration.temperature == pytest.approx(fit["temperature"])
+    assert model.model_id == "dpm-random-0+cal" and model.calibration.mode == "window"
+    assert json.loads(capsys.readouterr().out)["ece_after"] == pytest.approx(fit["ece_after"])
+    base = run_eval(setup, "--mode", "window", "--predictions", str(tmp_path / "a.parquet"))
+    evaluated = run_eval(setup, "--mode", "window", "--model", str(out), "--predictions",
+                         str(tmp_path / "b.parquet"))  # fmt: skip
+    a, b = pq.read_table(tmp_path / "a.parquet"), pq.read_table(tmp_path / "b.parquet")
+    columns = [f"p_{x}" for x in DEFAULT_LABELS]
+    pa_, pb = (np.stack([t[c].to_numpy() for c in columns], axis=1) for t in (a, b))
+    np.testing.assert_allclose(pb, apply_temperature(pa_, fit["temperature"]), atol=1e-6)
+    assert a["pred"].to_pylist() == b["pred"].to_pylist()
+    assert evaluated["modes"]["window"]["ua"] == base["modes"]["window"]["ua"]
+    # bad arguments are usage errors (exit 2): an existing --out, a mode, too few labels
+    assert cli.main([*args, "--out", str(out)]) == 2
+    assert cli.main([*args[:-3], "--mode", "dpmx", "--out", str(tmp_path / "x")]) == 2
+    few = [*args[:3], "--corpus", str(setup / "manifest.parquet"), *args[5:]]
+    assert cli.main([*few, "--out", str(tmp_path / "y")]) == 2
+    assert "at least 20" in capsys.readouterr().err and not (tmp_path / "y").exists()
