@@ -256,22 +256,3 @@ def bootstrap_interval(
     tail_mass = (1.0 - level) / 2.0
     lo, hi = np.nanquantile(boots, [tail_mass, 1.0 - tail_mass])
     return {"value": value, "lo": float(lo), "hi": float(hi)}
-
-
-def expected_calibration_error(
-    confidence: np.ndarray, correct: np.ndarray, bins: int = 10
-) -> float:
-    """Expected calibration error of the top label: ``confidence`` (each read's top
-    probability) binned into ``bins`` equal-width bins over [0, 1]; the bins' gaps between mean
-    confidence and accuracy, weighted by their share of the reads. 0 for no reads."""
-    confidence = np.asarray(confidence, dtype=np.float64)
-    correct = np.asarray(correct, dtype=np.float64)
-    if confidence.size == 0:
-        return 0.0
-    which = np.minimum((confidence * bins).astype(np.int64), bins - 1)
-    gap = 0.0
-    for b in range(bins):
-        rows = which == b
-        if rows.any():
-            gap += rows.mean() * abs(confidence[rows].mean() - correct[rows].mean())
-    return float(gap)

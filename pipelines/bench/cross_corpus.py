@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 
 from dpm_worker.errors import ConfigError
-from dpm_worker.metrics import expected_calibration_error
 from dpm_worker.utterance import Utterance
 from pipelines.bench.command import print_report
 from pipelines.bench.references import FEATURES, corpus_features, fit_predict, speaker_z
@@ -188,13 +187,8 @@ def _table(
     scores = {}
     for row, result in rows.items():
         block = score(result, labels, 10, n_boot)
-        entry = {k: block[k] for k in ("n", "ua", "ua_ci", "wa") if k in block}
-        if result.probs:
-            confidence = np.asarray([float(np.max(p)) for p in result.probs])
-            right = np.asarray([p == g for p, g in zip(result.pred, result.gold, strict=True)])
-            entry["ece"] = round(expected_calibration_error(confidence, right), 4)
-            entry["mean_confidence"] = round(float(confidence.mean()), 4)
-        scores[row] = entry
+        keys = ("n", "ua", "ua_ci", "wa", "ece", "ece_ci", "mean_confidence")
+        scores[row] = {k: block[k] for k in keys if block.get(k) is not None}
     diffs = {}
     first = models[0][0] if models else None
     references = [r for r in rows if r.startswith("ref_") and r.endswith("_leave_out")]

@@ -4,25 +4,11 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 
 from dpm_worker.corpus import read_ravdess, write_manifest
-from dpm_worker.metrics import expected_calibration_error
 from pipelines.cli import main
 from tests.fixtures.corpus_trees import build_ravdess_tree
-
-
-def test_expected_calibration_error_by_hand():
-    # bin 9: confidence 0.95 twice, one right -> gap 0.45 over half the reads;
-    # bin 5: 0.55 and 0.55, both right -> gap 0.45 over the other half
-    conf = np.array([0.95, 0.95, 0.55, 0.55])
-    right = np.array([1, 0, 1, 1])
-    assert expected_calibration_error(conf, right) == pytest.approx(0.45)
-    assert expected_calibration_error(np.array([1.0, 0.25]), np.array([1, 0])) == pytest.approx(
-        0.125
-    )
-    assert expected_calibration_error(np.zeros(0), np.zeros(0)) == 0.0
 
 
 @pytest.fixture(scope="module")
