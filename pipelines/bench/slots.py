@@ -63,13 +63,24 @@ def matmul_gflops(seconds: float = 1.0, n: int = 512) -> float:
     return 2.0 * n**3 * count / (time.perf_counter() - start) / 1e9
 
 
-def token_corpus(conversations: int, utterances: int, tokens: int, n_audio: int) -> list:
+def token_corpus(
+    conversations: int, utterances: int, tokens: int, n_audio: int, acoustic_dim: int = 0
+) -> list:
+    """Random speech codes (and, for a model with an acoustic head, random standardised
+    acoustic summaries of ``acoustic_dim`` values: the head's cost is one matrix-vector
+    product per utterance whatever the values)."""
     from dpm_worker.utterance import Utterance
 
     rng = np.random.default_rng(0)
     return [
         [
-            Utterance(f"c{c}", i, "ab"[i % 2], audio_ids=rng.integers(0, n_audio, size=tokens))
+            Utterance(
+                f"c{c}",
+                i,
+                "ab"[i % 2],
+                audio_ids=rng.integers(0, n_audio, size=tokens),
+                acoustic=rng.standard_normal(acoustic_dim) if acoustic_dim else None,
+            )  # fmt: skip
             for i in range(utterances)
         ]
         for c in range(conversations)
@@ -134,7 +145,11 @@ def run_slots(args: argparse.Namespace, model_uri: str | None = None) -> dict:
     n_conv = max(args.conversations, max(ks))
     device, dtype = getattr(args, "device", None), getattr(args, "dtype", None)
     model = load_model(model_uri, device=device, dtype=dtype)
-    corpus = token_corpus(n_conv, args.utterances, args.utterance_tokens, model.vocab.n_audio)
+    head = model.acoustic_head
+    corpus = token_corpus(
+        n_conv, args.utterances, args.utterance_tokens, model.vocab.n_audio,
+        head.dim if head is not None else 0,
+    )  # fmt: skip
     n_utt = n_conv * args.utterances
 
     def batched(k: int, cache: str) -> Callable[[], int]:
