@@ -5,8 +5,9 @@ cross-corpus protocol). Every ``--test NAME[:ORDER]=MANIFEST`` is scored:
 
 - by each linear reference (``--features``, ``pipelines/bench/references.py``, speaker-z),
   fitted **leave-one-corpus-out**: on every ``--train NAME=MANIFEST`` whose NAME is not the test
-  corpus's (corpora weighed alike); and, where a training manifest of the same corpus exists
-  (other speakers: RAVDESS actors 01-18 against 19-24), also **in-corpus**, on all of them;
+  corpus's (corpora weighed alike); and, where a training manifest of the same corpus holds
+  other speakers (RAVDESS actors 01-18 against 19-24), also **in-corpus**, on all of them less
+  the test's speakers;
 - by each ``--model LABEL=FOLDER`` in each ``--mode``, with UA, its conversation-bootstrap
   interval and the expected calibration error of the top label (10 bins); which corpora a
   model trained on is for the reader to say (the model card): the bench scores every cell.
@@ -131,15 +132,21 @@ def _references(
     for name, path in tests:
         x_test, u_test = _z(*corpus_features(path, DEFAULT_LABELS, feature))
         held = _corpus(name)
-        fits = {"leave_out": [n for n in train_sets if n != held]}
+        fits = {"leave_out": {n: train_sets[n] for n in train_sets if n != held}}
         if held in train_sets:
-            fits["in_corpus"] = list(train_sets)
-        for kind, names in fits.items():
-            if not names:
+            # in-corpus: the corpus's own training side, less any speaker of the test (a
+            # reference never reads the voices it is scored on)
+            voices = {u.speaker for u in u_test}
+            x, u = train_sets[held]
+            rows = [i for i, v in enumerate(u) if v.speaker not in voices]
+            if rows:
+                fits["in_corpus"] = {**fits["leave_out"], held: (x[rows], [u[i] for i in rows])}
+        for kind, sets in fits.items():
+            if not sets:
                 continue
-            x = np.concatenate([train_sets[n][0] for n in names])
-            gold = [str(u.emotion) for n in names for u in train_sets[n][1]]
-            groups = [n for n in names for _ in train_sets[n][1]]
+            x = np.concatenate([xs for xs, _ in sets.values()])
+            gold = [str(v.emotion) for _, us in sets.values() for v in us]
+            groups = [n for n, (_, us) in sets.items() for _ in us]
             pred = fit_predict(x, gold, x_test, c, groups)
             results[name][f"ref_{feature}_{kind}"] = _as_result(u_test, pred)
 

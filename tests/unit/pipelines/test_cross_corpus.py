@@ -34,7 +34,8 @@ def test_references_leave_the_test_corpus_out_and_models_are_compared(corpora, t
     assert main(args) == 0
     report = json.loads(out.read_text())
     ravdess, third = report["tests"]["ravdess:inertia"], report["tests"]["third"]
-    # ravdess: left out (fit on 'other' only) and in-corpus (both); 'third' has no training side
+    # ravdess: left out (fit on 'other' only) and in-corpus (both); 'third' has no training
+    # side; and when a corpus's training side holds only the test's own voices, no in-corpus
     assert {"ref_functionals_leave_out", "ref_functionals_in_corpus"} <= set(ravdess["scores"])
     assert "ref_functionals_in_corpus" not in third["scores"]
     for block in (ravdess, third):
@@ -46,6 +47,19 @@ def test_references_leave_the_test_corpus_out_and_models_are_compared(corpora, t
         assert same["ua_diff"] == 0.0  # the same model twice
         assert "a dpm - a utterance" in block["differences"]
         assert "a dpm - ref_functionals_leave_out" in block["differences"]
+
+
+def test_in_corpus_references_never_read_the_test_voices(corpora, tmp_path):
+    out = tmp_path / "same.json"
+    test = corpora / "test.parquet"
+    args = [
+        "bench", "cross_corpus", "--features", "functionals", "--mode", "utterance",
+        "--train", f"ravdess={test}", "--train", f"other={corpora / 'train.parquet'}",
+        "--test", f"ravdess={test}", "--bootstrap", "20", "--json", str(out),
+    ]  # fmt: skip
+    assert main(args) == 0
+    scores = json.loads(out.read_text())["tests"]["ravdess"]["scores"]
+    assert set(scores) == {"ref_functionals_leave_out"}  # its own voices: no in-corpus fit
 
 
 def test_bad_pairs_are_refused(corpora, capsys):
