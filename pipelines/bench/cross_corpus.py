@@ -103,8 +103,9 @@ def run(args: argparse.Namespace) -> int:
     labeling = load_labeling_config(args, {})
     report: dict[str, Any] = {"tests": {}, "models": dict(models), "modes": modes}
     results: dict[str, dict[str, ModeResult]] = {name: {} for name, _ in tests}
+    extracted: dict = {}  # (manifest, base feature) -> (features, utterances), read once
     for feature in features:
-        _references(feature, tests, trains, args.c, results)
+        _references(feature, tests, trains, args.c, results, extracted)
     for label, folder in models:
         _models(label, folder, tests, modes, labeling, args, results)
     for name, path in tests:
@@ -123,14 +124,13 @@ def _references(
     trains: list[tuple[str, str]],
     c: float,
     results: dict[str, dict[str, ModeResult]],
+    extracted: dict,
 ) -> None:
     """Fit ``feature``'s reference leave-one-corpus-out (and in-corpus) for every test."""
     _say(f"features {feature}")
-    train_sets = {
-        name: _z(*corpus_features(path, DEFAULT_LABELS, feature)) for name, path in trains
-    }
+    train_sets = {name: _z(*_features(path, feature, extracted)) for name, path in trains}
     for name, path in tests:
-        x_test, u_test = _z(*corpus_features(path, DEFAULT_LABELS, feature))
+        x_test, u_test = _z(*_features(path, feature, extracted))
         held = _corpus(name)
         fits = {"leave_out": {n: train_sets[n] for n in train_sets if n != held}}
         if held in train_sets:
@@ -149,6 +149,17 @@ def _references(
             groups = [n for n, (_, us) in sets.items() for _ in us]
             pred = fit_predict(x, gold, x_test, c, groups)
             results[name][f"ref_{feature}_{kind}"] = _as_result(u_test, pred)
+
+
+def _features(path: str, feature: str, extracted: dict) -> tuple[np.ndarray, list[Utterance]]:
+    """``corpus_features`` of ``path``, each base feature extracted once per manifest
+    (``encoder+functionals`` joins the two)."""
+    parts = []
+    for base in feature.split("+"):
+        if (path, base) not in extracted:
+            extracted[path, base] = corpus_features(path, DEFAULT_LABELS, base)
+        parts.append(extracted[path, base])
+    return np.concatenate([x for x, _ in parts], axis=1), parts[0][1]
 
 
 def _z(x: np.ndarray, utterances: list[Utterance]) -> tuple[np.ndarray, list[Utterance]]:
