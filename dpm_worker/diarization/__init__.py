@@ -1,0 +1,17 @@
+"""Who speaks when in a mono recording: a pretrained speaker encoder (resemblyzer's GE2E
+weights from its pinned wheel), k-means over chunk embeddings and a Viterbi re-segmentation;
+and the diarization error rate that scores it."""
+
+from dpm_worker.diarization.diarizer import DiarizationConfig, chunk_embeddings, diarize
+from dpm_worker.diarization.encoder import load_speaker_encoder
+from dpm_worker.diarization.nuisance import fit_nuisance
+from dpm_worker.diarization.scoring import diarization_error
+
+__all__ = [
+    "DiarizationConfig",
+    "chunk_embeddings",
+    "diarization_error",
+    "diarize",
+    "fit_nuisance",
+    "load_speaker_encoder",
+]
