@@ -39,6 +39,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "label a gold-labelled manifest in-process and report metrics",
     ),
     "label": ("pipelines.label_corpus", "the Ray job: label a corpus into Parquet emotion tables"),
+    "diarize": (
+        "pipelines.diarize",
+        "who speaks when in mono recordings: RTTM files (speakers spk0, spk1, ...)",
+    ),
     "merge": (
         "pipelines.corpus.merge",
         "join several manifests into one (ids tagged so they cannot collide)",

@@ -169,7 +169,7 @@ def _chunks(
 ) -> list[tuple[int, float, float]]:
     """``(region index, start_s, end_s)`` of each chunk: a region cut into equal chunks of
     about ``hop_s``."""
-    out = []
+    out: list[tuple[int, float, float]] = []
     for r, (start, end) in enumerate(regions):
         start, end = max(0.0, start), min(end, duration)
         if end - start < 2 * HOP / SAMPLE_RATE:
