@@ -130,18 +130,26 @@ def mel_filters() -> np.ndarray:
 
 def mel_frames(samples: np.ndarray) -> np.ndarray:
     """Mel power frames ``[n // 160 + 1, 40]`` of 16 kHz mono samples, frame ``t`` centred on
-    sample ``160 t`` (zero padding at the ends), scaled for a -30 dBFS signal."""
-    audio = np.asarray(samples, dtype=np.float32)
-    padded = np.pad(audio, N_FFT // 2)
-    n_frames = 1 + (padded.size - N_FFT) // HOP
-    if n_frames < 1:
+    sample ``160 t`` (zero padding at the ends); scale them by :func:`loudness_gain`."""
+    audio = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))
+    if audio.numel() == 0:
         return np.zeros((0, N_MELS), np.float32)
-    strided = np.lib.stride_tricks.as_strided(
-        padded, (n_frames, N_FFT), (padded.strides[0] * HOP, padded.strides[0])
+    spectrum = torch.stft(
+        audio,
+        N_FFT,
+        HOP,
+        window=_hann(),
+        center=True,
+        pad_mode="constant",
+        return_complex=True,
     )
-    window = np.hanning(N_FFT + 1)[:-1].astype(np.float32)  # periodic Hann
-    power = np.abs(np.fft.rfft(strided * window, axis=1)) ** 2
-    return (power.astype(np.float32) @ mel_filters().T).astype(np.float32)
+    power = spectrum.real.square() + spectrum.imag.square()  # [201, frames]
+    return (torch.from_numpy(mel_filters()) @ power).T.contiguous().numpy()
+
+
+@lru_cache(maxsize=1)
+def _hann() -> torch.Tensor:
+    return torch.hann_window(N_FFT, periodic=True)
 
 
 def loudness_gain(samples: np.ndarray) -> float:
