@@ -82,3 +82,21 @@ def test_dpm_diarize_writes_rttm_to_feed_back(tmp_path, capsys):
     pq.write_table(pa.Table.from_pylist(rows), manifest)
     assert main(["diarize", "--input", str(manifest), "--out", str(tmp_path / "m")]) == 0
     assert parse_rttm((tmp_path / "m" / "dev00.rttm").read_text()) == turns
+
+
+def test_built_conversations_alternate_two_actors(actors):
+    from pipelines.bench.diarization_corpus import (
+        ClipCache,
+        build_conversations,
+        ravdess_speakers,
+    )
+    from pipelines.bench.diarization_emotion import KINDS
+
+    speakers = ravdess_speakers(str(actors), range(19, 21))
+    assert [(s.name, s.gender) for s in speakers] == [("ravdess_19", "m"), ("ravdess_20", "f")]
+    (conv,) = build_conversations("ravdess", speakers, ClipCache(), turns=8, seed=1)
+    assert conv.pair == "mixed" and len(conv.turns) == len(conv.emotions) == 8
+    assert {t.speaker for t in conv.turns} == {"ravdess_19", "ravdess_20"}
+    assert set(conv.emotions) <= {"neutral", "happy", "sad", "angry"}
+    assert conv.turns[-1].end_s < conv.duration_s and abs(conv.samples).max() <= 1.0
+    assert KINDS == ("diarized", "gold", "unknown")
