@@ -248,7 +248,12 @@ def _vad_rows(
             signal = recording.samples[c]
             longest = one_voice if n_channels == 1 else max_segment_s  # rule 6: mono only
             regions = detect_speech(signal, SAMPLE_RATE)
-            if diarizer is not None and n_channels == 1 and speaker == UNKNOWN_SPEAKER:
+            if (
+                diarizer is not None
+                and named
+                and row.channel is None
+                and speaker == UNKNOWN_SPEAKER
+            ):
                 name = posixpath.splitext(posixpath.basename(row.audio_uri))[0]
                 spoken = [
                     (t.start_s, t.end_s, t.speaker)

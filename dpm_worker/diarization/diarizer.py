@@ -23,18 +23,13 @@ import numpy as np
 
 from dpm_worker.corpus.schema import SpeakerTurn
 from dpm_worker.diarization.clustering import cluster_embeddings, viterbi_speakers
-from dpm_worker.diarization.encoder import (
-    HOP,
-    SAMPLE_RATE,
-    embed_frames,
-    load_speaker_encoder,
-    loudness_gain,
-    mel_frames,
-)
 from dpm_worker.diarization.nuisance import load_nuisance, project
 from dpm_worker.errors import ConfigError
 
 SPEAKER_PREFIX = "spk"
+# The encoder's frame grid (encoder.py, which imports torch only when a chunk is embedded).
+SAMPLE_RATE = 16000
+HOP = 160
 _QUIET_WINDOW_S = 0.1
 _QUIET_HOP_S = 0.01
 
@@ -187,6 +182,13 @@ def _embed_chunks(
     chunks: list[tuple[int, float, float]],
     window_s: float,
 ) -> np.ndarray:
+    from dpm_worker.diarization.encoder import (
+        embed_frames,
+        load_speaker_encoder,
+        loudness_gain,
+        mel_frames,
+    )
+
     pieces = []
     frames: dict[int, tuple[float, np.ndarray]] = {}
     for r, a, b in chunks:

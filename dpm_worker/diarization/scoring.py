@@ -18,7 +18,6 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from dpm_worker.corpus.schema import SpeakerTurn
 from dpm_worker.errors import ConfigError
@@ -58,6 +57,8 @@ def diarization_error(
             scored[_frame(t - collar_s, n) : _frame(t + collar_s, n)] = False
     ref, hyp = ref[:, scored], hyp[:, scored]
     n_ref, n_hyp = ref.sum(axis=0), hyp.sum(axis=0)
+    from scipy.optimize import linear_sum_assignment
+
     correct = np.zeros(ref.shape[1], np.int64)
     if ref.shape[0] and hyp.shape[0]:
         overlap = ref.astype(np.int64) @ hyp.T.astype(np.int64)

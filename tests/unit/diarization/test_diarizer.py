@@ -83,6 +83,9 @@ def test_encoder_weights_pinned_and_loaded():
     assert path.name == "pretrained.pt" and path.is_file()
     model = enc.load_speaker_encoder()
     assert sum(p.numel() for p in model.parameters()) == 1_423_616  # 3-layer LSTM + linear
+    from dpm_worker.diarization import diarizer
+
+    assert (diarizer.SAMPLE_RATE, diarizer.HOP) == (enc.SAMPLE_RATE, enc.HOP)  # one frame grid
     filters = enc.mel_filters()
     assert filters.shape == (40, 201) and (filters >= 0).all() and (filters.sum(axis=1) > 0).all()
 
