@@ -75,7 +75,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     if args.threads < 1 or args.collar < 0:
-        raise ConfigError(f"--threads must be >= 1 and --collar >= 0, got {args}")
+        raise ConfigError(
+            f"--threads must be >= 1 and --collar >= 0, got {args.threads} and {args.collar}"
+        )
     config = DiarizationConfig(
         enabled=True, **({"max_speakers": args.max_speakers} if args.max_speakers else {})
     )
