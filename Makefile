@@ -35,6 +35,9 @@ $(STAMP): pyproject.toml Makefile
 	# (s3tokenizer uses only torchaudio's pure-Python parts), so its lib/*.so are removed.
 	$(BIN)/pip install -q -e ".[dev,cosyvoice]" "torchaudio==2.11.1"
 	$(BIN)/python -c "import importlib.util, pathlib; [p.unlink() for d in importlib.util.find_spec('torchaudio').submodule_search_locations for p in pathlib.Path(d, 'lib').glob('*.so')]"
+	# The diarizer's speaker encoder weights (resemblyzer's pretrained.pt, sha256-checked at load):
+	# the wheel alone, without its audio dependencies (librosa, webrtcvad), which are never imported.
+	$(BIN)/pip install -q --no-deps resemblyzer==0.1.4
 	@touch $(STAMP)
 
 demo: $(STAMP)

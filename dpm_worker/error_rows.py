@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 
 from dpm_worker.audio import conversation_segments
 from dpm_worker.corpus import UtteranceRow, conversation_problems, read_rttm
+from dpm_worker.diarization import DiarizationConfig
 from dpm_worker.errors import BadInputError
 from dpm_worker.tables import ErrorRecord
 from dpm_worker.utterance import Utterance
@@ -26,6 +27,7 @@ def read_segments(
     endpoint_url: str | None = None,
     max_segment_s: float | None = None,
     turn_max_s: float | None = None,
+    diarization: DiarizationConfig | None = None,
 ) -> tuple[list[Utterance], list[RowFailure]]:
     """One conversation's segments as the job reads them: RTTMs read, over-long segments cut,
     rows that fail alone returned beside the segments (``conversation_segments``).
@@ -46,6 +48,7 @@ def read_segments(
         diarizations=diarizations,
         on_row_error=lambda row, exc: failed.append((row, exc)),
         turn_max_s=turn_max_s,
+        diarization=diarization,
     )
     return segments, failed
 

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from dpm_worker.corpus import UtteranceRow
+from dpm_worker.diarization import DiarizationConfig
 from dpm_worker.error_rows import RowFailure, read_segments
 from dpm_worker.telemetry import READ_S, Record, discard
 from dpm_worker.utterance import Utterance
@@ -30,6 +31,7 @@ class ReadAhead:
         record: receives each read's seconds (``dpm_worker.telemetry.READ_S``).
         turn_max_s: the longest segment cut from a mono recording's VAD region
             (``SegmentsConfig.max_s``; None: only ``max_segment_s``).
+        diarization: how mono recordings without RTTM are diarized (None: they are not).
     """
 
     def __init__(
@@ -38,10 +40,12 @@ class ReadAhead:
         max_segment_s: float,
         record: Record = discard,
         turn_max_s: float | None = None,
+        diarization: DiarizationConfig | None = None,
     ) -> None:
         self.endpoint_url = endpoint_url
         self.max_segment_s = max_segment_s
         self.turn_max_s = turn_max_s
+        self.diarization = diarization
         self.record = record
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dpm-prefetch")
         # conversation id -> its audio being read ahead (calls may be concurrent: slots > 1)
@@ -56,6 +60,7 @@ class ReadAhead:
             endpoint_url=self.endpoint_url,
             max_segment_s=self.max_segment_s,
             turn_max_s=self.turn_max_s,
+            diarization=self.diarization,
         )
         self.record(READ_S, time.perf_counter() - start)  # a read that raised is not timed
         return segments, failed

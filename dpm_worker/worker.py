@@ -155,7 +155,11 @@ class ConversationWorker:
         self.max_segment_s = segment_limit(model, settings.max_segment_s)
         self.tables = RunTables(settings.output_uri, settings.run, settings.endpoint_url)
         self.audio = ReadAhead(
-            settings.endpoint_url, self.max_segment_s, record, settings.segments.max_s
+            settings.endpoint_url,
+            self.max_segment_s,
+            record,
+            settings.segments.max_s,
+            settings.segments.diarization,
         )
         self.checkpoints = CheckpointStore(
             settings.output_uri, settings.run.run_id, settings.endpoint_url

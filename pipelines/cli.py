@@ -44,6 +44,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "fit a model's temperature on labelled speech and save a calibrated copy",
     ),
     "label": ("pipelines.label_corpus", "the Ray job: label a corpus into Parquet emotion tables"),
+    "diarize": (
+        "pipelines.diarize",
+        "who speaks when in mono recordings: RTTM files (speakers spk0, spk1, ...)",
+    ),
     "merge": (
         "pipelines.corpus.merge",
         "join several manifests into one (ids tagged so they cannot collide)",

@@ -37,15 +37,22 @@ Rules, applied to the rows of one conversation in dialogue order:
    which are the pauses between turns. Channels of a multi-channel recording (one speaker
    each) and RTTM turns are turns already: only rule 5 applies to them.
 
+7. Diarized mono recordings: with diarization enabled (``SegmentsConfig.diarization``), the
+   VAD regions of a mono recording whose row names no speaker (empty or ``unknown``) are
+   split into speakers' turns by ``dpm_worker.diarization.diarize`` (speakers ``spk0``,
+   ``spk1``, ... in order of first speech); rule 6 then cuts each turn. Stereo recordings,
+   rows that name a speaker or a channel, and RTTM rows are unchanged.
+
 A recording whose segments are all silent, or in which VAD finds no speech, raises AudioError.
 """
 
 from __future__ import annotations
 
 import math
+import posixpath
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -60,6 +67,7 @@ from dpm_worker.audio.decode import (
 )
 from dpm_worker.audio.vad import detect_speech, split_at_quietest
 from dpm_worker.corpus.schema import UNKNOWN_SPEAKER
+from dpm_worker.diarization import DiarizationConfig, diarize
 from dpm_worker.errors import AudioError, BadInputError, ConfigError, DiarizationError, SegmentError
 from dpm_worker.utterance import Utterance
 
@@ -69,7 +77,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class SegmentsConfig:
-    """How recordings without a segmentation are cut (module docstring, rule 6).
+    """How recordings without a segmentation are cut (module docstring, rules 6 and 7).
 
     Args:
         max_s: the longest segment cut from a VAD region of a mono recording without RTTM,
@@ -78,9 +86,11 @@ class SegmentsConfig:
             "Recordings without a segmentation"): median segments of 2.25 s and 3.92 s
             against reference turns of 2.19 s and 1.94 s, where uncut regions gave 5.04 s and
             10.9 s; it stays inside the 1.5-5 s utterances the default model trained on.
+        diarization: who speaks in a mono recording without RTTM (rule 7); off by default.
     """
 
     max_s: float | None = 4.0
+    diarization: DiarizationConfig = field(default_factory=DiarizationConfig)
 
     def __post_init__(self) -> None:
         if self.max_s is not None and not (math.isfinite(self.max_s) and self.max_s >= 1.0):
@@ -96,6 +106,7 @@ def conversation_segments(
     diarizations: Mapping[str, Sequence[SpeakerTurn]] | None = None,
     on_row_error: Callable[[UtteranceRow, BadInputError], None] | None = None,
     turn_max_s: float | None = None,
+    diarization: DiarizationConfig | None = None,
 ) -> list[Utterance]:
     """Read the audio of one conversation's utterances (see the module docstring for rules).
 
@@ -114,6 +125,7 @@ def conversation_segments(
             the conversation would be meaningless without it.
         turn_max_s: the longest segment cut from a VAD region of a mono recording (rule 6;
             None: such regions are cut only to fit ``max_segment_s``).
+        diarization: rule 7's settings (None or not ``enabled``: no diarization).
 
     Raises:
         AudioError: a recording is unreadable, non-finite, all silent, or has no speech.
@@ -140,7 +152,8 @@ def conversation_segments(
     for name, value in (("max_segment_s", max_segment_s), ("turn_max_s", turn_max_s)):
         if value is not None and not value > 0:
             raise SegmentError(f"{name} must be > 0, got {value}")
-    return _vad_rows(rows, endpoint_url, max_segment_s, diarizations or {}, turn_max_s)
+    diarizer = diarization if diarization is not None and diarization.enabled else None
+    return _vad_rows(rows, endpoint_url, max_segment_s, diarizations or {}, turn_max_s, diarizer)
 
 
 def _cut_rows(
@@ -209,6 +222,7 @@ def _vad_rows(
     max_segment_s: float | None,
     diarizations: Mapping[str, Sequence[SpeakerTurn]],
     turn_max_s: float | None,
+    diarizer: DiarizationConfig | None = None,
 ) -> list[Utterance]:
     # (start, end, speaker, channel, signal the times refer to, uri, longest piece)
     turns: list[tuple[float, float, str, int | None, np.ndarray, str, float | None]] = []
@@ -233,8 +247,22 @@ def _vad_rows(
             speaker = (row.speaker or UNKNOWN_SPEAKER) if named else f"ch{c}"
             signal = recording.samples[c]
             longest = one_voice if n_channels == 1 else max_segment_s  # rule 6: mono only
-            for start, end in detect_speech(signal, SAMPLE_RATE):
-                turns.append((start, end, speaker, channel, signal, row.audio_uri, longest))
+            regions = detect_speech(signal, SAMPLE_RATE)
+            if (
+                diarizer is not None
+                and named
+                and row.channel is None
+                and speaker == UNKNOWN_SPEAKER
+            ):
+                name = posixpath.splitext(posixpath.basename(row.audio_uri))[0]
+                spoken = [
+                    (t.start_s, t.end_s, t.speaker)
+                    for t in diarize(signal, regions, diarizer, name)
+                ]
+            else:
+                spoken = [(start, end, speaker) for start, end in regions]
+            for start, end, who in spoken:
+                turns.append((start, end, who, channel, signal, row.audio_uri, longest))
         if len(turns) == before:
             raise AudioError("VAD found no speech in the recording", row.audio_uri)
     turns.sort(key=lambda turn: (turn[0], turn[3] or 0, turn[1]))

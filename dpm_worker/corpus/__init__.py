@@ -43,7 +43,7 @@ from dpm_worker.corpus.moods import next_mood
 from dpm_worker.corpus.randomized import RANDOMIZED_SCHEMA
 from dpm_worker.corpus.ravdess import parse_actors, read_ravdess
 from dpm_worker.corpus.recordings import AUDIO_EXTENSIONS, is_audio_name, recordings_manifest
-from dpm_worker.corpus.rttm import parse_rttm, read_rttm
+from dpm_worker.corpus.rttm import format_rttm, parse_rttm, read_rttm
 from dpm_worker.corpus.schema import (
     DEFAULT_LABELS,
     MANIFEST_SCHEMA,
@@ -113,6 +113,7 @@ __all__ = [
     "load_mapping",
     "manifest_fingerprint",
     "next_mood",
+    "format_rttm",
     "order_conversation",
     "parse_rttm",
     "parse_actors",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import posixpath
+from collections.abc import Sequence
 
 from dpm_worker.corpus.schema import SpeakerTurn
 from dpm_worker.errors import DiarizationError, StorageError
@@ -60,6 +61,28 @@ def parse_rttm(text: str, uri: str | None = None) -> list[SpeakerTurn]:
         turns.append(SpeakerTurn(fields[1], fields[7], onset, onset + duration))
     turns.sort(key=lambda t: (t.start_s, t.end_s, t.speaker))
     return turns
+
+
+def format_rttm(turns: Sequence[SpeakerTurn], channel: int = 1) -> str:
+    """RTTM text of ``turns``: one SPEAKER line each, in the given order, times in ms.
+
+    Speaker names and file ids must not contain whitespace (RTTM fields are space-separated).
+
+    Raises:
+        DiarizationError: a name holds whitespace, or a turn is not ``0 <= start < end``.
+    """
+    lines = []
+    for turn in turns:
+        for value in (turn.file_id, turn.speaker):
+            if not value or any(c.isspace() for c in value):
+                raise DiarizationError(f"RTTM names need no whitespace, got {value!r}")
+        if not 0 <= turn.start_s < turn.end_s:
+            raise DiarizationError(f"turn times need 0 <= start < end, got {turn}")
+        lines.append(
+            f"SPEAKER {turn.file_id} {channel} {turn.start_s:.3f} "
+            f"{turn.end_s - turn.start_s:.3f} <NA> <NA> {turn.speaker} <NA> <NA>\n"
+        )
+    return "".join(lines)
 
 
 def read_rttm(

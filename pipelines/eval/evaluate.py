@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from dpm_worker.audio import SegmentsConfig
 from dpm_worker.error_rows import input_error_rows, read_conversation, read_segments
 from dpm_worker.errors import BadInputError, ConfigError
 from dpm_worker.memory import HISTORY_CACHES, MEMORY_DTYPE, MODES, LabelingConfig, label_batched
@@ -161,6 +162,9 @@ def load_conversations(
     model,
     limit: int | None = None,
     group_by: tuple[str, ...] = (),
+    *,
+    segments: SegmentsConfig | None = None,
+    require_gold: bool = True,
     timings: dict[str, float] | None = None,
 ) -> list[Conversation]:
     """:func:`load_corpus` for callers that need every row (benchmarks): the first failed
@@ -169,7 +173,15 @@ def load_conversations(
     Raises:
         BadInputError: a row could not be read, with its reason and URI.
     """
-    conversations, errors = load_corpus(corpus, model, limit, group_by, timings=timings)
+    conversations, errors = load_corpus(
+        corpus,
+        model,
+        limit,
+        group_by,
+        segments=segments,
+        require_gold=require_gold,
+        timings=timings,
+    )
     if errors:
         first = errors[0]
         raise BadInputError(
@@ -186,12 +198,18 @@ def load_corpus(
     limit: int | None = None,
     group_by: tuple[str, ...] = (),
     keep: Callable[[str], bool] | None = None,
+    *,
+    segments: SegmentsConfig | None = None,
+    require_gold: bool = True,
     timings: dict[str, float] | None = None,
 ) -> tuple[list[Conversation], list[ErrorRecord]]:
     """Read the manifest, cut each conversation's audio as the job does and tokenize it once;
     keep each utterance's values of the ``group_by`` columns. ``keep``: which conversation ids
-    to read (all by default). ``timings``: seconds spent reading (decode, resample, segment)
-    and tokenizing are added to its ``read`` and ``tokenize`` entries.
+    to read (all by default). ``segments``: how untimed mono recordings are cut and diarized
+    as ``dpm label``'s ``segments`` section says (None: VAD regions cut only to fit the model).
+    ``require_gold``: fail a corpus without gold labels (False: label it anyway, for timing).
+    ``timings``: seconds spent reading (decode, resample, segment) and tokenizing are added to
+    its ``read`` and ``tokenize`` entries.
 
     Returns:
         The conversations with something to label, and the error rows of the rest (the
@@ -221,16 +239,23 @@ def load_corpus(
         rows = by_conv[cid]
         values = {r.utterance_index: _group_values(r, group_by) for r in rows}
         started = time.perf_counter()
-        segments, failed = read_conversation(
-            cid, rows, lambda todo: read_segments(todo, max_segment_s=longest)
+        segments_read, failed = read_conversation(
+            cid,
+            rows,
+            lambda todo: read_segments(
+                todo,
+                max_segment_s=longest,
+                turn_max_s=segments.max_s if segments else None,
+                diarization=segments.diarization if segments else None,
+            ),
         )
         errors.extend(failed)
         read = time.perf_counter()
-        if not segments:
+        if not segments_read:
             continue
         # An utterance longer than the context is read by LabelingConfig.long_utterances.
         try:
-            utterances = list(tokenize_utterances(segments, model.speech_tokenizer))
+            utterances = list(tokenize_utterances(segments_read, model.speech_tokenizer))
         except BadInputError as exc:  # as the job: the conversation fails
             errors.extend(input_error_rows(cid, rows, exc))
             continue
@@ -240,7 +265,7 @@ def load_corpus(
                 timings["tokenize"] = timings.get("tokenize", 0.0) + time.perf_counter() - read
         groups = [values.get(u.utterance_index, {}) for u in utterances]
         out.append(Conversation(cid, utterances, groups))
-    if not any(u.emotion is not None for c in out for u in c.utterances):
+    if require_gold and not any(u.emotion is not None for c in out for u in c.utterances):
         reason = f" ({len(errors)} rows failed; first: {errors[0].message})" if errors else ""
         raise BadInputError(
             f"the corpus has no gold emotion labels to evaluate against{reason}", corpus

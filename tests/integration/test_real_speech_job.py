@@ -114,6 +114,31 @@ def test_unsegmented_meeting_every_segment_labeled(meetings, ray_address, short_
     assert success["this_session"]["split_segments"] >= 2
 
 
+def test_unsegmented_meeting_diarized(meetings, ray_address, short_model):
+    """A mono two-speaker recording without RTTM, diarized on the fly: two speakers."""
+    from dpm_worker.diarization import DiarizationConfig
+
+    out = "s3://real-speech/out-diarized"
+    result = run_label(
+        "--input", f"{meetings}/vad.parquet", "--output", out, "--model", short_model,
+        "--address", ray_address, *JOB, "segments.diarization.enabled=true", timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    emotions = read_table(out, "emotions")
+    assert read_table(out, "errors").empty
+    rows = emotions[emotions["conversation_id"] == "dev00"].sort_values("utterance_index")
+    assert set(rows["speaker"]) == {"spk0", "spk1"}
+    row = UtteranceRow("dev00", 0, "unknown", str(FIXTURES / "dev00.flac"))
+    expected = conversation_segments(
+        [row],
+        max_segment_s=MAX_SEGMENT_S,
+        turn_max_s=SegmentsConfig().max_s,
+        diarization=DiarizationConfig(enabled=True),
+    )
+    assert list(rows["speaker"]) == [s.speaker for s in expected]
+    np.testing.assert_allclose(rows["start_s"], [s.start_s for s in expected])
+
+
 def test_meeting_with_its_rttm_one_row_per_turn(meetings, ray_address, short_model):
     out = "s3://real-speech/out-rttm"
     result = _label(meetings, "rttm", out, ray_address, short_model)
