@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dpm_worker.errors import ModelError
+from dpm_worker.storage import cache_root
 
 CHUNK = 1 << 22
 # the files a CTranslate2 Whisper folder needs beside model.bin
@@ -95,9 +96,8 @@ def package_folder(package: str, weights: EncoderWeights) -> Path:
 
 
 def default_cache_dir() -> Path:
-    """``$DPM_CACHE_DIR/encoders`` or ``~/.cache/dpm/encoders``."""
-    root = os.environ.get("DPM_CACHE_DIR") or Path.home() / ".cache" / "dpm"
-    return Path(root) / "encoders"
+    """``encoders/`` in the project's local cache (``$DPM_CACHE_DIR`` or ``~/.cache/dpm``)."""
+    return cache_root() / "encoders"
 
 
 def encoder_folder(weights: EncoderWeights, cache_dir: str | Path | None = None) -> Path:
