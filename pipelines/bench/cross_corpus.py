@@ -14,8 +14,8 @@ cross-corpus protocol). Every ``--test NAME[:ORDER]=MANIFEST`` is scored:
 
 Paired differences (95% conversation bootstrap) are printed for: every model and mode against
 the first model in the same mode (``v10 dpm - v9 dpm``); ``dpm - utterance`` within each model
-(what the memory adds or costs); and every model's modes against every leave-one-out
-reference of the same test.
+(what the memory adds or costs); and every model's modes against every reference of the same
+test (left out and in-corpus).
 """
 
 from __future__ import annotations
@@ -209,7 +209,7 @@ def _table(
         scores[row] = {k: block[k] for k in keys if block.get(k) is not None}
     diffs = {}
     first = models[0][0] if models else None
-    references = [r for r in rows if r.startswith("ref_") and r.endswith("_leave_out")]
+    references = [r for r in rows if r.startswith("ref_")]
     for label, _ in models:
         for mode in modes:
             row = f"{label} {mode}"
