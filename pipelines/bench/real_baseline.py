@@ -26,10 +26,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from functools import partial
 
 import numpy as np
 
 from dpm_worker.errors import BadInputError, ConfigError
+from dpm_worker.speech import EncoderTokenizerConfig
 from dpm_worker.speech.tokenizer_config import SpeechTokenizerConfig
 from dpm_worker.utterance import Utterance
 from pipelines.bench.command import print_report
@@ -72,19 +74,32 @@ def corpus_code_histograms(
 ) -> tuple[np.ndarray, list[Utterance]]:
     """Per gold-labelled utterance of ``conversations`` (``manifest`` tokenized by ``model``),
     the shares of its blocks in each spectral code, loudness level and pitch level of the
-    model's product codebook (``[n, S + E + P]``), and the utterances."""
+    model's product codebook (``[n, S + E + P]``), or in each unit of an encoder tokenizer
+    (``[n, units]``), and the utterances."""
     config = getattr(model.speech_tokenizer, "config", None)
-    if not isinstance(config, SpeechTokenizerConfig):
-        raise ConfigError("--features codes needs a model with the built-in product codebook")
+    if isinstance(config, SpeechTokenizerConfig):
+        histogram = partial(code_histogram, config=config)
+    elif isinstance(config, EncoderTokenizerConfig):
+        histogram = partial(unit_histogram, n_units=config.n_units)
+    else:
+        raise ConfigError(
+            "--features codes needs a model with the built-in product codebook or encoder units"
+        )
     rows, kept = [], []
     for conversation in conversations:
         for utt in labelled(conversation.utterances, labels):
             if utt.audio_ids is not None:
-                rows.append(code_histogram(utt.audio_ids, config))
+                rows.append(histogram(utt.audio_ids))
                 kept.append(utt)
     if not kept:
         raise BadInputError(f"no utterances labelled with one of {list(labels)}", manifest)
     return np.stack(rows), kept
+
+
+def unit_histogram(codes: np.ndarray, n_units: int) -> np.ndarray:
+    """The shares of an utterance's blocks in each of ``n_units`` encoder units."""
+    codes = np.asarray(codes, dtype=np.int64)
+    return np.bincount(codes, minlength=n_units).astype(np.float64) / max(1, codes.size)
 
 
 def code_histogram(codes: np.ndarray, config: SpeechTokenizerConfig) -> np.ndarray:
