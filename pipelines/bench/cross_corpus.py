@@ -178,7 +178,7 @@ def _models(
     import torch
 
     from dpm_worker.model import load_model
-    from pipelines.eval.evaluate import label_conversations, load_conversations
+    from pipelines.eval.corpus import label_conversations, load_conversations
 
     torch.set_num_threads(args.threads)
     model = load_model(None if folder == "default" else folder)

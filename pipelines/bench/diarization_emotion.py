@@ -34,7 +34,7 @@ def emotion_report(
 ) -> dict[str, Any]:
     """UA per speaker source and the labeling-time overhead (the module docstring)."""
     from dpm_worker.model import load_model
-    from pipelines.eval.evaluate import label_conversations, load_conversations
+    from pipelines.eval.corpus import label_conversations, load_conversations
 
     model = load_model(args.model)
     labeling = LabelingConfig()
@@ -104,7 +104,7 @@ def _overhead(
     folder: Path,
 ) -> dict[str, float]:
     """Read + tokenize + label seconds of the untimed mono recordings, diarization off and on."""
-    from pipelines.eval.evaluate import label_conversations, load_conversations
+    from pipelines.eval.corpus import label_conversations, load_conversations
 
     path = folder / "untimed.jsonl"
     _write_rows(

@@ -20,7 +20,7 @@ import numpy as np
 from dpm_worker.errors import ConfigError
 from dpm_worker.memory import LONG_UTTERANCES, MODES, LabelingConfig
 from dpm_worker.metrics import bootstrap_interval, group_confusions
-from pipelines.eval.evaluate import label_conversations, load_conversations
+from pipelines.eval.corpus import label_conversations, load_conversations
 from pipelines.eval.results import ModeResult
 
 log = logging.getLogger(__name__)

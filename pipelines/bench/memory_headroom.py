@@ -152,7 +152,8 @@ def run(args: argparse.Namespace) -> int:
 
     from dpm_worker.model import load_model
     from pipelines.eval.config import load_labeling_config
-    from pipelines.eval.evaluate import label_conversations, load_conversations, parse_modes
+    from pipelines.eval.corpus import label_conversations, load_conversations
+    from pipelines.eval.evaluate import parse_modes
 
     modes = [] if args.modes.strip() == "none" else parse_modes(args.modes)
     if args.slots < 1 or args.threads < 1 or args.bootstrap < 0:

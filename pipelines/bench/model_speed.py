@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from dpm_worker.model import load_model
-    from pipelines.eval.evaluate import label_conversations, load_conversations
+    from pipelines.eval.corpus import label_conversations, load_conversations
 
     labeling = dataclasses.replace(load_labeling_config(args, {}), mode=args.mode)
     paths = [p.strip() for p in args.models.split(",") if p.strip()]

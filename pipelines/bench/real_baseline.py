@@ -119,7 +119,8 @@ def code_histogram(codes: np.ndarray, config: SpeechTokenizerConfig) -> np.ndarr
 
 def run(args: argparse.Namespace) -> int:
     from pipelines.eval.config import load_labeling_config
-    from pipelines.eval.evaluate import label_conversations, load_conversations, parse_modes
+    from pipelines.eval.corpus import label_conversations, load_conversations
+    from pipelines.eval.evaluate import parse_modes
 
     labeling = load_labeling_config(args, {})
     modes = [] if args.mode.strip() == "none" else parse_modes(args.mode)

@@ -1,5 +1,5 @@
 from pipelines.eval.config import add_labeling_arguments, load_labeling_config
-from pipelines.eval.evaluate import label_conversations, load_conversations
+from pipelines.eval.corpus import label_conversations, load_conversations
 
 __all__ = [
     "add_labeling_arguments",

@@ -32,7 +32,7 @@ from dpm_worker.memory import MODES
 from dpm_worker.metrics import expected_calibration_error
 from dpm_worker.storage import is_remote
 from pipelines.eval.config import add_labeling_arguments, load_labeling_config
-from pipelines.eval.evaluate import label_conversations, load_corpus
+from pipelines.eval.corpus import label_conversations, load_corpus
 
 log = logging.getLogger(__name__)
 MIN_UTTERANCES = 20  # fewer gold-labelled utterances say little about a temperature

@@ -13,8 +13,8 @@ Output JSON (accuracies are fractions)::
      "comparisons": {"dpm-window": {"ua_diff", "lo", "hi", "subtle_ua_diff", ...}, ...}}
 
 Intervals are 95% percentile bootstraps that resample whole conversations. This module is the
-command line, reading and labeling; the scores, comparisons, predictions and plots are
-``pipelines.eval.results``.
+command line; reading and labeling are ``pipelines.eval.corpus``, the scores, comparisons,
+predictions and plots ``pipelines.eval.results``.
 
 Bad input is isolated exactly as ``dpm label`` isolates it (``dpm_worker.error_rows``): a row
 that fails alone (a silent, truncated or non-audio clip) is left out, a conversation whose
@@ -30,19 +30,14 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-from dpm_worker.audio import SegmentsConfig
-from dpm_worker.error_rows import input_error_rows, read_conversation, read_segments
-from dpm_worker.errors import BadInputError, ConfigError
-from dpm_worker.memory import HISTORY_CACHES, MEMORY_DTYPE, MODES, LabelingConfig, label_batched
+from dpm_worker.errors import ConfigError
+from dpm_worker.memory import HISTORY_CACHES, MEMORY_DTYPE, MODES, LabelingConfig
 from dpm_worker.model import DTYPES, HISTORY_FORMATS
 from dpm_worker.tables import ErrorRecord
-from dpm_worker.utterance import Utterance
-from dpm_worker.worker import segment_limit
 from pipelines.eval.config import add_labeling_arguments, load_labeling_config
+from pipelines.eval.corpus import label_conversations, load_corpus
 from pipelines.eval.results import (
     COMPARISONS,
     ModeResult,
@@ -58,15 +53,6 @@ from pipelines.eval.results import (
 from pipelines.exit_codes import EXIT_OK, EXIT_PARTIAL
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Conversation:
-    """One conversation's tokenized utterances (gold labels included), shared by every mode."""
-
-    conversation_id: str
-    utterances: list[Utterance]
-    groups: list[dict[str, str | None]]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -155,152 +141,6 @@ def parse_modes(text: str) -> list[str]:
     if not modes or bad:
         raise ConfigError(f"--mode must list modes from {MODES}, got {text!r}")
     return list(dict.fromkeys(modes))
-
-
-def load_conversations(
-    corpus: str,
-    model,
-    limit: int | None = None,
-    group_by: tuple[str, ...] = (),
-    *,
-    segments: SegmentsConfig | None = None,
-    require_gold: bool = True,
-    timings: dict[str, float] | None = None,
-) -> list[Conversation]:
-    """:func:`load_corpus` for callers that need every row (benchmarks): the first failed
-    row raises.
-
-    Raises:
-        BadInputError: a row could not be read, with its reason and URI.
-    """
-    conversations, errors = load_corpus(
-        corpus,
-        model,
-        limit,
-        group_by,
-        segments=segments,
-        require_gold=require_gold,
-        timings=timings,
-    )
-    if errors:
-        first = errors[0]
-        raise BadInputError(
-            f"{len(errors)} row(s) failed; first: {first.conversation_id!r} utterance "
-            f"{first.utterance_index}: {first.error_type}: {first.message}",
-            first.input_uri or corpus,
-        )
-    return conversations
-
-
-def load_corpus(
-    corpus: str,
-    model,
-    limit: int | None = None,
-    group_by: tuple[str, ...] = (),
-    keep: Callable[[str], bool] | None = None,
-    *,
-    segments: SegmentsConfig | None = None,
-    require_gold: bool = True,
-    timings: dict[str, float] | None = None,
-) -> tuple[list[Conversation], list[ErrorRecord]]:
-    """Read the manifest, cut each conversation's audio as the job does and tokenize it once;
-    keep each utterance's values of the ``group_by`` columns. ``keep``: which conversation ids
-    to read (all by default). ``segments``: how untimed mono recordings are cut and diarized
-    as ``dpm label``'s ``segments`` section says (None: VAD regions cut only to fit the model).
-    ``require_gold``: fail a corpus without gold labels (False: label it anyway, for timing).
-    ``timings``: seconds spent reading (decode, resample, segment) and tokenizing are added to
-    its ``read`` and ``tokenize`` entries.
-
-    Returns:
-        The conversations with something to label, and the error rows of the rest (the
-        job's rule, ``dpm_worker.error_rows.read_conversation``).
-    """
-    from dpm_worker.corpus import read_manifest, to_rows
-    from dpm_worker.speech import tokenize_utterances
-
-    table = read_manifest(corpus, labels=model.vocab.labels)
-    missing = [c for c in group_by if c not in table.column_names]
-    if missing:
-        raise BadInputError(
-            f"--group-by {missing} not columns of the manifest; it has {table.column_names}",
-            corpus,
-        )
-    by_conv: dict[str, list] = {}
-    for row in to_rows(table):
-        by_conv.setdefault(row.conversation_id, []).append(row)
-    ids = [c for c in by_conv if keep is None or keep(c)][: limit if limit is not None else None]
-    longest = segment_limit(model, None)
-    out, errors = [], []
-    last_log = time.monotonic()
-    for n, cid in enumerate(ids):
-        if time.monotonic() - last_log > 30.0:  # progress on long corpora
-            log.info("read and tokenized %d of %d conversations", n, len(ids))
-            last_log = time.monotonic()
-        rows = by_conv[cid]
-        values = {r.utterance_index: _group_values(r, group_by) for r in rows}
-        started = time.perf_counter()
-        segments_read, failed = read_conversation(
-            cid,
-            rows,
-            lambda todo: read_segments(
-                todo,
-                max_segment_s=longest,
-                turn_max_s=segments.max_s if segments else None,
-                diarization=segments.diarization if segments else None,
-            ),
-        )
-        errors.extend(failed)
-        read = time.perf_counter()
-        if not segments_read:
-            continue
-        # An utterance longer than the context is read by LabelingConfig.long_utterances.
-        try:
-            utterances = list(tokenize_utterances(segments_read, model.speech_tokenizer))
-        except BadInputError as exc:  # as the job: the conversation fails
-            errors.extend(input_error_rows(cid, rows, exc))
-            continue
-        finally:
-            if timings is not None:
-                timings["read"] = timings.get("read", 0.0) + read - started
-                timings["tokenize"] = timings.get("tokenize", 0.0) + time.perf_counter() - read
-        groups = [values.get(u.utterance_index, {}) for u in utterances]
-        out.append(Conversation(cid, utterances, groups))
-    if require_gold and not any(u.emotion is not None for c in out for u in c.utterances):
-        reason = f" ({len(errors)} rows failed; first: {errors[0].message})" if errors else ""
-        raise BadInputError(
-            f"the corpus has no gold emotion labels to evaluate against{reason}", corpus
-        )
-    return out, errors
-
-
-def _group_values(row, columns: tuple[str, ...]) -> dict[str, str | None]:
-    out: dict[str, str | None] = {}
-    for column in columns:
-        value = getattr(row, column) if hasattr(row, column) else row.extra.get(column)
-        out[column] = None if value is None else str(value)
-    return out
-
-
-def label_conversations(
-    model, conversations: list[Conversation], config: LabelingConfig, slots: int = 8
-) -> ModeResult:
-    """Label every conversation with one configuration (the labeling engine, ``slots``
-    conversations at once) and collect the per-utterance results."""
-    start = time.perf_counter()
-    rows = label_batched(model, config, [c.utterances for c in conversations], slots)
-    return _collect(conversations, rows, time.perf_counter() - start)
-
-
-def _collect(conversations: list[Conversation], rows: list, seconds: float) -> ModeResult:
-    result = ModeResult()
-    result.seconds = seconds
-    for conv, labeled in zip(conversations, rows, strict=True):
-        for pos, (item, group) in enumerate(zip(labeled, conv.groups, strict=True)):
-            result.add(
-                item.utterance, item.emotion, position=pos, probs=item.probs, ms=item.ms,
-                group=group,
-            )  # fmt: skip
-    return result
 
 
 def build_report(

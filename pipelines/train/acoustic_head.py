@@ -181,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
     from dpm_worker.memory import LabelingConfig
     from dpm_worker.model import default_model_path, fit_acoustic_head, load_model, save_model
     from dpm_worker.training.token_cache import split_conversations
-    from pipelines.eval.evaluate import load_corpus
+    from pipelines.eval.corpus import load_corpus
 
     weights = parse_weights(args.weights)
     share_pattern, shares = parse_share(args.share)
