@@ -1,7 +1,7 @@
 """What a labeling worker measures while it runs, handed to a callback as plain numbers.
 
 The library never imports a metrics client: a :class:`~dpm_worker.worker.ConversationWorker`
-(and its :class:`~dpm_worker.slot_loop.SlotLoop`) call ``record(name, value)`` with one of the
+(and its :class:`~dpm_worker.worker.slot_loop.SlotLoop`) call ``record(name, value)`` with one of the
 names below, and whoever runs the worker decides what a number becomes. In the Ray job,
 ``pipelines.label.metrics`` turns each into a ``ray.util.metrics`` histogram, counter or gauge;
 elsewhere (tests, ``dpm eval``) the default :func:`discard` drops them.

@@ -1,7 +1,7 @@
 """The corpus as ``dpm eval`` and the benchmarks read and label it, in-process (no Ray).
 
 :func:`load_corpus` reads a manifest, cuts each conversation's audio as the job does and
-tokenizes it once (bad input isolated as ``dpm label`` isolates it: ``dpm_worker.error_rows``);
+tokenizes it once (bad input isolated as ``dpm label`` isolates it: ``dpm_worker.worker.error_rows``);
 :func:`label_conversations` labels the tokenized conversations with one configuration through
 the labeling engine and collects the per-utterance outcomes (``pipelines.eval.results``).
 """
@@ -14,12 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from dpm_worker.audio import SegmentsConfig
-from dpm_worker.error_rows import input_error_rows, read_conversation, read_segments
 from dpm_worker.errors import BadInputError
 from dpm_worker.memory import LabelingConfig, label_batched
 from dpm_worker.tables import ErrorRecord
 from dpm_worker.utterance import Utterance
-from dpm_worker.worker import segment_limit
+from dpm_worker.worker import input_error_rows, read_conversation, read_segments, segment_limit
 from pipelines.eval.results import ModeResult
 
 log = logging.getLogger(__name__)
@@ -90,7 +89,7 @@ def load_corpus(
 
     Returns:
         The conversations with something to label, and the error rows of the rest (the
-        job's rule, ``dpm_worker.error_rows.read_conversation``).
+        job's rule, ``dpm_worker.worker.error_rows.read_conversation``).
     """
     from dpm_worker.corpus import read_manifest, to_rows
     from dpm_worker.speech import tokenize_utterances

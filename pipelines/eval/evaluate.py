@@ -16,7 +16,7 @@ Intervals are 95% percentile bootstraps that resample whole conversations. This 
 command line; reading and labeling are ``pipelines.eval.corpus``, the scores, comparisons,
 predictions and plots ``pipelines.eval.results``.
 
-Bad input is isolated exactly as ``dpm label`` isolates it (``dpm_worker.error_rows``): a row
+Bad input is isolated exactly as ``dpm label`` isolates it (``dpm_worker.worker.error_rows``): a row
 that fails alone (a silent, truncated or non-audio clip) is left out, a conversation whose
 input fails as a whole loses all its rows, and the rest is scored. The JSON then has
 ``"failed": {"rows", "conversations", "by_type", "by_message", "errors": [...]}``, the

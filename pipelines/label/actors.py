@@ -7,7 +7,7 @@ otherwise.
 Several conversations per actor (``slots_per_actor`` P > 1): the driver keeps submitting one
 ``label`` call per conversation, as with one slot, and the actor is a threaded actor
 (``max_concurrency``) whose calls hand their conversations to one batched loop in the worker
-(``dpm_worker.slot_loop``). Chosen over a call carrying several conversations or an actor that
+(``dpm_worker.worker.slot_loop``). Chosen over a call carrying several conversations or an actor that
 pulls work from the driver because every result still names its conversation and arrives when
 that conversation ends (a long one holds nobody back), the scheduler's bookkeeping (retries,
 requeue on actor death, timeouts, progress) stays as it is, and a call waiting for a slot reads
@@ -85,7 +85,7 @@ def start_actors(config: LabelJobConfig, run: RunInfo, worker_class: type) -> li
     }
     if config.slots_per_actor > 1:
         # A threaded actor: its conversations arrive as concurrent calls that one loop batches
-        # (dpm_worker.slot_loop); one more thread keeps the readiness probe answerable.
+        # (dpm_worker.worker.slot_loop); one more thread keeps the readiness probe answerable.
         options["max_concurrency"] = config.calls_per_actor + 1
     if gpus >= config.gpus_per_actor:
         options["num_gpus"] = config.gpus_per_actor

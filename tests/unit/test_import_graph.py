@@ -119,7 +119,7 @@ def _without_init_reexports(graph: dict[str, set[str]]) -> dict[str, set[str]]:
 def test_the_graph_is_read() -> None:
     # a check that reads nothing passes anything: the known edges must be there
     assert "dpm_worker.memory.step" in GRAPH["dpm_worker.memory.slots"]
-    assert "dpm_worker.memory" in GRAPH["dpm_worker.worker"]
+    assert "dpm_worker.memory" in GRAPH["dpm_worker.worker.conversation_worker"]
     assert "dpm_worker.model" in GRAPH["dpm_worker.memory.engine"]
     assert _circle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _circle({"a": {"b"}, "b": set()}) is None

@@ -17,9 +17,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from dpm_worker.corpus import UtteranceRow
 from dpm_worker.diarization import DiarizationConfig
-from dpm_worker.error_rows import RowFailure, read_segments
 from dpm_worker.telemetry import READ_S, Record, discard
 from dpm_worker.utterance import Utterance
+from dpm_worker.worker.error_rows import RowFailure, read_segments
 
 
 class ReadAhead:

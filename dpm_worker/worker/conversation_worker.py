@@ -4,9 +4,9 @@ One ``ConversationWorker`` holds the backbone and speech tokenizer, loaded once.
 conversation it reads the audio itself, labels the utterances in dialogue order, writes the
 conversation's Parquet file itself and returns a small summary; audio never leaves the worker.
 While a conversation is being labeled, the next one's audio (named by the caller) is read in a
-background thread (``dpm_worker.read_ahead``), so storage latency hides behind compute. The
+background thread (``dpm_worker.worker.read_ahead``), so storage latency hides behind compute. The
 worker labels up to ``slots`` conversations at once, every utterance step batched across them
-(``dpm_worker.slot_loop``, the one labeling engine, 1 slot included); with ``slots`` > 1 its
+(``dpm_worker.worker.slot_loop``, the one labeling engine, 1 slot included); with ``slots`` > 1 its
 ``label`` is called concurrently, one call per conversation. What it measures on the way (step, read and tokenize times, checkpoints, occupied
 slots) goes to the ``record`` callback (``dpm_worker.telemetry``).
 
@@ -39,12 +39,8 @@ import torch
 
 from dpm_worker.audio import SAMPLE_RATE, SegmentsConfig
 from dpm_worker.corpus import UtteranceRow
-from dpm_worker.error_rows import input_error_rows, read_conversation
 from dpm_worker.errors import BadInputError, ConfigError, StorageError
 from dpm_worker.memory import ConversationState, LabelingConfig, SlotLabeler
-from dpm_worker.preemption import PreemptionGuard
-from dpm_worker.read_ahead import ReadAhead
-from dpm_worker.slot_loop import SlotJob, SlotLoop
 from dpm_worker.speech import tokenize_utterances
 from dpm_worker.tables import (
     CheckpointKey,
@@ -63,6 +59,10 @@ from dpm_worker.telemetry import (
     discard,
 )
 from dpm_worker.utterance import LabeledUtterance, Utterance, inputs_digest
+from dpm_worker.worker.error_rows import input_error_rows, read_conversation
+from dpm_worker.worker.preemption import PreemptionGuard
+from dpm_worker.worker.read_ahead import ReadAhead
+from dpm_worker.worker.slot_loop import SlotJob, SlotLoop
 
 log = logging.getLogger(__name__)
 

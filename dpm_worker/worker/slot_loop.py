@@ -28,9 +28,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from dpm_worker.memory import ConversationState, SlotLabeler
-from dpm_worker.preemption import PreemptionGuard
 from dpm_worker.telemetry import SLOTS_OCCUPIED, STEP_S, Record, discard
 from dpm_worker.utterance import LabeledUtterance, Utterance
+from dpm_worker.worker.preemption import PreemptionGuard
 
 log = logging.getLogger(__name__)
 
