@@ -61,6 +61,9 @@ def synthetic_conversation(model, n: int, seed: int, kind: str) -> list[Utteranc
     """One long dyadic conversation, tokenized with the model's speech tokenizer."""
     if kind == "random":
         rng = np.random.default_rng(seed)
+        # A model with an acoustic head reads a summary beside the codes: random standardised
+        # ones (the head's cost is one matrix-vector product whatever the values).
+        head_dim = model.acoustic_head.dim if model.acoustic_head is not None else 0
         # 1.5-5 s at 25 Hz, as the synthetic corpus
         return [
             Utterance(
@@ -68,6 +71,7 @@ def synthetic_conversation(model, n: int, seed: int, kind: str) -> list[Utteranc
                 utterance_index=i,
                 speaker="ab"[i % 2],
                 audio_ids=rng.integers(0, model.vocab.n_audio, size=int(rng.integers(38, 125))),
+                acoustic=rng.standard_normal(head_dim) if head_dim else None,
             )
             for i in range(n)
         ]
