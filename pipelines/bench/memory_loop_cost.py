@@ -29,6 +29,9 @@ import resource
 import time
 from dataclasses import replace
 
+from dpm_worker.errors import ConfigError, DpmError
+from dpm_worker.memory import WRITE_TARGETS
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="model folder (default: the packaged model)")
@@ -38,6 +41,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--utterances", type=int, default=12, help="n (%(default)s)")
     parser.add_argument("--utterance-tokens", type=int, default=75, help="codes each")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (%(default)s)")
+
+
+def _counts(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"{flag} must list integers, got {text!r}") from None
+    if min(values) < 1:
+        raise ConfigError(f"{flag} must list integers >= 1, got {text!r}")
+    return values
 
 
 def _conversation(n: int, tokens: int, n_audio: int, seed: int):  # noqa: ANN202
@@ -55,7 +68,17 @@ def _conversation(n: int, tokens: int, n_audio: int, seed: int):  # noqa: ANN202
 
 
 def _measure(spec: dict, out: mp.Queue) -> None:
-    """One configuration in a fresh process: steady-state ms per step and peak RSS."""
+    """One configuration in a fresh process: its result, or its error's text (the parent
+    would otherwise wait on the queue forever for a child that died)."""
+    try:
+        out.put(_measure_one(spec))
+    except BaseException as exc:
+        out.put({"error": f"{type(exc).__name__}: {exc}"})
+        raise
+
+
+def _measure_one(spec: dict) -> dict:
+    """Steady-state ms per step and peak RSS of one configuration."""
     import torch
 
     from dpm_worker.memory import MemoryConfig
@@ -79,18 +102,23 @@ def _measure(spec: dict, out: mp.Queue) -> None:
         trainer.train([_conversation(length, tokens, n_audio, seed)], progress=False)
         timings.append(time.process_time() - start)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    out.put({"ms_per_step": round(1000 * (timings[1] - timings[0]) / n, 1),
-             "peak_rss_mb": round(peak, 1)})  # fmt: skip
+    return {"ms_per_step": round(1000 * (timings[1] - timings[0]) / n, 1),
+            "peak_rss_mb": round(peak, 1)}  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
     ctx = mp.get_context("spawn")
-    writes = [int(x) for x in args.writes.split(",")]
-    steps = [int(x) for x in args.steps.split(",")]
+    writes, steps = _counts(args.writes, "--writes"), _counts(args.steps, "--steps")
+    targets = [t for t in args.targets.split(",") if t]
+    if not targets or any(t not in WRITE_TARGETS for t in targets):
+        raise ConfigError(f"--targets must list targets from {WRITE_TARGETS}, got {args.targets!r}")
+    if args.utterances < 1 or args.utterance_tokens < 1:
+        raise ConfigError("--utterances and --utterance-tokens must be >= 1, got "
+                          f"{args.utterances} and {args.utterance_tokens}")  # fmt: skip
     base = {"model": args.model, "n": args.utterances, "tokens": args.utterance_tokens,
             "threads": args.threads}  # fmt: skip
     report: dict[str, dict] = {}
-    for target in args.targets.split(","):
+    for target in targets:
         rows: dict[str, dict] = {}
         configs = [(f"order1_k{k}", 1, 1, k) for k in steps]
         configs += [(f"M{m}_k{k}", 2, m, k) for m in writes for k in steps]
@@ -101,6 +129,8 @@ def run(args: argparse.Namespace) -> int:
             proc.start()
             rows[name] = queue.get()
             proc.join()
+            if "error" in rows[name]:
+                raise DpmError(f"memory_loop_cost {target} {name}: {rows[name]['error']}")
             ref = rows.get(f"order1_k{k}")
             if order == 2 and ref:
                 rows[name]["time_vs_order1"] = round(rows[name]["ms_per_step"] / ref["ms_per_step"], 2)  # fmt: skip
