@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from dpm_worker.errors import ConfigError
+
 # One fresh process: time load_model and, separately, the folder check it starts with. The
 # packaged default model is loaded first so transformers' lazy imports (seconds on a busy
 # machine, the same on both sides) are not counted.
@@ -81,13 +83,20 @@ def run(args: argparse.Namespace) -> int:
 
     from dpm_worker.model import EmotionModel, save_model
 
+    # head width about 128 as in Llama; a narrow test model gets one head
+    heads = max(1, args.hidden // 128)
+    if args.hidden < 2 or args.hidden % (2 * heads) or not args.weights_mb > 0:
+        raise ConfigError(
+            f"--hidden must split into {heads} heads of even width and --weights-mb must be "
+            f"> 0, got {args.hidden} and {args.weights_mb}"
+        )
     torch.set_num_threads(1)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="dpm-bench-startup-"))
     folder = workdir / "model"
     try:
         layers = layers_for(args.weights_mb, args.hidden)
         start = time.perf_counter()
-        model = EmotionModel.random(hidden=args.hidden, layers=layers, heads=args.hidden // 128)
+        model = EmotionModel.random(hidden=args.hidden, layers=layers, heads=heads)
         save_model(model, str(folder))
         del model
         saved_s = time.perf_counter() - start
