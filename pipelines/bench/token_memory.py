@@ -25,6 +25,8 @@ import tempfile
 import threading
 import time
 
+from dpm_worker.errors import DpmError
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("manifests", nargs="+", help="manifests (files or folders), smallest first")
@@ -46,8 +48,7 @@ def build_one(manifest: str, model_uri: str | None, cache: str) -> dict:
     from dpm_worker.training import tokenize_corpus
 
     torch.set_num_threads(1)
-    table = read_manifest(manifest)
-    hours = pc.sum(pc.subtract(table["end_s"], table["start_s"])).as_py() / 3600
+    read_manifest(manifest)  # a bad manifest fails here, before the model loads
     tokenizer = load_model(model_uri).speech_tokenizer
     proc = psutil.Process()
     samples: list[tuple[float, float]] = []
@@ -68,6 +69,10 @@ def build_one(manifest: str, model_uri: str | None, cache: str) -> dict:
     wall = time.perf_counter() - start
     done.set()
     watcher.join()
+    # The audio tokenized, from the codes: whole-file rows (RAVDESS, EMOVO) have no times in
+    # the manifest, and VAD keeps only the speech of a recording.
+    tokens = pc.sum(pc.list_value_length(dataset.data.column("codes"))).as_py() or 0
+    hours = tokens / tokenizer.rate_hz / 3600
 
     def upto(fraction: float) -> float:
         seen = [rss for t, rss in samples if t - start <= wall * fraction] or [before]
@@ -76,7 +81,7 @@ def build_one(manifest: str, model_uri: str | None, cache: str) -> dict:
     return {
         "manifest": manifest,
         "utterances": len(dataset),
-        "audio_hours": round(hours, 2),
+        "audio_hours": round(hours, 4),
         "rss_before_mb": round(before, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "max_rss_by_quarter_mb": [upto(q) for q in (0.25, 0.5, 0.75, 1.0)],
@@ -94,7 +99,14 @@ def run(args: argparse.Namespace) -> int:
             cache = os.path.join(args.workdir or tmp, f"cache{n}")
             cmd = [sys.executable, "-m", "pipelines.cli", "bench", "token_memory", manifest,
                    "--one", "--workdir", cache, *(["--model", args.model] if args.model else [])]  # fmt: skip
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            # the child's log and errors go to this process's stderr
+            done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+            if done.returncode != 0:
+                raise DpmError(
+                    f"token_memory: the build of {manifest} exited with {done.returncode} "
+                    "(its error is above)"
+                )
+            out = done.stdout
             builds.append(json.loads(out.strip().splitlines()[-1]))
             print(json.dumps(builds[-1]), file=sys.stderr)  # progress
     peaks = [b["peak_rss_mb"] for b in builds]
