@@ -100,6 +100,9 @@ def run(args: argparse.Namespace) -> int:
             results[rule, mode] = result
             block: dict[str, object] = {"seconds": round(time.perf_counter() - start, 1)}
             for name, idx in _subsets(result, long, args.after).items():
+                if not len(idx):  # e.g. a corpus without long turns: null, not NaN (not JSON)
+                    block[name] = {"n": 0, "ua": None, "ci": None}
+                    continue
                 ci = bootstrap_interval(_confusions(result, idx, labels), n_boot=args.bootstrap)
                 block[name] = {"n": len(idx), "ua": ci["value"], "ci": [ci["lo"], ci["hi"]]}
             report["rules"].setdefault(rule, {})[mode] = block
@@ -108,11 +111,14 @@ def run(args: argparse.Namespace) -> int:
     for mode in modes:
         a, b = results["chunks", mode], results["truncate", mode]
         idx = _subsets(a, long, args.after)["long"]
+        if not len(idx):
+            report["chunks_minus_truncate"][mode] = {"ua_diff": None, "ci": None}
+            continue
         d = bootstrap_interval(
             _confusions(a, idx, labels), _confusions(b, idx, labels), n_boot=args.bootstrap
         )
         report["chunks_minus_truncate"][mode] = {"ua_diff": d["value"], "ci": [d["lo"], d["hi"]]}
-    text = json.dumps(report, indent=2)
+    text = json.dumps(report, indent=2, allow_nan=False)
     print(text)
     if args.json:
         with open(args.json, "w") as handle:
