@@ -76,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"--workers must be comma-separated integers, got {args.workers!r}"
         ) from None
+    if not worker_counts or min(worker_counts) < 1:
+        raise ConfigError(f"--workers must list counts >= 1, got {args.workers!r}")
     config = SynthConfig(
         conversations=args.conversations,
         seed=args.seed,
