@@ -81,7 +81,7 @@ def build_one(manifest: str, model_uri: str | None, cache: str) -> dict:
     return {
         "manifest": manifest,
         "utterances": len(dataset),
-        "audio_hours": round(hours, 4),
+        "audio_hours": round(hours, 6),
         "rss_before_mb": round(before, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "max_rss_by_quarter_mb": [upto(q) for q in (0.25, 0.5, 0.75, 1.0)],
