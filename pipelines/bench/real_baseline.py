@@ -82,8 +82,10 @@ def corpus_code_histograms(
     elif isinstance(config, EncoderTokenizerConfig):
         histogram = partial(unit_histogram, n_units=config.n_units)
     else:
+        kind = getattr(model.speech_tokenizer, "kind", type(model.speech_tokenizer).__name__)
         raise ConfigError(
-            "--features codes needs a model with the built-in product codebook or encoder units"
+            "--features codes reads the codes of a builtin-product or whisper-units speech "
+            f"tokenizer; model {model.model_id} has {kind!r}"
         )
     rows, kept = [], []
     for conversation in conversations:
