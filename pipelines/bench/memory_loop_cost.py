@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import queue
 import resource
 import time
 from dataclasses import replace
@@ -68,17 +69,7 @@ def _conversation(n: int, tokens: int, n_audio: int, seed: int):  # noqa: ANN202
 
 
 def _measure(spec: dict, out: mp.Queue) -> None:
-    """One configuration in a fresh process: its result, or its error's text (the parent
-    would otherwise wait on the queue forever for a child that died)."""
-    try:
-        out.put(_measure_one(spec))
-    except BaseException as exc:
-        out.put({"error": f"{type(exc).__name__}: {exc}"})
-        raise
-
-
-def _measure_one(spec: dict) -> dict:
-    """Steady-state ms per step and peak RSS of one configuration."""
+    """One configuration in a fresh process: steady-state ms per step and peak RSS."""
     import torch
 
     from dpm_worker.memory import MemoryConfig
@@ -102,8 +93,25 @@ def _measure_one(spec: dict) -> dict:
         trainer.train([_conversation(length, tokens, n_audio, seed)], progress=False)
         timings.append(time.process_time() - start)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    return {"ms_per_step": round(1000 * (timings[1] - timings[0]) / n, 1),
-            "peak_rss_mb": round(peak, 1)}  # fmt: skip
+    out.put({"ms_per_step": round(1000 * (timings[1] - timings[0]) / n, 1),
+             "peak_rss_mb": round(peak, 1)})  # fmt: skip
+
+
+def _result(proc: mp.process.BaseProcess, out: mp.Queue, name: str) -> dict:
+    """What the configuration's process put on the queue; a DpmError when it died first
+    (a bare ``get`` waited forever for a process that had failed or been killed)."""
+    while True:
+        try:
+            return out.get(timeout=1.0)
+        except queue.Empty:
+            if not proc.is_alive():
+                try:  # it may have put its result just before it ended
+                    return out.get(timeout=1.0)
+                except queue.Empty:
+                    raise DpmError(
+                        f"memory_loop_cost: the process of {name} exited with {proc.exitcode} "
+                        "before reporting (its error is above)"
+                    ) from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -123,17 +131,17 @@ def run(args: argparse.Namespace) -> int:
         configs = [(f"order1_k{k}", 1, 1, k) for k in steps]
         configs += [(f"M{m}_k{k}", 2, m, k) for m in writes for k in steps]
         for name, order, m, k in configs:
-            queue: mp.Queue = ctx.Queue()
+            results: mp.Queue = ctx.Queue()
             spec = dict(base, target=target, order=order, m=m, k=k)
-            proc = ctx.Process(target=_measure, args=(spec, queue))
+            proc = ctx.Process(target=_measure, args=(spec, results))
             proc.start()
-            rows[name] = queue.get()
+            rows[name] = _result(proc, results, f"{target} {name}")
             proc.join()
-            if "error" in rows[name]:
-                raise DpmError(f"memory_loop_cost {target} {name}: {rows[name]['error']}")
             ref = rows.get(f"order1_k{k}")
             if order == 2 and ref:
-                rows[name]["time_vs_order1"] = round(rows[name]["ms_per_step"] / ref["ms_per_step"], 2)  # fmt: skip
+                ms, ref_ms = rows[name]["ms_per_step"], ref["ms_per_step"]
+                # null when the reference's steady-state time rounds to 0 (tiny sizes)
+                rows[name]["time_vs_order1"] = round(ms / ref_ms, 2) if ref_ms > 0 else None
                 rows[name]["extra_rss_mb_vs_order1"] = round(rows[name]["peak_rss_mb"] - ref["peak_rss_mb"], 1)  # fmt: skip
         report[target] = rows
     print(json.dumps(report, indent=2))
