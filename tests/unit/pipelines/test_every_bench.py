@@ -1,9 +1,10 @@
 """Every ``dpm bench`` subcommand runs through the CLI in some test, on a tiny corpus.
 
 A bench is a product command: these smoke tests run the ones no other test runs, with their
-cheapest settings, on the shipped model and on a model of the v9 kind (eGeMAPS product
-codebook + acoustic head, :func:`tests.fixtures.models.save_v9_kind_model`), so none breaks
-silently when the model changes. The registry check below fails when a bench is added to
+cheapest settings, on the shipped model, and where the tokenizer's kind matters on a model of
+the v9 kind too (eGeMAPS product codebook + acoustic head,
+:func:`tests.fixtures.models.save_v9_kind_model`), so none breaks silently when the model
+changes. The registry check below fails when a bench is added to
 ``BENCHMARKS`` without a test that runs it (``"bench", "NAME"`` in a test's CLI arguments).
 ``scale`` needs Ray: tests/integration/test_bench_scale.py.
 """
@@ -20,7 +21,7 @@ import pytest
 from dpm_worker.corpus import SynthConfig, generate_corpus, read_ravdess, write_manifest
 from pipelines.bench.command import BENCHMARKS
 from pipelines.cli import main
-from pipelines.exit_codes import EXIT_USAGE
+from pipelines.exit_codes import EXIT_FAILED, EXIT_USAGE
 from tests.fixtures.corpus_trees import build_ravdess_tree
 from tests.fixtures.models import save_v9_kind_model
 
@@ -73,7 +74,8 @@ def test_synth_compares_worker_counts_on_identical_bytes(capsys) -> None:
 
 @pytest.mark.parametrize("kind", ["shipped", "v9_kind"])
 def test_memory_on_random_tokens_feeds_the_acoustic_head(kind, v9_kind, capsys) -> None:
-    """Both models read an acoustic summary beside the codes (the bench failed on both)."""
+    """Both kinds read an acoustic summary beside the codes (random tokens had none: the
+    bench failed on any model with an acoustic head)."""
     model = [] if kind == "shipped" else ["--model", str(v9_kind)]
     args = ["bench", "memory", "--tokens", "random", "--utterances", "40",
             "--modes", "utterance,dpm", "--window-tokens", "64", *model]  # fmt: skip
@@ -126,32 +128,39 @@ def test_memory_loop_cost_on_the_shipped_model(capsys) -> None:
     assert main(args) == 0
     rows = _report(capsys)["prior"]
     assert set(rows) == {"order1_k1", "M1_k1"}
-    assert all(r["ms_per_step"] > 0 and r["peak_rss_mb"] > 0 for r in rows.values())
-    assert rows["M1_k1"]["time_vs_order1"] == pytest.approx(
-        rows["M1_k1"]["ms_per_step"] / rows["order1_k1"]["ms_per_step"], abs=0.01
-    )
+    # a difference of CPU times over 2 steps: a number, not a stable one at this size
+    assert all(math.isfinite(r["ms_per_step"]) and r["peak_rss_mb"] > 0 for r in rows.values())
+    extra = rows["M1_k1"]["peak_rss_mb"] - rows["order1_k1"]["peak_rss_mb"]
+    assert rows["M1_k1"]["extra_rss_mb_vs_order1"] == pytest.approx(extra, abs=0.11)
     assert main([*args[:2], "--writes", "0"]) == EXIT_USAGE
     assert main([*args[:2], "--targets", "nowhere"]) == EXIT_USAGE
 
 
-def test_token_memory_builds_each_manifest_in_its_own_process(synth, tmp_path, capsys) -> None:
-    """The synthetic corpus (turns with times) and RAVDESS takes (whole files: no times in the
-    manifest, which crashed the bench) on the shipped model's tokenizer."""
+def test_memory_loop_cost_stops_when_a_configuration_fails(tmp_path, capsys) -> None:
+    """The child process fails (no model there): the bench says so (it waited forever)."""
+    args = ["bench", "memory_loop_cost", "--writes", "1", "--steps", "1", "--targets", "prior",
+            "--model", str(tmp_path / "missing")]  # fmt: skip
+    assert main(args) == EXIT_FAILED
+    assert "order1_k1" in capsys.readouterr().err
+
+
+def test_token_memory_builds_a_manifest_in_its_own_process(tmp_path, capsys) -> None:
+    """RAVDESS takes are whole files: their manifest has no times (the bench crashed on
+    them); the shipped model's tokenizer. One manifest: each costs a fresh process."""
     root = build_ravdess_tree(tmp_path, actors=(3,))
     table, _ = read_ravdess(str(root))
     write_manifest(table.slice(0, 4), str(tmp_path / "ravdess.parquet"))
-    args = ["bench", "token_memory", str(synth), str(tmp_path / "ravdess.parquet"),
+    args = ["bench", "token_memory", str(tmp_path / "ravdess.parquet"),
             "--workdir", str(tmp_path / "caches")]  # fmt: skip
     assert main(args) == 0
     report = _report(capsys)
-    first, second = report["builds"]
-    assert second["utterances"] == 4
+    (build,) = report["builds"]
+    assert build["utterances"] == 4
     # 4 takes of 0.3 s, each padded to whole 40 ms blocks
-    assert 0 < second["audio_hours"] * 3600 <= 4 * 0.32 + 0.05
-    for build in report["builds"]:
-        assert build["peak_rss_mb"] >= max(build["max_rss_by_quarter_mb"]) > 0
-    ratio = second["peak_rss_mb"] / first["peak_rss_mb"]
-    assert report["peak_ratio_largest_over_smallest"] == pytest.approx(ratio, abs=1e-3)
+    assert 0 < build["audio_hours"] * 3600 <= 4 * 0.32 + 0.05
+    assert build["peak_rss_mb"] >= max(build["max_rss_by_quarter_mb"]) > 0
+    assert report["peak_ratio_largest_over_smallest"] == 1.0
+    assert (tmp_path / "caches" / "cache0").is_dir()
 
 
 def test_startup_times_both_checks_of_one_folder(tmp_path, capsys) -> None:
@@ -162,5 +171,6 @@ def test_startup_times_both_checks_of_one_folder(tmp_path, capsys) -> None:
     assert report["hidden"] == 64 and report["layers"] >= 1
     assert math.isclose(report["weights_mb"], 1.0, rel_tol=0.5)
     assert report["full_hash_s"] > 0 and report["start_s"] > 0
-    assert report["verify_full_s"] > 0 and report["verify_cheap_s"] > 0
+    # the checks alone take milliseconds and are rounded: present, not necessarily above 0
+    assert report["verify_full_s"] >= 0 and report["verify_cheap_s"] >= 0
     assert main([*args[:2], "--hidden", "258"]) == EXIT_USAGE  # 2 heads of odd width
