@@ -14,7 +14,8 @@ odd ones (A B, B A, ...). Printed JSON, per model and slots setting (medians ove
 - ``audio_hours_per_hour``: audio labeled per hour of the labeling phase (actors up: what a
   long corpus converges to); ``audio_hours_per_hour_job``: per hour of the whole job (Ray
   already up; actor start and model loading included, which a few minutes of audio magnify);
-- ``ratio_to_first``: a model's ``audio_hours_per_hour`` over the first model's, same slots;
+- ``ratio_to_first``: a model's ``audio_hours_per_hour`` over the first model's, same slots
+  (of the reported medians);
 - ``profile``: the actors' seconds per stage, summed over conversations, of the run of median
   rate: ``decode`` (fetch, decode, resample), ``segment`` (VAD, diarization, cuts), ``encode``
   (the speech front end: the encoder or the block features), ``units`` (codes and summaries
@@ -118,18 +119,14 @@ def report(
     runs: dict[str, dict[int, list[dict[str, Any]]]],
 ) -> dict[str, Any]:
     """The JSON report of the runs (module docstring)."""
+    labeled = {(r["utterances"], r["audio_s"]) for m in models for k in slots for r in runs[m][k]}
+    if len(labeled) != 1:  # every run must label the same corpus, or the rates are not alike
+        raise DpmError(f"the runs labeled different utterances and audio: {sorted(labeled)}")
     blocks = {m: {str(k): _block(runs[m][k]) for k in slots} for m in models}
     first = models[0]
+    rate = {(m, k): blocks[m][str(k)]["audio_hours_per_hour"] for m in models for k in slots}
     ratios = {
-        str(k): {
-            m: round(
-                blocks[m][str(k)]["audio_hours_per_hour"]
-                / blocks[first][str(k)]["audio_hours_per_hour"],
-                3,
-            )
-            for m in models
-        }
-        for k in slots
+        str(k): {m: round(rate[m, k] / max(rate[first, k], 1e-9), 3) for m in models} for k in slots
     }
     audio_s = runs[first][slots[0]][0]["audio_s"]
     return {
@@ -162,8 +159,8 @@ def _block(results: list[dict[str, Any]]) -> dict[str, Any]:
     audio_s = max(results[median]["audio_s"], 1e-9)
     seconds = {name: round(stage_s.get(key, 0.0), 3) for name, key in STAGES.items()}
     return {
-        "audio_hours_per_hour": round(statistics.median(rates), 2),
-        "audio_hours_per_hour_job": round(statistics.median(job), 2),
+        "audio_hours_per_hour": round(statistics.median(rates), 3),
+        "audio_hours_per_hour_job": round(statistics.median(job), 3),
         "rates_by_round": [round(r, 2) for r in rates],
         "schedule_s": [r["schedule_s"] for r in results],
         "actors_start_s": [r["actors_start_s"] for r in results],
