@@ -12,7 +12,9 @@ slot loop's), so it must be thread-safe and cheap: it runs inside the labeling l
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import time
+from collections.abc import Callable, Iterator
 
 Record = Callable[[str, float], None]
 """``record(name, value)``: one measurement; ``name`` is one of :data:`MEASUREMENTS`."""
@@ -39,3 +41,26 @@ MEASUREMENTS = (STEP_S, READ_S, TOKENIZE_S, CONVERSATION_S, CHECKPOINT, RESUME, 
 
 def discard(name: str, value: float) -> None:
     """The default ``record``: measure nothing."""
+
+
+class StageClock:
+    """Adds the seconds of each ``with clock(name):`` block to ``timings[name]``.
+
+    The per-stage seconds of a conversation's summary (``timings``): perf_counter pairs, cheap
+    enough for the labeling loop. With ``timings`` None it measures nothing. A generator that
+    times its own calls this way never counts its consumer's work between yields.
+    """
+
+    def __init__(self, timings: dict[str, float] | None) -> None:
+        self.timings = timings
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        if self.timings is None:
+            yield
+            return
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start

@@ -7,11 +7,15 @@
 #
 # Steps:
 #   1. the tests marked `gpu` (tests/gpu/: bf16 backbone with fp32 memory, exact reset, only
-#      adapters change, A then B = B alone, determinism, labeling throughput);
+#      adapters change, A then B = B alone, determinism, labeling throughput; the speech
+#      encoder on CUDA against CPU int8 and its speed in bf16: `encoder` in the JSON);
 #   2. `dpm bench throughput --device cuda --dtype bfloat16 [--slots 1,8,32]` in-process on a
 #      random Llama of realistic shape (24 layers x 2048 wide);
 #   3. the same bench on the packaged default model, in-process, and the default model through
-#      the Ray job against the in-process loop.
+#      the Ray job against the in-process loop;
+#   4. end-to-end labeling: `dpm bench e2e --device cuda --dtype bfloat16` on the default model
+#      through the Ray job (step 3's generated corpus) with 1 and 8 slots: audio-hours per hour
+#      and where the time goes (decode, segment, encode, units, LLM, memory, write).
 # `--slots` is passed only when the installed bench has it (an older install may not);
 # otherwise the bench runs one conversation at a time and the JSON says so.
 #
@@ -43,11 +47,11 @@ if [ "$dry_run" = 1 ]; then
   # CPU with tiny shapes; the gpu-marked tests run on CPU instead of skipping.
   export CUDA_VISIBLE_DEVICES="" DPM_GPU_TESTS_ON_CPU=1
   device=cpu; shape=2x64; conversations=2; utterances=(--min-utterances 3 --max-utterances 4)
-  slots=1,4; slot_utterances=3
+  slots=1,4; slot_utterances=3; e2e_slots=1,2
   ray_args=(--actors 1 --cpus-per-actor 1)
 else
   device=cuda; shape=24x2048; conversations=6; utterances=(--min-utterances 10 --max-utterances 16)
-  slots=1,8,32; slot_utterances=8
+  slots=1,8,32; slot_utterances=8; e2e_slots=1,8
   ray_args=(--actors 1 --gpus-per-actor 1)
   if ! "$python" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     echo "gpu_check: torch sees no CUDA device (use --dry-run on a CPU machine)" >&2
@@ -80,8 +84,14 @@ timeout 420 "$python" "${bench[@]}" "${ray_args[@]}" \
   2>"$out/throughput_default_ray.log"
 ray_rc=$?
 
-"$python" - "$out" "$dry_run" "$tests_rc" "$random_rc" "$default_rc" "$ray_rc" "$start" \
-  "${slots_args[@]:+$slots}" <<'PY'
+# Step 4: end to end through the Ray job, on the corpus step 3 generated (its own local Ray).
+timeout 420 "$python" -m pipelines.cli bench e2e --corpus "$out/default_ray/corpus" \
+  --models default --slots "$e2e_slots" --repeats 1 --device "$device" --dtype bfloat16 \
+  "${ray_args[@]}" --workdir "$out/e2e" >"$out/e2e_default.json" 2>"$out/e2e_default.log"
+e2e_rc=$?
+
+"$python" - "$out" "$dry_run" "$tests_rc" "$random_rc" "$default_rc" "$ray_rc" "$e2e_rc" \
+  "$start" "${slots_args[@]:+$slots}" <<'PY'
 import json, sys, time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -89,8 +99,8 @@ from pathlib import Path
 import torch
 
 out, dry_run = Path(sys.argv[1]), sys.argv[2] == "1"
-tests_rc, random_rc, default_rc, ray_rc, start = (int(x) for x in sys.argv[3:8])
-slots = sys.argv[8] if len(sys.argv) > 8 else ""
+tests_rc, random_rc, default_rc, ray_rc, e2e_rc, start = (int(x) for x in sys.argv[3:9])
+slots = sys.argv[9] if len(sys.argv) > 9 else ""
 
 
 def bench(name: str, rc: int) -> dict:
@@ -125,9 +135,15 @@ report = {
     "throughput_random_llama": bench("throughput_random", random_rc),
     "throughput_default_model": bench("throughput_default", default_rc),
     "throughput_default_model_ray": bench("throughput_default_ray", ray_rc),
+    "encoder": {
+        k.removeprefix("test_encoder_speed."): v
+        for k, v in tests.items()
+        if k.startswith("test_encoder_speed.")
+    },
+    "e2e_default_model": bench("e2e_default", e2e_rc),
     "outputs": str(out),
     "wall_s": round(time.time() - start, 1),
 }
 print(json.dumps(report, indent=2))
-sys.exit(0 if tests_rc == random_rc == default_rc == ray_rc == 0 else 1)
+sys.exit(0 if tests_rc == random_rc == default_rc == ray_rc == e2e_rc == 0 else 1)
 PY

@@ -69,6 +69,7 @@ from dpm_worker.audio.vad import detect_speech, split_at_quietest
 from dpm_worker.corpus.schema import UNKNOWN_SPEAKER
 from dpm_worker.diarization import DiarizationConfig, diarize
 from dpm_worker.errors import AudioError, BadInputError, ConfigError, DiarizationError, SegmentError
+from dpm_worker.telemetry import StageClock
 from dpm_worker.utterance import Utterance
 
 if TYPE_CHECKING:
@@ -107,6 +108,7 @@ def conversation_segments(
     on_row_error: Callable[[UtteranceRow, BadInputError], None] | None = None,
     turn_max_s: float | None = None,
     diarization: DiarizationConfig | None = None,
+    timings: dict[str, float] | None = None,
 ) -> list[Utterance]:
     """Read the audio of one conversation's utterances (see the module docstring for rules).
 
@@ -126,6 +128,9 @@ def conversation_segments(
         turn_max_s: the longest segment cut from a VAD region of a mono recording (rule 6;
             None: such regions are cut only to fit ``max_segment_s``).
         diarization: rule 7's settings (None or not ``enabled``: no diarization).
+        timings: when given, gets ``segment_s`` added: the seconds spent finding and cutting
+            segments (VAD, diarization, cuts at the quietest points); the rest of the read is
+            decoding and resampling.
 
     Raises:
         AudioError: a recording is unreadable, non-finite, all silent, or has no speech.
@@ -153,7 +158,10 @@ def conversation_segments(
         if value is not None and not value > 0:
             raise SegmentError(f"{name} must be > 0, got {value}")
     diarizer = diarization if diarization is not None and diarization.enabled else None
-    return _vad_rows(rows, endpoint_url, max_segment_s, diarizations or {}, turn_max_s, diarizer)
+    clock = StageClock(timings)
+    return _vad_rows(
+        rows, endpoint_url, max_segment_s, diarizations or {}, turn_max_s, diarizer, clock
+    )
 
 
 def _cut_rows(
@@ -222,7 +230,8 @@ def _vad_rows(
     max_segment_s: float | None,
     diarizations: Mapping[str, Sequence[SpeakerTurn]],
     turn_max_s: float | None,
-    diarizer: DiarizationConfig | None = None,
+    diarizer: DiarizationConfig | None,
+    clock: StageClock,
 ) -> list[Utterance]:
     # (start, end, speaker, channel, signal the times refer to, uri, longest piece)
     turns: list[tuple[float, float, str, int | None, np.ndarray, str, float | None]] = []
@@ -247,20 +256,21 @@ def _vad_rows(
             speaker = (row.speaker or UNKNOWN_SPEAKER) if named else f"ch{c}"
             signal = recording.samples[c]
             longest = one_voice if n_channels == 1 else max_segment_s  # rule 6: mono only
-            regions = detect_speech(signal, SAMPLE_RATE)
-            if (
-                diarizer is not None
-                and named
-                and row.channel is None
-                and speaker == UNKNOWN_SPEAKER
-            ):
-                name = posixpath.splitext(posixpath.basename(row.audio_uri))[0]
-                spoken = [
-                    (t.start_s, t.end_s, t.speaker)
-                    for t in diarize(signal, regions, diarizer, name)
-                ]
-            else:
-                spoken = [(start, end, speaker) for start, end in regions]
+            with clock("segment_s"):
+                regions = detect_speech(signal, SAMPLE_RATE)
+                if (
+                    diarizer is not None
+                    and named
+                    and row.channel is None
+                    and speaker == UNKNOWN_SPEAKER
+                ):
+                    name = posixpath.splitext(posixpath.basename(row.audio_uri))[0]
+                    spoken = [
+                        (t.start_s, t.end_s, t.speaker)
+                        for t in diarize(signal, regions, diarizer, name)
+                    ]
+                else:
+                    spoken = [(start, end, speaker) for start, end in regions]
             for start, end, who in spoken:
                 turns.append((start, end, who, channel, signal, row.audio_uri, longest))
         if len(turns) == before:
@@ -268,11 +278,12 @@ def _vad_rows(
     turns.sort(key=lambda turn: (turn[0], turn[3] or 0, turn[1]))
     segments: list[Utterance] = []
     for start, end, speaker, channel, signal, uri, longest in turns:
-        spans = (
-            split_at_quietest(signal, SAMPLE_RATE, start, end, longest)
-            if longest is not None
-            else [(start, end)]
-        )
+        with clock("segment_s"):
+            spans = (
+                split_at_quietest(signal, SAMPLE_RATE, start, end, longest)
+                if longest is not None
+                else [(start, end)]
+            )
         for a, b in spans:
             samples = np.ascontiguousarray(signal[round(a * SAMPLE_RATE) : round(b * SAMPLE_RATE)])
             segments.append(

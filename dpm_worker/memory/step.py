@@ -34,6 +34,7 @@ whose writes keep the graph (:mod:`dpm_worker.training.second_order`).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -110,6 +111,9 @@ class Step:
     # what the last step's write trained toward, beyond its rows (``prior``: the backbone's
     # reads), for :meth:`rewrite`; None where the rows say it all (audio writes)
     written: torch.Tensor | None = None
+    # seconds spent in the memory's writes so far (the rest of a step is the backbone's reads);
+    # on CUDA the kernels a write queued may finish later, inside the read's time
+    write_s: float = 0.0
 
     def __init__(
         self,
@@ -209,6 +213,13 @@ class AudioWrite(Step):
     def write(self, rows: Sequence[StepRow]) -> torch.Tensor | None:
         """``steps_per_utterance`` steps on every row's slot; ``audio+prediction``'s read
         (log-probabilities)."""
+        start = time.perf_counter()
+        try:
+            return self._write(rows)
+        finally:
+            self.write_s += time.perf_counter() - start
+
+    def _write(self, rows: Sequence[StepRow]) -> torch.Tensor | None:
         cfg, memory = self.config, self.memory
         assert memory is not None
         encode = cfg.write_target == "audio+prediction"
@@ -336,6 +347,19 @@ class PriorWrite(Step):
         target: torch.Tensor,
     ) -> torch.Tensor:
         """Train each row's prior toward ``target``; the priors before the write (log-probs)."""
+        start = time.perf_counter()
+        try:
+            return self._write(rows, prefixes, base, target)
+        finally:
+            self.write_s += time.perf_counter() - start
+
+    def _write(
+        self,
+        rows: Sequence[StepRow],
+        prefixes: list[list[int]],
+        base: torch.Tensor,
+        target: torch.Tensor,
+    ) -> torch.Tensor:
         memory = self.memory
         assert memory is not None
         slots = [r.slot for r in rows]

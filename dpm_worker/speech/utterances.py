@@ -18,6 +18,7 @@ from dpm_worker.errors import ConfigError, SegmentError
 from dpm_worker.speech.features import BlockFeatures
 from dpm_worker.speech.speaker_levels import SpeakerLevels
 from dpm_worker.speech.tokenizer import SpeechTokenizer
+from dpm_worker.telemetry import StageClock
 from dpm_worker.utterance import Utterance
 
 # The tokens around an utterance's audio codes in the stream: <spk> before, <audio_end> after.
@@ -33,6 +34,7 @@ def tokenize_utterances(
     check_fits: Callable[[int, str], None] | None = None,
     *,
     batch_seconds: float = BATCH_SECONDS,
+    timings: dict[str, float] | None = None,
 ) -> Iterator[Utterance]:
     """The utterances with their speech codes, in the order given, tokenized in batches.
 
@@ -59,6 +61,10 @@ def tokenize_utterances(
             ``<audio_end>``) and its audio URI before it is yielded; the model's
             ``check_fits`` raises for an utterance it cannot hold.
         batch_seconds: audio per ``encode_batch`` call (bounds the batch's memory).
+        timings: when given, gets ``encode_s`` (the front end: the encoder or the block
+            features, and the summaries' raw statistics) and ``units_s`` (codes from those:
+            quantizing, speaker references, summaries) added, summed over the batches; a
+            tokenizer that codes in one call (``encode_batch``) counts it all as ``encode_s``.
 
     Raises:
         SegmentError: an utterance has no samples.
@@ -67,26 +73,29 @@ def tokenize_utterances(
     if not batch_seconds > 0:
         raise ConfigError(f"batch_seconds must be > 0, got {batch_seconds}")
     limit = batch_seconds * SAMPLE_RATE
+    clock = StageClock(timings)
     if not getattr(tokenizer, "speaker_relative", False):
         for batch in _batches(utterances, limit):
-            yield from _encode(batch, tokenizer, check_fits, None)
+            yield from _encode(batch, tokenizer, check_fits, None, clock)
     elif getattr(tokenizer, "speaker_reference", "running") == "conversation":
         for conversation in _conversations(utterances):
             levels = tokenizer.new_conversation_levels()  # type: ignore[attr-defined]
             featurized = []
             for batch in _batches(conversation, limit):
-                feats, counts = tokenizer.block_features(  # type: ignore[attr-defined]
-                    [u.samples for u in batch]
-                )
-                levels.add_stacked(_speakers(batch), feats, counts)
+                with clock("encode_s"):
+                    feats, counts = tokenizer.block_features(  # type: ignore[attr-defined]
+                        [u.samples for u in batch]
+                    )
+                with clock("units_s"):
+                    levels.add_stacked(_speakers(batch), feats, counts)
                 featurized.append((batch, feats, counts))
             for batch, feats, counts in featurized:
-                yield from _coded(batch, tokenizer, feats, counts, levels, check_fits)
+                yield from _coded(batch, tokenizer, feats, counts, levels, check_fits, clock)
     else:
         # running references, across batches and conversations
         running = SpeakerLevels(spectral=_spectral_relative(tokenizer))
         for batch in _batches(utterances, limit):
-            yield from _encode(batch, tokenizer, check_fits, running)
+            yield from _encode(batch, tokenizer, check_fits, running, clock)
 
 
 def _spectral_relative(tokenizer: SpeechTokenizer) -> bool:
@@ -146,16 +155,19 @@ def _encode(
     tokenizer: SpeechTokenizer,
     check_fits: Callable[[int, str], None] | None,
     levels: SpeakerLevels | None,
+    clock: StageClock,
 ) -> Iterator[Utterance]:
     waves = [utt.samples for utt in batch if utt.samples is not None]
     if getattr(tokenizer, "summaries", False):
-        feats, counts = tokenizer.block_features(waves)  # type: ignore[attr-defined]
-        yield from _coded(batch, tokenizer, feats, counts, levels, check_fits)
+        with clock("encode_s"):
+            feats, counts = tokenizer.block_features(waves)  # type: ignore[attr-defined]
+        yield from _coded(batch, tokenizer, feats, counts, levels, check_fits, clock)
         return
-    if levels is None:
-        codes_of = tokenizer.encode_batch(waves)
-    else:
-        codes_of = tokenizer.encode_batch(waves, levels=levels, speakers=_speakers(batch))  # type: ignore[call-arg]
+    with clock("encode_s"):
+        if levels is None:
+            codes_of = tokenizer.encode_batch(waves)
+        else:
+            codes_of = tokenizer.encode_batch(waves, levels=levels, speakers=_speakers(batch))  # type: ignore[call-arg]
     yield from _with_codes(batch, codes_of, check_fits)
 
 
@@ -166,17 +178,20 @@ def _coded(
     counts: list[int],
     levels: SpeakerLevels | None,
     check_fits: Callable[[int, str], None] | None,
+    clock: StageClock,
 ) -> Iterator[Utterance]:
     """The batch's featurized utterances coded (and summarized when the tokenizer's
     ``summaries`` is on) against ``levels`` (None: each wave its own reference)."""
     speakers = None if levels is None else _speakers(batch)
     if getattr(tokenizer, "summaries", False):
-        codes_of, summaries = tokenizer.quantize_with_summaries(  # type: ignore[attr-defined]
-            feats, counts, levels=levels, speakers=speakers
-        )
+        with clock("units_s"):
+            codes_of, summaries = tokenizer.quantize_with_summaries(  # type: ignore[attr-defined]
+                feats, counts, levels=levels, speakers=speakers
+            )
         yield from _with_codes(batch, codes_of, check_fits, summaries)
         return
-    codes_of = tokenizer.quantize(feats, counts, levels=levels, speakers=speakers)  # type: ignore[attr-defined]
+    with clock("units_s"):
+        codes_of = tokenizer.quantize(feats, counts, levels=levels, speakers=speakers)  # type: ignore[attr-defined]
     yield from _with_codes(batch, codes_of, check_fits)
 
 

@@ -198,7 +198,13 @@ class ConversationWorker:
             ``error_rows`` written, ``audio_s``, ``split_segments`` (segments cut from longer
             VAD regions or RTTM turns), ``chunked`` and ``truncated`` (utterances longer than
             the context), ``error`` (first message or None), ``error_types`` (error rows per
-            ``error_type``) and per-stage ``timings`` (s).
+            ``error_type``) and per-stage ``timings`` (s): this conversation's ``decode_s``,
+            ``segment_s`` (its read, also when read ahead), ``read_s`` or ``prefetch_wait_s``
+            (what labeling waited for it), ``encode_s``, ``units_s`` and ``tokenize_s`` (the
+            speech front end), ``label_s`` (with the wait for a slot), ``write_s`` and
+            ``total_s``; and the worker's batched steps since its previous summary,
+            ``llm_s`` and ``memory_s`` (shared by the conversations of a batch; summed over a
+            run's summaries, the worker's step time).
         """
         start = time.perf_counter()
         try:
@@ -276,7 +282,7 @@ class ConversationWorker:
         t0 = time.perf_counter()
         tokenizer = self.model.speech_tokenizer
         # No fit check: an utterance longer than the context is read by the labeler's rule.
-        inputs = list(tokenize_utterances(segments, tokenizer))
+        inputs = list(tokenize_utterances(segments, tokenizer, timings=timings))
         timings["tokenize_s"] = time.perf_counter() - t0
         self.record(TOKENIZE_S, timings["tokenize_s"])
         t0 = time.perf_counter()
@@ -296,6 +302,7 @@ class ConversationWorker:
             raise
         finally:
             timings["label_s"] = time.perf_counter() - t0
+            timings.update(self.slot_loop.take_seconds())
 
     def _load_checkpoint(
         self, conversation_id: str, key: CheckpointKey

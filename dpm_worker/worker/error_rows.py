@@ -28,9 +28,11 @@ def read_segments(
     max_segment_s: float | None = None,
     turn_max_s: float | None = None,
     diarization: DiarizationConfig | None = None,
+    timings: dict[str, float] | None = None,
 ) -> tuple[list[Utterance], list[RowFailure]]:
     """One conversation's segments as the job reads them: RTTMs read, over-long segments cut,
-    rows that fail alone returned beside the segments (``conversation_segments``).
+    rows that fail alone returned beside the segments (``conversation_segments``; ``timings``
+    gets its ``segment_s``).
 
     Raises:
         BadInputError: the conversation's input fails as a whole.
@@ -49,6 +51,7 @@ def read_segments(
         on_row_error=lambda row, exc: failed.append((row, exc)),
         turn_max_s=turn_max_s,
         diarization=diarization,
+        timings=timings,
     )
     return segments, failed
 

@@ -52,36 +52,57 @@ class ReadAhead:
         self._pending: dict[str, Future] = {}
         self._lock = threading.Lock()
 
-    def read(self, rows: Sequence[UtteranceRow]) -> tuple[list[Utterance], list[RowFailure]]:
-        """The segments of a conversation's rows, and the rows that failed on their own."""
+    def read(
+        self, rows: Sequence[UtteranceRow], timings: dict[str, float] | None = None
+    ) -> tuple[list[Utterance], list[RowFailure]]:
+        """The segments of a conversation's rows, and the rows that failed on their own.
+
+        ``timings`` (when given) gets the read's own seconds, wherever it ran: ``segment_s``
+        (VAD, diarization, cuts) and ``decode_s`` (the rest: fetching, decoding, resampling).
+        """
         start = time.perf_counter()
+        own: dict[str, float] = {"segment_s": 0.0}
         segments, failed = read_segments(
             rows,
             endpoint_url=self.endpoint_url,
             max_segment_s=self.max_segment_s,
             turn_max_s=self.turn_max_s,
             diarization=self.diarization,
+            timings=own,
         )
-        self.record(READ_S, time.perf_counter() - start)  # a read that raised is not timed
+        seconds = time.perf_counter() - start
+        self.record(READ_S, seconds)  # a read that raised is not timed
+        if timings is not None:
+            timings["segment_s"] = own["segment_s"]
+            timings["decode_s"] = seconds - own["segment_s"]
         return segments, failed
+
+    def _read_timed(
+        self, rows: Sequence[UtteranceRow]
+    ) -> tuple[list[Utterance], list[RowFailure], dict[str, float]]:
+        timings: dict[str, float] = {}
+        segments, failed = self.read(rows, timings)
+        return segments, failed, timings
 
     def segments(
         self, conversation_id: str, rows: Sequence[UtteranceRow], timings: dict[str, float]
     ) -> tuple[list[Utterance], list[RowFailure]]:
         """The conversation's read: the one done ahead if any, else read now.
 
-        ``timings`` gets ``prefetch_wait_s`` (waiting for the read ahead) or ``read_s``.
+        ``timings`` gets ``prefetch_wait_s`` (waiting for the read ahead) or ``read_s``, and
+        the read's own ``decode_s`` and ``segment_s`` (:meth:`read`), also of a read ahead.
         """
         t0 = time.perf_counter()
         with self._lock:
             prefetched = self._pending.pop(conversation_id, None)
         if prefetched is not None:
-            result = prefetched.result()  # re-raises the read's AudioError, if any
+            segments, failed, own = prefetched.result()  # re-raises the read's AudioError
             timings["prefetch_wait_s"] = time.perf_counter() - t0
+            timings.update(own)
         else:
-            result = self.read(rows)
+            segments, failed = self.read(rows, timings)
             timings["read_s"] = time.perf_counter() - t0
-        return result
+        return segments, failed
 
     def read_ahead(self, upcoming: tuple[str, Sequence[UtteranceRow]] | None) -> None:
         """Start reading ``(conversation_id, rows)`` in the background (None: nothing)."""
@@ -94,7 +115,7 @@ class ReadAhead:
             # Only the newest hint is kept: a hint the driver gave up on is not read twice.
             for stale in self._pending.values():
                 stale.cancel()
-            self._pending = {conversation_id: self._reader.submit(self.read, list(rows))}
+            self._pending = {conversation_id: self._reader.submit(self._read_timed, list(rows))}
 
     def close(self) -> None:
         """Stop the background thread (a read in progress finishes on its own)."""

@@ -82,6 +82,9 @@ class SlotLoop:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self.steps = 0  # batched steps run (tests, benchmarks)
+        # seconds of the steps since the last take_seconds(): the memory's writes and the rest
+        self._seconds = {"llm_s": 0.0, "memory_s": 0.0}
+        self._seconds_lock = threading.Lock()
 
     def label(self, job: SlotJob) -> list[LabeledUtterance]:
         """Queue ``job`` and wait for its rows (raises what failed it)."""
@@ -92,6 +95,15 @@ class SlotLoop:
             self._waiting.append(job)
             self._cond.notify()
         return job.rows.result()
+
+    def take_seconds(self) -> dict[str, float]:
+        """The seconds of the batched steps run since the last call, and restart the count:
+        ``memory_s`` in the memory's writes, ``llm_s`` the rest (the backbone's reads, the
+        acoustic head, building the steps' rows). Summed over every call, the loop's total."""
+        with self._seconds_lock:
+            taken = dict(self._seconds)
+            self._seconds = dict.fromkeys(taken, 0.0)
+        return taken
 
     # ------------------------------------------------------------------ the loop
 
@@ -134,10 +146,16 @@ class SlotLoop:
 
     def _step(self) -> None:
         labeler = self.labeler
+        written = labeler.step.write_s
         start = time.perf_counter()
         done, failed = labeler.advance()
-        self.record(STEP_S, time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        self.record(STEP_S, seconds)
         self.steps += 1
+        memory = labeler.step.write_s - written
+        with self._seconds_lock:
+            self._seconds["memory_s"] += memory
+            self._seconds["llm_s"] += seconds - memory
         for key, exc in failed.items():
             self._finish(key, exc)
         for key in done:

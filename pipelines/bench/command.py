@@ -15,6 +15,7 @@ BENCHMARKS: dict[str, str] = {
     "synth": "generation speed of the synthetic corpus (utterances per second)",
     "memory": "per-utterance time and RSS at the start and end of a long conversation, per mode",
     "throughput": "the Ray job against the in-process loop on the same corpus",
+    "e2e": "models in turns through the real Ray job per slots setting: audio-h/h, ratios, stage profile",
     "scale": "driver memory while scheduling a manifest of many short conversations",
     "separability": "how far prosody alone separates a corpus's emotions (cross-validated on it)",
     "model_speed": "end-to-end labeling speed (decode, segment, tokenize, label) of models side by side",

@@ -136,12 +136,17 @@ def on_ray(
     args: argparse.Namespace,
     metrics: bool = True,
     output: str | None = None,
+    slots: int | None = None,
 ) -> dict:
+    """One ``dpm label`` job on ``corpus`` (``slots``: conversations per actor at once, None:
+    the job's default); its wall time, phases, rates and the actors' per-stage seconds."""
     from pipelines.label import connect, load_config, prepare
 
+    flags = {"slots_per_actor": slots} if slots is not None else {}
     config = load_config(
         None,
         {
+            **flags,
             "input": corpus,
             "output": output or os.path.join(args.workdir, "tables"),
             "metrics": metrics,
@@ -172,6 +177,7 @@ def on_ray(
         "schedule_s": round(job.timings.get("schedule_s", 0.0), 2),
         "actor_stage_s": {k: round(v, 2) for k, v in sorted(progress.stage_s.items())},
         "utterances": progress.utterances,
+        "audio_s": round(progress.audio_s, 3),
         "conversations": progress.labeled + progress.failed,
         "utterances_per_s": round(progress.utterances / (done - start), 2),
         "steady_utterances_per_s": round(

@@ -8,6 +8,7 @@ import dataclasses
 import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +17,8 @@ from dpm_worker.corpus import UtteranceRow
 from dpm_worker.model import EmotionModel
 from dpm_worker.worker import ConversationWorker
 from tests.unit.test_worker import make_worker, recording, rows_for
+
+AMI = Path(__file__).parents[1] / "fixtures" / "real_speech" / "dev00.flac"
 
 
 class Recorded:
@@ -94,6 +97,35 @@ def test_slots_record_one_step_per_batched_step(tmp_path) -> None:
     assert counts[telemetry.CONVERSATION_S] == counts[telemetry.READ_S] == 3
     occupied = recorded.of(telemetry.SLOTS_OCCUPIED)
     assert max(occupied) <= 3 and occupied[-1] == 0
+
+
+@pytest.mark.parametrize("slots", [1, 3])
+def test_summaries_carry_each_stage_and_the_steps_split_into_llm_and_memory(
+    tmp_path, slots
+) -> None:
+    """The profile of ``dpm bench e2e``: a VAD conversation's read splits into decode and
+    segment, tokenization into encode and units, and the steps' seconds (shared by a batch)
+    reach the summaries once: summed, they are the recorded step times."""
+    worker = with_record(make_worker(tmp_path, EmotionModel.random(seed=0)), slots=slots)
+    vad = [UtteranceRow("vad", 0, "A", str(AMI))]  # 30 s of a meeting, segmented by VAD
+    conversations = {
+        "vad": vad,
+        **{f"c{i}": rows_for(f"c{i}", recording(tmp_path / f"c{i}.wav", seed=i)) for i in (1, 2)},
+    }
+    with ThreadPoolExecutor(max_workers=slots) as pool:
+        summaries = list(pool.map(lambda c: worker.label(c, conversations[c]), conversations))
+    assert all(s["status"] == "labeled" for s in summaries)
+    for s in summaries:
+        # (the random model's tokenizer codes in one call: its units are inside encode_s)
+        assert {"decode_s", "segment_s", "encode_s", "write_s"} <= set(s["timings"])
+        assert s["timings"]["decode_s"] > 0 and s["timings"]["encode_s"] > 0
+    assert summaries[0]["timings"]["segment_s"] > 0  # VAD ran on the one-row conversation
+    assert summaries[1]["timings"]["segment_s"] == 0.0  # rows with times: nothing to find
+    steps = worker.recorded.of(telemetry.STEP_S)  # type: ignore[attr-defined]
+    llm = sum(s["timings"].get("llm_s", 0.0) for s in summaries)
+    memory = sum(s["timings"].get("memory_s", 0.0) for s in summaries)
+    assert memory > 0 and llm > 0  # dpm mode writes the memory at every step
+    assert llm + memory == pytest.approx(sum(steps), rel=1e-9, abs=1e-9)
 
 
 @pytest.mark.parametrize("slots", [1, 2])
