@@ -334,8 +334,9 @@ def _refit_summary(model, args: argparse.Namespace, keep: set[str]):
     for cid, picked in by_conv.items():
         segments, _ = read_segments(picked, max_segment_s=longest)
         for u in segments:
-            waves.append(u.samples)
-            speakers.append((cid, u.speaker))
+            if u.samples is not None:
+                waves.append(u.samples)
+                speakers.append((cid, u.speaker))
     log.info("refitting the summary on blocks %s from %d utterances", layers, len(waves))
     return refit_summary(model.speech_tokenizer, waves, speakers, layers)
 
