@@ -1,4 +1,8 @@
-from dpm_worker.speech.codebook_fit import fit_encoder_tokenizer, fit_speech_tokenizer
+from dpm_worker.speech.codebook_fit import (
+    fit_encoder_tokenizer,
+    fit_speech_tokenizer,
+    refit_summary,
+)
 from dpm_worker.speech.cosyvoice import (
     INSTALL_HINT,
     TOKENIZER_CONFIG,
@@ -35,6 +39,7 @@ __all__ = [
     "encoder_folder",
     "encoder_weights",
     "fit_encoder_tokenizer",
+    "refit_summary",
     "log_mel",
     "mel_filters",
     "BuiltinSpeechTokenizer",

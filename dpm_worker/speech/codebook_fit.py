@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
+import dataclasses
+from collections.abc import Hashable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -180,16 +181,54 @@ def fit_encoder_tokenizer(
     kmeans = MiniBatchKMeans(
         n_clusters=config.n_units, random_state=seed, batch_size=4096, n_init=3
     ).fit((pick - mean) / std)
+    return EncoderTokenizer(
+        config,
+        torch.from_numpy(kmeans.cluster_centers_).float(),
+        torch.from_numpy(np.stack([mean, std])).float(),
+        _summary_norm(summaries, keys),
+        encoder=blank.encoder,
+    )
+
+
+def refit_summary(
+    tokenizer: EncoderTokenizer,
+    waves: Sequence[np.ndarray],
+    speakers: Sequence[Hashable],
+    summary_layers: Sequence[int],
+) -> EncoderTokenizer:
+    """``tokenizer`` with its summary read from other encoder blocks, units unchanged.
+
+    The units (the LLM's audio vocabulary) keep their centroids and frame norms, so a trained
+    backbone reads the same tokens; only the acoustic head's input changes, and with it the
+    speakers' shrinkage target, fitted on ``waves`` as :func:`fit_encoder_tokenizer` fits it.
+    """
+    config = dataclasses.replace(tokenizer.config, summary_layers=tuple(summary_layers))
+    width = encoder_weights(config.encoder).width
+    blank = EncoderTokenizer(
+        config,
+        tokenizer.centroids,
+        tokenizer.frame_norm,
+        torch.zeros(2, config.summary_dim(width)),
+    )
+    summaries = [
+        blank.block_features([np.asarray(wave, dtype=np.float32)])[0].summaries[0] for wave in waves
+    ]
+    return EncoderTokenizer(
+        config,
+        tokenizer.centroids,
+        tokenizer.frame_norm,
+        _summary_norm(summaries, list(speakers)),
+        encoder=blank.encoder,
+    )
+
+
+def _summary_norm(summaries: Sequence[np.ndarray], keys: Sequence[Hashable]) -> torch.Tensor:
+    """``[2, D]``: the raw summaries' mean and mean within-speaker variance (the right prior
+    for a speaker seen only a few times)."""
     table = np.stack(summaries)
     by_speaker: dict[Hashable, list[int]] = {}
     for i, key in enumerate(keys):
         by_speaker.setdefault(key, []).append(i)
     spreads = [table[rows].var(axis=0) for rows in by_speaker.values() if len(rows) > 1]
     within = np.mean(spreads, axis=0) if spreads else table.var(axis=0)
-    return EncoderTokenizer(
-        config,
-        torch.from_numpy(kmeans.cluster_centers_).float(),
-        torch.from_numpy(np.stack([mean, std])).float(),
-        torch.from_numpy(np.stack([table.mean(axis=0), within + 1e-12])),
-        encoder=blank.encoder,
-    )
+    return torch.from_numpy(np.stack([table.mean(axis=0), within + 1e-12]))

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from dpm_worker.errors import ConfigError, ModelError
-from dpm_worker.speech.encoder_weights import EncoderWeights, encoder_folder
+from dpm_worker.speech.encoder_weights import EncoderWeights, encoder_folder, truncated_folder
 
 SAMPLE_RATE = 16_000
 N_FFT = 400
@@ -89,6 +89,8 @@ class SpeechEncoder:
         device: ``cpu``, ``cuda`` or ``auto`` (CUDA when available).
         threads: CPU threads of the encoder (the worker's share of the machine).
         cache_dir: where the joined weights are kept (``encoder_weights.default_cache_dir``).
+        depth: run only the first ``depth`` blocks (then the final layer norm) of a pinned
+            truncation (``encoder_weights.truncated_folder``); None: the whole encoder.
 
     Raises:
         ModelError: the weights are missing or fail their hash (``encoder_folder``), or
@@ -102,6 +104,7 @@ class SpeechEncoder:
         device: str = "auto",
         threads: int = 1,
         cache_dir: str | Path | None = None,
+        depth: int | None = None,
     ) -> None:
         # CTranslate2 brings its own OpenMP runtime; its idle threads spin by default and slow
         # every torch op in the process 40-80x when torch runs more than one thread (measured).
@@ -120,7 +123,12 @@ class SpeechEncoder:
         self.weights = weights
         self.device = device
         self.compute_type = pick_compute_type(device)
-        self.folder = encoder_folder(weights, cache_dir)
+        self.depth = weights.layers if depth is None else depth
+        self.folder = (
+            encoder_folder(weights, cache_dir)
+            if self.depth == weights.layers
+            else truncated_folder(weights, self.depth, cache_dir)
+        )
         torch_threads = torch.get_num_threads()
         self._model = ctranslate2.models.Whisper(
             str(self.folder),

@@ -53,6 +53,10 @@ class EncoderTokenizerConfig:
         prosody: add the fast block features' pooled prosody statistics to the summary.
         prior_count: pseudo utterances of the corpus-wide mean and variance in each speaker's
             reference (shrinkage for speakers with few utterances).
+        summary_layers: the encoder blocks whose states are pooled into the summary (each
+            through a pinned truncation of the encoder, its output layer norm applied); empty:
+            the final states, as the units. Measured (issue 31): blocks 2 and 4 read speakers
+            and corpora the model never heard better than the last block.
         threads: CPU threads of the encoder.
         device: ``auto``, ``cpu`` or ``cuda``: where the encoder runs.
         type: the saved kind (``whisper-units``).
@@ -62,6 +66,7 @@ class EncoderTokenizerConfig:
     n_units: int = 256
     prosody: bool = True
     prior_count: float = 2.0
+    summary_layers: tuple[int, ...] = ()
     threads: int = 1
     device: str = "auto"
     type: str = KIND
@@ -81,13 +86,24 @@ class EncoderTokenizerConfig:
             raise ConfigError(f"tokenizer.threads must be >= 1, got {self.threads}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"tokenizer.device must be auto, cpu or cuda, got {self.device!r}")
+        object.__setattr__(self, "summary_layers", tuple(int(k) for k in self.summary_layers))
+        weights = ENCODERS[self.encoder]
+        known = {depth for depth, _ in weights.truncated_sha256} | {weights.layers}
+        if not set(self.summary_layers) <= known or len(set(self.summary_layers)) != len(
+            self.summary_layers
+        ):
+            raise ConfigError(
+                f"tokenizer.summary_layers must be distinct blocks of {sorted(known)}, got "
+                f"{list(self.summary_layers)}"
+            )
 
     @property
     def rate_hz(self) -> float:
         return UNIT_RATE_HZ
 
     def summary_dim(self, width: int) -> int:
-        return 2 * width + (2 * PROSODY_MELS + 10 if self.prosody else 0)
+        pooled = 2 * width * max(1, len(self.summary_layers))
+        return pooled + (2 * PROSODY_MELS + 10 if self.prosody else 0)
 
 
 @dataclass(frozen=True)
@@ -169,10 +185,11 @@ class EncoderTokenizer:
         self.frame_norm = frame_norm.float().contiguous()
         self.summary_norm = summary_norm.double().contiguous()
         self._encoder = encoder
+        self._summary_encoders: dict[int, SpeechEncoder] = {}
 
     def __getstate__(self) -> dict:
-        # the built encoder (a CTranslate2 model) does not pickle; a copy builds its own
-        return {**self.__dict__, "_encoder": None}
+        # the built encoders (CTranslate2 models) do not pickle; a copy builds its own
+        return {**self.__dict__, "_encoder": None, "_summary_encoders": {}}
 
     @property
     def encoder(self) -> SpeechEncoder:
@@ -184,6 +201,17 @@ class EncoderTokenizer:
                 threads=self.config.threads,
             )
         return self._encoder
+
+    def summary_encoder(self, depth: int) -> SpeechEncoder:
+        """The encoder truncated to ``depth`` blocks (the whole one: the units' encoder)."""
+        weights = encoder_weights(self.config.encoder)
+        if depth == weights.layers:
+            return self.encoder
+        if depth not in self._summary_encoders:
+            self._summary_encoders[depth] = SpeechEncoder(
+                weights, device=self.config.device, threads=self.config.threads, depth=depth
+            )
+        return self._summary_encoders[depth]
 
     @property
     def rate_hz(self) -> float:
@@ -199,6 +227,8 @@ class EncoderTokenizer:
         fields = asdict(self.config)
         for runtime in ("threads", "device"):  # where it runs does not change the codes' meaning
             del fields[runtime]
+        if not fields["summary_layers"]:  # the final states: v10's fingerprint stays its own
+            del fields["summary_layers"]
         digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
         digest.update(encoder_weights(self.config.encoder).sha256.encode())
         for tensor in (self.centroids, self.frame_norm, self.summary_norm):
@@ -208,10 +238,13 @@ class EncoderTokenizer:
     def block_features(self, waves: Sequence[np.ndarray]) -> tuple[EncodedWaves, list[int]]:
         """Each wave's standardised unit frames and raw summary, and its unit count."""
         frames, summaries = [], []
-        for wave, states in zip(waves, self.encoder.states(waves), strict=True):
+        finals = self.encoder.states(waves)
+        layers = [self.summary_encoder(k).states(waves) for k in self.config.summary_layers]
+        for i, (wave, states) in enumerate(zip(waves, finals, strict=True)):
             units = _pairs(states)
             frames.append((units - self.frame_norm[0].numpy()) / self.frame_norm[1].numpy())
-            summaries.append(raw_summary(wave, states, self.config.prosody))
+            pooled = [layer[i] for layer in layers] or [states]
+            summaries.append(raw_summary(wave, pooled, self.config.prosody))
         return EncodedWaves(frames, summaries), [len(f) for f in frames]
 
     def new_conversation_levels(self) -> SummaryLevels:
@@ -291,10 +324,14 @@ def _pairs(states: np.ndarray) -> np.ndarray:
     return units
 
 
-def raw_summary(wave: np.ndarray, states: np.ndarray, prosody: bool) -> np.ndarray:
-    """An utterance's absolute float64 summary: the states' mean and spread, and (``prosody``)
-    the pooled statistics of its fast block features."""
-    pooled = [states.mean(axis=0, dtype=np.float64), states.std(axis=0, dtype=np.float64)]
+def raw_summary(wave: np.ndarray, layers: Sequence[np.ndarray], prosody: bool) -> np.ndarray:
+    """An utterance's absolute float64 summary: each layer's states' mean and spread, and
+    (``prosody``) the pooled statistics of its fast block features."""
+    pooled = [
+        stat
+        for states in layers
+        for stat in (states.mean(axis=0, dtype=np.float64), states.std(axis=0, dtype=np.float64))
+    ]
     if prosody:
         block = int(SAMPLE_RATE / UNIT_RATE_HZ)
         n = block_count(len(wave), block)

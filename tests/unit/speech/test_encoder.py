@@ -108,3 +108,38 @@ def test_wheel_parts_that_do_not_hash_leave_no_file(tmp_path):
     with pytest.raises(ModelError, match="wheel parts join to sha256 905e5bf8"):
         encoder_folder(wrong, tmp_path)
     assert not list(tmp_path.rglob("model.bin*"))
+
+
+def test_a_truncated_encoder_is_the_first_blocks_of_the_pinned_one(tmp_path, real_speech):
+    """Blocks 0-1 then the final layer norm: the file hashes to its pin, and its int8 states
+    follow the float32 reference of the full file's first two blocks."""
+    truncated = SpeechEncoder(WHISPER_BASE, device="cpu", cache_dir=tmp_path, depth=2)
+    pinned = dict(WHISPER_BASE.truncated_sha256)[2]
+    assert file_sha256(truncated.folder / "model.bin") == pinned
+    full = read_model_bin(encoder_folder(WHISPER_BASE, tmp_path) / "model.bin")
+    later = tuple(f"layer_{k}/" for k in range(2, 6))
+    first_two = {k: v for k, v in full.items() if not k.startswith(later)}
+    reference = reference_states(first_two, log_mel(real_speech, mel_filters(80)), heads=8)
+    ours = truncated.states([real_speech])[0]
+    assert ours.shape == reference.shape
+    cosine = (ours * reference).sum(1) / (
+        np.linalg.norm(ours, axis=1) * np.linalg.norm(reference, axis=1)
+    )
+    assert cosine.mean() > 0.99
+    whole = SpeechEncoder(WHISPER_BASE, device="cpu", cache_dir=tmp_path).states([real_speech])[0]
+    assert np.abs(whole - ours).mean() > 0.1  # another layer's states, not the last one's
+
+
+def test_a_changed_truncation_is_derived_again_and_an_unpinned_one_refused(tmp_path):
+    from dpm_worker.speech.encoder_weights import truncated_folder
+
+    folder = truncated_folder(WHISPER_BASE, 2, tmp_path)
+    with open(folder / "model.bin", "r+b") as handle:
+        handle.seek(5000)
+        byte = handle.read(1)
+        handle.seek(5000)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    truncated_folder(WHISPER_BASE, 2, tmp_path)  # from the verified full file, not the bad one
+    assert file_sha256(folder / "model.bin") == dict(WHISPER_BASE.truncated_sha256)[2]
+    with pytest.raises(ModelError, match="no pinned truncation to 7 blocks"):
+        truncated_folder(WHISPER_BASE, 7, tmp_path)

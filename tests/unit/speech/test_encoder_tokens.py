@@ -139,3 +139,30 @@ def test_a_pickled_tokenizer_builds_its_own_encoder(tokenizer, waves):
     copy = pickle.loads(pickle.dumps(tokenizer))
     assert copy._encoder is None and copy.fingerprint == tokenizer.fingerprint
     np.testing.assert_array_equal(copy.encode(waves[0]), tokenizer.encode(waves[0]))
+
+
+@pytest.mark.parametrize("layers", [(7,), (2, 2), (0,)])
+def test_summary_layers_must_be_distinct_pinned_blocks(layers):
+    with pytest.raises(ConfigError, match="tokenizer.summary_layers"):
+        EncoderTokenizerConfig(summary_layers=layers)
+
+
+def test_a_summary_refitted_on_block_two_keeps_the_units(tokenizer, waves, tmp_path):
+    from dpm_worker.speech import refit_summary
+
+    speakers = ["a"] * 4 + ["b"] * 4
+    refitted = refit_summary(tokenizer, waves, speakers, [2])
+    assert refitted.config.summary_layers == (2,)
+    assert refitted.fingerprint != tokenizer.fingerprint
+    for a, b in zip(refitted.encode_batch(waves), tokenizer.encode_batch(waves), strict=True):
+        np.testing.assert_array_equal(a, b)  # the backbone reads the same tokens
+    old, _ = tokenizer.block_features(waves[:1])
+    new, _ = refitted.block_features(waves[:1])
+    assert new.summaries[0].shape == old.summaries[0].shape
+    np.testing.assert_array_equal(new.summaries[0][-90:], old.summaries[0][-90:])  # prosody
+    assert not np.allclose(new.summaries[0][:1024], old.summaries[0][:1024])
+    refitted.save(tmp_path)
+    loaded = load_speech_tokenizer(tmp_path)
+    assert loaded.config.summary_layers == (2,) and loaded.fingerprint == refitted.fingerprint
+    feats, _ = loaded.block_features(waves[:1])
+    np.testing.assert_allclose(feats.summaries[0], new.summaries[0], rtol=1e-6)
