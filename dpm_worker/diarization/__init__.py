@@ -1,6 +1,6 @@
 """Who speaks when in a mono recording: a pretrained speaker encoder (resemblyzer's GE2E
-weights from its pinned wheel), whitened by the within-speaker covariance, k-means over chunk embeddings and a Viterbi re-segmentation;
-and the diarization error rate that scores it."""
+weights from its pinned wheel) whitened by the within-speaker covariance, k-means over chunk
+embeddings and a Viterbi re-segmentation; and the diarization error rate that scores it."""
 
 from typing import Any
 
