@@ -23,7 +23,7 @@ import numpy as np
 
 from dpm_worker.corpus.schema import SpeakerTurn
 from dpm_worker.diarization.clustering import cluster_embeddings, viterbi_speakers
-from dpm_worker.diarization.nuisance import load_nuisance, project
+from dpm_worker.diarization.whitening import load_whitening, whiten
 from dpm_worker.errors import ConfigError
 
 SPEAKER_PREFIX = "spk"
@@ -45,28 +45,29 @@ class DiarizationConfig:
         max_speakers: the most speakers found in one recording (1 or more).
         window_s: the audio each chunk's embedding hears (seconds).
         hop_s: the chunk length, i.e. the time resolution before boundary refinement.
-        threshold: two clusters whose centroids' cosine similarity (after the nuisance
-            projection) reaches this are one speaker. Tuned on conversations of RAVDESS actors
-            01-08 (docs/diarization.md), as are the other defaults.
+        threshold: two clusters whose centroids' cosine similarity (after the within-speaker
+            whitening) reaches this are one speaker. Tuned on conversations of RAVDESS actors
+            01-08 with the whitening fitted on actors 09-18 (docs/diarization.md), as are the
+            other defaults; never on the benchmark's speakers.
         more_threshold: the same for a third and further speaker: a split of one voice by its
             moods is as distinct as two voices, so more speakers must be clearly apart.
         min_share: a cluster with less than this share of the speech is no speaker of its own.
         sharpness: scale of the cosine score in the Viterbi pass.
         switch_penalty: cost of a speaker change between adjacent chunks (half across a pause).
-        nuisance: project the embeddings away from the shipped within-speaker directions
-            (``nuisance.py``) before clustering.
+        whiten: whiten the embeddings by the shipped within-speaker covariance
+            (``whitening.py``) before clustering.
     """
 
     enabled: bool = False
     max_speakers: int = 4
     window_s: float = 1.5
     hop_s: float = 1.0
-    threshold: float = 0.88
-    more_threshold: float = 0.7
+    threshold: float = 0.7
+    more_threshold: float = 0.0
     min_share: float = 0.08
     sharpness: float = 20.0
     switch_penalty: float = 1.0
-    nuisance: bool = True
+    whiten: bool = True
 
     def __post_init__(self) -> None:
         checks = {
@@ -78,7 +79,7 @@ class DiarizationConfig:
             "min_share": _finite(self.min_share) and 0.0 <= self.min_share < 0.5,
             "sharpness": _finite(self.sharpness) and self.sharpness > 0,
             "switch_penalty": _finite(self.switch_penalty) and self.switch_penalty >= 0,
-            "nuisance": isinstance(self.nuisance, bool),
+            "whiten": isinstance(self.whiten, bool),
             "enabled": isinstance(self.enabled, bool),
         }
         for name, ok in checks.items():
@@ -115,8 +116,8 @@ def diarize(
     if not chunks:
         return []
     embeddings = _embed_chunks(samples, regions, chunks, config.window_s)
-    if config.nuisance:
-        embeddings = project(embeddings, load_nuisance())
+    if config.whiten:
+        embeddings = whiten(embeddings, *load_whitening())
     return _assign(samples, chunks, embeddings, config, file_id)
 
 
@@ -124,7 +125,7 @@ def chunk_embeddings(
     samples: np.ndarray, regions: Sequence[tuple[float, float]], config: DiarizationConfig
 ) -> np.ndarray:
     """The encoder's embeddings ``[n, 256]`` of the chunks ``diarize`` cuts from ``regions``
-    (before the nuisance projection); for fitting it (``pipelines.diarize_fit``)."""
+    (before the whitening); for fitting it (``pipelines.diarize_fit``)."""
     chunks = _chunks(regions, config.hop_s, samples.shape[0] / SAMPLE_RATE)
     if not chunks:
         return np.zeros((0, 256), np.float32)

@@ -5,7 +5,8 @@ Sets (each optional; JSON keys in brackets):
 
 - [ravdess], [emovo]: two-speaker mono conversations built from real actors
   (``diarization_corpus.py``: one per pair of speakers, pauses and some overlap between
-  turns), reported apart for same-gender and mixed-gender pairs.
+  turns), reported apart for same-gender and mixed-gender pairs; with ``--single`` also one
+  conversation of each speaker alone (group ``single``: one speaker must be found).
 - [ami]: the AMI meeting excerpts of a folder of ``NAME.flac`` + ``NAME.rttm`` (the project's
   fixtures: ``tests/fixtures/real_speech``).
 - [synth]: synthetic stereo conversations (``dpm synth``'s generator), mixed down to mono;
@@ -24,6 +25,7 @@ diarization too), on one torch thread.
 from __future__ import annotations
 
 import argparse
+import itertools
 import tempfile
 import time
 from collections.abc import Iterator
@@ -51,6 +53,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ravdess", default=None, help="RAVDESS folder (Actor_01..Actor_24)")
     parser.add_argument("--actors", default="19-24", help="RAVDESS actors first-last (%(default)s)")
     parser.add_argument("--emovo", default=None, help="EMOVO folder (f1 f2 f3 m1 m2 m3)")
+    parser.add_argument(
+        "--single",
+        action="store_true",
+        help="also one conversation of each speaker alone (group 'single'): tuning on "
+        "RAVDESS actors 1-8 (--actors 1-8) weighs these as much as the pairs",
+    )
     parser.add_argument("--ami", default=None, help="folder of NAME.flac + NAME.rttm excerpts")
     parser.add_argument("--synth", type=int, default=0, help="synthetic conversations (0: none)")
     parser.add_argument("--synth-utterances", type=int, default=12, help="per conversation")
@@ -118,9 +126,13 @@ def _recordings(args: argparse.Namespace, out: Path) -> Iterator[dict[str, Any]]
     if args.emovo:
         speakers.append(("emovo", built.emovo_speakers(args.emovo)))
     for name, people in speakers:
-        for conv in built.build_conversations(
-            name, people, clips, turns=args.turns, seed=args.seed
-        ):
+        convs = built.build_conversations(name, people, clips, turns=args.turns, seed=args.seed)
+        if args.single:
+            alone = built.build_single_conversations(
+                name, people, clips, turns=args.turns, seed=args.seed
+            )
+            convs = itertools.chain(convs, alone)
+        for conv in convs:
             path = built.write_conversation(conv, out / name)
             yield {
                 "set": name, "group": conv.pair, "id": conv.conversation_id, "path": path,

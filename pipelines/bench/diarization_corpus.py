@@ -42,7 +42,7 @@ class Conversation:
 
     conversation_id: str
     corpus: str
-    pair: str  # "same" or "mixed" gender
+    pair: str  # "same" or "mixed" gender, or "single" (one speaker)
     samples: np.ndarray
     turns: list[SpeakerTurn] = field(default_factory=list)
     emotions: list[str] = field(default_factory=list)
@@ -112,6 +112,16 @@ def build_conversations(
         yield _conversation(corpus, (a, b), clips, rng, turns, overlap_share)
 
 
+def build_single_conversations(
+    corpus: str, speakers: list[Speaker], clips: ClipCache, *, turns: int = 12, seed: int = 0
+) -> Iterator[Conversation]:
+    """One conversation of each speaker alone (their moods change, the voice does not): the
+    case where a diarizer must find one speaker. Seeded apart from the pairs' conversations."""
+    for n, speaker in enumerate(speakers):
+        rng = np.random.default_rng([seed, 1_000_000 + n])
+        yield _conversation(corpus, (speaker, speaker), clips, rng, turns, overlap_share=0.0)
+
+
 def _conversation(
     corpus: str,
     pair: tuple[Speaker, Speaker],
@@ -121,7 +131,9 @@ def _conversation(
     overlap_share: float,
 ) -> Conversation:
     conv_id = f"{pair[0].name}__{pair[1].name}"
-    kind = "same" if pair[0].gender == pair[1].gender else "mixed"
+    kind = (
+        "single" if pair[0] is pair[1] else "same" if pair[0].gender == pair[1].gender else "mixed"
+    )
     placed: list[tuple[int, float, np.ndarray, str]] = []  # speaker, start, samples, emotion
     who, t = int(rng.integers(2)), 0.5
     for i in range(n_turns):

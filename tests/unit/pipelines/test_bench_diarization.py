@@ -100,3 +100,23 @@ def test_built_conversations_alternate_two_actors(actors):
     assert set(conv.emotions) <= {"neutral", "happy", "sad", "angry"}
     assert conv.turns[-1].end_s < conv.duration_s and abs(conv.samples).max() <= 1.0
     assert KINDS == ("diarized", "gold", "unknown")
+
+
+def test_single_conversations_hold_one_actor(actors):
+    """``--single``: each actor alone, turns not overlapping, moods changing (the tuning set's
+    one-speaker case)."""
+    from pipelines.bench.diarization_corpus import (
+        ClipCache,
+        build_single_conversations,
+        ravdess_speakers,
+    )
+
+    speakers = ravdess_speakers(str(actors), range(19, 21))
+    convs = list(build_single_conversations("ravdess", speakers, ClipCache(), turns=6, seed=1))
+    assert [c.conversation_id for c in convs] == [
+        "ravdess_19__ravdess_19",
+        "ravdess_20__ravdess_20",
+    ]
+    for conv, speaker in zip(convs, speakers, strict=True):
+        assert conv.pair == "single" and {t.speaker for t in conv.turns} == {speaker.name}
+        assert all(a.end_s <= b.start_s for a, b in zip(conv.turns, conv.turns[1:], strict=False))
