@@ -5,7 +5,12 @@ Features (``FEATURES``):
 - ``functionals``: openSMILE's 88 eGeMAPSv02 functionals (the textbook reference);
 - ``encoder``: the pretrained speech encoder's final states over the unpadded utterance, mean
   and standard deviation pooled (the linear probe on the same ears the model hears with);
-- ``encoder+functionals``: both side by side.
+- ``encoder+functionals``: both side by side;
+- ``block2``: the encoder's block-2 states (a pinned truncation, its output layer norm applied),
+  pooled the same way: what ``tokenizer.summary_layers: [2]`` pools;
+- ``block2+prosody``: beside the fast prosody statistics the tokenizer pools
+  (``encoder_tokenizer.raw_summary``): the probe on exactly the features such a model's head
+  reads, speaker-z'd instead of shrunk.
 ``speaker_z`` z-normalises each feature over the utterances of the same speaker in the same
 conversation (the field's speaker normalisation; a batch job sees all of them).
 """
@@ -22,7 +27,7 @@ from dpm_worker.errors import BadInputError
 from dpm_worker.training import iter_waveforms
 from dpm_worker.utterance import Utterance
 
-FEATURES = ("functionals", "encoder", "encoder+functionals")
+FEATURES = ("functionals", "encoder", "encoder+functionals", "block2", "block2+prosody")
 
 
 def labelled(utterances: Iterable[Utterance], labels: tuple[str, ...]) -> Iterator[Utterance]:
@@ -39,10 +44,12 @@ def corpus_features(
         BadInputError: no utterance carries one of ``labels``.
     """
     encoder = None
-    if "encoder" in features:
+    bases = features.split("+")
+    if "encoder" in bases or "block2" in bases:
         from dpm_worker.speech import SpeechEncoder, encoder_weights
 
-        encoder = SpeechEncoder(encoder_weights(encoder_name), device="auto")
+        depth = 2 if "block2" in bases else None
+        encoder = SpeechEncoder(encoder_weights(encoder_name), device="auto", depth=depth)
     rows, kept = [], []
     for utt in labelled(iter_waveforms(manifest), labels):
         assert utt.samples is not None  # iter_waveforms decodes every utterance
@@ -59,10 +66,15 @@ def utterance_features(wave: np.ndarray, features: str, encoder) -> np.ndarray:
     if encoder is not None:
         (states,) = encoder.states([wave])
         parts += [states.mean(axis=0, dtype=np.float64), states.std(axis=0, dtype=np.float64)]
-    if "functionals" in features:
+    bases = features.split("+")
+    if "functionals" in bases:
         from dpm_worker.speech.smile import egemaps_functionals
 
         parts.append(np.asarray(egemaps_functionals(wave, SAMPLE_RATE), dtype=np.float64))
+    if "prosody" in bases:
+        from dpm_worker.speech.encoder_tokenizer import raw_summary
+
+        parts.append(raw_summary(wave, [], prosody=True))
     return np.concatenate(parts)
 
 
