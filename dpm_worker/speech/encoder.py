@@ -12,11 +12,12 @@ heard at 0.85-0.86 UA where every hand-made descriptor stopped near 0.77 (DESIGN
 - Waves longer than 30 s (the encoder's positions) are encoded in 30 s pieces, joined.
 - Batching (``batch`` > 1): CTranslate2 encodes a batch of equal-length inputs, and Whisper's
   encoder has no attention mask, so pieces are grouped by a length bucket (``bucket_frames``,
-  rounded up) and padded at the end with the log-mel of silence, as Whisper's feature extractor
-  pads to 30 s (zeros in the wave are the clipped floor, ``max - 2`` after scaling); the padded
-  frames' states are dropped. Padding moves the real frames' states a little (attention reads
-  the silence too); ``bucket_frames = 2`` batches only pieces of equal length, which changes
-  nothing but the int8 GEMM's blocking.
+  rounded up) and padded at the end, to the longest of their batch, with the log-mel of silence
+  as Whisper's feature extractor pads to 30 s (zeros in the wave are the clipped floor,
+  ``max - 2`` after scaling); the padding's states are dropped. Padding is not free: the real
+  frames attend to the silence, and 20 ms of it moves a 3 s wave's states by ~10%
+  (docs/encoder_batching.md). ``bucket_frames = 2`` batches equal lengths only, whose rows
+  are encoded independently: the states each piece has alone, bitwise (measured, CPU int8).
 - Device: int8 on CPU; bfloat16 (compute capability 8+) or float16 on CUDA. The encoder is
   built with ``intra_threads`` set, which also sets torch's thread count in this process, so
   torch's count is put back after it.
@@ -202,18 +203,20 @@ class SpeechEncoder:
         return [np.concatenate(parts, axis=0) for parts in joined]
 
     def _encode_pieces(self, pieces: list[np.ndarray], floors: list[float]) -> list[np.ndarray]:
-        """Each piece's states: pieces of one length bucket padded with silence and encoded
-        ``batch`` at a time, longest bucket first; the padding's states dropped."""
+        """Each piece's states: the pieces of one length bucket encoded ``batch`` at a time,
+        longest first, each padded with silence to the longest of its batch; the padding's
+        states dropped."""
         if self.batch == 1:
             return [self._encode(piece[None])[0] for piece in pieces]
         groups: dict[int, list[int]] = {}
         for n, piece in enumerate(pieces):
             groups.setdefault(bucket_length(piece.shape[1], self.bucket_frames), []).append(n)
         out: list[np.ndarray | None] = [None] * len(pieces)
-        for length in sorted(groups, reverse=True):
-            members = groups[length]
+        for bucket in sorted(groups, reverse=True):
+            members = sorted(groups[bucket], key=lambda n: -pieces[n].shape[1])
             for first in range(0, len(members), self.batch):
                 chunk = members[first : first + self.batch]
+                length = pieces[chunk[0]].shape[1]  # the longest: padded to it, not the bucket
                 batch = np.empty((len(chunk), pieces[0].shape[0], length), dtype=np.float32)
                 for row, n in enumerate(chunk):
                     frames = pieces[n].shape[1]
