@@ -118,7 +118,8 @@ class SpeechEncoder:
         batch: most pieces per ``encode`` call (1: one at a time, unpadded; None: by device,
             :func:`pick_batch`).
         bucket_frames: pieces whose lengths round up to the same multiple of this many mel
-            frames (10 ms each; even) are padded to it and batched together.
+            frames (10 ms each; even) are batched together, each padded to the longest of its
+            batch (2: equal lengths only, nothing padded).
 
     Raises:
         ModelError: the weights are missing or fail their hash (``encoder_folder``), or

@@ -61,9 +61,10 @@ class EncoderTokenizerConfig:
             tokenizing at once have pending (``encoder_queue.py``); None: 1 on CPU, where
             batches are slower, 16 on CUDA (``encoder.pick_batch``).
         bucket_s: utterances batched together have lengths that round up to the same multiple
-            of this (the shorter ones padded with silence to it). The default 0.02 s (one
-            encoder state) batches equal lengths only, whose states are those they have alone;
-            padding moves them (``dpm bench encoder_batch``; docs/encoder_batching.md).
+            of this (each padded with silence to the longest of its batch). The default 0.02 s
+            (one encoder state) batches equal lengths only, whose states are those they have
+            alone; padding moves them, and labels with them (``dpm bench encoder_batch``;
+            docs/encoder_batching.md).
         type: the saved kind (``whisper-units``).
     """
 
@@ -237,8 +238,8 @@ class EncoderTokenizer:
     def fingerprint(self) -> str:
         """sha256 of the shape, the encoder's pinned hash and the fitted tensors."""
         fields = asdict(self.config)
-        # where and how it runs does not change the codes' meaning (batching: within the bound
-        # of docs/encoder_batching.md)
+        # where and how it runs does not change the codes' meaning (the default batching
+        # changes no state on CPU; a padded bucket does, docs/encoder_batching.md)
         for runtime in ("threads", "device", "batch", "bucket_s"):
             del fields[runtime]
         digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
