@@ -13,6 +13,7 @@ from dpm_worker.speech.cosyvoice import (
     s3tokenizer_available,
 )
 from dpm_worker.speech.encoder import SpeechEncoder, log_mel, mel_filters
+from dpm_worker.speech.encoder_queue import EncoderQueue
 from dpm_worker.speech.encoder_tokenizer import KIND as ENCODER_KIND
 from dpm_worker.speech.encoder_tokenizer import EncoderTokenizer, EncoderTokenizerConfig
 from dpm_worker.speech.encoder_weights import (
@@ -31,6 +32,7 @@ from dpm_worker.speech.utterances import FRAME_TOKENS, tokenize_utterances
 __all__ = [
     "ENCODERS",
     "ENCODER_KIND",
+    "EncoderQueue",
     "EncoderTokenizer",
     "EncoderTokenizerConfig",
     "EncoderWeights",

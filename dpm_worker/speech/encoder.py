@@ -10,6 +10,14 @@ heard at 0.85-0.86 UA where every hand-made descriptor stopped near 0.77 (DESIGN
   a half-minute of silence and cost 30 s of compute for a 3 s turn; CTranslate2's ``encode``
   takes unpadded inputs (T mel frames -> T / 2 states, 50 Hz).
 - Waves longer than 30 s (the encoder's positions) are encoded in 30 s pieces, joined.
+- Batching (``batch`` > 1): CTranslate2 encodes a batch of equal-length inputs, and Whisper's
+  encoder has no attention mask, so pieces are grouped by a length bucket (``bucket_frames``,
+  rounded up) and padded at the end, to the longest of their batch, with the log-mel of silence
+  as Whisper's feature extractor pads to 30 s (zeros in the wave are the clipped floor,
+  ``max - 2`` after scaling); the padding's states are dropped. Padding is not free: the real
+  frames attend to the silence, and 20 ms of it moves a 3 s wave's states by ~10%
+  (docs/encoder_batching.md). ``bucket_frames = 2`` batches equal lengths only, whose rows
+  are encoded independently: the states each piece has alone, bitwise (measured, CPU int8).
 - Device: int8 on CPU; bfloat16 (compute capability 8+) or float16 on CUDA. The encoder is
   built with ``intra_threads`` set, which also sets torch's thread count in this process, so
   torch's count is put back after it.
@@ -51,6 +59,17 @@ def mel_filters(n_mels: int) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(bank.T)).float()
 
 
+def silence_level(mel: np.ndarray) -> float:
+    """The log-mel value of digital silence in ``mel``'s wave: the floor 8 decades below its
+    loudest bin (or 1e-10 when that is higher), after Whisper's ``(x + 4) / 4``."""
+    return max(float(mel.max()) - 2.0, -1.5)
+
+
+def bucket_length(frames: int, bucket_frames: int) -> int:
+    """``frames`` rounded up to a multiple of ``bucket_frames`` (at most :data:`MAX_FRAMES`)."""
+    return min(MAX_FRAMES, -(-frames // bucket_frames) * bucket_frames)
+
+
 def log_mel(wave: np.ndarray, filters: torch.Tensor) -> np.ndarray:
     """Whisper's log-mel of one unpadded wave: ``[n_mels, frames]`` float32, frames even and at
     least :data:`MIN_FRAMES` (a shorter wave is zero-padded to that)."""
@@ -73,6 +92,13 @@ def log_mel(wave: np.ndarray, filters: torch.Tensor) -> np.ndarray:
     return logs[:, :frames].numpy()
 
 
+def pick_batch(device: str) -> int:
+    """Pieces per encoder call when the config does not say: 1 on CPU, where int8 batches of
+    equal length run at 0.6-0.9x the speed of one piece at a time (``dpm bench encoder_batch``:
+    the GEMMs of one 3-5 s piece are already as large as the kernels want), 16 on CUDA."""
+    return 1 if device == "cpu" else 16
+
+
 def pick_compute_type(device: str) -> str:
     """int8 on CPU; bfloat16 where the GPU supports it, else float16."""
     if device == "cpu":
@@ -91,6 +117,11 @@ class SpeechEncoder:
         cache_dir: where the joined weights are kept (``encoder_weights.default_cache_dir``).
         depth: run only the first ``depth`` blocks (then the final layer norm) of a pinned
             truncation (``encoder_weights.truncated_folder``); None: the whole encoder.
+        batch: most pieces per ``encode`` call (1: one at a time, unpadded; None: by device,
+            :func:`pick_batch`).
+        bucket_frames: pieces whose lengths round up to the same multiple of this many mel
+            frames (10 ms each; even) are batched together, each padded to the longest of its
+            batch (2: equal lengths only, nothing padded).
 
     Raises:
         ModelError: the weights are missing or fail their hash (``encoder_folder``), or
@@ -105,7 +136,13 @@ class SpeechEncoder:
         threads: int = 1,
         cache_dir: str | Path | None = None,
         depth: int | None = None,
+        batch: int | None = None,
+        bucket_frames: int = 2,
     ) -> None:
+        if batch is not None and batch < 1:
+            raise ConfigError(f"encoder batch must be >= 1, got {batch}")
+        if bucket_frames < 2 or bucket_frames % 2:
+            raise ConfigError(f"encoder bucket_frames must be even and >= 2, got {bucket_frames}")
         # CTranslate2 brings its own OpenMP runtime; its idle threads spin by default and slow
         # every torch op in the process 40-80x when torch runs more than one thread (measured).
         # Passive waiting is read when its runtime loads, i.e. at this import.
@@ -121,6 +158,8 @@ class SpeechEncoder:
         if device not in ("cpu", "cuda"):
             raise ConfigError(f"encoder device must be cpu, cuda or auto, got {device!r}")
         self.weights = weights
+        self.batch = pick_batch(device) if batch is None else batch
+        self.bucket_frames = bucket_frames
         self.device = device
         self.compute_type = pick_compute_type(device)
         self.depth = weights.layers if depth is None else depth
@@ -147,21 +186,56 @@ class SpeechEncoder:
     def states(self, waves: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Each wave's encoder states, ``[frames // 2, width]`` float32 (50 Hz).
 
-        Waves are encoded one by one, unpadded (on CPU one at a time is as fast as a padded
-        batch and gives each wave the states it has alone); a wave over 30 s in 30 s pieces.
+        A wave over 30 s is encoded in 30 s pieces; pieces are batched by length bucket
+        (module docstring).
         """
-        out = []
-        for wave in waves:
-            mel = log_mel(wave, self._filters)
-            pieces = [
-                self._encode(mel[:, start : start + MAX_FRAMES])
-                for start in range(0, mel.shape[1], MAX_FRAMES)
-                if mel.shape[1] - start >= 2
-            ]
-            out.append(np.concatenate(pieces, axis=0))
-        return out
+        return self.encode_mels([self.log_mel(wave) for wave in waves])
 
-    def _encode(self, mel: np.ndarray) -> np.ndarray:
-        view = self._ct2.StorageView.from_array(np.ascontiguousarray(mel[None], dtype=np.float32))
-        states = self._model.encode(view, to_cpu=True)
-        return np.asarray(states, dtype=np.float32)[0]
+    def log_mel(self, wave: np.ndarray) -> np.ndarray:
+        """:func:`log_mel` with this encoder's filters."""
+        return log_mel(wave, self._filters)
+
+    def encode_mels(self, mels: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """:meth:`states` of waves whose log-mels are given (``[n_mels, frames]``, even)."""
+        pieces, owners, floors = [], [], []
+        for n, mel in enumerate(mels):
+            floor = silence_level(mel)
+            for start in range(0, mel.shape[1], MAX_FRAMES):
+                if mel.shape[1] - start >= 2:
+                    pieces.append(mel[:, start : start + MAX_FRAMES])
+                    owners.append(n)
+                    floors.append(floor)
+        states = self._encode_pieces(pieces, floors)
+        joined: list[list[np.ndarray]] = [[] for _ in mels]
+        for owner, piece_states in zip(owners, states, strict=True):
+            joined[owner].append(piece_states)
+        return [np.concatenate(parts, axis=0) for parts in joined]
+
+    def _encode_pieces(self, pieces: list[np.ndarray], floors: list[float]) -> list[np.ndarray]:
+        """Each piece's states: the pieces of one length bucket encoded ``batch`` at a time,
+        longest first, each padded with silence to the longest of its batch; the padding's
+        states dropped."""
+        if self.batch == 1:
+            return [self._encode(piece[None])[0] for piece in pieces]
+        groups: dict[int, list[int]] = {}
+        for n, piece in enumerate(pieces):
+            groups.setdefault(bucket_length(piece.shape[1], self.bucket_frames), []).append(n)
+        out: list[np.ndarray | None] = [None] * len(pieces)
+        for bucket in sorted(groups, reverse=True):
+            members = sorted(groups[bucket], key=lambda n: -pieces[n].shape[1])
+            for first in range(0, len(members), self.batch):
+                chunk = members[first : first + self.batch]
+                length = pieces[chunk[0]].shape[1]  # the longest: padded to it, not the bucket
+                batch = np.empty((len(chunk), pieces[0].shape[0], length), dtype=np.float32)
+                for row, n in enumerate(chunk):
+                    frames = pieces[n].shape[1]
+                    batch[row, :, :frames] = pieces[n]
+                    batch[row, :, frames:] = floors[n]
+                for n, states in zip(chunk, self._encode(batch), strict=True):
+                    out[n] = states[: pieces[n].shape[1] // 2]
+        return out  # type: ignore[return-value]
+
+    def _encode(self, mels: np.ndarray) -> np.ndarray:
+        """``[batch, n_mels, frames]`` -> ``[batch, frames // 2, width]`` float32 states."""
+        view = self._ct2.StorageView.from_array(np.ascontiguousarray(mels, dtype=np.float32))
+        return np.asarray(self._model.encode(view, to_cpu=True), dtype=np.float32)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections.abc import Hashable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ from safetensors.torch import save_file
 
 from dpm_worker.errors import ConfigError
 from dpm_worker.speech.encoder import SAMPLE_RATE, STATE_RATE_HZ, SpeechEncoder
+from dpm_worker.speech.encoder_queue import EncoderQueue
 from dpm_worker.speech.encoder_weights import ENCODERS, encoder_weights
 from dpm_worker.speech.features import block_count, compute_block_features
 from dpm_worker.speech.summary import utterance_summary
@@ -59,6 +61,14 @@ class EncoderTokenizerConfig:
             and corpora the model never heard better than the last block.
         threads: CPU threads of the encoder.
         device: ``auto``, ``cpu`` or ``cuda``: where the encoder runs.
+        batch: most utterances (30 s pieces) per encoder call, over everything the threads
+            tokenizing at once have pending (``encoder_queue.py``); None: 1 on CPU, where
+            batches are slower, 16 on CUDA (``encoder.pick_batch``).
+        bucket_s: utterances batched together have lengths that round up to the same multiple
+            of this (each padded with silence to the longest of its batch). The default 0.02 s
+            (one encoder state) batches equal lengths only, whose states are those they have
+            alone; padding moves them, and labels with them (``dpm bench encoder_batch``;
+            docs/encoder_batching.md).
         type: the saved kind (``whisper-units``).
     """
 
@@ -69,6 +79,8 @@ class EncoderTokenizerConfig:
     summary_layers: tuple[int, ...] = ()
     threads: int = 1
     device: str = "auto"
+    batch: int | None = None
+    bucket_s: float = 0.02
     type: str = KIND
 
     def __post_init__(self) -> None:
@@ -96,6 +108,18 @@ class EncoderTokenizerConfig:
                 f"tokenizer.summary_layers must be distinct blocks of {sorted(known)}, got "
                 f"{list(self.summary_layers)}"
             )
+        if self.batch is not None and self.batch < 1:
+            raise ConfigError(f"tokenizer.batch must be >= 1 or null, got {self.batch}")
+        states = self.bucket_s * STATE_RATE_HZ
+        if not (states >= 1 and abs(states - round(states)) < 1e-6):
+            raise ConfigError(
+                f"tokenizer.bucket_s must be a positive multiple of 0.02 s, got {self.bucket_s}"
+            )
+
+    @property
+    def bucket_frames(self) -> int:
+        """:attr:`bucket_s` in mel frames (two per encoder state)."""
+        return 2 * round(self.bucket_s * STATE_RATE_HZ)
 
     @property
     def rate_hz(self) -> float:
@@ -153,7 +177,8 @@ class EncoderTokenizer:
         frame_norm: ``[2, width]`` the training frames' mean and standard deviation.
         summary_norm: ``[2, summary_dim]`` the training summaries' mean and variance (the
             speakers' shrinkage target).
-        encoder: a built encoder to share (None: built from the config).
+        encoder: a built encoder to share (None: built from the config on first use, behind
+            an :class:`EncoderQueue` that every thread tokenizing with this tokenizer shares).
     """
 
     kind = KIND
@@ -168,7 +193,7 @@ class EncoderTokenizer:
         frame_norm: torch.Tensor,
         summary_norm: torch.Tensor,
         *,
-        encoder: SpeechEncoder | None = None,
+        encoder: SpeechEncoder | EncoderQueue | None = None,
     ) -> None:
         width = encoder_weights(config.encoder).width
         expected = {
@@ -185,33 +210,58 @@ class EncoderTokenizer:
         self.frame_norm = frame_norm.float().contiguous()
         self.summary_norm = summary_norm.double().contiguous()
         self._encoder = encoder
-        self._summary_encoders: dict[int, SpeechEncoder] = {}
+        self._summary_encoders: dict[int, SpeechEncoder | EncoderQueue] = {}
+        self._build_lock = threading.Lock()  # concurrent first calls build one encoder
 
     def __getstate__(self) -> dict:
         # the built encoders (CTranslate2 models) do not pickle; a copy builds its own
-        return {**self.__dict__, "_encoder": None, "_summary_encoders": {}}
+        state = {**self.__dict__, "_encoder": None, "_summary_encoders": {}}
+        del state["_build_lock"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _build_lock=threading.Lock())
 
     @property
-    def encoder(self) -> SpeechEncoder:
-        """The encoder, built on first use (loading a model folder does not load it)."""
-        if self._encoder is None:
-            self._encoder = SpeechEncoder(
-                encoder_weights(self.config.encoder),
-                device=self.config.device,
-                threads=self.config.threads,
-            )
+    def encoder(self) -> SpeechEncoder | EncoderQueue:
+        """The encoder, built on first use (loading a model folder does not load it) behind
+        the queue that batches what concurrent callers have pending."""
+        with self._build_lock:
+            if self._encoder is None:
+                self._encoder = EncoderQueue(
+                    SpeechEncoder(
+                        encoder_weights(self.config.encoder),
+                        device=self.config.device,
+                        threads=self.config.threads,
+                        batch=self.config.batch,
+                        bucket_frames=self.config.bucket_frames,
+                    )
+                )
         return self._encoder
 
-    def summary_encoder(self, depth: int) -> SpeechEncoder:
-        """The encoder truncated to ``depth`` blocks (the whole one: the units' encoder)."""
+    def summary_encoder(self, depth: int) -> SpeechEncoder | EncoderQueue:
+        """The encoder truncated to ``depth`` blocks, behind its own queue (the whole one: the
+        units' encoder)."""
         weights = encoder_weights(self.config.encoder)
         if depth == weights.layers:
             return self.encoder
-        if depth not in self._summary_encoders:
-            self._summary_encoders[depth] = SpeechEncoder(
-                weights, device=self.config.device, threads=self.config.threads, depth=depth
-            )
+        with self._build_lock:
+            if depth not in self._summary_encoders:
+                self._summary_encoders[depth] = EncoderQueue(
+                    SpeechEncoder(
+                        weights,
+                        device=self.config.device,
+                        threads=self.config.threads,
+                        batch=self.config.batch,
+                        bucket_frames=self.config.bucket_frames,
+                        depth=depth,
+                    )
+                )
         return self._summary_encoders[depth]
+
+    def use_encoder(self, encoder: SpeechEncoder | EncoderQueue) -> None:
+        """Encode through ``encoder`` from now on (e.g. one built with other batch settings)."""
+        self._encoder = encoder
 
     @property
     def rate_hz(self) -> float:
@@ -225,7 +275,9 @@ class EncoderTokenizer:
     def fingerprint(self) -> str:
         """sha256 of the shape, the encoder's pinned hash and the fitted tensors."""
         fields = asdict(self.config)
-        for runtime in ("threads", "device"):  # where it runs does not change the codes' meaning
+        # where and how it runs does not change the codes' meaning (the default batching
+        # changes no state on CPU; a padded bucket does, docs/encoder_batching.md)
+        for runtime in ("threads", "device", "batch", "bucket_s"):
             del fields[runtime]
         if not fields["summary_layers"]:  # the final states: v10's fingerprint stays its own
             del fields["summary_layers"]

@@ -7,7 +7,10 @@ While a conversation is being labeled, the next one's audio (named by the caller
 background thread (``dpm_worker.worker.read_ahead``), so storage latency hides behind compute. The
 worker labels up to ``slots`` conversations at once, every utterance step batched across them
 (``dpm_worker.worker.slot_loop``, the one labeling engine, 1 slot included); with ``slots`` > 1 its
-``label`` is called concurrently, one call per conversation. What it measures on the way (step, read and tokenize times, checkpoints, occupied
+``label`` is called concurrently, one call per conversation. The concurrent calls tokenize through
+the model's one speech tokenizer, whose encoder (the pretrained encoder's) takes what all of
+them have pending in one thread and batches equal lengths together
+(``dpm_worker.speech.encoder_queue``). What it measures on the way (step, read and tokenize times, checkpoints, occupied
 slots) goes to the ``record`` callback (``dpm_worker.telemetry``).
 
 Input problems become error rows. One utterance's own problem (a bad row of a segmented

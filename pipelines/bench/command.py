@@ -28,6 +28,7 @@ BENCHMARKS: dict[str, str] = {
     "memory_loop_cost": "order-2 memory loop: ms per training step and peak RSS per (M, k)",
     "token_memory": "peak RSS of token-cache builds of growing corpora (one process each)",
     "startup": "a model start with the stored-hash check against a full hash (1 GB folder)",
+    "encoder_batch": "the speech encoder one wave at a time against length-bucketed batches: speed, state and label deltas",
     "diarization": "DER of the mono diarizer (built actor pairs, AMI, synthetic mixes), speed, UA",
 }
 
