@@ -7,6 +7,7 @@ import dataclasses
 import json
 
 import pytest
+import torch
 
 from dpm_worker.corpus import read_ravdess, write_manifest
 from dpm_worker.model import EmotionModel, load_model, save_model
@@ -139,3 +140,31 @@ def test_share_parses_and_weighs():
     assert share_weights(np.array([True, False]), None) is None
     with pytest.raises(Exception, match="no training utterance"):
         share_weights(np.array([False, False]), 0.1)
+
+
+def test_summary_layers_refit_the_shipped_models_summary_and_keep_its_units(corpus, capsys):
+    """``--summary-layers 2`` on the shipped (whisper-units) model: the new folder's tokenizer
+    reads block 2, its units and backbone are the shipped ones, and the head reads the new
+    summary's width."""
+    out = corpus / "block2"
+    args = ["head", "--corpus", str(corpus / "train.parquet"), "--out", str(out)]
+    args += ["--val-group", "actor_(\\d+)", "--val-fraction", "0.25", "--weights", "1"]
+    args += ["--summary-layers", "2", "--summary-utterances", "24", "--mode", "utterance"]
+    assert main(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["train_utterances"] == 3 * 36
+    shipped, refitted = load_model(None), load_model(str(out))
+    assert refitted.speech_tokenizer.config.summary_layers == (2,)
+    assert shipped.speech_tokenizer.config.summary_layers == (2,)  # v11: block 2 already
+    assert torch.equal(refitted.speech_tokenizer.centroids, shipped.speech_tokenizer.centroids)
+    assert refitted.acoustic_head.dim == shipped.acoustic_head.dim
+    assert not torch.equal(
+        refitted.speech_tokenizer.summary_norm, shipped.speech_tokenizer.summary_norm
+    )  # the shrinkage target was refitted on this corpus
+
+
+def test_summary_layers_need_an_encoder_tokenizer(corpus, tmp_path, capsys):
+    args = ["head", "--corpus", str(corpus / "train.parquet"), "--model", str(corpus / "model")]
+    args += ["--out", str(tmp_path / "m"), "--val-group", "actor_(\\d+)", "--val-fraction", "0.25"]
+    assert main([*args, "--summary-layers", "2"]) == EXIT_USAGE
+    assert "needs a whisper-units speech tokenizer" in capsys.readouterr().err
