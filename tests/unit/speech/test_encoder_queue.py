@@ -10,7 +10,6 @@ last test pins so that a change of the padding rule is seen.
 from __future__ import annotations
 
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -28,16 +27,9 @@ from dpm_worker.speech import (
     tokenize_utterances,
 )
 from dpm_worker.utterance import Utterance
+from tests.waiting import wait_until
 
 FIXTURES = Path(__file__).parents[2] / "fixtures" / "real_speech"
-
-
-def wait_until(predicate, seconds: float = 30.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not reached")
-        time.sleep(0.001)
 
 
 class ScriptedEncoder:
@@ -71,7 +63,8 @@ def test_concurrent_callers_each_get_their_own_states_in_one_batch():
             first = pool.submit(queue.states, waves[0])
             assert fake.entered.wait(30)  # the queue's thread encodes the first call
             rest = {c: pool.submit(queue.states, waves[c]) for c in range(1, 6)}
-            wait_until(lambda: len(queue._pending) == 5)  # all waiting behind the first call
+            # all waiting behind the first call
+            wait_until(lambda: len(queue._pending) == 5, 60.0, "five pending callers")
         finally:
             fake.release.set()
         results = {0: first.result(), **{c: f.result() for c, f in rest.items()}}
